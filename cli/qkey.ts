@@ -1,0 +1,39 @@
+// `qkey`: the one command-line entry point; dispatches to the subcommand modules.
+import { runDemoCommand } from './demo-command.js';
+import { runEnvelopeCommand } from './envelope-command.js';
+import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, processIo } from './io.js';
+
+type Command = (argv: string[], io: CliIo) => Promise<number>;
+
+const COMMANDS: Record<string, { run: Command; summary: string }> = {
+  envelope: { run: runEnvelopeCommand, summary: 'seal or open a payload envelope (for firmware engineers)' },
+  demo: { run: runDemoCommand, summary: 'run the system with demo devices (what `npm start` runs)' },
+};
+
+export const USAGE = `Usage: qkey <command> [options]
+
+Commands:
+${Object.entries(COMMANDS)
+  .map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`)
+  .join('\n')}
+
+Run qkey <command> --help for a command's options.`;
+
+export async function main(argv: string[], io: CliIo = processIo): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    io.out(USAGE);
+    return name === undefined ? EXIT_USAGE : EXIT_OK;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    io.err(`qkey: unknown command ${JSON.stringify(name)}\n\n${USAGE}`);
+    return EXIT_USAGE;
+  }
+  try {
+    return await command.run(rest, io);
+  } catch (err) {
+    io.err(`qkey ${name}: ${(err as Error).message}`);
+    return EXIT_FAILURE;
+  }
+}

@@ -1,0 +1,54 @@
+// Public API of the protocol package: the envelope, its suites, the replay window, key ids and SM4/SM3 primitives.
+export { bytesToHex, equalBytes, hexToBytes } from './_bytes.js';
+export {
+  type BackendChoice,
+  type BlockCipher,
+  type CryptoBackend,
+  getBackend,
+  isNativeAvailable,
+  nativeBackend,
+  portableBackend,
+  SM4_KEY_LENGTH,
+} from './backend.js';
+export {
+  buildAad,
+  buildNonce,
+  DEFAULT_MAX_PAYLOAD,
+  DIRECTION_CODES,
+  type Direction,
+  ENVELOPE_OVERHEAD,
+  ENVELOPE_VERSION,
+  type EnvelopeContext,
+  type EnvelopeHeader,
+  EnvelopeKey,
+  encodeHeader,
+  HEADER_LENGTH,
+  isPassthroughPayload,
+  MAX_KEY_INDEX,
+  MAX_PAYLOAD_LIMIT,
+  MAX_SEQ,
+  type OpenParams,
+  openEnvelope,
+  type ParsedEnvelope,
+  parseEnvelope,
+  type SealParams,
+  sealEnvelope,
+} from './envelope.js';
+export {
+  ArgumentError,
+  isProtocolError,
+  PROTOCOL_ERROR_CODES,
+  ProtocolError,
+  type ProtocolErrorCode,
+} from './errors.js';
+export { GcmKey } from './gcm.js';
+export { keyIdFor } from './key-id.js';
+export { DEFAULT_REPLAY_WINDOW, ReplayWindow } from './replay-window.js';
+export {
+  parseSuite,
+  SUITE_NAMES,
+  SUITE_SM4_CTR_HMAC_SM3,
+  SUITE_SM4_GCM,
+  type SuiteId,
+  TAG_LENGTH,
+} from './suites.js';
