@@ -45,3 +45,15 @@ export { GcmKey } from './gcm.js';
 export { keyIdFor } from './key-id.js';
 export { DEFAULT_REPLAY_WINDOW, ReplayWindow } from './replay-window.js';
 export { parseSuite, SUITE_NAMES, SUITE_SM4_CTR_HMAC_SM3, SUITE_SM4_GCM, type SuiteId, TAG_LENGTH } from './suites.js';
+export { LOGIN_CHALLENGE_LENGTH, LOGIN_KEY_LENGTH, loginProof } from './login.js';
+export {
+  type AppAcl,
+  signToken,
+  TOKEN_CLOCK_SKEW_SECONDS,
+  TOKEN_ERROR_CODES,
+  type TokenClaims,
+  TokenError,
+  type TokenErrorCode,
+  type TokenRole,
+  verifyToken,
+} from './token.js';
