@@ -1,0 +1,144 @@
+// Builds the key service (store, claim queue, routes) as a fastify app that does not listen; server.ts listens.
+import { join } from 'node:path';
+import type { Writable } from 'node:stream';
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import { ClaimQueue } from './claims.js';
+import type { KmsConfig } from './config.js';
+import type { KmsContext } from './context.js';
+import { openDatabase } from './db.js';
+import { KMS_ERRORS, KmsError, type KmsErrorCode } from './errors.js';
+import { ChallengeBook, FailureLimiter } from './login.js';
+import { loadMasterKey } from './master-key.js';
+import { createKmsMetrics } from './metrics.js';
+import { adminRoutes } from './routes/admin.js';
+import { authRoutes } from './routes/auth.js';
+import { etsiRoutes } from './routes/etsi.js';
+import { opsRoutes } from './routes/ops.js';
+import { loadAdminToken, loadSigningKey } from './secrets.js';
+import { KeyStore } from './store.js';
+
+export const DB_FILE = 'kms.db';
+
+/** Log fields that could carry secrets; pino replaces them with "[redacted]". */
+export const REDACT_PATHS = [
+  'req.headers.authorization',
+  'req.headers.cookie',
+  '*.key',
+  '*.login_key',
+  '*.client_secret',
+  '*.access_token',
+  '*.mac',
+  '*.challenge',
+];
+
+export interface Kms {
+  app: FastifyInstance;
+  context: KmsContext;
+  close(): Promise<void>;
+}
+
+export interface BuildOptions {
+  /** Where logs go (default: stdout); tests pass a capture stream. */
+  logStream?: Writable;
+}
+
+function errorBody(code: KmsErrorCode, message: string, details: Array<Record<string, unknown>> = []) {
+  return { message, code, details };
+}
+
+export async function buildKms(config: Readonly<KmsConfig>, options: BuildOptions = {}): Promise<Kms> {
+  const db = openDatabase(join(config.dataDir, DB_FILE));
+  const master = loadMasterKey(db, config.dataDir);
+  const store = new KeyStore(db, master);
+  const metrics = createKmsMetrics(store, config.lowWater);
+  const claims = new ClaimQueue(store, config.claimBatchMax, {
+    onBatch: (size, seconds) => {
+      metrics.batchSize.observe(size);
+      metrics.commitSeconds.observe(seconds);
+    },
+    onClaim: (kind, result, keys) => {
+      metrics.claims.inc({ api: kind === 'dec' ? 'dec_keys' : 'enc_keys', result });
+      if (keys) metrics.keysDelivered.inc(keys);
+    },
+  });
+  const context: KmsContext = {
+    config,
+    store,
+    claims,
+    signing: loadSigningKey(db, master),
+    adminToken: loadAdminToken(config.dataDir, config.adminToken),
+    challenges: new ChallengeBook(config.challengeTtl * 1000),
+    limiter: new FailureLimiter(config.loginLimits.windowSeconds * 1000),
+    metrics,
+  };
+
+  const app = Fastify({
+    logger: {
+      level: config.logLevel,
+      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+      ...(options.logStream ? { stream: options.logStream } : {}),
+    },
+    bodyLimit: config.bodyLimit,
+    ...(config.tls ? { https: { cert: config.tls.cert, key: config.tls.key } } : {}),
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
+  });
+
+  app.setErrorHandler((err: FastifyError | KmsError, req, reply) => {
+    let status: number;
+    let body: ReturnType<typeof errorBody>;
+    if (err instanceof KmsError) {
+      status = err.status;
+      body = errorBody(err.code, err.message, err.details);
+      if (err.retryAfterSeconds !== undefined) reply.header('retry-after', String(err.retryAfterSeconds));
+    } else if ((err as FastifyError).validation) {
+      status = 400;
+      body = errorBody('KMS_ERR_BAD_REQUEST', `${KMS_ERRORS.KMS_ERR_BAD_REQUEST.message}: ${err.message}`, [
+        { validation: (err as FastifyError).validationContext ?? 'body' },
+      ]);
+    } else if ((err as FastifyError).code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      status = 413;
+      body = errorBody('KMS_ERR_TOO_LARGE', KMS_ERRORS.KMS_ERR_TOO_LARGE.message);
+    } else if ((err as FastifyError).statusCode && (err as FastifyError).statusCode! < 500) {
+      // Fastify's own 4xx: unparsable JSON, wrong content type, empty body.
+      status = 400;
+      body = errorBody('KMS_ERR_BAD_REQUEST', `${KMS_ERRORS.KMS_ERR_BAD_REQUEST.message}: ${err.message}`);
+    } else {
+      req.log.error({ err }, 'unhandled error');
+      status = 500;
+      body = errorBody('KMS_ERR_INTERNAL', KMS_ERRORS.KMS_ERR_INTERNAL.message);
+    }
+    metrics.errors.inc({ code: body.code });
+    if (status >= 500) req.log.warn({ code: body.code }, body.message);
+    reply.code(status).send(body);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    metrics.errors.inc({ code: 'KMS_ERR_NOT_FOUND' });
+    reply
+      .code(404)
+      .send(
+        errorBody(
+          'KMS_ERR_NOT_FOUND',
+          `${KMS_ERRORS.KMS_ERR_NOT_FOUND.message}: ${req.method} ${req.url.split('?')[0]}`,
+        ),
+      );
+  });
+
+  opsRoutes(app, context);
+  authRoutes(app, context);
+  etsiRoutes(app, context);
+  adminRoutes(app, context);
+
+  let closed = false;
+  return {
+    app,
+    context,
+    async close() {
+      if (closed) return;
+      closed = true;
+      await app.close();
+      claims.close();
+      master.destroy();
+      db.close();
+    },
+  };
+}

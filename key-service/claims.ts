@@ -1,0 +1,183 @@
+// Durable key claims with group commit: concurrent claim requests share one SQLite transaction (one fsync).
+import { KmsError } from './errors.js';
+import type { KeyStore } from './store.js';
+
+export interface DeliveredKey {
+  key_ID: string;
+  key_index: number;
+  key: Uint8Array;
+}
+
+/** ETSI 014 dec_keys: the named uplink keys of one device. */
+export interface DecClaim {
+  kind: 'dec';
+  deviceId: string;
+  keyIds: string[];
+  brokerId: string;
+  sessionId: string | null;
+}
+
+/** ETSI 014 enc_keys: the next `count` fresh downlink keys of one device. */
+export interface EncClaim {
+  kind: 'enc';
+  deviceId: string;
+  count: number;
+  brokerId: string;
+  sessionId: string | null;
+}
+
+export type ClaimRequest = DecClaim | EncClaim;
+
+interface Pending {
+  request: ClaimRequest;
+  resolve: (keys: DeliveredKey[]) => void;
+  reject: (err: unknown) => void;
+}
+
+export interface ClaimStats {
+  onBatch?: (size: number, seconds: number) => void;
+  onClaim?: (kind: 'dec' | 'enc', result: 'ok' | 'refused' | 'error', keys: number) => void;
+}
+
+type Outcome =
+  { ok: true; rows: Array<{ key_ID: string; key_index: number; wrapped: Buffer }> } | { ok: false; error: KmsError };
+
+/**
+ * Collects claim requests that arrive in the same event-loop turn and commits them in one transaction, then
+ * unwraps and delivers. A key leaves the service only after its claim is durable (synchronous=FULL commit), and
+ * its wrapped material is erased in that same transaction, so no key can be delivered twice, even after a crash.
+ */
+export class ClaimQueue {
+  private queue: Pending[] = [];
+  private scheduled = false;
+  private closed = false;
+
+  constructor(
+    private readonly store: KeyStore,
+    private readonly maxBatch: number,
+    private readonly stats: ClaimStats = {},
+  ) {}
+
+  submit(request: ClaimRequest): Promise<DeliveredKey[]> {
+    if (this.closed) return Promise.reject(new KmsError('KMS_ERR_UNAVAILABLE', 'shutting down'));
+    return new Promise((resolve, reject) => {
+      this.queue.push({ request, resolve, reject });
+      if (this.queue.length >= this.maxBatch) this.flush();
+      else if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  /** Commits what is queued now; later submissions wait for the next turn. */
+  flush(): void {
+    this.scheduled = false;
+    if (this.queue.length === 0) return;
+    const batch = this.queue.splice(0, this.maxBatch);
+    if (this.queue.length > 0 && !this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+    const started = process.hrtime.bigint();
+    let outcomes: Outcome[];
+    try {
+      const applyOne = this.store.db.transaction((r: ClaimRequest, now: number) => this.apply(r, now));
+      outcomes = this.store.db.transaction(() => {
+        const now = Date.now();
+        // Each request runs in its own savepoint: a refused one rolls back alone, the batch commits together.
+        return batch.map((p): Outcome => {
+          try {
+            return { ok: true, rows: applyOne(p.request, now) };
+          } catch (err) {
+            if (err instanceof KmsError) return { ok: false, error: err };
+            throw err;
+          }
+        });
+      })();
+    } catch (err) {
+      // The transaction rolled back: nothing was claimed, nothing is delivered.
+      for (const p of batch) {
+        this.stats.onClaim?.(p.request.kind, 'error', 0);
+        p.reject(new KmsError('KMS_ERR_UNAVAILABLE', (err as Error).message));
+      }
+      return;
+    }
+    this.stats.onBatch?.(batch.length, Number(process.hrtime.bigint() - started) / 1e9);
+    // Committed: only now do keys leave the service.
+    batch.forEach((p, i) => {
+      const outcome = outcomes[i]!;
+      if (!outcome.ok) {
+        this.stats.onClaim?.(p.request.kind, 'refused', 0);
+        p.reject(outcome.error);
+        return;
+      }
+      try {
+        const keys = outcome.rows.map((r) => ({
+          key_ID: r.key_ID,
+          key_index: r.key_index,
+          key: this.store.unwrapKey(r.key_ID, r.wrapped),
+        }));
+        this.stats.onClaim?.(p.request.kind, 'ok', keys.length);
+        p.resolve(keys);
+      } catch (err) {
+        this.stats.onClaim?.(p.request.kind, 'error', 0);
+        p.reject(new KmsError('KMS_ERR_INTERNAL', (err as Error).message));
+      }
+    });
+  }
+
+  /** Claims one request's keys or throws a KmsError (its savepoint then rolls back: all or nothing). */
+  private apply(r: ClaimRequest, now: number): Array<{ key_ID: string; key_index: number; wrapped: Buffer }> {
+    const device = this.store.device(r.deviceId);
+    if (!device) throw new KmsError('KMS_ERR_UNKNOWN_DEVICE', undefined, { details: [{ SAE_ID: r.deviceId }] });
+    if (device.state !== 'active') throw new KmsError('KMS_ERR_DEVICE_REVOKED');
+    let rows: Array<{ key_ID: string; key_index: number; wrapped: Buffer }>;
+    if (r.kind === 'dec') {
+      const refused: Array<Record<string, unknown>> = [];
+      rows = [];
+      for (const id of r.keyIds) {
+        const k = this.store.keyById(id);
+        const reason =
+          !k || k.device_id !== r.deviceId
+            ? 'unknown'
+            : k.direction !== 'up'
+              ? 'not an uplink key'
+              : k.state !== 'filled'
+                ? k.state
+                : null;
+        if (reason) refused.push({ key_ID: id, reason });
+        else rows.push({ key_ID: k!.key_id, key_index: k!.key_index, wrapped: k!.wrapped! });
+      }
+      if (refused.length > 0) throw new KmsError('KMS_ERR_KEY_UNAVAILABLE', undefined, { details: refused });
+    } else {
+      rows = this.store
+        .freshDownlinkKeys(r.deviceId, r.count)
+        .map((k) => ({ key_ID: k.key_id, key_index: k.key_index, wrapped: k.wrapped }));
+      if (rows.length < r.count) {
+        throw new KmsError('KMS_ERR_POOL_EMPTY', undefined, {
+          details: [{ SAE_ID: r.deviceId, direction: 'down', available: rows.length }],
+        });
+      }
+    }
+    for (const row of rows) {
+      // The state guard in the UPDATE makes a double claim impossible even if validation above were wrong.
+      if (!this.store.markClaimed(row.key_ID, r.brokerId, r.sessionId, now)) {
+        throw new KmsError('KMS_ERR_KEY_UNAVAILABLE', undefined, {
+          details: [{ key_ID: row.key_ID, reason: 'claimed' }],
+        });
+      }
+    }
+    this.store.audit(r.brokerId, r.kind === 'dec' ? 'key.claim.dec' : 'key.claim.enc', r.deviceId, {
+      key_IDs: rows.map((x) => x.key_ID),
+      session: r.sessionId,
+    });
+    return rows;
+  }
+
+  /** Commits whatever is queued and refuses new claims. */
+  close(): void {
+    this.flush();
+    this.closed = true;
+  }
+}

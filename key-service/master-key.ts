@@ -1,0 +1,168 @@
+// The master key (KEK) that wraps every key at rest: file handling, SM4-GCM wrap/unwrap, and rotation.
+import { randomBytes } from 'node:crypto';
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { GcmKey, getBackend } from '../protocol/index.js';
+import type { Db } from './db.js';
+
+const FILE_PREFIX = 'master-key.v';
+const WRAP_VERSION = 0x01;
+/** version (1) | KEK version (4) | ciphertext (n) | tag (16). */
+const WRAP_OVERHEAD = 1 + 4 + 16;
+const enc = new TextEncoder();
+
+function fileFor(dir: string, version: number): string {
+  return join(dir, `${FILE_PREFIX}${version}`);
+}
+
+/** Creates a key file readable only by its owner; fails if it exists. Written with fsync before use. */
+function writeKeyFile(path: string, key: Uint8Array): void {
+  const fd = openSync(path, 'wx', 0o600);
+  try {
+    writeSync(fd, `${Buffer.from(key).toString('hex')}\n`);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function readKeyFile(path: string): Uint8Array {
+  const mode = statSync(path).mode & 0o077;
+  if (mode !== 0) throw new Error(`${path} must be readable by its owner only (chmod 600)`);
+  const text = readFileSync(path, 'utf8').trim();
+  if (!/^[0-9a-f]{32}$/.test(text)) throw new Error(`${path} must hold 32 hex digits`);
+  return Uint8Array.from(Buffer.from(text, 'hex'));
+}
+
+/** AAD and nonce both bind the item name: a wrapped blob copied to another row or purpose does not unwrap. */
+function context(kekVersion: number, item: string): { nonce: Uint8Array; aad: Uint8Array } {
+  const aad = enc.encode(`qkey-mqtt/wrap/v1\u0000${item}`);
+  const v = new Uint8Array(4);
+  new DataView(v.buffer).setUint32(0, kekVersion);
+  // Each item is wrapped once per KEK version, so (KEK, nonce) never repeats.
+  const digest = getBackend().sm3(Uint8Array.from([...v, ...aad]));
+  return { nonce: digest.slice(0, 12), aad };
+}
+
+export class MasterKey {
+  private constructor(
+    readonly version: number,
+    private readonly gcm: GcmKey,
+  ) {}
+
+  static fromBytes(version: number, key: Uint8Array): MasterKey {
+    return new MasterKey(version, new GcmKey(getBackend().createBlockCipher(key)));
+  }
+
+  wrap(item: string, key: Uint8Array): Buffer {
+    const { nonce, aad } = context(this.version, item);
+    const { ciphertext, tag } = this.gcm.seal(nonce, aad, key);
+    const out = Buffer.alloc(WRAP_OVERHEAD + key.length);
+    out[0] = WRAP_VERSION;
+    out.writeUInt32BE(this.version, 1);
+    out.set(ciphertext, 5);
+    out.set(tag, 5 + key.length);
+    return out;
+  }
+
+  unwrap(item: string, wrapped: Uint8Array): Uint8Array {
+    if (wrapped.length <= WRAP_OVERHEAD || wrapped[0] !== WRAP_VERSION) throw new Error('wrapped key: bad format');
+    const kekVersion = Buffer.from(wrapped).readUInt32BE(1);
+    if (kekVersion !== this.version) throw new Error(`wrapped key: KEK version ${kekVersion}, active ${this.version}`);
+    const { nonce, aad } = context(this.version, item);
+    const tagAt = wrapped.length - 16;
+    const key = this.gcm.open(nonce, aad, wrapped.subarray(5, tagAt), wrapped.subarray(tagAt));
+    if (!key) throw new Error('wrapped key: authentication failed (wrong master key or tampered row)');
+    return key;
+  }
+
+  destroy(): void {
+    this.gcm.destroy();
+  }
+}
+
+function activeVersion(db: Db): number | undefined {
+  const row = db.prepare(`SELECT value FROM meta WHERE name = 'kek_version'`).get() as { value: string } | undefined;
+  return row ? Number(row.value) : undefined;
+}
+
+/** Removes key files left by a rotation that crashed before or after its commit. */
+function removeStaleKeyFiles(dir: string, active: number): void {
+  for (const name of readdirSync(dir)) {
+    if (name.startsWith(FILE_PREFIX) && Number(name.slice(FILE_PREFIX.length)) !== active) rmSync(join(dir, name));
+  }
+}
+
+/**
+ * Loads the active master key from `<dir>/master-key.v<N>`, creating version 1 on first run.
+ * The database records which version is active; the files record nothing else.
+ */
+export function loadMasterKey(db: Db, dir: string): MasterKey {
+  let version = activeVersion(db);
+  if (version === undefined) {
+    version = 1;
+    if (!existsSync(fileFor(dir, version))) writeKeyFile(fileFor(dir, version), randomBytes(16));
+    db.prepare(`INSERT INTO meta (name, value) VALUES ('kek_version', ?)`).run(String(version));
+  }
+  const path = fileFor(dir, version);
+  if (!existsSync(path)) throw new Error(`master key ${path} is missing; the key store cannot be opened without it`);
+  removeStaleKeyFiles(dir, version);
+  return MasterKey.fromBytes(version, readKeyFile(path));
+}
+
+/** The wrapped columns, with the item name each was wrapped under. */
+const WRAPPED_COLUMNS = [
+  {
+    select: `SELECT key_id AS id, 'key:' || key_id AS item, wrapped FROM keys WHERE wrapped IS NOT NULL`,
+    update: `UPDATE keys SET wrapped = ? WHERE key_id = ?`,
+  },
+  {
+    select: `SELECT device_id AS id, login_key_item AS item, login_key_wrapped AS wrapped FROM devices WHERE login_key_wrapped IS NOT NULL`,
+    update: `UPDATE devices SET login_key_wrapped = ? WHERE device_id = ?`,
+  },
+  {
+    select: `SELECT batch_id AS id, 'login:' || device_id || ':' || batch_id AS item, login_key_wrapped AS wrapped FROM batches WHERE login_key_wrapped IS NOT NULL`,
+    update: `UPDATE batches SET login_key_wrapped = ? WHERE batch_id = ?`,
+  },
+  { select: `SELECT name AS id, item, wrapped FROM secrets`, update: `UPDATE secrets SET wrapped = ? WHERE name = ?` },
+];
+
+/**
+ * Rotates the master key: writes version N+1 (fsync), rewraps every wrapped column and switches the active
+ * version in one transaction, then deletes version N. A crash at any point leaves one consistent pair.
+ */
+export function rotateMasterKey(db: Db, dir: string): { from: number; to: number; rewrapped: number } {
+  const current = loadMasterKey(db, dir);
+  const nextVersion = current.version + 1;
+  const nextBytes = randomBytes(16);
+  writeKeyFile(fileFor(dir, nextVersion), nextBytes);
+  const next = MasterKey.fromBytes(nextVersion, nextBytes);
+  let rewrapped = 0;
+  db.transaction(() => {
+    for (const col of WRAPPED_COLUMNS) {
+      const update = db.prepare(col.update);
+      for (const row of db.prepare(col.select).iterate() as Iterable<{ id: string; item: string; wrapped: Buffer }>) {
+        const key = current.unwrap(row.item, row.wrapped);
+        update.run(next.wrap(row.item, key), row.id);
+        key.fill(0);
+        rewrapped++;
+      }
+    }
+    db.prepare(`UPDATE meta SET value = ? WHERE name = 'kek_version'`).run(String(nextVersion));
+  })();
+  rmSync(fileFor(dir, current.version));
+  current.destroy();
+  next.destroy();
+  nextBytes.fill(0);
+  return { from: current.version, to: nextVersion, rewrapped };
+}

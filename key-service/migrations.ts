@@ -1,0 +1,88 @@
+// Numbered SQL migrations for the key store; the applied count is kept in PRAGMA user_version.
+
+export const MIGRATIONS: readonly string[] = [
+  // 1: devices, apps, brokers, fill batches, keys, audit log, revocations, service secrets.
+  `
+  CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+
+  CREATE TABLE devices (
+    device_id TEXT PRIMARY KEY,
+    serial TEXT,
+    state TEXT NOT NULL CHECK (state IN ('active', 'revoked')),
+    login_key_wrapped BLOB,
+    login_key_item TEXT,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER,
+    revoke_reason TEXT
+  ) STRICT;
+
+  CREATE TABLE clients (
+    client_id TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('app', 'broker')),
+    secret_hash BLOB NOT NULL,
+    secret_salt BLOB NOT NULL,
+    acl TEXT,
+    state TEXT NOT NULL CHECK (state IN ('active', 'revoked')),
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+  ) STRICT;
+
+  CREATE TABLE batches (
+    batch_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL REFERENCES devices(device_id),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'committed', 'cancelled')),
+    content_hash TEXT NOT NULL,
+    up_count INTEGER NOT NULL,
+    down_count INTEGER NOT NULL,
+    login_key_wrapped BLOB,
+    created_at INTEGER NOT NULL,
+    settled_at INTEGER
+  ) STRICT;
+
+  CREATE TABLE keys (
+    key_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL REFERENCES devices(device_id),
+    key_index INTEGER NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('up', 'down')),
+    batch_id TEXT NOT NULL REFERENCES batches(batch_id),
+    wrapped BLOB,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'filled', 'claimed', 'retired', 'destroyed')),
+    claimed_by TEXT,
+    claimed_session TEXT,
+    claimed_at INTEGER,
+    retired_at INTEGER,
+    destroyed_at INTEGER,
+    created_at INTEGER NOT NULL,
+    UNIQUE (device_id, key_index)
+  ) STRICT;
+  CREATE INDEX keys_pool ON keys (device_id, direction, state, key_index);
+  CREATE INDEX keys_batch ON keys (batch_id);
+
+  CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    device_id TEXT,
+    detail TEXT
+  ) STRICT;
+  CREATE INDEX audit_device ON audit (device_id, id);
+  CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+  CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+
+  CREATE TABLE revocations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject TEXT NOT NULL,
+    role TEXT NOT NULL,
+    revoked_at INTEGER NOT NULL
+  ) STRICT;
+
+  CREATE TABLE secrets (
+    name TEXT PRIMARY KEY,
+    item TEXT NOT NULL,
+    wrapped BLOB NOT NULL,
+    public_info TEXT,
+    created_at INTEGER NOT NULL
+  ) STRICT;
+  `,
+];

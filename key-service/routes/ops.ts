@@ -1,0 +1,18 @@
+// Operational routes: liveness with a database check, and Prometheus metrics.
+import type { FastifyInstance } from 'fastify';
+import type { KmsContext } from '../context.js';
+
+export function opsRoutes(app: FastifyInstance, ctx: KmsContext): void {
+  app.get(
+    '/healthz',
+    { schema: { response: { 200: { type: 'object', properties: { status: { type: 'string' } } } } } },
+    async () => {
+      ctx.store.db.prepare('SELECT 1').get();
+      return { status: 'ok' };
+    },
+  );
+  app.get('/metrics', async (_req, reply) => {
+    reply.type(ctx.metrics.registry.contentType);
+    return ctx.metrics.registry.metrics();
+  });
+}
