@@ -5,7 +5,7 @@ import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { ClaimQueue } from './claims.js';
 import type { KmsConfig } from './config.js';
 import type { KmsContext } from './context.js';
-import { openDatabase } from './db.js';
+import { type Db, openDatabase } from './db.js';
 import { KMS_ERRORS, KmsError, type KmsErrorCode } from './errors.js';
 import { ChallengeBook, FailureLimiter } from './login.js';
 import { loadMasterKey } from './master-key.js';
@@ -48,6 +48,15 @@ function errorBody(code: KmsErrorCode, message: string, details: Array<Record<st
 
 export async function buildKms(config: Readonly<KmsConfig>, options: BuildOptions = {}): Promise<Kms> {
   const db = openDatabase(join(config.dataDir, DB_FILE));
+  try {
+    return build(db, config, options);
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}
+
+function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms {
   const master = loadMasterKey(db, config.dataDir);
   const store = new KeyStore(db, master);
   const metrics = createKmsMetrics(store, config.lowWater);

@@ -151,7 +151,7 @@ export function rotateMasterKey(db: Db, dir: string): { from: number; to: number
   db.transaction(() => {
     for (const col of WRAPPED_COLUMNS) {
       const update = db.prepare(col.update);
-      for (const row of db.prepare(col.select).iterate() as Iterable<{ id: string; item: string; wrapped: Buffer }>) {
+      for (const row of db.prepare(col.select).all() as Array<{ id: string; item: string; wrapped: Buffer }>) {
         const key = current.unwrap(row.item, row.wrapped);
         update.run(next.wrap(row.item, key), row.id);
         key.fill(0);

@@ -356,9 +356,7 @@ export class KeyStore {
 
   // --- key claims (called inside the claim queue's transaction) --------------------------------------------
 
-  keyById(
-    keyId: string,
-  ):
+  keyById(keyId: string):
     | {
         key_id: string;
         device_id: string;

@@ -177,14 +177,14 @@ describe('errors', () => {
       body: '{"number":',
     });
     expect(res.status).toBe(400);
-    expect((await res.json()).code).toBe('KMS_ERR_BAD_REQUEST');
+    expect(((await res.json()) as { code: string }).code).toBe('KMS_ERR_BAD_REQUEST');
     const big = await fetch(`${t.url}/api/v1/auth/challenge`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ device_id: 'x'.repeat(2 * 1024 * 1024) }),
     });
     expect(big.status).toBe(413);
-    expect((await big.json()).code).toBe('KMS_ERR_TOO_LARGE');
+    expect(((await big.json()) as { code: string }).code).toBe('KMS_ERR_TOO_LARGE');
   });
 });
 
