@@ -39,8 +39,8 @@ export interface ClaimStats {
   onClaim?: (kind: 'dec' | 'enc', result: 'ok' | 'refused' | 'error', keys: number) => void;
 }
 
-type Outcome =
-  { ok: true; rows: Array<{ key_ID: string; key_index: number; wrapped: Buffer }> } | { ok: false; error: KmsError };
+type Claimed = { rowid: number; key_ID: string; key_index: number; wrapped: Buffer };
+type Outcome = { ok: true; rows: Claimed[] } | { ok: false; error: KmsError };
 
 /**
  * Collects claim requests that arrive in the same event-loop turn and commits them in one transaction, then
@@ -82,7 +82,8 @@ export class ClaimQueue {
     const started = process.hrtime.bigint();
     let outcomes: Outcome[];
     try {
-      const applyOne = this.store.db.transaction((r: ClaimRequest, now: number) => this.apply(r, now));
+      const devices = new Map<string, 'active' | 'revoked' | undefined>();
+      const applyOne = this.store.db.transaction((r: ClaimRequest, now: number) => this.apply(r, now, devices));
       outcomes = this.store.db.transaction(() => {
         const now = Date.now();
         // Each request runs in its own savepoint: a refused one rolls back alone, the batch commits together.
@@ -128,11 +129,13 @@ export class ClaimQueue {
   }
 
   /** Claims one request's keys or throws a KmsError (its savepoint then rolls back: all or nothing). */
-  private apply(r: ClaimRequest, now: number): Array<{ key_ID: string; key_index: number; wrapped: Buffer }> {
-    const device = this.store.device(r.deviceId);
-    if (!device) throw new KmsError('KMS_ERR_UNKNOWN_DEVICE', undefined, { details: [{ SAE_ID: r.deviceId }] });
-    if (device.state !== 'active') throw new KmsError('KMS_ERR_DEVICE_REVOKED');
-    let rows: Array<{ key_ID: string; key_index: number; wrapped: Buffer }>;
+  private apply(r: ClaimRequest, now: number, devices: Map<string, 'active' | 'revoked' | undefined>): Claimed[] {
+    // Device state cannot change inside this transaction, so one lookup per device per batch is enough.
+    if (!devices.has(r.deviceId)) devices.set(r.deviceId, this.store.deviceState(r.deviceId));
+    const state = devices.get(r.deviceId);
+    if (!state) throw new KmsError('KMS_ERR_UNKNOWN_DEVICE', undefined, { details: [{ SAE_ID: r.deviceId }] });
+    if (state !== 'active') throw new KmsError('KMS_ERR_DEVICE_REVOKED');
+    let rows: Claimed[];
     if (r.kind === 'dec') {
       const refused: Array<Record<string, unknown>> = [];
       rows = [];
@@ -147,13 +150,13 @@ export class ClaimQueue {
                 ? k.state
                 : null;
         if (reason) refused.push({ key_ID: id, reason });
-        else rows.push({ key_ID: k!.key_id, key_index: k!.key_index, wrapped: k!.wrapped! });
+        else rows.push({ rowid: k!.rowid, key_ID: k!.key_id, key_index: k!.key_index, wrapped: k!.wrapped! });
       }
       if (refused.length > 0) throw new KmsError('KMS_ERR_KEY_UNAVAILABLE', undefined, { details: refused });
     } else {
       rows = this.store
         .freshDownlinkKeys(r.deviceId, r.count)
-        .map((k) => ({ key_ID: k.key_id, key_index: k.key_index, wrapped: k.wrapped }));
+        .map((k) => ({ rowid: k.rowid, key_ID: k.key_id, key_index: k.key_index, wrapped: k.wrapped }));
       if (rows.length < r.count) {
         throw new KmsError('KMS_ERR_POOL_EMPTY', undefined, {
           details: [{ SAE_ID: r.deviceId, direction: 'down', available: rows.length }],
@@ -162,7 +165,7 @@ export class ClaimQueue {
     }
     for (const row of rows) {
       // The state guard in the UPDATE makes a double claim impossible even if validation above were wrong.
-      if (!this.store.markClaimed(row.key_ID, r.brokerId, r.sessionId, now)) {
+      if (!this.store.markClaimed(row.rowid, r.brokerId, r.sessionId, now)) {
         throw new KmsError('KMS_ERR_KEY_UNAVAILABLE', undefined, {
           details: [{ key_ID: row.key_ID, reason: 'claimed' }],
         });

@@ -58,6 +58,9 @@ export function issueToken(
 
 /** Verified broker tokens, so a busy broker's requests cost one signature check per token, not per request. */
 const brokerTokenCache = new WeakMap<KmsContext, Map<string, TokenClaims>>();
+/** When each broker was last seen active in the store; revoking a broker takes effect within this time. */
+const BROKER_RECHECK_MS = 1000;
+const brokerSeenActive = new WeakMap<KmsContext, Map<string, number>>();
 
 /** Requires a valid, unrevoked broker token; device and app tokens get 401 (ETSI 014: only SAEs of this KME). */
 export function requireBroker(ctx: KmsContext, req: FastifyRequest): TokenClaims {
@@ -77,10 +80,17 @@ export function requireBroker(ctx: KmsContext, req: FastifyRequest): TokenClaims
     if (cache.size > 1000) cache.clear();
     cache.set(token, claims);
   }
-  const client = ctx.store.client(claims.sub);
-  if (!client || client.role !== 'broker' || client.state !== 'active') {
-    cache.delete(token);
-    throw new KmsError('KMS_ERR_UNAUTHORIZED', 'broker is not registered or was revoked');
+  let seen = brokerSeenActive.get(ctx);
+  if (!seen) brokerSeenActive.set(ctx, (seen = new Map()));
+  const nowMs = Date.now();
+  if ((seen.get(claims.sub) ?? 0) + BROKER_RECHECK_MS < nowMs) {
+    const client = ctx.store.client(claims.sub);
+    if (!client || client.role !== 'broker' || client.state !== 'active') {
+      cache.delete(token);
+      seen.delete(claims.sub);
+      throw new KmsError('KMS_ERR_UNAUTHORIZED', 'broker is not registered or was revoked');
+    }
+    seen.set(claims.sub, nowMs);
   }
   return claims;
 }

@@ -17,8 +17,8 @@ import type { Db } from './db.js';
 
 const FILE_PREFIX = 'master-key.v';
 const WRAP_VERSION = 0x01;
-/** version (1) | KEK version (4) | ciphertext (n) | tag (16). */
-const WRAP_OVERHEAD = 1 + 4 + 16;
+/** version (1) | KEK version (4) | nonce (12) | ciphertext (n) | tag (16). */
+const WRAP_OVERHEAD = 1 + 4 + 12 + 16;
 const enc = new TextEncoder();
 
 function fileFor(dir: string, version: number): string {
@@ -44,14 +44,17 @@ function readKeyFile(path: string): Uint8Array {
   return Uint8Array.from(Buffer.from(text, 'hex'));
 }
 
-/** AAD and nonce both bind the item name: a wrapped blob copied to another row or purpose does not unwrap. */
-function context(kekVersion: number, item: string): { nonce: Uint8Array; aad: Uint8Array } {
-  const aad = enc.encode(`qkey-mqtt/wrap/v1\u0000${item}`);
-  const v = new Uint8Array(4);
-  new DataView(v.buffer).setUint32(0, kekVersion);
-  // Each item is wrapped once per KEK version, so (KEK, nonce) never repeats.
-  const digest = getBackend().sm3(Uint8Array.from([...v, ...aad]));
-  return { nonce: digest.slice(0, 12), aad };
+/** The AAD binds the item name: a wrapped blob copied to another row or purpose does not unwrap. */
+function aadFor(item: string): Uint8Array {
+  return enc.encode(`qkey-mqtt/wrap/v1\u0000${item}`);
+}
+
+/** Each item is wrapped once per KEK version, so a nonce derived from both never repeats under one KEK. */
+function nonceFor(kekVersion: number, aad: Uint8Array): Uint8Array {
+  const input = new Uint8Array(4 + aad.length);
+  new DataView(input.buffer).setUint32(0, kekVersion);
+  input.set(aad, 4);
+  return getBackend().sm3(input).slice(0, 12);
 }
 
 export class MasterKey {
@@ -65,13 +68,15 @@ export class MasterKey {
   }
 
   wrap(item: string, key: Uint8Array): Buffer {
-    const { nonce, aad } = context(this.version, item);
+    const aad = aadFor(item);
+    const nonce = nonceFor(this.version, aad);
     const { ciphertext, tag } = this.gcm.seal(nonce, aad, key);
     const out = Buffer.alloc(WRAP_OVERHEAD + key.length);
     out[0] = WRAP_VERSION;
     out.writeUInt32BE(this.version, 1);
-    out.set(ciphertext, 5);
-    out.set(tag, 5 + key.length);
+    out.set(nonce, 5);
+    out.set(ciphertext, 17);
+    out.set(tag, 17 + key.length);
     return out;
   }
 
@@ -79,9 +84,14 @@ export class MasterKey {
     if (wrapped.length <= WRAP_OVERHEAD || wrapped[0] !== WRAP_VERSION) throw new Error('wrapped key: bad format');
     const kekVersion = Buffer.from(wrapped).readUInt32BE(1);
     if (kekVersion !== this.version) throw new Error(`wrapped key: KEK version ${kekVersion}, active ${this.version}`);
-    const { nonce, aad } = context(this.version, item);
+    // The nonce travels in the blob (it is not secret), so unwrapping on the claim path costs no hash.
     const tagAt = wrapped.length - 16;
-    const key = this.gcm.open(nonce, aad, wrapped.subarray(5, tagAt), wrapped.subarray(tagAt));
+    const key = this.gcm.open(
+      wrapped.subarray(5, 17),
+      aadFor(item),
+      wrapped.subarray(17, tagAt),
+      wrapped.subarray(tagAt),
+    );
     if (!key) throw new Error('wrapped key: authentication failed (wrong master key or tampered row)');
     return key;
   }

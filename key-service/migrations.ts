@@ -85,4 +85,11 @@ export const MIGRATIONS: readonly string[] = [
     created_at INTEGER NOT NULL
   ) STRICT;
   `,
+  // 2: index only the keys that can still be claimed. A claim then removes one index entry instead of moving it,
+  // and the index stays as small as the unused pools.
+  `
+  DROP INDEX keys_pool;
+  CREATE INDEX keys_fresh ON keys (device_id, direction, key_index) WHERE state = 'filled';
+  CREATE INDEX keys_device ON keys (device_id, key_index);
+  `,
 ];

@@ -100,6 +100,7 @@ export class KeyStore {
         `UPDATE batches SET state = 'cancelled', settled_at = ?, login_key_wrapped = NULL WHERE device_id = ? AND state = 'pending'`,
       ),
       pool: p(`SELECT direction, COUNT(*) AS n FROM keys WHERE device_id = ? AND state = 'filled' GROUP BY direction`),
+      deviceState: p(`SELECT state FROM devices WHERE device_id = ?`),
       nextIndex: p(`SELECT COALESCE(MAX(key_index) + 1, 0) AS n FROM keys WHERE device_id = ?`),
       allPools: p(
         `SELECT d.device_id, d.state,
@@ -131,12 +132,15 @@ export class KeyStore {
       destroyBatchKeys: p(
         `UPDATE keys SET state = 'destroyed', wrapped = NULL, destroyed_at = ? WHERE batch_id = ? AND state = 'pending'`,
       ),
-      keyById: p(`SELECT key_id, device_id, key_index, direction, state, wrapped, batch_id FROM keys WHERE key_id = ?`),
-      freshDown: p(
-        `SELECT key_id, key_index, wrapped FROM keys WHERE device_id = ? AND direction = 'down' AND state = 'filled' ORDER BY key_index LIMIT ?`,
+      keyById: p(
+        `SELECT rowid, key_id, device_id, key_index, direction, state, wrapped, batch_id FROM keys WHERE key_id = ?`,
+      ),
+      // A literal LIMIT 1 and a key_index cursor: with a bound LIMIT parameter this query measured 4x slower.
+      nextFreshDown: p(
+        `SELECT rowid, key_id, key_index, wrapped FROM keys WHERE device_id = ? AND direction = 'down' AND state = 'filled' AND key_index > ? ORDER BY key_index LIMIT 1`,
       ),
       claim: p(
-        `UPDATE keys SET state = 'claimed', wrapped = NULL, claimed_by = ?, claimed_session = ?, claimed_at = ? WHERE key_id = ? AND state = 'filled'`,
+        `UPDATE keys SET state = 'claimed', wrapped = NULL, claimed_by = ?, claimed_session = ?, claimed_at = ? WHERE rowid = ? AND state = 'filled'`,
       ),
       retire: p(
         `UPDATE keys SET state = 'retired', retired_at = ? WHERE key_id = ? AND device_id = ? AND state = 'claimed' AND claimed_by = ?`,
@@ -188,6 +192,10 @@ export class KeyStore {
 
   device(deviceId: string): DeviceRow | undefined {
     return this.s.getDevice!.get(deviceId) as DeviceRow | undefined;
+  }
+
+  deviceState(deviceId: string): 'active' | 'revoked' | undefined {
+    return (this.s.deviceState!.get(deviceId) as { state: 'active' | 'revoked' } | undefined)?.state;
   }
 
   requireDevice(deviceId: string): DeviceRow {
@@ -356,25 +364,26 @@ export class KeyStore {
 
   // --- key claims (called inside the claim queue's transaction) --------------------------------------------
 
-  keyById(keyId: string):
-    | {
-        key_id: string;
-        device_id: string;
-        key_index: number;
-        direction: Direction;
-        state: KeyState;
-        wrapped: Buffer | null;
-      }
-    | undefined {
+  keyById(keyId: string): (ClaimableKey & { device_id: string; direction: Direction; state: KeyState }) | undefined {
     return this.s.keyById!.get(keyId) as ReturnType<KeyStore['keyById']>;
   }
 
-  freshDownlinkKeys(deviceId: string, count: number): Array<{ key_id: string; key_index: number; wrapped: Buffer }> {
-    return this.s.freshDown!.all(deviceId, count) as Array<{ key_id: string; key_index: number; wrapped: Buffer }>;
+  /** Up to `count` unused downlink keys of the device, lowest index first. */
+  freshDownlinkKeys(deviceId: string, count: number): ClaimableKey[] {
+    const out: ClaimableKey[] = [];
+    let after = -1;
+    while (out.length < count) {
+      const row = this.s.nextFreshDown!.get(deviceId, after) as ClaimableKey | undefined;
+      if (!row) break;
+      out.push(row);
+      after = row.key_index;
+    }
+    return out;
   }
 
-  markClaimed(keyId: string, brokerId: string, sessionId: string | null, now: number): boolean {
-    return this.s.claim!.run(brokerId, sessionId, now, keyId).changes === 1;
+  /** filled -> claimed, erasing the wrapped material in the same write; false if the key was not filled. */
+  markClaimed(rowid: number, brokerId: string, sessionId: string | null, now: number): boolean {
+    return this.s.claim!.run(brokerId, sessionId, now, rowid).changes === 1;
   }
 
   unwrapKey(keyId: string, wrapped: Buffer): Uint8Array {
@@ -457,6 +466,13 @@ export class KeyStore {
       revoked_at: number;
     }>;
   }
+}
+
+export interface ClaimableKey {
+  rowid: number;
+  key_id: string;
+  key_index: number;
+  wrapped: Buffer;
 }
 
 export interface BatchRow {
