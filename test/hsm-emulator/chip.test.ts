@@ -1,0 +1,234 @@
+// The emulated security chip: PIN and lock, refusing damaged or foreign files, sessions, rotation, sequence
+// reservation across crashes, downlink replay, and that no operation returns key material.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { SecurityChip } from '../../hsm-emulator/chip.js';
+import { ChipError, type ChipErrorCode } from '../../hsm-emulator/chip-errors.js';
+import {
+  EnvelopeKey,
+  loginProof,
+  openEnvelope,
+  parseEnvelope,
+  ProtocolError,
+  sealEnvelope,
+} from '../../protocol/index.js';
+import { FAST_KDF, fillLocally, newChip, TEST_PIN } from '../helpers/chip.js';
+import { removeDir, tempDir } from '../helpers/kms.js';
+
+const dirs: string[] = [];
+afterAll(() => dirs.forEach(removeDir));
+function chipFor(id: string, options = {}) {
+  const c = newChip(id, options);
+  dirs.push(c.dir);
+  return c;
+}
+
+function chipCode(fn: () => unknown): ChipErrorCode | 'OK' {
+  try {
+    fn();
+    return 'OK';
+  } catch (err) {
+    if (!(err instanceof ChipError)) throw err;
+    return err.code;
+  }
+}
+
+const TOPIC = (id: string) => `devices/${id}/up/t`;
+const enc = new TextEncoder();
+
+describe('PIN', () => {
+  it('opens with the right PIN; wrong PINs count down and then lock the chip for good', () => {
+    const { chip, path } = chipFor('dev-pin');
+    chip.close();
+    expect(SecurityChip.open(path, TEST_PIN).deviceId).toBe('dev-pin');
+    for (let i = 0; i < 4; i++) {
+      const e = (() => {
+        try {
+          SecurityChip.open(path, '0000');
+        } catch (err) {
+          return err as ChipError;
+        }
+      })()!;
+      expect(e.code).toBe('CHIP_ERR_PIN');
+      expect(e.message).toContain(`${4 - i} attempt(s) left`);
+    }
+    expect(chipCode(() => SecurityChip.open(path, '0000'))).toBe('CHIP_ERR_LOCKED');
+    expect(chipCode(() => SecurityChip.open(path, TEST_PIN))).toBe('CHIP_ERR_LOCKED');
+  });
+
+  it('a correct PIN resets the failed-attempt counter', () => {
+    const { path } = chipFor('dev-pin2');
+    for (let i = 0; i < 4; i++) chipCode(() => SecurityChip.open(path, '1111'));
+    SecurityChip.open(path, TEST_PIN).close();
+    expect(chipCode(() => SecurityChip.open(path, '1111'))).toBe('CHIP_ERR_PIN');
+  });
+});
+
+describe('damaged and foreign files are refused, never reset', () => {
+  it('tampered body, truncated file, trailing bytes, foreign file, other device, missing file', () => {
+    const { chip, path } = chipFor('dev-tamper');
+    fillLocally(chip, 2, 2);
+    chip.close();
+    const good = readFileSync(path);
+    const check = (bytes: Buffer, code: ChipErrorCode) => {
+      writeFileSync(path, bytes);
+      expect(chipCode(() => SecurityChip.open(path, TEST_PIN))).toBe(code);
+    };
+    const flipped = Buffer.from(good);
+    flipped[good.length - 40]! ^= 1;
+    check(flipped, 'CHIP_ERR_TAMPERED');
+    check(good.subarray(0, good.length - 1), 'CHIP_ERR_CORRUPT');
+    check(good.subarray(0, 30), 'CHIP_ERR_CORRUPT');
+    check(Buffer.concat([good, Buffer.from([0])]), 'CHIP_ERR_CORRUPT');
+    check(Buffer.from('{"not":"a chip"}'), 'CHIP_ERR_FOREIGN');
+    const fileSalt = Buffer.from(good);
+    fileSalt[50]! ^= 1; // authenticated header field
+    check(fileSalt, 'CHIP_ERR_TAMPERED');
+    check(good, 'OK' as ChipErrorCode);
+    expect(chipCode(() => SecurityChip.open(path, TEST_PIN, { expectDevice: 'dev-other' }))).toBe('CHIP_ERR_FOREIGN');
+    expect(readFileSync(path).equals(good)).toBe(true);
+    expect(chipCode(() => SecurityChip.open(join(tempDir(), 'none.chip'), TEST_PIN))).toBe('CHIP_ERR_NOT_FOUND');
+    expect(chipCode(() => SecurityChip.create(path, { deviceId: 'x', pin: TEST_PIN, kdfIterations: FAST_KDF }))).toBe(
+      'CHIP_ERR_EXISTS',
+    );
+  });
+});
+
+describe('sessions and sealing', () => {
+  it('each session takes a fresh uplink key; the broker side opens what the chip seals', () => {
+    const { chip, path } = chipFor('dev-seal');
+    const { keys } = fillLocally(chip, 3, 1);
+    const used: number[] = [];
+    for (let s = 0; s < 3; s++) {
+      const { keyIndex } = chip.beginSession();
+      used.push(keyIndex);
+      const env = chip.sealUplink(enc.encode(`hello ${s}`), TOPIC('dev-seal'));
+      const key = new EnvelopeKey(keys.get(keyIndex)!.key);
+      expect(
+        new TextDecoder().decode(
+          openEnvelope(env, { key, deviceId: 'dev-seal', topic: TOPIC('dev-seal'), direction: 'up' }).payload,
+        ),
+      ).toBe(`hello ${s}`);
+    }
+    expect(used).toEqual([0, 1, 2]);
+    expect(chipCode(() => chip.beginSession())).toBe('CHIP_ERR_POOL_EMPTY');
+    chip.close();
+    const reopened = SecurityChip.open(path, TEST_PIN);
+    expect(reopened.status()).toMatchObject({ uplinkKeys: 0, downlinkKeys: 1, sessions: 4 });
+  });
+
+  it('rotates to the next key after the message limit, and passes empty payloads through', () => {
+    const { chip } = chipFor('dev-rot', { rotation: { messages: 3 } });
+    fillLocally(chip, 3, 0);
+    chip.beginSession();
+    const indices = Array.from(
+      { length: 7 },
+      () => parseEnvelope(chip.sealUplink(enc.encode('x'), TOPIC('dev-rot'))).keyIndex,
+    );
+    expect(indices).toEqual([0, 0, 0, 1, 1, 1, 2]);
+    expect(chip.sealUplink(new Uint8Array(0), TOPIC('dev-rot'))).toHaveLength(0);
+    expect(chipCode(() => chipFor('dev-nosession').chip.sealUplink(enc.encode('x'), 't'))).toBe('CHIP_ERR_NO_SESSION');
+  });
+
+  it('a crash between reserving sequence numbers and using them never repeats a (key, seq) pair', () => {
+    let crash = false;
+    const { chip, path } = chipFor('dev-crash', {
+      crashPoint: (p: string) => {
+        if (crash && p === 'after-reserve') throw new Error('power loss');
+      },
+    });
+    fillLocally(chip, 4, 0);
+    const seen = new Set<string>();
+    const record = (env: Uint8Array) => {
+      const h = parseEnvelope(env);
+      const id = `${h.keyIndex}:${h.seq}`;
+      expect(seen.has(id)).toBe(false);
+      seen.add(id);
+    };
+    chip.beginSession();
+    for (let i = 0; i < 300; i++) record(chip.sealUplink(enc.encode('a'), TOPIC('dev-crash')));
+    crash = true;
+    expect(() => {
+      for (let i = 0; i < 300; i++) record(chip.sealUplink(enc.encode('b'), TOPIC('dev-crash')));
+    }).toThrow('power loss');
+    // After power loss the chip restarts from its file: the next session must not reuse key 0.
+    const again = SecurityChip.open(path, TEST_PIN);
+    expect(again.beginSession().keyIndex).toBe(1);
+    for (let i = 0; i < 300; i++) record(again.sealUplink(enc.encode('c'), TOPIC('dev-crash')));
+    expect(seen.size).toBe(512 + 300); // sealed before the crash at the reservation for seq 512, then after
+  });
+
+  it('a crash right after taking a key out of the pool loses that key, never reuses it', () => {
+    const { chip, path } = chipFor('dev-take', {
+      crashPoint: (p: string) => {
+        if (p === 'after-take-key') throw new Error('power loss');
+      },
+    });
+    fillLocally(chip, 2, 0);
+    expect(() => chip.beginSession()).toThrow('power loss');
+    const again = SecurityChip.open(path, TEST_PIN);
+    expect(again.beginSession().keyIndex).toBe(1);
+  });
+});
+
+describe('downlink, login and secrecy', () => {
+  it('opens downlink envelopes once; replays, unknown keys and other topics are refused', () => {
+    const { chip, path } = chipFor('dev-down');
+    const { keys } = fillLocally(chip, 2, 2);
+    chip.beginSession();
+    const key = new EnvelopeKey(keys.get(2)!.key);
+    const topic = 'devices/dev-down/down/cmd';
+    const env = sealEnvelope(enc.encode('reboot'), {
+      key,
+      keyIndex: 2,
+      seq: 0,
+      deviceId: 'dev-down',
+      topic,
+      direction: 'down',
+    });
+    expect(new TextDecoder().decode(chip.openDownlink(env, topic))).toBe('reboot');
+    expect(() => chip.openDownlink(env, topic)).toThrow(expect.objectContaining({ code: 'PROTO_ERR_REPLAY' }));
+    expect(() => chip.openDownlink(env, `${topic}/x`)).toThrow(ProtocolError);
+    const unknown = sealEnvelope(enc.encode('x'), {
+      key,
+      keyIndex: 9,
+      seq: 0,
+      deviceId: 'dev-down',
+      topic,
+      direction: 'down',
+    });
+    expect(chipCode(() => chip.openDownlink(unknown, topic))).toBe('CHIP_ERR_UNKNOWN_KEY');
+    // A downlink key used in one session is erased when the next session starts.
+    chip.beginSession();
+    expect(chip.status().downlinkKeys).toBe(1);
+    expect(chipCode(() => chip.openDownlink(env, topic))).toBe('CHIP_ERR_UNKNOWN_KEY');
+    chip.close();
+    expect(SecurityChip.open(path, TEST_PIN).status().downlinkKeys).toBe(1);
+  });
+
+  it('computes the login proof of docs/PROTOCOL.md §13', () => {
+    const { chip } = chipFor('dev-login');
+    expect(chipCode(() => chip.loginProof(new Uint8Array(32)))).toBe('CHIP_ERR_NO_LOGIN_KEY');
+    const { loginKey } = fillLocally(chip, 1, 1);
+    const challenge = new Uint8Array(32).fill(3);
+    expect(Buffer.from(chip.loginProof(challenge))).toEqual(Buffer.from(loginProof(loginKey, 'dev-login', challenge)));
+  });
+
+  it('fills are idempotent by batch id and refuse reused indices; status and the file reveal no key', () => {
+    const { chip, path } = chipFor('dev-secret');
+    const { keys, loginKey } = fillLocally(chip, 2, 2, 'b1');
+    expect(chip.applyFill({ batchId: 'b1', keys: [] })).toBe('already-applied');
+    expect(
+      chipCode(() => chip.applyFill({ batchId: 'b2', keys: [{ index: 1, direction: 'up', key: new Uint8Array(16) }] })),
+    ).toBe('CHIP_ERR_FILL');
+    const status = JSON.stringify(chip.status());
+    const file = readFileSync(path);
+    for (const k of [loginKey, ...[...keys.values()].map((x) => x.key)]) {
+      const h = Buffer.from(k).toString('hex');
+      expect(status).not.toContain(h);
+      expect(file.indexOf(Buffer.from(k))).toBe(-1);
+      expect(file.indexOf(Buffer.from(h))).toBe(-1);
+    }
+  });
+});
