@@ -46,7 +46,7 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-function adminToken(flag: string | undefined, dataDir: string): string {
+export function adminTokenFrom(flag: string | undefined, dataDir: string): string {
   if (flag) return flag;
   if (process.env.QKEY_ADMIN_TOKEN) return process.env.QKEY_ADMIN_TOKEN;
   const file = join(dataDir, ADMIN_TOKEN_FILE);
@@ -87,7 +87,7 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
       return values.help ? EXIT_OK : EXIT_USAGE;
     }
     const client = new KmsClient(values.kms ?? process.env.QKEY_KMS_URL ?? DEFAULT_KMS_URL, {
-      token: adminToken(values.token, values.data),
+      token: adminTokenFrom(values.token, values.data),
     });
     const limit = values.limit === undefined ? undefined : Number(values.limit);
     if (limit !== undefined && !(Number.isInteger(limit) && limit > 0))

@@ -51,7 +51,7 @@ export class FillingMachine {
 
   async fill(chip: SecurityChip, req: FillRequest): Promise<FillResult> {
     const deviceId = chip.deviceId;
-    await this.ensureDevice(deviceId);
+    await this.ensureDevice(deviceId, chip.status().serial);
     const base = req.batchId ?? `${deviceId}.${Date.now().toString(36)}.${randomBytes(3).toString('hex')}`;
     const total = req.up + req.down;
     const wantLogin = req.loginKey ?? !chip.status().hasLoginKey;
@@ -85,12 +85,12 @@ export class FillingMachine {
     return this.fill(chip, { up: Math.max(0, target - s.uplinkKeys), down: Math.max(0, target - s.downlinkKeys) });
   }
 
-  private async ensureDevice(deviceId: string): Promise<void> {
+  private async ensureDevice(deviceId: string, serial: string | null): Promise<void> {
     try {
       await this.kms.device(deviceId);
     } catch (err) {
       if (!(err instanceof KmsHttpError && err.code === 'KMS_ERR_NOT_FOUND')) throw err;
-      await this.kms.registerDevice(deviceId);
+      await this.kms.registerDevice(deviceId, serial ?? undefined);
     }
   }
 

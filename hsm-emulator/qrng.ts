@@ -8,7 +8,8 @@ import { type NoiseSource, OsNoiseSource } from './noise-source.js';
 export const STARTUP_SAMPLES = 1024;
 /** Raw samples per seed: one whole adaptive-proportion window, tested completely before it is used. */
 export const SEED_SAMPLES = APT_WINDOW;
-export const DEFAULT_RESEED_BYTES = 4096;
+/** 16 KiB of output per seed measured 62 MiB/s here (4 KiB: 42 MiB/s); CTR_DRBG would allow far more. */
+export const DEFAULT_RESEED_BYTES = 16384;
 
 export class QrngHealthError extends Error {
   readonly code = 'QRNG_ERR_HEALTH';

@@ -28,7 +28,7 @@ class SwitchableSource implements NoiseSource {
 
 describe('Qrng', () => {
   it('emits non-repeating output and counts bytes, raw samples and reseeds', () => {
-    const q = new Qrng();
+    const q = new Qrng({ reseedBytes: 4096 });
     const a = q.bytes(4096);
     const b = q.bytes(4096);
     expect(Buffer.from(a).equals(Buffer.from(b))).toBe(false);

@@ -1,0 +1,116 @@
+// `qkey chip` and `qkey admin` through the callable CLI against a real key service: happy path and clear failures.
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { main } from '../../cli/qkey.js';
+import { removeDir, startTestKms, type TestKms, tempDir } from '../helpers/kms.js';
+
+let t: TestKms;
+const dir = tempDir('qkey-cli-');
+const chip = join(dir, 'dev-cli.chip');
+
+async function run(...argv: string[]) {
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await main(argv, { out: (l) => out.push(l), err: (l) => err.push(l) });
+  return { code, out: out.join('\n'), err: err.join('\n') };
+}
+
+beforeAll(async () => {
+  t = await startTestKms();
+  process.env.QKEY_CHIP_PIN = '13579';
+});
+afterAll(async () => {
+  delete process.env.QKEY_CHIP_PIN;
+  await t.stop();
+  removeDir(t.dataDir);
+  removeDir(dir);
+});
+
+describe('qkey chip and qkey admin', () => {
+  it('init, fill, status, login, and the key service agrees', async () => {
+    expect(
+      await run('chip', 'init', '--chip', chip, '--device', 'dev-cli', '--serial', 'SN-7', '--kdf-iterations', '1000'),
+    ).toMatchObject({ code: 0 });
+    const fill = await run(
+      'chip',
+      'fill',
+      '--chip',
+      chip,
+      '--kms',
+      t.url,
+      '--token',
+      'test-admin-token',
+      '--up',
+      '6',
+      '--down',
+      '4',
+    );
+    expect(fill.code).toBe(0);
+    expect(fill.out).toMatch(/filled dev-cli: 6 uplink and 4 downlink keys and a login key/);
+    const status = await run('chip', 'status', '--chip', chip, '--json');
+    expect(JSON.parse(status.out)).toMatchObject({
+      deviceId: 'dev-cli',
+      serial: 'SN-7',
+      uplinkKeys: 6,
+      downlinkKeys: 4,
+      hasLoginKey: true,
+    });
+    const login = await run('chip', 'login', '--chip', chip, '--kms', t.url);
+    expect(login.out).toMatch(/^qk1\./);
+    const show = await run(
+      'admin',
+      '--kms',
+      t.url,
+      '--token',
+      'test-admin-token',
+      '--json',
+      'device',
+      'show',
+      'dev-cli',
+    );
+    expect(JSON.parse(show.out)).toMatchObject({ serial: 'SN-7', pool: { up: 6, down: 4 }, has_login_key: true });
+    const audit = await run('admin', '--kms', t.url, '--token', 'test-admin-token', 'audit', '--device', 'dev-cli');
+    expect(audit.out).toMatch(/batch\.commit/);
+    expect(audit.out).toMatch(/login/);
+  });
+
+  it('wrong PIN, damaged file, unreachable key service and usage mistakes fail with clear, coded errors', async () => {
+    process.env.QKEY_CHIP_PIN = '00000';
+    const wrong = await run('chip', 'status', '--chip', chip);
+    expect(wrong).toMatchObject({ code: 1 });
+    expect(wrong.err).toMatch(/CHIP_ERR_PIN: wrong PIN; 4 attempt\(s\) left/);
+    process.env.QKEY_CHIP_PIN = '13579';
+    const unreachable = await run(
+      'chip',
+      'fill',
+      '--chip',
+      chip,
+      '--kms',
+      'http://127.0.0.1:1',
+      '--token',
+      'x',
+      '--up',
+      '1',
+    );
+    expect(unreachable.code).toBe(1);
+    expect(unreachable.err).toMatch(/key service unreachable/);
+    const missing = await run('chip', 'status', '--chip', join(dir, 'none.chip'));
+    expect(missing.err).toMatch(/CHIP_ERR_NOT_FOUND/);
+    const badAdmin = await run('admin', '--kms', t.url, '--token', 'wrong', 'device', 'list');
+    expect(badAdmin).toMatchObject({ code: 1 });
+    expect(badAdmin.err).toMatch(/KMS_ERR_UNAUTHORIZED/);
+    for (const argv of [
+      ['chip', 'status'],
+      ['chip', 'init', '--chip', join(dir, 'x.chip')],
+      ['chip', 'fill', '--chip', chip, '--token', 'x'],
+      ['chip', 'fill', '--chip', chip, '--token', 'x', '--up', 'many'],
+      ['chip', 'explode', '--chip', chip],
+      ['admin', '--token', 'x', 'device', 'frobnicate'],
+      ['admin', '--token', 'x', 'device', 'show'],
+    ]) {
+      const r = await run(...argv);
+      expect(r.code, argv.join(' ')).toBe(2);
+      expect(r.err).toMatch(/--help/);
+    }
+  });
+});
