@@ -14,7 +14,7 @@ import { formatRate, table } from './_measure.js';
 const { values } = parseArgs({
   options: {
     seconds: { type: 'string', default: '3' },
-    'keys-per-request': { type: 'string', default: '1,8' },
+    'keys-per-request': { type: 'string', default: '1,4' },
     concurrency: { type: 'string', default: '1,16,64' },
   },
 });
