@@ -50,7 +50,7 @@ export function covers(allowed: string, requested: string): boolean {
 
 /** A valid topic name for PUBLISH: non-empty, no wildcards, no U+0000 [MQTT-4.7.3-1, -2, -3]. */
 export function isValidTopicName(topic: string): boolean {
-  return topic.length > 0 && !/[+#\u0000]/.test(topic);
+  return topic.length > 0 && !topic.includes('+') && !topic.includes('#') && !topic.includes('\u0000');
 }
 
 /** The device whose uplink space `topic` falls in, if any (a template with one `{id}` level). */
