@@ -29,13 +29,14 @@ export class KmsUnreachableError extends Error {
 }
 
 export interface KmsClientOptions {
-  token?: string;
+  /** A bearer token, or a function returning the current one (for tokens that are renewed). */
+  token?: string | (() => string);
   timeoutMs?: number;
 }
 
 export class KmsClient {
   readonly baseUrl: string;
-  private readonly token: string | undefined;
+  private readonly token: string | (() => string) | undefined;
   private readonly timeoutMs: number;
 
   constructor(baseUrl: string, options: KmsClientOptions = {}) {
@@ -44,7 +45,7 @@ export class KmsClient {
     this.timeoutMs = options.timeoutMs ?? 10_000;
   }
 
-  withToken(token: string): KmsClient {
+  withToken(token: string | (() => string)): KmsClient {
     return new KmsClient(this.baseUrl, { token, timeoutMs: this.timeoutMs });
   }
 
@@ -56,7 +57,7 @@ export class KmsClient {
         method,
         headers: {
           ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
-          ...(this.token ? { authorization: `Bearer ${this.token}` } : {}),
+          ...(this.token ? { authorization: `Bearer ${typeof this.token === 'function' ? this.token() : this.token}` } : {}),
         },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
         signal: AbortSignal.timeout(this.timeoutMs),

@@ -1,0 +1,117 @@
+// Broker configuration: defaults, then a JSON config file, then QKEY_BROKER_* environment, then CLI flags.
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { KMS_DEFAULTS } from '../key-service/config.js';
+import { DEFAULT_ROTATION, type RotationLimits } from './session-keys.js';
+import { DEFAULT_TOPICS, type TopicTemplates } from './topic-policy.js';
+
+export interface ListenerConfig {
+  port: number;
+  /** PEM file paths; required for tls and wss. */
+  cert?: string;
+  key?: string;
+}
+
+export interface BrokerConfig {
+  host: string;
+  /** MQTT over TCP; null turns it off. */
+  mqtt: ListenerConfig | null;
+  tls: ListenerConfig | null;
+  ws: ListenerConfig | null;
+  wss: ListenerConfig | null;
+  /** HTTP for /healthz and /metrics; null turns it off. */
+  http: { port: number } | null;
+  kmsUrl: string;
+  /** This broker's id at the key service (its SAE id). */
+  brokerId: string;
+  /** Its client secret; when absent, read from or registered into `<dataDir>/broker-<id>.secret`. */
+  brokerSecret?: string;
+  /** Key-service data folder: where the admin token is found for first-run self-registration. */
+  dataDir: string;
+  topics: TopicTemplates;
+  rotation: RotationLimits;
+  maxPayload: number;
+  revocationPollMs: number;
+  logLevel: string;
+}
+
+export const BROKER_DEFAULTS: Readonly<BrokerConfig> = Object.freeze({
+  host: '127.0.0.1',
+  mqtt: { port: 1883 },
+  tls: null,
+  ws: null,
+  wss: null,
+  http: { port: 9090 },
+  kmsUrl: `http://127.0.0.1:${KMS_DEFAULTS.port}`,
+  brokerId: 'qkey-broker',
+  dataDir: './data',
+  topics: DEFAULT_TOPICS,
+  rotation: DEFAULT_ROTATION,
+  maxPayload: 256 * 1024,
+  revocationPollMs: 1000,
+  logLevel: 'info',
+});
+
+export type BrokerOverrides = Partial<BrokerConfig>;
+
+function fromEnv(env: NodeJS.ProcessEnv): BrokerOverrides {
+  const o: BrokerOverrides = {};
+  if (env.QKEY_BROKER_HOST) o.host = env.QKEY_BROKER_HOST;
+  if (env.QKEY_BROKER_PORT) o.mqtt = { port: Number(env.QKEY_BROKER_PORT) };
+  if (env.QKEY_KMS_URL) o.kmsUrl = env.QKEY_KMS_URL;
+  if (env.QKEY_BROKER_ID) o.brokerId = env.QKEY_BROKER_ID;
+  if (env.QKEY_BROKER_SECRET) o.brokerSecret = env.QKEY_BROKER_SECRET;
+  if (env.QKEY_KMS_DATA) o.dataDir = env.QKEY_KMS_DATA;
+  if (env.QKEY_BROKER_LOG_LEVEL) o.logLevel = env.QKEY_BROKER_LOG_LEVEL;
+  return o;
+}
+
+function check(c: BrokerConfig): BrokerConfig {
+  for (const [name, l] of [
+    ['mqtt', c.mqtt],
+    ['tls', c.tls],
+    ['ws', c.ws],
+    ['wss', c.wss],
+    ['http', c.http],
+  ] as const) {
+    if (l && !(Number.isInteger(l.port) && l.port >= 0 && l.port <= 65535))
+      throw new Error(`config: ${name}.port must be 0..65535`);
+  }
+  for (const [name, l] of [
+    ['tls', c.tls],
+    ['wss', c.wss],
+  ] as const) {
+    if (l && (!l.cert || !l.key)) throw new Error(`config: ${name} needs cert and key files`);
+  }
+  if (!c.mqtt && !c.tls && !c.ws && !c.wss) throw new Error('config: at least one MQTT listener must be on');
+  for (const [k, v] of Object.entries(c.rotation))
+    if (!(v > 0)) throw new Error(`config: rotation.${k} must be positive`);
+  if (!c.topics.uplink.includes('{id}') || !c.topics.downlink.includes('{id}'))
+    throw new Error('config: topic templates need {id}');
+  return c;
+}
+
+export function loadBrokerConfig(
+  overrides: BrokerOverrides = {},
+  options: { configFile?: string | undefined; env?: NodeJS.ProcessEnv } = {},
+): Readonly<BrokerConfig> {
+  const env = options.env ?? process.env;
+  const file = options.configFile ?? env.QKEY_BROKER_CONFIG;
+  let fileConfig: BrokerOverrides = {};
+  if (file) {
+    try {
+      fileConfig = JSON.parse(readFileSync(file, 'utf8')) as BrokerOverrides;
+    } catch (err) {
+      throw new Error(`config: cannot read ${file}: ${(err as Error).message}`);
+    }
+  }
+  const merged = {
+    ...BROKER_DEFAULTS,
+    ...fileConfig,
+    ...fromEnv(env),
+    ...Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)),
+  } as BrokerConfig;
+  merged.rotation = { ...DEFAULT_ROTATION, ...fileConfig.rotation, ...overrides.rotation };
+  merged.topics = { ...DEFAULT_TOPICS, ...fileConfig.topics, ...overrides.topics };
+  return Object.freeze({ ...check(merged), dataDir: resolve(merged.dataDir) });
+}

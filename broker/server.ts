@@ -1,0 +1,199 @@
+// Runs Aedes with the QKey plugin on the configured listeners (TCP, TLS, WebSocket, secure WebSocket) plus HTTP
+// /healthz and /metrics. startBroker() is what `qkey broker` and the tests call.
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createNetServer, type Server as NetServer } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
+import { Aedes } from 'aedes';
+import { pino, type Logger } from 'pino';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { createWebSocketStream, WebSocketServer } from 'ws';
+import type { BrokerConfig } from './config.js';
+import { BrokerKmsSession, brokerSecret } from './credentials.js';
+import { createQkeyPlugin, type QkeyPlugin } from './plugin.js';
+import { TokenAuthority } from './token-authority.js';
+
+export interface RunningBroker {
+  aedes: Aedes;
+  plugin: QkeyPlugin;
+  /** URLs of the listeners that are on: mqtt://, mqtts://, ws://, wss://, and http:// for health and metrics. */
+  urls: { mqtt?: string; mqtts?: string; ws?: string; wss?: string; http?: string };
+  registry: Registry;
+  close(): Promise<void>;
+}
+
+function listen(server: NetServer | HttpServer, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      const a = server.address();
+      resolve(typeof a === 'object' && a ? a.port : port);
+    });
+  });
+}
+
+function createMetrics() {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'broker_' });
+  return {
+    registry,
+    connections: new Gauge({
+      name: 'broker_connected_clients',
+      help: 'Connected MQTT clients by role',
+      labelNames: ['role'],
+      registers: [registry],
+    }),
+    rejected: new Counter({
+      name: 'broker_publish_rejected_total',
+      help: 'Refused publishes by reason',
+      labelNames: ['reason'],
+      registers: [registry],
+    }),
+    authFailed: new Counter({
+      name: 'broker_auth_failed_total',
+      help: 'Refused CONNECTs by CONNACK return code',
+      labelNames: ['return_code'],
+      registers: [registry],
+    }),
+    downlink: new Counter({
+      name: 'broker_downlink_total',
+      help: 'Downlink deliveries by outcome',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    rotations: new Counter({
+      name: 'broker_downlink_rotations_total',
+      help: 'Downlink key rotations',
+      registers: [registry],
+    }),
+    sessionEvents: new Counter({
+      name: 'broker_session_events_total',
+      help: 'Key events in device sessions',
+      labelNames: ['kind'],
+      registers: [registry],
+    }),
+  };
+}
+
+export async function startBroker(
+  config: Readonly<BrokerConfig>,
+  options: { logger?: Logger } = {},
+): Promise<RunningBroker> {
+  const log = options.logger ?? pino({ level: config.logLevel });
+  const secret = await brokerSecret(config.kmsUrl, config.brokerId, config.dataDir, config.brokerSecret);
+  const kmsSession = new BrokerKmsSession(config.kmsUrl, config.brokerId, secret);
+  const kms = await kmsSession.start();
+  const tokens = new TokenAuthority(kms, { pollMs: config.revocationPollMs });
+  await tokens.start();
+  const m = createMetrics();
+  const plugin = createQkeyPlugin({
+    kms,
+    tokens,
+    topics: config.topics,
+    rotation: config.rotation,
+    maxPayload: config.maxPayload,
+    log,
+    events: {
+      rejected: (reason) => m.rejected.inc({ reason }),
+      authFailed: (code, reason) => {
+        m.authFailed.inc({ return_code: String(code) });
+        log.info({ returnCode: code, reason }, 'connect refused');
+      },
+      downlink: (outcome) => m.downlink.inc({ outcome }),
+      session: (deviceId, e) => {
+        m.sessionEvents.inc({ kind: e.kind });
+        if (e.kind === 'downlink-rotated') m.rotations.inc();
+        if (e.kind !== 'downlink-rotated') log.warn({ device: deviceId, event: e.kind }, 'session key event');
+      },
+    },
+  });
+  const aedes = new Aedes({ id: config.brokerId });
+  await aedes.listen();
+  plugin.attach(aedes);
+  aedes.on('clientReady', (c) => m.connections.inc({ role: plugin.principalOf(c)?.role ?? 'unknown' }));
+  aedes.on('clientDisconnect', (c) => m.connections.dec({ role: plugin.principalOf(c)?.role ?? 'device' }));
+
+  const servers: Array<NetServer | HttpServer> = [];
+  const wsServers: WebSocketServer[] = [];
+  const urls: RunningBroker['urls'] = {};
+  const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+  try {
+    if (config.mqtt) {
+      const s = createNetServer((socket) => aedes.handle(socket));
+      servers.push(s);
+      urls.mqtt = `mqtt://${host}:${await listen(s, config.mqtt.port, config.host)}`;
+    }
+    if (config.tls) {
+      const s = createTlsServer(
+        { cert: readFileSync(config.tls.cert!), key: readFileSync(config.tls.key!) },
+        (socket) => aedes.handle(socket),
+      );
+      servers.push(s);
+      urls.mqtts = `mqtts://${host}:${await listen(s, config.tls.port, config.host)}`;
+    }
+    for (const [kind, l] of [
+      ['ws', config.ws],
+      ['wss', config.wss],
+    ] as const) {
+      if (!l) continue;
+      const http =
+        kind === 'ws'
+          ? createHttpServer()
+          : createHttpsServer({ cert: readFileSync(l.cert!), key: readFileSync(l.key!) });
+      const wss = new WebSocketServer({ server: http });
+      wss.on('connection', (socket) => aedes.handle(createWebSocketStream(socket)));
+      servers.push(http);
+      wsServers.push(wss);
+      urls[kind] = `${kind}://${host}:${await listen(http, l.port, config.host)}`;
+    }
+    if (config.http) {
+      const s = createHttpServer((req, res) => {
+        if (req.url === '/healthz') {
+          const healthy = tokens.feedHealthy;
+          res.writeHead(healthy ? 200 : 503, { 'content-type': 'application/json' });
+          res.end(
+            JSON.stringify({
+              status: healthy ? 'ok' : 'degraded',
+              kms: healthy ? 'reachable' : 'unreachable',
+              clients: aedes.connectedClients,
+            }),
+          );
+        } else if (req.url === '/metrics') {
+          m.registry.metrics().then(
+            (text) => {
+              res.writeHead(200, { 'content-type': m.registry.contentType });
+              res.end(text);
+            },
+            () => res.writeHead(500).end(),
+          );
+        } else res.writeHead(404).end();
+      });
+      servers.push(s);
+      urls.http = `http://${host}:${await listen(s, config.http.port, config.host)}`;
+    }
+  } catch (err) {
+    for (const s of servers) s.close();
+    tokens.stop();
+    kmsSession.stop();
+    await new Promise<void>((r) => aedes.close(() => r()));
+    throw err;
+  }
+  log.info({ urls }, 'broker listening');
+
+  return {
+    aedes,
+    plugin,
+    urls,
+    registry: m.registry,
+    async close() {
+      tokens.stop();
+      kmsSession.stop();
+      for (const w of wsServers) w.close();
+      await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+      await new Promise<void>((r) => aedes.close(() => r()));
+      await plugin.close();
+    },
+  };
+}
