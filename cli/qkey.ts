@@ -1,5 +1,6 @@
 // `qkey`: the one command-line entry point; dispatches to the subcommand modules.
 import { runAdminCommand } from './admin-command.js';
+import { runBrokerCommand } from './broker-command.js';
 import { runChipCommand } from './chip-command.js';
 import { runDemoCommand } from './demo-command.js';
 import { runEnvelopeCommand } from './envelope-command.js';
@@ -10,6 +11,7 @@ type Command = (argv: string[], io: CliIo) => Promise<number>;
 
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
   kms: { run: runKmsCommand, summary: 'run the key-management service, or rotate its master key' },
+  broker: { run: runBrokerCommand, summary: 'run the MQTT broker (Aedes + QKey plugin)' },
   admin: { run: runAdminCommand, summary: 'administer devices, apps, brokers, pools and the audit log' },
   chip: { run: runChipCommand, summary: 'personalise, fill, inspect and log in with emulated security chips' },
   envelope: { run: runEnvelopeCommand, summary: 'seal or open a payload envelope (for firmware engineers)' },

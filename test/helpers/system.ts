@@ -30,6 +30,11 @@ export interface TestSystem {
 
 export async function startTestSystem(overrides: BrokerOverrides = {}): Promise<TestSystem> {
   const kms = await startTestKms();
+  return systemOn(kms, overrides);
+}
+
+/** A broker and helpers on an already running test key service. */
+export async function systemOn(kms: TestKms, overrides: BrokerOverrides = {}): Promise<TestSystem> {
   const { client_secret } = await kms.admin.registerBroker('test-broker');
   const lines: string[] = [];
   const logger = pino({ level: 'info' }, new Writable({ write: (c, _e, cb) => (lines.push(c.toString()), cb()) }));

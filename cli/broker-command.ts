@@ -1,0 +1,100 @@
+// `qkey broker`: run the Aedes broker with the QKey plugin until Ctrl-C.
+import { parseArgs } from 'node:util';
+import { type BrokerOverrides, loadBrokerConfig } from '../broker/config.js';
+import { startBroker } from '../broker/server.js';
+import { type CliIo, EXIT_OK, EXIT_USAGE, UsageError } from './io.js';
+
+export const BROKER_USAGE = `Usage: qkey broker [options]
+
+Runs the MQTT broker (Aedes + QKey plugin) until Ctrl-C.
+  --host <addr>          listen address for every listener (default 127.0.0.1)
+  --port <n>             MQTT over TCP (default 1883; 0 = any free port; "off" to disable)
+  --tls-port <n>         MQTT over TLS (needs --cert and --key)
+  --ws-port <n>          MQTT over WebSocket
+  --wss-port <n>         MQTT over secure WebSocket (needs --cert and --key)
+  --cert <file> --key <file>   PEM certificate and private key for TLS and WSS
+  --http-port <n>        /healthz and /metrics (default 9090; "off" to disable)
+  --kms <url>            key service (default http://127.0.0.1:7070; env QKEY_KMS_URL)
+  --broker-id <id>       this broker's id at the key service (default qkey-broker)
+  --data <dir>           key service data folder, for first-run self-registration (default ./data)
+  --config <file>        JSON configuration (env QKEY_BROKER_CONFIG); see README "Configuration"
+  --log-level <level>    pino level (default info)
+The broker secret comes from QKEY_BROKER_SECRET, or <data>/broker-<id>.secret (written on first run).`;
+
+const OPTIONS = {
+  host: { type: 'string' },
+  port: { type: 'string' },
+  'tls-port': { type: 'string' },
+  'ws-port': { type: 'string' },
+  'wss-port': { type: 'string' },
+  cert: { type: 'string' },
+  key: { type: 'string' },
+  'http-port': { type: 'string' },
+  kms: { type: 'string' },
+  'broker-id': { type: 'string' },
+  data: { type: 'string' },
+  config: { type: 'string' },
+  'log-level': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+function port(value: string, flag: string): number | null {
+  if (value === 'off') return null;
+  if (!/^\d+$/.test(value) || Number(value) > 65535) throw new UsageError(`--${flag} must be a port number or "off"`);
+  return Number(value);
+}
+
+export async function runBrokerCommand(argv: string[], io: CliIo): Promise<number> {
+  let overrides: BrokerOverrides = {};
+  let configFile: string | undefined;
+  try {
+    const { values } = parseArgs({ args: argv, options: OPTIONS, strict: true });
+    if (values.help) {
+      io.out(BROKER_USAGE);
+      return EXIT_OK;
+    }
+    configFile = values.config;
+    const tlsFiles = values.cert && values.key ? { cert: values.cert, key: values.key } : {};
+    const listener = (v: string | undefined, flag: string, needsCert = false) => {
+      if (v === undefined) return undefined;
+      const p = port(v, flag);
+      if (p !== null && needsCert && !values.cert) throw new UsageError(`--${flag} needs --cert and --key`);
+      return p === null ? null : { port: p, ...tlsFiles };
+    };
+    overrides = {
+      ...(values.host ? { host: values.host } : {}),
+      ...(values.kms ? { kmsUrl: values.kms } : {}),
+      ...(values['broker-id'] ? { brokerId: values['broker-id'] } : {}),
+      ...(values.data ? { dataDir: values.data } : {}),
+      ...(values['log-level'] ? { logLevel: values['log-level'] } : {}),
+    };
+    const mqttL = listener(values.port, 'port');
+    if (mqttL !== undefined) overrides.mqtt = mqttL;
+    const tls = listener(values['tls-port'], 'tls-port', true);
+    if (tls !== undefined) overrides.tls = tls;
+    const ws = listener(values['ws-port'], 'ws-port');
+    if (ws !== undefined) overrides.ws = ws;
+    const wss = listener(values['wss-port'], 'wss-port', true);
+    if (wss !== undefined) overrides.wss = wss;
+    if (values['http-port'] !== undefined) {
+      const p = port(values['http-port'], 'http-port');
+      overrides.http = p === null ? null : { port: p };
+    }
+  } catch (err) {
+    io.err(`qkey broker: ${(err as Error).message} (see qkey broker --help)`);
+    return EXIT_USAGE;
+  }
+  const config = loadBrokerConfig(overrides, { configFile });
+  const broker = await startBroker(config);
+  const listening = Object.entries(broker.urls)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ');
+  io.out(`qkey broker listening: ${listening} (key service ${config.kmsUrl}, broker id ${config.brokerId})`);
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  io.out('qkey broker: stopping');
+  await broker.close();
+  return EXIT_OK;
+}

@@ -1,0 +1,152 @@
+// Faults: the key service going away and coming back, and the broker being killed; plus the TLS, WebSocket and
+// secure WebSocket listeners.
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import mqtt from 'mqtt';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { SecurityChip } from '../../hsm-emulator/chip.js';
+import { removeDir, startTestKms, tempDir } from '../helpers/kms.js';
+import { spawnQkey } from '../helpers/process.js';
+import { nextMessage, startTestSystem, systemOn } from '../helpers/system.js';
+
+const cleanup: Array<() => Promise<void> | void> = [];
+afterAll(async () => {
+  for (const f of cleanup.reverse()) await f();
+});
+
+const topic = (id: string) => `devices/${id}/up/t`;
+const sealed = (chip: SecurityChip, text: string) =>
+  Buffer.from(chip.sealUplink(Buffer.from(text), topic(chip.deviceId)));
+
+describe('key service outage', () => {
+  it('connected sessions carry on, new connects get CONNACK 3, and everything recovers by itself', async () => {
+    const dataDir = tempDir();
+    let kms = await startTestKms({}, dataDir);
+    const port = Number(new URL(kms.url).port);
+    const sys = await systemOn(kms);
+    cleanup.push(() => removeDir(dataDir));
+    const app = await sys.connectApp('app-outage');
+    await app.subscribeAsync('devices/+/up/#', { qos: 1 });
+    const chip = await sys.device('dev-outage');
+    const other = await sys.device('dev-latecomer');
+    const dev = await sys.connectDevice(chip);
+    await dev.publishAsync(topic('dev-outage'), sealed(chip, 'before'), { qos: 1 });
+    expect((await nextMessage(app)).payload.toString()).toBe('before');
+    const latecomerToken = await sys.deviceToken(other);
+
+    await kms.stop();
+    // The session's uplink key is already claimed: telemetry keeps flowing with the key service down.
+    const got = nextMessage(app);
+    await dev.publishAsync(topic('dev-outage'), sealed(chip, 'during'), { qos: 1 });
+    expect((await got).payload.toString()).toBe('during');
+    other.beginSession();
+    const refused = await mqtt
+      .connectAsync(sys.mqttUrl, {
+        clientId: 'dev-latecomer',
+        username: 'dev-latecomer',
+        password: latecomerToken,
+        reconnectPeriod: 0,
+      })
+      .then(
+        (c) => (c.end(true), 0),
+        (err: { code?: number }) => err.code,
+      );
+    expect(refused).toBe(3);
+    expect((await fetch(`${sys.broker.urls.http}/healthz`)).status).toBe(503);
+
+    kms = await startTestKms({ port }, dataDir);
+    await new Promise((r) => setTimeout(r, 400)); // one revocation-feed poll marks the key service reachable again
+    const back = await mqtt.connectAsync(sys.mqttUrl, {
+      clientId: 'dev-latecomer',
+      username: 'dev-latecomer',
+      password: latecomerToken,
+      reconnectPeriod: 0,
+    });
+    expect(back.connected).toBe(true);
+    expect((await fetch(`${sys.broker.urls.http}/healthz`)).status).toBe(200);
+    await back.endAsync();
+    await sys.stop();
+  });
+});
+
+describe('broker killed', () => {
+  it('devices reconnect to a restarted broker and continue on fresh keys; no key serves two sessions', async () => {
+    const sys = await startTestSystem();
+    cleanup.push(() => sys.stop());
+    const { client_secret } = await sys.kms.admin.registerBroker('proc-broker');
+    const env = { QKEY_BROKER_SECRET: client_secret, QKEY_BROKER_LOG_LEVEL: 'warn' };
+    const args = ['broker', '--port', '0', '--http-port', 'off', '--kms', sys.kms.url, '--broker-id', 'proc-broker'];
+    let broker = await spawnQkey(args, /mqtt (mqtt:\/\/\S+),?/, env);
+    const chip = await sys.device('dev-phoenix');
+    const connect = async (url: string) => {
+      chip.beginSession();
+      const password = await sys.deviceToken(chip);
+      return mqtt.connectAsync(url, { clientId: 'dev-phoenix', username: 'dev-phoenix', password, reconnectPeriod: 0 });
+    };
+    let dev = await connect(broker.ready);
+    await dev.publishAsync(topic('dev-phoenix'), sealed(chip, 'one'), { qos: 1 });
+    await broker.stop('SIGKILL');
+    dev.end(true);
+    broker = await spawnQkey(args, /mqtt (mqtt:\/\/\S+),?/, env);
+    cleanup.push(() => void broker.stop());
+    dev = await connect(broker.ready);
+    await dev.publishAsync(topic('dev-phoenix'), sealed(chip, 'two'), { qos: 1 });
+    await dev.endAsync();
+    const keys = (await sys.kms.admin.deviceKeys('dev-phoenix')).keys.filter((k) => k.state !== 'filled');
+    const up = keys.filter((k) => k.direction === 'up');
+    expect(up).toHaveLength(2); // one uplink key per session
+    expect(new Set(keys.map((k) => k.claimed_session)).size).toBe(2);
+  });
+});
+
+describe('listeners', () => {
+  it('MQTT over TLS, WebSocket and secure WebSocket carry the same protected traffic', async () => {
+    const dir = tempDir('qkey-tls-');
+    cleanup.push(() => removeDir(dir));
+    const cert = join(dir, 'cert.pem');
+    const key = join(dir, 'key.pem');
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=127.0.0.1',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
+        '-keyout',
+        key,
+        '-out',
+        cert,
+      ],
+      { stdio: 'ignore' },
+    );
+    const sys = await startTestSystem({ tls: { port: 0, cert, key }, ws: { port: 0 }, wss: { port: 0, cert, key } });
+    cleanup.push(() => sys.stop());
+    const app = await sys.connectApp('app-listeners');
+    await app.subscribeAsync('devices/+/up/#', { qos: 1 });
+    for (const url of [sys.broker.urls.mqtts!, sys.broker.urls.ws!, sys.broker.urls.wss!]) {
+      const chip = await sys.device(`dev-${new URL(url).protocol.replace(':', '')}`);
+      chip.beginSession();
+      const password = await sys.deviceToken(chip);
+      const dev = await mqtt.connectAsync(url, {
+        clientId: chip.deviceId,
+        username: chip.deviceId,
+        password,
+        reconnectPeriod: 0,
+        rejectUnauthorized: false,
+      });
+      const got = nextMessage(app);
+      await dev.publishAsync(topic(chip.deviceId), sealed(chip, url), { qos: 1 });
+      expect((await got).payload.toString()).toBe(url);
+      await dev.endAsync();
+    }
+  });
+});
