@@ -57,7 +57,9 @@ export class KmsClient {
         method,
         headers: {
           ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
-          ...(this.token ? { authorization: `Bearer ${typeof this.token === 'function' ? this.token() : this.token}` } : {}),
+          ...(this.token
+            ? { authorization: `Bearer ${typeof this.token === 'function' ? this.token() : this.token}` }
+            : {}),
         },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
         signal: AbortSignal.timeout(this.timeoutMs),

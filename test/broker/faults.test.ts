@@ -14,6 +14,19 @@ afterAll(async () => {
   for (const f of cleanup.reverse()) await f();
 });
 
+/** Retries `check` until it passes or `ms` runs out (for effects that arrive with the next poll). */
+async function eventually(check: () => Promise<void>, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      return await check();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
 const topic = (id: string) => `devices/${id}/up/t`;
 const sealed = (chip: SecurityChip, text: string) =>
   Buffer.from(chip.sealUplink(Buffer.from(text), topic(chip.deviceId)));
@@ -52,10 +65,11 @@ describe('key service outage', () => {
         (err: { code?: number }) => err.code,
       );
     expect(refused).toBe(3);
-    expect((await fetch(`${sys.broker.urls.http}/healthz`)).status).toBe(503);
+    await eventually(async () => expect((await fetch(`${sys.broker.urls.http}/healthz`)).status).toBe(503));
 
     kms = await startTestKms({ port }, dataDir);
-    await new Promise((r) => setTimeout(r, 400)); // one revocation-feed poll marks the key service reachable again
+    // The next revocation-feed poll (every 200 ms here) marks the key service reachable again.
+    await eventually(async () => expect((await fetch(`${sys.broker.urls.http}/healthz`)).status).toBe(200));
     const back = await mqtt.connectAsync(sys.mqttUrl, {
       clientId: 'dev-latecomer',
       username: 'dev-latecomer',
@@ -63,7 +77,6 @@ describe('key service outage', () => {
       reconnectPeriod: 0,
     });
     expect(back.connected).toBe(true);
-    expect((await fetch(`${sys.broker.urls.http}/healthz`)).status).toBe(200);
     await back.endAsync();
     await sys.stop();
   });
