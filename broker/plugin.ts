@@ -3,7 +3,16 @@
 import { randomUUID } from 'node:crypto';
 import type { Aedes, AedesPublishPacket, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
 import type { KmsClient } from '../key-service/client.js';
-import { isProtocolError, openEnvelope, parseEnvelope, type ProtocolErrorCode, TokenError } from '../protocol/index.js';
+import {
+  type EnvelopeKey,
+  isProtocolError,
+  openEnvelope,
+  type ParsedEnvelope,
+  parseEnvelope,
+  type ProtocolErrorCode,
+  type ReplayWindow,
+  TokenError,
+} from '../protocol/index.js';
 import {
   DeviceSessionKeys,
   DEFAULT_ROTATION,
@@ -99,12 +108,7 @@ export class QkeyPlugin {
         },
       );
     };
-    aedes.authorizePublish = (client, packet, cb) => {
-      this.authorizePublish(client, packet).then(
-        () => cb(null),
-        (err: Error) => cb(err),
-      );
-    };
+    aedes.authorizePublish = (client, packet, cb) => this.authorizePublish(client, packet, cb);
     aedes.authorizeSubscribe = (client, sub, cb) => cb(null, this.authorizeSubscribe(client, sub));
     aedes.authorizeForward = (client, packet) => this.authorizeForward(client, packet);
     aedes.on('clientDisconnect', (client) => void this.release(client));
@@ -170,50 +174,56 @@ export class QkeyPlugin {
     this.o.events?.connected?.(principal);
   }
 
-  private async authorizePublish(client: Client | null, packet: PublishPacket): Promise<void> {
+  /**
+   * Calls `done` synchronously when the envelope's key is already held by the session (the common case), and
+   * after the claim otherwise. Any refusal closes the connection; the reason is counted and logged without payload.
+   */
+  private authorizePublish(client: Client | null, packet: PublishPacket, done: (err: Error | null) => void): void {
     const state = client ? this.states.get(client) : undefined;
-    if (!client || !state) throw new Error('not authorized: unauthenticated publish');
-    const refuse = (reason: RejectReason, detail: string): never => {
+    if (!client || !state) return done(new Error('not authorized: unauthenticated publish'));
+    const refuse = (reason: RejectReason, detail: string) => {
       this.o.events?.rejected?.(reason, client.id, packet.topic);
       this.o.log?.warn({ client: client.id, topic: packet.topic, reason }, 'publish refused');
-      throw new Error(`publish refused (${reason}): ${detail}`);
+      done(new Error(`publish refused (${reason}): ${detail}`));
     };
-    if (!mayPublish(state.principal, packet.topic, this.topics)) refuse('acl', 'topic not permitted');
-    if (state.principal.role !== 'device') return;
+    if (!mayPublish(state.principal, packet.topic, this.topics)) return refuse('acl', 'topic not permitted');
+    if (state.principal.role !== 'device') return done(null);
     const payload = packet.payload as Buffer;
-    if (payload.length === 0) return; // the empty payload passes: MQTT's retained-message delete marker
-    let parsed;
+    if (payload.length === 0) return done(null); // the empty payload passes: MQTT's retained-message delete marker
+    let parsed: ParsedEnvelope;
     try {
       parsed = parseEnvelope(payload, this.o.maxPayload === undefined ? {} : { maxPayload: this.o.maxPayload });
     } catch (err) {
-      if (isProtocolError(err))
-        refuse(
-          err.code === 'PROTO_ERR_TRUNCATED' ? 'plaintext' : (PROTOCOL_REASONS[err.code] ?? 'malformed'),
-          err.code,
-        );
-      throw err;
+      if (!isProtocolError(err)) return done(err as Error);
+      return refuse(
+        err.code === 'PROTO_ERR_TRUNCATED' ? 'plaintext' : (PROTOCOL_REASONS[err.code] ?? 'malformed'),
+        err.code,
+      );
     }
-    let uplink;
-    try {
-      uplink = await state.keys!.uplinkKey(parsed!.keyIndex);
-    } catch (err) {
+    const deviceId = state.principal.id;
+    const open = (uplink: { key: EnvelopeKey; replay: ReplayWindow }) => {
+      try {
+        const opened = openEnvelope(parsed, {
+          key: uplink.key,
+          deviceId,
+          topic: packet.topic,
+          direction: 'up',
+          replay: uplink.replay,
+        });
+        // What is retained, queued and forwarded from here on is the plaintext: applications receive plaintext.
+        packet.payload = Buffer.from(opened.payload.buffer, opened.payload.byteOffset, opened.payload.byteLength);
+        done(null);
+      } catch (err) {
+        if (!isProtocolError(err)) return done(err as Error);
+        refuse(PROTOCOL_REASONS[err.code] ?? 'forged', err.code);
+      }
+    };
+    const ready = state.keys!.readyUplinkKey(parsed.keyIndex);
+    if (ready) return open(ready);
+    state.keys!.uplinkKey(parsed.keyIndex).then(open, (err: unknown) => {
       if (err instanceof UplinkKeyError) refuse(err.reason, err.message);
-      throw err;
-    }
-    try {
-      const opened = openEnvelope(parsed!, {
-        key: uplink!.key,
-        deviceId: state.principal.id,
-        topic: packet.topic,
-        direction: 'up',
-        replay: uplink!.replay,
-      });
-      // What is retained, queued and forwarded from here on is the plaintext: applications receive plaintext.
-      packet.payload = Buffer.from(opened.payload.buffer, opened.payload.byteOffset, opened.payload.byteLength);
-    } catch (err) {
-      if (isProtocolError(err)) refuse(PROTOCOL_REASONS[err.code] ?? 'forged', err.code);
-      throw err;
-    }
+      else done(err as Error);
+    });
   }
 
   private authorizeSubscribe(client: Client, sub: Subscription): Subscription | null {

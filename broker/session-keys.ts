@@ -46,6 +46,7 @@ export type SessionEvent =
 
 export class DeviceSessionKeys {
   private readonly uplink = new Map<number, Promise<{ key: EnvelopeKey; replay: ReplayWindow }>>();
+  private readonly uplinkReady = new Map<number, { key: EnvelopeKey; replay: ReplayWindow }>();
   private current: DownlinkKey | undefined;
   private next: DownlinkKey | undefined;
   private prefetching: Promise<void> | undefined;
@@ -87,10 +88,18 @@ export class DeviceSessionKeys {
     if (!entry) {
       entry = this.claimUplink(index);
       this.uplink.set(index, entry);
-      // A failed claim is not cached: a later message may succeed once the key service is back.
-      entry.catch(() => this.uplink.delete(index));
+      entry.then(
+        (ready) => this.uplinkReady.set(index, ready),
+        // A failed claim is not cached: a later message may succeed once the key service is back.
+        () => this.uplink.delete(index),
+      );
     }
     return entry;
+  }
+
+  /** The uplink key with `index` if this session already holds it: the synchronous fast path. */
+  readyUplinkKey(index: number): { key: EnvelopeKey; replay: ReplayWindow } | undefined {
+    return this.uplinkReady.get(index);
   }
 
   /**
@@ -133,6 +142,7 @@ export class DeviceSessionKeys {
     this.closed = true;
     await this.prefetching?.catch(() => undefined);
     for (const p of this.uplink.values()) void p.then((u) => u.key.destroy()).catch(() => undefined);
+    this.uplinkReady.clear();
     this.current?.key.destroy();
     this.next?.key.destroy();
     this.current = this.next = undefined;
