@@ -25,9 +25,7 @@ export class GcmKey {
 
   /** Returns ciphertext and 16-byte tag. */
   seal(nonce: Uint8Array, aad: Uint8Array, plaintext: Uint8Array): { ciphertext: Uint8Array; tag: Uint8Array } {
-    const out = new Uint8Array(plaintext.length + GCM_TAG_LENGTH);
-    this.sealInto(out, 0, nonce, aad, plaintext);
-    return { ciphertext: out.subarray(0, plaintext.length), tag: out.subarray(plaintext.length) };
+    return sealDetached(this, nonce, aad, plaintext);
   }
 
   /** Writes ciphertext then tag into `out` at `offset` (saves the envelope a copy). */
@@ -79,4 +77,16 @@ export class GcmKey {
     for (let i = 0; i < 16; i++) s[i] = (s[i] as number) ^ (stream[i] as number);
     return s;
   }
+}
+
+/** Seals with an AEAD's sealInto and returns ciphertext and tag as two views of one buffer (16-byte tag). */
+export function sealDetached(
+  aead: { sealInto(out: Uint8Array, offset: number, nonce: Uint8Array, aad: Uint8Array, plaintext: Uint8Array): void },
+  nonce: Uint8Array,
+  aad: Uint8Array,
+  plaintext: Uint8Array,
+): { ciphertext: Uint8Array; tag: Uint8Array } {
+  const out = new Uint8Array(plaintext.length + GCM_TAG_LENGTH);
+  aead.sealInto(out, 0, nonce, aad, plaintext);
+  return { ciphertext: out.subarray(0, plaintext.length), tag: out.subarray(plaintext.length) };
 }

@@ -3,7 +3,7 @@ import { clean, equalBytes } from './_bytes.js';
 import { counterBlocks, xorStream } from './_ctr.js';
 import type { BlockCipher, CryptoBackend } from './backend.js';
 import { ProtocolError } from './errors.js';
-import { GcmKey } from './gcm.js';
+import { GcmKey, sealDetached } from './gcm.js';
 
 export const SUITE_SM4_GCM = 0x01;
 export const SUITE_SM4_CTR_HMAC_SM3 = 0x02;
@@ -74,9 +74,7 @@ class CtrHmacKey implements SuiteKey {
   }
 
   seal(nonce: Uint8Array, aad: Uint8Array, plaintext: Uint8Array) {
-    const out = new Uint8Array(plaintext.length + TAG_LENGTH);
-    this.sealInto(out, 0, nonce, aad, plaintext);
-    return { ciphertext: out.subarray(0, plaintext.length), tag: out.subarray(plaintext.length) };
+    return sealDetached(this, nonce, aad, plaintext);
   }
 
   sealInto(out: Uint8Array, offset: number, nonce: Uint8Array, aad: Uint8Array, plaintext: Uint8Array): void {

@@ -30,6 +30,21 @@ const keyContainer = {
 } as const;
 const sessionId = { type: 'string', minLength: 1, maxLength: 128 } as const;
 
+/** ETSI 014 key_IDs: a non-empty list of {key_ID, key_ID_extension?} objects. */
+function keyIdList(limits: { uniqueItems?: boolean; maxItems?: number }) {
+  return {
+    type: 'array',
+    minItems: 1,
+    ...limits,
+    items: {
+      type: 'object',
+      required: ['key_ID'],
+      additionalProperties: false,
+      properties: { key_ID: uuidSchema, key_ID_extension: { type: 'object' } },
+    },
+  } as const;
+}
+
 interface SaeParams {
   SAE_ID: string;
 }
@@ -195,17 +210,7 @@ export function etsiRoutes(app: FastifyInstance, ctx: KmsContext): void {
     required: ['key_IDs'],
     additionalProperties: false,
     properties: {
-      key_IDs: {
-        type: 'array',
-        minItems: 1,
-        uniqueItems: true,
-        items: {
-          type: 'object',
-          required: ['key_ID'],
-          additionalProperties: false,
-          properties: { key_ID: uuidSchema, key_ID_extension: { type: 'object' } },
-        },
-      },
+      key_IDs: keyIdList({ uniqueItems: true }),
       key_IDs_extension: {
         type: 'object',
         additionalProperties: false,
@@ -269,14 +274,7 @@ export function etsiRoutes(app: FastifyInstance, ctx: KmsContext): void {
           type: 'object',
           required: ['key_IDs'],
           additionalProperties: false,
-          properties: {
-            key_IDs: {
-              type: 'array',
-              minItems: 1,
-              maxItems: 1024,
-              items: { type: 'object', required: ['key_ID'], properties: { key_ID: uuidSchema } },
-            },
-          },
+          properties: { key_IDs: keyIdList({ maxItems: 1024 }) },
         },
         response: { 200: { type: 'object', properties: { retired: { type: 'integer' } } }, ...errorResponses },
       },
