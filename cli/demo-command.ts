@@ -1,56 +1,224 @@
-// `qkey demo`: shows a device's chip sealing telemetry and the broker side opening it, replay and tampering refused.
-// Grows into the whole-system demo (key service, broker, simulated devices) as those parts land.
-import { randomBytes } from 'node:crypto';
+// `qkey demo` (what `npm start` runs): the whole system on one machine with embedded defaults: key service,
+// broker, demo devices on emulated chips filled from the QRNG, and a dashboard application, shown live.
+import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import {
-  bytesToHex,
-  EnvelopeKey,
-  getBackend,
-  isProtocolError,
-  keyIdFor,
-  openEnvelope,
-  ReplayWindow,
-  SUITE_NAMES,
-  sealEnvelope,
-} from '../protocol/index.js';
-import { type CliIo, EXIT_OK } from './io.js';
+import { pino } from 'pino';
+import { loadBrokerConfig } from '../broker/config.js';
+import { startBroker } from '../broker/server.js';
+import { SimulatedApp } from '../device-sim/simulated-app.js';
+import { SimulatedDevice } from '../device-sim/simulated-device.js';
+import { SecurityChip } from '../hsm-emulator/chip.js';
+import { FillingMachine } from '../hsm-emulator/filling-machine.js';
+import { Qrng } from '../hsm-emulator/qrng.js';
+import { KmsClient, KmsHttpError } from '../key-service/client.js';
+import { loadKmsConfig } from '../key-service/config.js';
+import { lockDataDir } from '../key-service/lock.js';
+import { startKms } from '../key-service/server.js';
+import { type CliIo, EXIT_OK, EXIT_USAGE } from './io.js';
+
+export const DEMO_USAGE = `Usage: qkey demo [--devices <n>] [--interval <ms>] [--duration <s>] [--data <dir>]
+                 [--kms-port <n>] [--mqtt-port <n>] [--http-port <n>]
+
+Starts the key service and the broker with embedded defaults, fills demo chips from the QRNG (or tops up the
+ones from a previous run), connects the devices and a dashboard application, and shows the traffic live.
+Ctrl-C stops everything. --duration stops after that many seconds (0: run until Ctrl-C).
+Demo chips use the PIN in QKEY_DEMO_PIN (default "demo-pin"): demo only.`;
+
+const OPTIONS = {
+  devices: { type: 'string', default: '4' },
+  interval: { type: 'string', default: '1000' },
+  duration: { type: 'string', default: '0' },
+  data: { type: 'string', default: './data' },
+  'kms-port': { type: 'string', default: '7070' },
+  'mqtt-port': { type: 'string', default: '1883' },
+  'http-port': { type: 'string', default: '9090' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+const POOL_LOW = 32;
+const POOL_TARGET = 256;
+
+function readOrNull(path: string): string | null {
+  return existsSync(path) ? readFileSync(path, 'utf8').trim() : null;
+}
+
+/** A demo app's secret is shown once at registration, so it is kept in the data folder (0600). */
+async function appSecret(admin: KmsClient, dataDir: string, appId: string): Promise<string> {
+  const file = join(dataDir, `${appId}.secret`);
+  const known = readOrNull(file);
+  if (known) return known;
+  const { client_secret } = await admin.registerApp(appId);
+  writeFileSync(file, `${client_secret}\n`, { mode: 0o600 });
+  return client_secret;
+}
 
 export async function runDemoCommand(argv: string[], io: CliIo): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { messages: { type: 'string', default: '3' } } });
-  const count = Math.max(1, Math.min(100, Number(values.messages) || 3));
-  const backend = getBackend();
-  const deviceId = 'demo-device-0001';
-  const topic = `devices/${deviceId}/up/telemetry`;
-  const keyIndex = 1;
-  // Stands in for one uplink key that a filling machine put into the chip and the key service.
-  const key = new EnvelopeKey(randomBytes(16), backend);
-  const replay = new ReplayWindow();
-  io.out(`qkey demo: crypto backend ${backend.name}, device ${deviceId}, key_ID ${keyIdFor(deviceId, keyIndex)}`);
-  let last: Uint8Array | undefined;
-  for (let seq = 0; seq < count; seq++) {
-    const payload = new TextEncoder().encode(JSON.stringify({ seq, temperature: 20 + seq / 10, t: Date.now() }));
-    const envelope = sealEnvelope(payload, { key, keyIndex, seq, deviceId, topic, direction: 'up' });
-    const opened = openEnvelope(envelope, { key, deviceId, topic, direction: 'up', replay });
-    io.out(
-      `  up   seq=${seq} ${SUITE_NAMES[opened.header.suite]} ${envelope.length} B envelope ` +
-        `${bytesToHex(envelope.subarray(0, 10))}…  ->  ${new TextDecoder().decode(opened.payload)}`,
+  let values;
+  try {
+    ({ values } = parseArgs({ args: argv, options: OPTIONS, strict: true }));
+  } catch (err) {
+    io.err(`qkey demo: ${(err as Error).message} (see qkey demo --help)`);
+    return EXIT_USAGE;
+  }
+  if (values.help) {
+    io.out(DEMO_USAGE);
+    return EXIT_OK;
+  }
+  const count = Math.max(1, Math.min(100, Number(values.devices) || 4));
+  const interval = Math.max(50, Number(values.interval) || 1000);
+  const duration = Math.max(0, Number(values.duration) || 0);
+  const pin = process.env.QKEY_DEMO_PIN ?? 'demo-pin';
+  const kmsConfig = loadKmsConfig(
+    { dataDir: values.data, port: Number(values['kms-port']), logLevel: 'info' },
+    { env: {} },
+  );
+  const dataDir = kmsConfig.dataDir;
+  const logDir = join(dataDir, 'logs');
+  mkdirSync(logDir, { recursive: true, mode: 0o700 });
+  const release = lockDataDir(dataDir);
+  const stops: Array<() => Promise<void> | void> = [release];
+  const stopAll = async () => {
+    for (const stop of stops.reverse()) await Promise.resolve(stop()).catch(() => undefined);
+  };
+
+  try {
+    const kms = await startKms(kmsConfig, { logStream: createWriteStream(join(logDir, 'kms.log'), { flags: 'a' }) });
+    stops.push(() => kms.close());
+    const admin = new KmsClient(kms.url, { token: kms.context.adminToken });
+    const broker = await startBroker(
+      loadBrokerConfig(
+        {
+          dataDir,
+          kmsUrl: kms.url,
+          mqtt: { port: Number(values['mqtt-port']) },
+          http: { port: Number(values['http-port']) },
+          rotation: { messages: 20, bytes: 1 << 20, seconds: 600 }, // low, so the demo shows rotations
+        },
+        { env: {} },
+      ),
+      {
+        logger: pino(
+          { level: 'info' },
+          pino.destination({ dest: join(logDir, 'broker.log'), append: true, mkdir: true }),
+        ),
+      },
     );
-    last = envelope;
-  }
-  for (const [what, attempt] of [
-    ['replayed envelope', () => openEnvelope(last!, { key, deviceId, topic, direction: 'up', replay })],
-    [
-      'envelope moved to another topic',
-      () => openEnvelope(last!, { key, deviceId, topic: `${topic}/x`, direction: 'up' }),
-    ],
-  ] as const) {
-    try {
-      attempt();
-      io.out(`  ${what}: accepted (unexpected)`);
-    } catch (err) {
-      io.out(`  ${what}: refused with ${isProtocolError(err) ? err.code : (err as Error).message}`);
+    stops.push(() => broker.close());
+    io.out(
+      `qkey demo: key service ${kms.url}, broker ${broker.urls.mqtt}, metrics ${broker.urls.http}/metrics (logs in ${logDir})`,
+    );
+
+    // Chips: personalise and fill on the first run, top up low pools on later runs.
+    const chipsDir = join(dataDir, 'chips');
+    mkdirSync(chipsDir, { recursive: true, mode: 0o700 });
+    const machine = new FillingMachine(new Qrng(), admin);
+    const devices: SimulatedDevice[] = [];
+    let commands = 0;
+    let commandErrors = 0;
+    for (let i = 1; i <= count; i++) {
+      const id = `demo-device-${String(i).padStart(4, '0')}`;
+      const path = join(chipsDir, `${id}.chip`);
+      const chip = existsSync(path)
+        ? SecurityChip.open(path, pin, { expectDevice: id })
+        : SecurityChip.create(path, { deviceId: id, pin, serial: `DEMO-${i}` });
+      stops.push(() => chip.close());
+      const filled = await machine.topUp(chip, POOL_LOW, POOL_TARGET);
+      const s = chip.status();
+      io.out(
+        `  ${id}: ${filled ? `filled ${filled.up} up + ${filled.down} down keys` : 'pools are fine'} (chip holds ${s.uplinkKeys} up, ${s.downlinkKeys} down)`,
+      );
+      const device = new SimulatedDevice(chip, {
+        brokerUrl: broker.urls.mqtt!,
+        kmsUrl: kms.url,
+        onCommand: (c) => {
+          commands++;
+          io.out(`  ${id} <- command "${c}" (opened in the chip)`);
+        },
+        onError: (kind, err) => {
+          commandErrors++;
+          io.err(`  ${id}: ${kind} error: ${err.message}`);
+        },
+      });
+      await device.connect();
+      stops.push(() => device.disconnect());
+      devices.push(device);
     }
+
+    const dashboard = await SimulatedApp.connect(
+      broker.urls.mqtt!,
+      kms.url,
+      'demo-dashboard',
+      await appSecret(admin, dataDir, 'demo-dashboard'),
+    );
+    stops.push(() => dashboard.close());
+    let received = 0;
+    let shown = 0;
+    await dashboard.onTelemetry((t) => {
+      received++;
+      if (shown++ < 2 * count)
+        io.out(`  dashboard <- ${t.device} #${t.seq}: ${t.temperature} °C (${Date.now() - t.sentAt} ms)`);
+    });
+
+    const guestSecret = await appSecret(admin, dataDir, 'demo-guest').catch((err: unknown) => {
+      if (err instanceof KmsHttpError) return null;
+      throw err;
+    });
+    if (guestSecret) {
+      const { access_token, expires_in } = await admin.clientToken('demo-guest', guestSecret);
+      const { hostname, port } = new URL(broker.urls.mqtt!);
+      io.out(`\nConnect your own client (app token valid ${expires_in / 60} min; telemetry arrives as plaintext):`);
+      io.out(
+        `  mosquitto_sub -h ${hostname} -p ${port} -i demo-guest -u demo-guest -P '${access_token}' -t 'devices/+/up/#' -v`,
+      );
+      io.out(
+        `  mosquitto_pub -h ${hostname} -p ${port} -i demo-guest -u demo-guest -P '${access_token}' -t devices/${devices[0]!.id}/down/cmd -q 1 -m hello`,
+      );
+      io.out(
+        `  mqtt.js: mqtt.connect('${broker.urls.mqtt}', { clientId: 'demo-guest', username: 'demo-guest', password: '<the token above>' })`,
+      );
+      io.out(`Ctrl-C stops the demo.\n`);
+    }
+
+    const ticker = setInterval(
+      () => void Promise.all(devices.map((d) => d.publishTelemetry().catch(() => undefined))),
+      interval,
+    );
+    let n = 0;
+    const commander = setInterval(() => {
+      const d = devices[n++ % devices.length]!;
+      void dashboard.command(d.id, `set-interval ${interval}ms #${n}`).catch(() => undefined);
+    }, interval * 5);
+    const statusTimer = setInterval(async () => {
+      const text = await broker.registry.metrics();
+      const metric = (re: RegExp) => Number(re.exec(text)?.[1] ?? 0);
+      const pools = (
+        await admin.pools().catch(() => ({ pools: [] as Array<{ device_id: string; up: number; down: number }> }))
+      ).pools.filter((p) => p.device_id.startsWith('demo-device-'));
+      io.out(
+        `[status] online ${devices.filter((d) => d.connected).length}/${devices.length} | up ${devices.reduce((a, d) => a + d.stats.sent, 0)} sent, ${received} received | ` +
+          `down ${commands} commands${commandErrors ? ` (${commandErrors} errors)` : ''} | rotations ${metric(/^broker_downlink_rotations_total (\d+)/m)} | ` +
+          `refused ${metric(/^broker_publish_rejected_total\{[^}]*\} (\d+)/m)} | key-service pools min up ${Math.min(...pools.map((p) => p.up))}, down ${Math.min(...pools.map((p) => p.down))}`,
+      );
+    }, 5000);
+    stops.push(() => {
+      clearInterval(ticker);
+      clearInterval(commander);
+      clearInterval(statusTimer);
+    });
+
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+      if (duration > 0) setTimeout(resolve, duration * 1000).unref();
+    });
+    io.out(
+      `qkey demo: stopping (sent ${devices.reduce((a, d) => a + d.stats.sent, 0)}, dashboard received ${received}, commands ${commands})`,
+    );
+    await stopAll();
+    return EXIT_OK;
+  } catch (err) {
+    await stopAll();
+    throw err;
   }
-  key.destroy();
-  return EXIT_OK;
 }
