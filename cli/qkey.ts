@@ -6,6 +6,7 @@ import { runDemoCommand } from './demo-command.js';
 import { runEnvelopeCommand } from './envelope-command.js';
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, processIo } from './io.js';
 import { runKmsCommand } from './kms-command.js';
+import { runSimCommand } from './sim-command.js';
 
 type Command = (argv: string[], io: CliIo) => Promise<number>;
 
@@ -15,6 +16,7 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   admin: { run: runAdminCommand, summary: 'administer devices, apps, brokers, pools and the audit log' },
   chip: { run: runChipCommand, summary: 'personalise, fill, inspect and log in with emulated security chips' },
   envelope: { run: runEnvelopeCommand, summary: 'seal or open a payload envelope (for firmware engineers)' },
+  sim: { run: runSimCommand, summary: 'simulate devices and an application against a system; report and exit status' },
   demo: { run: runDemoCommand, summary: 'run the system with demo devices (what `npm start` runs)' },
 };
 
