@@ -189,7 +189,7 @@ export async function runDemoCommand(argv: string[], io: CliIo): Promise<number>
       const d = devices[n++ % devices.length]!;
       void dashboard.command(d.id, `set-interval ${interval}ms #${n}`).catch(() => undefined);
     }, interval * 5);
-    const statusTimer = setInterval(async () => {
+    const showStatus = async () => {
       const text = await broker.registry.metrics();
       const metric = (re: RegExp) => Number(re.exec(text)?.[1] ?? 0);
       const pools = (
@@ -200,7 +200,8 @@ export async function runDemoCommand(argv: string[], io: CliIo): Promise<number>
           `down ${commands} commands${commandErrors ? ` (${commandErrors} errors)` : ''} | rotations ${metric(/^broker_downlink_rotations_total (\d+)/m)} | ` +
           `refused ${metric(/^broker_publish_rejected_total\{[^}]*\} (\d+)/m)} | key-service pools min up ${Math.min(...pools.map((p) => p.up))}, down ${Math.min(...pools.map((p) => p.down))}`,
       );
-    }, 5000);
+    };
+    const statusTimer = setInterval(() => void showStatus().catch(() => undefined), 5000);
     stops.push(() => {
       clearInterval(ticker);
       clearInterval(commander);
