@@ -175,10 +175,13 @@ export class QkeyPlugin {
   }
 
   /**
-   * Calls `done` synchronously when the envelope's key is already held by the session (the common case), and
-   * after the claim otherwise. Any refusal closes the connection; the reason is counted and logged without payload.
+   * Opens the envelope without waiting when the session already holds its key (the common case), and after the
+   * claim otherwise; the callback always comes on a later tick. Any refusal closes the connection; the reason is counted and logged without payload.
    */
-  private authorizePublish(client: Client | null, packet: PublishPacket, done: (err: Error | null) => void): void {
+  private authorizePublish(client: Client | null, packet: PublishPacket, callback: (err: Error | null) => void): void {
+    // Never call back on this stack: Aedes handles the client's next buffered packet from the callback, so a
+    // synchronous callback recurses once per buffered packet and a large backlog overflows the stack.
+    const done = (err: Error | null) => process.nextTick(callback, err);
     const state = client ? this.states.get(client) : undefined;
     if (!client || !state) return done(new Error('not authorized: unauthenticated publish'));
     const refuse = (reason: RejectReason, detail: string) => {

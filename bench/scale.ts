@@ -1,0 +1,201 @@
+// bench/scale: a connect storm of 10,000 devices (login, connect, key claims), then each device publishing once per
+// second for 60 s, against a key service and a broker in their own processes. Run: npm run bench:scale
+// [-- --devices 10000 --seconds 60 --concurrency 200]. Devices keep their keys in memory here: at this scale the
+// chip file is the device's business, not what the storm measures.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import mqtt, { type MqttClient } from 'mqtt';
+import { DeliveryLedger } from '../device-sim/stats.js';
+import { KmsClient } from '../key-service/client.js';
+import { EnvelopeKey, loginProof, sealEnvelope } from '../protocol/index.js';
+
+const { values } = parseArgs({
+  options: {
+    devices: { type: 'string', default: '10000' },
+    seconds: { type: 'string', default: '60' },
+    concurrency: { type: 'string', default: '200' },
+  },
+});
+const N = Number(values.devices);
+const SECONDS = Number(values.seconds);
+const CONCURRENCY = Number(values.concurrency);
+const BIN = fileURLToPath(new URL('../cli/bin.js', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'qkey-bench-scale-'));
+const ADMIN = 'scale-admin';
+const env = { ...process.env, QKEY_ADMIN_TOKEN: ADMIN, QKEY_KMS_LOG_LEVEL: 'error', QKEY_BROKER_LOG_LEVEL: 'error' };
+
+function start(args: string[], ready: RegExp): Promise<{ pid: number; line: string; stop(): void }> {
+  const p = spawn(process.execPath, ['--max-old-space-size=4096', BIN, ...args], {
+    env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  return new Promise((resolve, reject) => {
+    let out = '';
+    p.stdout!.on('data', (c: Buffer) => {
+      out += c.toString();
+      const m = ready.exec(out);
+      if (m) resolve({ pid: p.pid!, line: m[1]!, stop: () => p.kill('SIGTERM') });
+    });
+    p.once('exit', (code) => reject(new Error(`${args[0]} exited ${code}`)));
+  });
+}
+
+const rssMiB = (pid: number) =>
+  Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
+
+async function pool<T>(items: T[], width: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: width }, async () => {
+      while (next < items.length) await fn(items[next++]!);
+    }),
+  );
+}
+
+const kms = await start(['kms', '--port', '0', '--data', dir], /listening on (\S+)/);
+writeFileSync(join(dir, 'broker.json'), JSON.stringify({ revocationPollMs: 2000 }));
+const broker = await start(
+  ['broker', '--port', '0', '--http-port', '0', '--kms', kms.line, '--data', dir, '--config', join(dir, 'broker.json')],
+  /listening: (.*)$/m,
+);
+const mqttUrl = /mqtt (mqtt:\/\/[^,\s]+)/.exec(broker.line)![1]!;
+const admin = new KmsClient(kms.line, { token: ADMIN, timeoutMs: 60_000 });
+const clients: MqttClient[] = [];
+try {
+  console.log(`bench/scale: ${N} devices, ${SECONDS} s at 1 msg/s each, connect concurrency ${CONCURRENCY}`);
+  interface Dev {
+    id: string;
+    loginKey: Buffer;
+    key: EnvelopeKey;
+    seq: number;
+    client?: MqttClient;
+  }
+  const devs: Dev[] = Array.from({ length: N }, (_, i) => ({
+    id: `scale-${String(i).padStart(5, '0')}`,
+    loginKey: randomBytes(16),
+    key: new EnvelopeKey(randomBytes(16)),
+    seq: 0,
+  }));
+  const raw = new Map<string, Buffer>();
+  let t = performance.now();
+  await pool(devs, 32, async (d) => {
+    const up = randomBytes(16);
+    raw.set(d.id, up);
+    d.key = new EnvelopeKey(up);
+    await admin.registerDevice(d.id);
+    await admin.registerBatch(d.id, {
+      batch_id: `${d.id}-b`,
+      login_key: d.loginKey.toString('base64'),
+      keys: [
+        { key_index: 0, direction: 'up', key: up.toString('base64') },
+        ...[1, 2, 3].map((k) => ({
+          key_index: k,
+          direction: 'down' as const,
+          key: randomBytes(16).toString('base64'),
+        })),
+      ],
+    });
+    await admin.commitBatch(d.id, `${d.id}-b`);
+  });
+  console.log(`provisioned ${N} devices in ${((performance.now() - t) / 1000).toFixed(1)} s (not part of the storm)`);
+
+  const { client_secret } = await admin.registerApp('scale-app');
+  const app = await mqtt.connectAsync(mqttUrl, {
+    clientId: 'scale-app',
+    username: 'scale-app',
+    password: (await admin.clientToken('scale-app', client_secret)).access_token,
+    reconnectPeriod: 0,
+  });
+  clients.push(app);
+  const ledger = new DeliveryLedger();
+  /** Later messages only: each device's first message also waits for the broker to claim its uplink key. */
+  const steady = new DeliveryLedger();
+  app.on('message', (_topic, payload) => {
+    const m = JSON.parse(payload.toString()) as { d: string; s: number; t: number };
+    ledger.record(m.d, m.s, Date.now() - m.t);
+    if (m.s > 0) steady.record(m.d, m.s, Date.now() - m.t);
+  });
+  await app.subscribeAsync('devices/+/up/#', { qos: 1 });
+
+  const kmsBefore = await (await fetch(`${kms.line}/metrics`)).text();
+  const delivered = (text: string) => Number(/^kms_keys_delivered_total (\d+)/m.exec(text)?.[1] ?? 0);
+  t = performance.now();
+  let failures = 0;
+  await pool(devs, CONCURRENCY, async (d) => {
+    try {
+      const { challenge } = await admin.challenge(d.id);
+      const mac = Buffer.from(loginProof(d.loginKey, d.id, Buffer.from(challenge, 'base64'))).toString('base64');
+      const { access_token } = await admin.deviceToken(d.id, challenge, mac);
+      d.client = await mqtt.connectAsync(mqttUrl, {
+        clientId: d.id,
+        username: d.id,
+        password: access_token,
+        reconnectPeriod: 0,
+        connectTimeout: 60_000,
+      });
+      clients.push(d.client);
+    } catch {
+      failures++;
+    }
+  });
+  const stormSeconds = (performance.now() - t) / 1000;
+  const claimsAtConnect = delivered(await (await fetch(`${kms.line}/metrics`)).text()) - delivered(kmsBefore);
+  console.log(
+    `connect storm: ${N - failures}/${N} connected in ${stormSeconds.toFixed(1)} s (target: all within 60 s: ${failures === 0 && stormSeconds <= 60 ? 'PASS' : 'FAIL'}), ${(claimsAtConnect / stormSeconds).toFixed(0)} key claims/s`,
+  );
+
+  const online = devs.filter((d) => d.client);
+  const sent = new Map<string, number>();
+  const topicOf = (id: string) => `devices/${id}/up/telemetry`;
+  const tick = (d: Dev) => {
+    const body = Buffer.from(JSON.stringify({ d: d.id, s: d.seq, t: Date.now() }));
+    const env = sealEnvelope(body, {
+      key: d.key,
+      keyIndex: 0,
+      seq: d.seq,
+      deviceId: d.id,
+      topic: topicOf(d.id),
+      direction: 'up',
+    });
+    d.seq++;
+    sent.set(d.id, d.seq);
+    d.client!.publish(topicOf(d.id), Buffer.from(env), { qos: 1 });
+  };
+  t = performance.now();
+  // Each device publishes once per second, spread evenly across the second.
+  const slices = 50;
+  let slice = 0;
+  const timer = setInterval(() => {
+    const s = slice++ % slices;
+    for (let i = s; i < online.length; i += slices) tick(online[i]!);
+  }, 1000 / slices);
+  await new Promise((r) => setTimeout(r, SECONDS * 1000));
+  clearInterval(timer);
+  await new Promise((r) => setTimeout(r, 5000)); // drain
+  const lat = ledger.latency();
+  const total = [...sent.values()].reduce((a, b) => a + b, 0);
+  const lost = ledger.lost(sent);
+  console.log(
+    `telemetry: ${total} sent, ${ledger.received} received, lost ${lost}, duplicated ${ledger.duplicated} (target: zero loss at QoS 1: ${lost === 0 ? 'PASS' : 'FAIL'})`,
+  );
+  console.log(
+    `latency, all messages: p50 ${lat.p50} ms, p99 ${lat.p99} ms, max ${lat.max} ms (target: p99 < 100 ms: ${lat.p99 < 100 ? 'PASS' : 'FAIL'})`,
+  );
+  const st = steady.latency();
+  console.log(
+    `latency, after each device's first message (uplink key already claimed): p50 ${st.p50} ms, p99 ${st.p99} ms, max ${st.max} ms`,
+  );
+  console.log(
+    `memory: broker ${rssMiB(broker.pid).toFixed(0)} MiB RSS, key service ${rssMiB(kms.pid).toFixed(0)} MiB RSS (with ${online.length} connected devices)`,
+  );
+} finally {
+  await Promise.all(clients.map((c) => c.endAsync(true).catch(() => undefined)));
+  broker.stop();
+  kms.stop();
+  setTimeout(() => rmSync(dir, { recursive: true, force: true }), 1000);
+}
