@@ -42,7 +42,8 @@ export type SessionEvent =
   | { kind: 'downlink-rotated'; from: number; to: number }
   | { kind: 'downlink-prefetch-failed'; error: string }
   | { kind: 'downlink-overdue' }
-  | { kind: 'downlink-unavailable' };
+  | { kind: 'downlink-unavailable' }
+  | { kind: 'uplink-prefetch-failed' };
 
 export class DeviceSessionKeys {
   private readonly uplink = new Map<number, Promise<{ key: EnvelopeKey; replay: ReplayWindow }>>();
@@ -68,14 +69,32 @@ export class DeviceSessionKeys {
    * downlink key (deliveries to it are then dropped and reported, see sealDownlink).
    */
   async start(): Promise<void> {
-    const keys = await this.claimDownlink(2).catch(async (err: unknown) => {
-      if (err instanceof KmsHttpError && err.code === 'KMS_ERR_POOL_EMPTY')
-        return this.claimDownlink(1).catch(emptyPool);
-      throw err;
-    });
+    const [keys] = await Promise.all([
+      this.claimDownlink(2).catch(async (err: unknown) => {
+        if (err instanceof KmsHttpError && err.code === 'KMS_ERR_POOL_EMPTY')
+          return this.claimDownlink(1).catch(emptyPool);
+        throw err;
+      }),
+      this.prefetchUplink(),
+    ]);
     this.current = keys[0];
     this.next = keys[1];
     if (!this.current) this.onEvent({ kind: 'downlink-unavailable' });
+  }
+
+  /**
+   * Claims, before CONNACK, the uplink key the chip takes at session start (the lowest unused one), so the first
+   * publish does not wait for the key service; under a connect storm that wait queued every device's first
+   * messages. If the chip took another key (it abandoned one in a session that never published), the prefetched
+   * key is one the chip never uses again: wasted, never shared. Failure here never fails the connect.
+   */
+  private async prefetchUplink(): Promise<void> {
+    try {
+      const index = (await this.kms.status(this.deviceId)).status_extension?.qkey_next_uplink_key_index;
+      if (typeof index === 'number') await this.uplinkKey(index);
+    } catch {
+      this.onEvent({ kind: 'uplink-prefetch-failed' });
+    }
   }
 
   get downlinkKeyIndex(): number | undefined {

@@ -119,10 +119,7 @@ export class KmsClient {
 
   // --- ETSI GS QKD 014 ---
   status(saeId: string) {
-    return this.request<Record<string, unknown> & { stored_key_count: number }>(
-      'GET',
-      `/api/v1/keys/${encodeURIComponent(saeId)}/status`,
-    );
+    return this.request<KeyStatusJson>('GET', `/api/v1/keys/${encodeURIComponent(saeId)}/status`);
   }
   encKeys(saeId: string, number: number, sessionId?: string) {
     return this.request<{ keys: DeliveredKeyJson[] }>('POST', `/api/v1/keys/${encodeURIComponent(saeId)}/enc_keys`, {
@@ -223,6 +220,27 @@ export class KmsClient {
     for (const [k, v] of Object.entries(query)) if (v !== undefined) q.set(k, String(v));
     return this.request<{ entries: AuditJson[]; next?: number }>('GET', `/api/v1/admin/audit?${q}`);
   }
+}
+
+/** ETSI GS QKD 014 status, with this key service's extension fields. */
+export interface KeyStatusJson {
+  source_KME_ID: string;
+  target_KME_ID: string;
+  master_SAE_ID: string;
+  slave_SAE_ID: string;
+  key_size: number;
+  stored_key_count: number;
+  max_key_count: number;
+  max_key_per_request: number;
+  max_key_size: number;
+  min_key_size: number;
+  max_SAE_ID_count: number;
+  status_extension?: {
+    qkey_uplink_available?: number;
+    qkey_downlink_available?: number;
+    qkey_low?: boolean;
+    qkey_next_uplink_key_index?: number | null;
+  };
 }
 
 export interface TokenResponse {

@@ -101,6 +101,9 @@ export class KeyStore {
       ),
       pool: p(`SELECT direction, COUNT(*) AS n FROM keys WHERE device_id = ? AND state = 'filled' GROUP BY direction`),
       deviceState: p(`SELECT state FROM devices WHERE device_id = ?`),
+      nextUplink: p(
+        `SELECT MIN(key_index) AS i FROM keys WHERE device_id = ? AND direction = 'up' AND state = 'filled'`,
+      ),
       nextIndex: p(`SELECT COALESCE(MAX(key_index) + 1, 0) AS n FROM keys WHERE device_id = ?`),
       allPools: p(
         `SELECT d.device_id, d.state,
@@ -212,6 +215,11 @@ export class KeyStore {
     const levels: PoolLevels = { up: 0, down: 0 };
     for (const r of this.s.pool!.all(deviceId) as Array<{ direction: Direction; n: number }>) levels[r.direction] = r.n;
     return levels;
+  }
+
+  /** The lowest unused uplink key index: the key the device's chip takes at its next session start. */
+  nextUplinkIndex(deviceId: string): number | null {
+    return (this.s.nextUplink!.get(deviceId) as { i: number | null }).i;
   }
 
   nextKeyIndex(deviceId: string): number {

@@ -111,6 +111,7 @@ export function etsiRoutes(app: FastifyInstance, ctx: KmsContext): void {
                   qkey_uplink_available: { type: 'integer' },
                   qkey_downlink_available: { type: 'integer' },
                   qkey_low: { type: 'boolean' },
+                  qkey_next_uplink_key_index: { type: ['integer', 'null'] },
                 },
               },
             },
@@ -139,6 +140,7 @@ export function etsiRoutes(app: FastifyInstance, ctx: KmsContext): void {
           qkey_uplink_available: pool.up,
           qkey_downlink_available: pool.down,
           qkey_low: pool.up < ctx.config.lowWater || pool.down < ctx.config.lowWater,
+          qkey_next_uplink_key_index: ctx.store.nextUplinkIndex(device.device_id),
         },
       };
     },

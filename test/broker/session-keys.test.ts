@@ -117,3 +117,40 @@ describe('uplink', () => {
     await down.close();
   });
 });
+
+describe('uplink key claimed at connect', () => {
+  it("claims the chip's first uplink key before CONNACK; a mismatch wastes one key and shares none", async () => {
+    const dev = await provisionDevice(t.admin, 'dev-pre', 4, 4);
+    const a = new DeviceSessionKeys(broker, 'dev-pre', 'sess-pre-a');
+    await a.start();
+    expect(a.readyUplinkKey(0)).toBeDefined(); // the first publish will not wait
+    await a.close();
+    // The chip abandons key 1 in a session that never reached the broker and uses key 2 in the next one.
+    const b = new DeviceSessionKeys(broker, 'dev-pre', 'sess-pre-b');
+    await b.start(); // prefetches key 1 (the key service's lowest unused), which the chip will never use again
+    expect(b.readyUplinkKey(1)).toBeDefined();
+    const topic = 'devices/dev-pre/up/t';
+    const env = sealEnvelope(enc.encode('x'), {
+      key: dev.keys.get(2)!.key,
+      keyIndex: 2,
+      seq: 0,
+      deviceId: 'dev-pre',
+      topic,
+      direction: 'up',
+    });
+    const k2 = await b.uplinkKey(2);
+    expect(dec.decode(openEnvelope(env, { key: k2.key, deviceId: 'dev-pre', topic, direction: 'up' }).payload)).toBe(
+      'x',
+    );
+    await b.close();
+    const states = (await t.admin.deviceKeys('dev-pre')).keys
+      .filter((k) => k.direction === 'up')
+      .map((k) => [k.key_index, k.claimed_session]);
+    expect(states).toEqual([
+      [0, 'sess-pre-a'],
+      [1, 'sess-pre-b'],
+      [2, 'sess-pre-b'],
+      [3, null],
+    ]);
+  });
+});

@@ -47,7 +47,7 @@ describe('status', () => {
       max_key_size: 128,
       min_key_size: 128,
       max_SAE_ID_count: 0,
-      status_extension: { qkey_uplink_available: 6, qkey_downlink_available: 6 },
+      status_extension: { qkey_uplink_available: 6, qkey_downlink_available: 6, qkey_next_uplink_key_index: 0 },
     });
   });
 });
