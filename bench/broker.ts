@@ -9,12 +9,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Aedes } from 'aedes';
 import mqtt, { type MqttClient } from 'mqtt';
-import { pino } from 'pino';
-import { loadBrokerConfig } from '../broker/config.js';
-import { startBroker } from '../broker/server.js';
-import { KmsClient } from '../key-service/client.js';
-import { loadKmsConfig } from '../key-service/config.js';
-import { startKms } from '../key-service/server.js';
+import { startLocalSystem } from '../device-sim/local-system.js';
 import { EnvelopeKey, loginProof, sealEnvelope } from '../protocol/index.js';
 import { formatRate, median, table } from './_measure.js';
 
@@ -31,25 +26,12 @@ const ROUNDS = Number(values.rounds);
 const TARGETS = { uplink: 0.8, fanout: 0.6, memoryKiB: 20 };
 
 const dir = mkdtempSync(join(tmpdir(), 'qkey-bench-broker-'));
-const kms = await startKms(
-  loadKmsConfig({ port: 0, dataDir: dir, logLevel: 'error', adminToken: 'bench', maxKeysPerRequest: 16 }, { env: {} }),
-);
-const admin = new KmsClient(kms.url, { token: 'bench' });
-const { client_secret } = await admin.registerBroker('bench-broker');
-const qkey = await startBroker(
-  loadBrokerConfig(
-    {
-      mqtt: { port: 0 },
-      http: null,
-      kmsUrl: kms.url,
-      brokerId: 'bench-broker',
-      brokerSecret: client_secret,
-      maxPayload: 1 << 20,
-    },
-    { env: {} },
-  ),
-  { logger: pino({ level: 'silent' }) },
-);
+const local = await startLocalSystem(dir, {
+  brokerId: 'bench-broker',
+  kms: { maxKeysPerRequest: 16 },
+  broker: { maxPayload: 1 << 20 },
+});
+const { admin, broker: qkey } = local;
 const plainAedes = new Aedes();
 await plainAedes.listen();
 const plainServer: Server = createServer((s) => plainAedes.handle(s));
@@ -246,9 +228,8 @@ console.log(
 );
 
 await Promise.all([...plainClients, ...qkeyClients].map((c) => c.endAsync(true)));
-await qkey.close();
 await new Promise<void>((r) => plainServer.close(() => r()));
 await new Promise<void>((r) => plainAedes.close(() => r()));
-await kms.close();
+await local.close();
 rmSync(dir, { recursive: true, force: true });
 process.exitCode = ok.uplink && ok.fanout && ok.memory ? 0 : 1;

@@ -4,17 +4,14 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pino } from 'pino';
-import { loadBrokerConfig, type BrokerOverrides } from '../broker/config.js';
-import { startBroker } from '../broker/server.js';
+import type { BrokerOverrides } from '../broker/config.js';
 import { SecurityChip } from '../hsm-emulator/chip.js';
 import { FillingMachine } from '../hsm-emulator/filling-machine.js';
 import { Qrng } from '../hsm-emulator/qrng.js';
 import { KmsClient } from '../key-service/client.js';
-import { loadKmsConfig } from '../key-service/config.js';
-import { startKms } from '../key-service/server.js';
 import { SimulatedApp } from './simulated-app.js';
 import { SimulatedDevice } from './simulated-device.js';
+import { startLocalSystem } from './local-system.js';
 import { DeliveryLedger } from './stats.js';
 
 export interface SimOptions {
@@ -73,28 +70,10 @@ export async function runSimulation(o: SimOptions): Promise<SimReport> {
   try {
     let { brokerUrl, kmsUrl, adminToken } = o;
     if (!brokerUrl || !kmsUrl) {
-      adminToken = randomBytes(16).toString('hex');
-      const kms = await startKms(
-        loadKmsConfig({ port: 0, dataDir: join(work, 'kms'), logLevel: 'error', adminToken }, { env: {} }),
-      );
-      cleanup.push(() => kms.close());
-      const admin = new KmsClient(kms.url, { token: adminToken });
-      const { client_secret } = await admin.registerBroker('sim-broker');
-      const broker = await startBroker(
-        loadBrokerConfig(
-          {
-            mqtt: { port: 0 },
-            http: null,
-            kmsUrl: kms.url,
-            brokerId: 'sim-broker',
-            brokerSecret: client_secret,
-            ...o.broker,
-          },
-          { env: {} },
-        ),
-        { logger: pino({ level: 'silent' }) },
-      );
-      cleanup.push(() => broker.close());
+      const local = await startLocalSystem(join(work, 'kms'), { brokerId: 'sim-broker', broker: o.broker ?? {} });
+      cleanup.push(() => local.close());
+      adminToken = local.adminToken;
+      const { broker, kms } = local;
       brokerUrl = broker.urls.mqtt!;
       kmsUrl = kms.url;
     }

@@ -1,0 +1,52 @@
+// A key service and a broker started in this process on free loopback ports, quiet, for `qkey sim` and benchmarks.
+import { randomBytes } from 'node:crypto';
+import { pino } from 'pino';
+import { type BrokerOverrides, loadBrokerConfig } from '../broker/config.js';
+import { type RunningBroker, startBroker } from '../broker/server.js';
+import { KmsClient } from '../key-service/client.js';
+import { type KmsOverrides, loadKmsConfig } from '../key-service/config.js';
+import { type RunningKms, startKms } from '../key-service/server.js';
+
+export interface LocalSystem {
+  kms: RunningKms;
+  broker: RunningBroker;
+  /** An admin client of the key service. */
+  admin: KmsClient;
+  adminToken: string;
+  close(): Promise<void>;
+}
+
+export async function startLocalSystem(
+  dataDir: string,
+  options: { kms?: KmsOverrides; broker?: BrokerOverrides; brokerId?: string } = {},
+): Promise<LocalSystem> {
+  const adminToken = randomBytes(16).toString('hex');
+  const kms = await startKms(
+    loadKmsConfig({ port: 0, dataDir, logLevel: 'error', adminToken, ...options.kms }, { env: {} }),
+  );
+  const admin = new KmsClient(kms.url, { token: adminToken });
+  const brokerId = options.brokerId ?? 'local-broker';
+  try {
+    const { client_secret } = await admin.registerBroker(brokerId);
+    const broker = await startBroker(
+      loadBrokerConfig(
+        { mqtt: { port: 0 }, http: null, kmsUrl: kms.url, brokerId, brokerSecret: client_secret, ...options.broker },
+        { env: {} },
+      ),
+      { logger: pino({ level: 'silent' }) },
+    );
+    return {
+      kms,
+      broker,
+      admin,
+      adminToken,
+      async close() {
+        await broker.close();
+        await kms.close();
+      },
+    };
+  } catch (err) {
+    await kms.close();
+    throw err;
+  }
+}
