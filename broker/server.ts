@@ -112,8 +112,18 @@ export async function startBroker(
   const aedes = new Aedes({ id: config.brokerId });
   await aedes.listen();
   plugin.attach(aedes);
-  aedes.on('clientReady', (c) => m.connections.inc({ role: plugin.principalOf(c)?.role ?? 'unknown' }));
-  aedes.on('clientDisconnect', (c) => m.connections.dec({ role: plugin.principalOf(c)?.role ?? 'device' }));
+  // The role is remembered at connect: by the time 'clientDisconnect' reaches this listener, the plugin (which
+  // listens first) has already released the client.
+  const roles = new WeakMap<object, string>();
+  aedes.on('clientReady', (c) => {
+    const role = plugin.principalOf(c)?.role ?? 'unknown';
+    roles.set(c, role);
+    m.connections.inc({ role });
+  });
+  aedes.on('clientDisconnect', (c) => {
+    const role = roles.get(c);
+    if (role) m.connections.dec({ role });
+  });
 
   const servers: Array<NetServer | HttpServer> = [];
   const wsServers: WebSocketServer[] = [];

@@ -128,3 +128,22 @@ describe('topic permissions', () => {
     }
   });
 });
+
+describe('metrics', () => {
+  it('counts connected clients by role, down again when they leave', async () => {
+    const gauge = async (role: string) => {
+      const text = await (await fetch(`${sys.broker.urls.http}/metrics`)).text();
+      return Number(new RegExp(`^broker_connected_clients\\{role="${role}"\\} (-?\\d+)`, 'm').exec(text)?.[1] ?? 0);
+    };
+    const apps = await gauge('app');
+    const devices = await gauge('device');
+    const app = await sys.connectApp('app-gauge');
+    const chip = await sys.device('dev-gauge');
+    const dev = await sys.connectDevice(chip);
+    expect([await gauge('app'), await gauge('device')]).toEqual([apps + 1, devices + 1]);
+    await app.endAsync();
+    await dev.endAsync();
+    await new Promise((r) => setTimeout(r, 100));
+    expect([await gauge('app'), await gauge('device')]).toEqual([apps, devices]);
+  });
+});
