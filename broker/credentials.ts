@@ -1,9 +1,8 @@
 // The broker's credentials at the key service: a configured secret, or (first run on one machine) self-registration
 // with the admin token, keeping the secret in a file only the owner can read. Tokens are refreshed before expiry.
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { KmsClient, KmsHttpError } from '../key-service/client.js';
-import { ADMIN_TOKEN_FILE } from '../key-service/secrets.js';
+import { findAdminToken, readSecretFile, writeSecretFile } from '../key-service/secrets.js';
 
 export function secretFile(dataDir: string, brokerId: string): string {
   return join(dataDir, `broker-${brokerId}.secret`);
@@ -18,10 +17,9 @@ export async function brokerSecret(
 ): Promise<string> {
   if (configured) return configured;
   const file = secretFile(dataDir, brokerId);
-  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
-  const adminFile = join(dataDir, ADMIN_TOKEN_FILE);
-  const adminToken =
-    process.env.QKEY_ADMIN_TOKEN ?? (existsSync(adminFile) ? readFileSync(adminFile, 'utf8').trim() : undefined);
+  const stored = readSecretFile(file);
+  if (stored) return stored;
+  const adminToken = findAdminToken(dataDir);
   if (!adminToken) {
     throw new Error(
       `no broker secret: set QKEY_BROKER_SECRET (from 'qkey admin broker add ${brokerId}') or run next to the key service's data folder`,
@@ -38,10 +36,7 @@ export async function brokerSecret(
     }
     throw err;
   }
-  const fd = openSync(file, 'wx', 0o600);
-  writeSync(fd, `${secret}\n`);
-  fsyncSync(fd);
-  closeSync(fd);
+  writeSecretFile(file, secret);
   return secret;
 }
 

@@ -1,10 +1,9 @@
 // `qkey admin ...`: the administrator's commands over the key service's admin API.
-import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { KmsClient, KmsHttpError, KmsUnreachableError } from '../key-service/client.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
-import { ADMIN_TOKEN_FILE } from '../key-service/secrets.js';
+import { ADMIN_TOKEN_FILE, findAdminToken } from '../key-service/secrets.js';
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './io.js';
 
 export const DEFAULT_KMS_URL = `http://127.0.0.1:${KMS_DEFAULTS.port}`;
@@ -47,12 +46,10 @@ const OPTIONS = {
 } as const;
 
 export function adminTokenFrom(flag: string | undefined, dataDir: string): string {
-  if (flag) return flag;
-  if (process.env.QKEY_ADMIN_TOKEN) return process.env.QKEY_ADMIN_TOKEN;
-  const file = join(dataDir, ADMIN_TOKEN_FILE);
-  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  const token = flag || findAdminToken(dataDir);
+  if (token) return token;
   throw new UsageError(
-    `no admin token: pass --token, set QKEY_ADMIN_TOKEN, or point --data at the key service's folder (${file} not found)`,
+    `no admin token: pass --token, set QKEY_ADMIN_TOKEN, or point --data at the key service's folder (${join(dataDir, ADMIN_TOKEN_FILE)} not found)`,
   );
 }
 

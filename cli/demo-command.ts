@@ -1,6 +1,6 @@
 // `qkey demo` (what `npm start` runs): the whole system on one machine with embedded defaults: key service,
 // broker, demo devices on emulated chips filled from the QRNG, and a dashboard application, shown live.
-import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
@@ -14,6 +14,7 @@ import { Qrng } from '../hsm-emulator/qrng.js';
 import { KmsClient, KmsHttpError } from '../key-service/client.js';
 import { loadKmsConfig } from '../key-service/config.js';
 import { lockDataDir } from '../key-service/lock.js';
+import { readSecretFile, writeSecretFile } from '../key-service/secrets.js';
 import { startKms } from '../key-service/server.js';
 import { type CliIo, EXIT_OK, EXIT_USAGE } from './io.js';
 
@@ -39,17 +40,13 @@ const OPTIONS = {
 const POOL_LOW = 32;
 const POOL_TARGET = 256;
 
-function readOrNull(path: string): string | null {
-  return existsSync(path) ? readFileSync(path, 'utf8').trim() : null;
-}
-
 /** A demo app's secret is shown once at registration, so it is kept in the data folder (0600). */
 async function appSecret(admin: KmsClient, dataDir: string, appId: string): Promise<string> {
   const file = join(dataDir, `${appId}.secret`);
-  const known = readOrNull(file);
+  const known = readSecretFile(file);
   if (known) return known;
   const { client_secret } = await admin.registerApp(appId);
-  writeFileSync(file, `${client_secret}\n`, { mode: 0o600 });
+  writeSecretFile(file, client_secret);
   return client_secret;
 }
 

@@ -1,19 +1,10 @@
 // The master key (KEK) that wraps every key at rest: file handling, SM4-GCM wrap/unwrap, and rotation.
 import { randomBytes } from 'node:crypto';
-import {
-  closeSync,
-  existsSync,
-  fsyncSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  statSync,
-  writeSync,
-} from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { GcmKey, getBackend } from '../protocol/index.js';
 import type { Db } from './db.js';
+import { writeSecretFile } from './secrets.js';
 
 const FILE_PREFIX = 'master-key.v';
 const WRAP_VERSION = 0x01;
@@ -25,15 +16,9 @@ function fileFor(dir: string, version: number): string {
   return join(dir, `${FILE_PREFIX}${version}`);
 }
 
-/** Creates a key file readable only by its owner; fails if it exists. Written with fsync before use. */
+/** A key file: 32 hex digits, readable only by its owner, never overwritten, fsynced before use. */
 function writeKeyFile(path: string, key: Uint8Array): void {
-  const fd = openSync(path, 'wx', 0o600);
-  try {
-    writeSync(fd, `${Buffer.from(key).toString('hex')}\n`);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
+  writeSecretFile(path, Buffer.from(key).toString('hex'));
 }
 
 function readKeyFile(path: string): Uint8Array {

@@ -46,17 +46,36 @@ export function loadSigningKey(db: Db, master: MasterKey): SigningKey {
 
 export const ADMIN_TOKEN_FILE = 'admin-token';
 
+/** Creates `path` holding `text`, readable by its owner only; refuses to overwrite; fsynced before it returns. */
+export function writeSecretFile(path: string, text: string): void {
+  const fd = openSync(path, 'wx', 0o600);
+  try {
+    writeSync(fd, `${text}\n`);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The contents of a secret file written by writeSecretFile, or undefined if there is none. */
+export function readSecretFile(path: string): string | undefined {
+  return existsSync(path) ? readFileSync(path, 'utf8').trim() : undefined;
+}
+
 /** The admin bearer token: from configuration, else `<dataDir>/admin-token` (created 0600 on first run). */
 export function loadAdminToken(dataDir: string, configured?: string): string {
   if (configured) return configured;
   const path = join(dataDir, ADMIN_TOKEN_FILE);
-  if (!existsSync(path)) {
-    const fd = openSync(path, 'wx', 0o600);
-    writeSync(fd, `${randomBytes(32).toString('base64url')}\n`);
-    fsyncSync(fd);
-    closeSync(fd);
-  }
-  return readFileSync(path, 'utf8').trim();
+  const existing = readSecretFile(path);
+  if (existing) return existing;
+  const token = randomBytes(32).toString('base64url');
+  writeSecretFile(path, token);
+  return token;
+}
+
+/** The admin token an operator's tool uses next to a key service: QKEY_ADMIN_TOKEN, else `<dataDir>/admin-token`. */
+export function findAdminToken(dataDir: string): string | undefined {
+  return process.env.QKEY_ADMIN_TOKEN || readSecretFile(join(dataDir, ADMIN_TOKEN_FILE));
 }
 
 /** Constant-time comparison of a presented secret with the expected one (hashing first equalises lengths). */
