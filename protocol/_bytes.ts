@@ -1,4 +1,4 @@
-// Byte helpers shared by the protocol code: argument checks, hex, concatenation, XOR, zeroing, constant-time compare.
+// Byte helpers shared by the protocol code: argument checks, hex, zeroing, constant-time compare, UTF-8.
 import { ArgumentError } from './errors.js';
 
 /** Returns `value` if it is a Uint8Array (of `length`, when given); throws ArgumentError otherwise. */
@@ -30,24 +30,6 @@ export function hexToBytes(hex: string, name = 'hex'): Uint8Array {
 
 export function bytesToHex(bytes: Uint8Array): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
-}
-
-export function concatBytes(...parts: Uint8Array[]): Uint8Array {
-  let length = 0;
-  for (const p of parts) length += p.length;
-  const out = new Uint8Array(length);
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
-}
-
-/** out[i] = a[i] ^ b[bOffset + i] for i < a.length, written into a new array. */
-export function xorInto(out: Uint8Array, a: Uint8Array, b: Uint8Array, bOffset: number): Uint8Array {
-  for (let i = 0; i < a.length; i++) out[i] = (a[i] as number) ^ (b[bOffset + i] as number);
-  return out;
 }
 
 /** Constant-time equality for equal-length inputs; unequal lengths return false at once (lengths are public). */
