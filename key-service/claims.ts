@@ -49,6 +49,8 @@ type Outcome = { ok: true; rows: Claimed[] } | { ok: false; error: KmsError };
  */
 export class ClaimQueue {
   private queue: Pending[] = [];
+  /** One request's claims in its own savepoint (better-sqlite3 nests transactions as savepoints). */
+  private readonly applyInSavepoint;
   private scheduled = false;
   private closed = false;
 
@@ -56,7 +58,12 @@ export class ClaimQueue {
     private readonly store: KeyStore,
     private readonly maxBatch: number,
     private readonly stats: ClaimStats = {},
-  ) {}
+  ) {
+    this.applyInSavepoint = store.db.transaction(
+      (r: ClaimRequest, now: number, devices: Map<string, 'active' | 'revoked' | undefined>) =>
+        this.apply(r, now, devices),
+    );
+  }
 
   submit(request: ClaimRequest): Promise<DeliveredKey[]> {
     if (this.closed) return Promise.reject(new KmsError('KMS_ERR_UNAVAILABLE', 'shutting down'));
@@ -83,13 +90,12 @@ export class ClaimQueue {
     let outcomes: Outcome[];
     try {
       const devices = new Map<string, 'active' | 'revoked' | undefined>();
-      const applyOne = this.store.db.transaction((r: ClaimRequest, now: number) => this.apply(r, now, devices));
       outcomes = this.store.db.transaction(() => {
         const now = Date.now();
         // Each request runs in its own savepoint: a refused one rolls back alone, the batch commits together.
         return batch.map((p): Outcome => {
           try {
-            return { ok: true, rows: applyOne(p.request, now) };
+            return { ok: true, rows: this.applyInSavepoint(p.request, now, devices) };
           } catch (err) {
             if (err instanceof KmsError) return { ok: false, error: err };
             throw err;
