@@ -107,6 +107,7 @@ describe('qkey chip and qkey admin', () => {
       ['chip', 'explode', '--chip', chip],
       ['admin', '--token', 'x', 'device', 'frobnicate'],
       ['admin', '--token', 'x', 'device', 'show'],
+      ['admin', '--kms', t.url, '--data', join(dir, 'no-such-folder'), 'device', 'list'], // no admin token anywhere
     ]) {
       const r = await run(...argv);
       expect(r.code, argv.join(' ')).toBe(2);
