@@ -11,6 +11,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { createWebSocketStream, WebSocketServer } from 'ws';
 import type { BrokerConfig } from './config.js';
 import { BrokerKmsSession, brokerSecret } from './credentials.js';
+import { createBoundedEmitter } from './mq-emitter.js';
 import { createQkeyPlugin, type QkeyPlugin } from './plugin.js';
 import { TokenAuthority } from './token-authority.js';
 
@@ -109,7 +110,8 @@ export async function startBroker(
       },
     },
   });
-  const aedes = new Aedes({ id: config.brokerId });
+  // The default emitter can overflow the stack draining its queue under overload (see mq-emitter.ts).
+  const aedes = new Aedes({ id: config.brokerId, mq: createBoundedEmitter() });
   await aedes.listen();
   plugin.attach(aedes);
   // The role is remembered at connect: by the time 'clientDisconnect' reaches this listener, the plugin (which
