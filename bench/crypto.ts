@@ -11,6 +11,7 @@ import {
   SUITE_SM4_GCM,
   type SuiteId,
   sealEnvelope,
+  sm4GcmAddonStatus,
 } from '../protocol/index.js';
 import { type Case, formatBytesPerSecond, formatRate, measureInterleaved, table } from './_measure.js';
 
@@ -56,17 +57,21 @@ function envelopeCase(name: string, key: EnvelopeKey, suite: SuiteId, payload: U
 }
 
 const nativeKey = new EnvelopeKey(rawKey, nativeBackend);
+/** OpenSSL's SM4 with GCM in JavaScript: what the native backend does when the addon is not built. */
+const withoutAddon = { ...nativeBackend, createGcm: undefined };
+const jsGcmKey = new EnvelopeKey(rawKey, withoutAddon);
 const portableKey = new EnvelopeKey(rawKey, portableBackend);
 let failed = false;
 
 console.log(
-  `bench/crypto: node ${process.version}, OpenSSL ${process.versions.openssl}, ${rounds} rounds x ${ms} ms, medians`,
+  `bench/crypto: node ${process.version}, OpenSSL ${process.versions.openssl}, SM4-GCM addon: ${sm4GcmAddonStatus().reason}, ${rounds} rounds x ${ms} ms, medians`,
 );
 for (const size of SIZES) {
   const payload = randomBytes(size);
   const cases = [
     rawCtrCase(payload),
     envelopeCase('envelope SM4-GCM seal+open (native)', nativeKey, SUITE_SM4_GCM, payload),
+    envelopeCase('envelope SM4-GCM seal+open (native, without the addon)', jsGcmKey, SUITE_SM4_GCM, payload),
     envelopeCase('envelope SM4-CTR-HMAC-SM3 seal+open (native)', nativeKey, SUITE_SM4_CTR_HMAC_SM3, payload),
     envelopeCase('envelope SM4-GCM seal+open (sm-crypto)', portableKey, SUITE_SM4_GCM, payload),
     envelopeCase('envelope SM4-CTR-HMAC-SM3 seal+open (sm-crypto)', portableKey, SUITE_SM4_CTR_HMAC_SM3, payload),

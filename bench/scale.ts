@@ -45,6 +45,12 @@ function start(args: string[], ready: RegExp): Promise<{ pid: number; line: stri
   });
 }
 
+/** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat (clock ticks of 1/100 s). */
+const cpuSeconds = (pid: number) => {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+};
+
 const rssMiB = (pid: number) =>
   Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
 
@@ -166,6 +172,7 @@ try {
     sent.set(d.id, d.seq);
     d.client!.publish(topicOf(d.id), Buffer.from(env), { qos: 1 });
   };
+  const cpuBefore = { broker: cpuSeconds(broker.pid), kms: cpuSeconds(kms.pid), here: process.cpuUsage() };
   t = performance.now();
   // Each device publishes once per second, spread evenly across the second.
   const slices = 50;
@@ -176,6 +183,12 @@ try {
   }, 1000 / slices);
   await new Promise((r) => setTimeout(r, SECONDS * 1000));
   clearInterval(timer);
+  const phase = (performance.now() - t) / 1000;
+  const here = process.cpuUsage(cpuBefore.here);
+  const share = (s: number) => `${((100 * s) / phase).toFixed(0)}%`;
+  console.log(
+    `CPU during the telemetry phase (100% = one core): broker ${share(cpuSeconds(broker.pid) - cpuBefore.broker)}, key service ${share(cpuSeconds(kms.pid) - cpuBefore.kms)}, devices + app (this process) ${share((here.user + here.system) / 1e6)}`,
+  );
   await new Promise((r) => setTimeout(r, 5000)); // drain
   const lat = ledger.latency();
   const total = [...sent.values()].reduce((a, b) => a + b, 0);

@@ -1,8 +1,10 @@
-// SM4 and SM3 primitives behind one interface: node:crypto (OpenSSL) when it has them, sm-crypto otherwise.
+// SM4 and SM3 behind one interface: node:crypto (OpenSSL) with the SM4-GCM addon when built, or sm-crypto.
 import { createCipheriv, createDecipheriv, createHash, createHmac, getCiphers, getHashes } from 'node:crypto';
 import smCrypto from 'sm-crypto';
 import { abytes } from './_bytes.js';
 import { ArgumentError, ProtocolError } from './errors.js';
+import { createAddonGcmKey } from './sm4-gcm-addon.js';
+import type { SuiteKey } from './suites.js';
 
 export const SM4_BLOCK = 16;
 export const SM4_KEY_LENGTH = 16;
@@ -23,6 +25,8 @@ export interface CryptoBackend {
   sm4CbcDecrypt(key: Uint8Array, iv: Uint8Array, data: Uint8Array): Uint8Array;
   sm3(data: Uint8Array): Uint8Array;
   hmacSm3(key: Uint8Array, data: Uint8Array): Uint8Array;
+  /** A whole SM4-GCM for this key when the backend has one faster than GCM over createBlockCipher. */
+  createGcm?(key: Uint8Array): SuiteKey | undefined;
 }
 
 function checkBlocks(data: Uint8Array, name: string): Uint8Array {
@@ -80,6 +84,8 @@ export const nativeBackend: CryptoBackend = {
   hmacSm3(key, data) {
     return asUint8(createHmac('sm3', abytes(key, 'key')).update(abytes(data, 'data')).digest());
   },
+  // OpenSSL 3.0 has no SM4-GCM; the addon (protocol/native/sm4_gcm.c) does it in one native call when built.
+  createGcm: createAddonGcmKey,
 };
 
 /** Increments a 16-byte big-endian counter in place (all 128 bits, as OpenSSL's CTR mode does). */

@@ -42,6 +42,8 @@ export interface ParsedEnvelope extends EnvelopeHeader {
  */
 export class EnvelopeKey {
   readonly backend: CryptoBackend;
+  /** A copy of the key until the first suite needs it (or destroy() wipes it). */
+  private key: Uint8Array | undefined;
   private cipher: BlockCipher | undefined;
   private readonly suites = new Map<SuiteId, SuiteKey>();
   /** AAD templates by (direction, device, topic); a key serves one device and direction, so few topics. */
@@ -52,14 +54,21 @@ export class EnvelopeKey {
   constructor(key: Uint8Array, backend: CryptoBackend | BackendChoice = 'auto') {
     abytes(key, 'key', SM4_KEY_LENGTH);
     this.backend = typeof backend === 'string' ? getBackend(backend) : backend;
-    this.cipher = this.backend.createBlockCipher(key);
+    this.key = Uint8Array.from(key);
   }
 
   suite(id: SuiteId): SuiteKey {
     let state = this.suites.get(id);
     if (!state) {
-      if (!this.cipher) throw new ArgumentError('envelope key has been destroyed');
-      state = createSuiteKey(id, this.cipher, this.backend);
+      if (!this.key) throw new ArgumentError('envelope key has been destroyed');
+      // A backend's own SM4-GCM when it has one (the native addon), GCM over its block cipher otherwise.
+      const whole = id === SUITE_SM4_GCM ? this.backend.createGcm?.(this.key) : undefined;
+      if (whole) {
+        state = whole;
+      } else {
+        this.cipher ??= this.backend.createBlockCipher(this.key);
+        state = createSuiteKey(id, this.cipher, this.backend);
+      }
       this.suites.set(id, state);
     }
     return state;
@@ -98,6 +107,8 @@ export class EnvelopeKey {
     this.aadTemplates.clear();
     this.lastAad = undefined;
     this.cipher = undefined;
+    if (this.key) clean(this.key);
+    this.key = undefined;
   }
 }
 
