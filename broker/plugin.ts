@@ -75,6 +75,9 @@ const PROTOCOL_REASONS: Partial<Record<ProtocolErrorCode, RejectReason>> = {
   PROTO_ERR_TAG: 'forged',
 };
 
+/** Nested synchronous authorizePublish callbacks allowed before the next one is deferred to a new tick. */
+const MAX_SYNC_DEPTH = 32;
+
 export class QkeyPlugin {
   private readonly states = new Map<Client, ClientState>();
   /** [MQTT-3.1.3-8] clients whose CONNECT had an empty client id with clean session off. */
@@ -87,6 +90,8 @@ export class QkeyPlugin {
   private readonly plaintextOf = new WeakMap<Buffer, Buffer>();
   private readonly topics: TopicTemplates;
   private readonly rotation: RotationLimits;
+  /** authorizePublish callbacks running on the current stack (see authorizePublish). */
+  private callbackDepth = 0;
   constructor(private readonly o: QkeyPluginOptions) {
     this.topics = o.topics ?? DEFAULT_TOPICS;
     this.rotation = o.rotation ?? DEFAULT_ROTATION;
@@ -176,12 +181,21 @@ export class QkeyPlugin {
 
   /**
    * Opens the envelope without waiting when the session already holds its key (the common case), and after the
-   * claim otherwise; the callback always comes on a later tick. Any refusal closes the connection; the reason is counted and logged without payload.
+   * claim otherwise. Any refusal closes the connection; the reason is counted and logged without payload.
    */
   private authorizePublish(client: Client | null, packet: PublishPacket, callback: (err: Error | null) => void): void {
-    // Never call back on this stack: Aedes handles the client's next buffered packet from the callback, so a
-    // synchronous callback recurses once per buffered packet and a large backlog overflows the stack.
-    const done = (err: Error | null) => process.nextTick(callback, err);
+    // Aedes handles the client's next buffered packets from this callback, so calling back on this stack nests
+    // one level per packet: beyond MAX_SYNC_DEPTH the callback goes to the next tick, or a large backlog would
+    // overflow the stack. Below it, calling back at once saves a tick per message.
+    const done = (err: Error | null) => {
+      if (this.callbackDepth >= MAX_SYNC_DEPTH) return process.nextTick(callback, err);
+      this.callbackDepth++;
+      try {
+        callback(err);
+      } finally {
+        this.callbackDepth--;
+      }
+    };
     const state = client ? this.states.get(client) : undefined;
     if (!client || !state) return done(new Error('not authorized: unauthenticated publish'));
     const refuse = (reason: RejectReason, detail: string) => {

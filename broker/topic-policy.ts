@@ -17,18 +17,41 @@ export function deviceFilter(template: string, deviceId: string): string {
   return template.replaceAll('{id}', deviceId);
 }
 
-/** [MQTT-4.7.1] Does topic name `topic` match filter `filter`? `$`-topics never match a leading wildcard [MQTT-4.7.2-1]. */
+/**
+ * [MQTT-4.7.1] Does topic name `topic` match filter `filter`? `$`-topics never match a leading wildcard
+ * [MQTT-4.7.2-1]. Walks both strings level by level without splitting them: it runs for every message.
+ */
 export function matches(filter: string, topic: string): boolean {
-  if (topic.startsWith('$') && (filter.startsWith('+') || filter.startsWith('#'))) return false;
-  const f = filter.split('/');
-  const t = topic.split('/');
-  for (let i = 0; i < f.length; i++) {
-    const level = f[i]!;
-    if (level === '#') return true; // [MQTT-4.7.1-2] also matches the parent level
-    if (i >= t.length) return false;
-    if (level !== '+' && level !== t[i]) return false;
+  if (topic.charCodeAt(0) === DOLLAR && (filter.charCodeAt(0) === PLUS || filter.charCodeAt(0) === HASH)) return false;
+  let f = 0; // start of the current filter level
+  let t = 0; // start of the current topic level, -1 once the topic has no more levels
+  for (;;) {
+    const fEnd = levelEnd(filter, f);
+    const single = fEnd - f === 1;
+    if (single && filter.charCodeAt(f) === HASH) return true; // [MQTT-4.7.1-2] also matches the parent level
+    if (t < 0) return false;
+    const tEnd = levelEnd(topic, t);
+    if (!(single && filter.charCodeAt(f) === PLUS) && !sameLevel(filter, f, fEnd, topic, t, tEnd)) return false;
+    const tNext = tEnd < topic.length ? tEnd + 1 : -1;
+    if (fEnd === filter.length) return tNext < 0;
+    f = fEnd + 1;
+    t = tNext;
   }
-  return f.length === t.length;
+}
+
+const DOLLAR = 0x24;
+const PLUS = 0x2b;
+const HASH = 0x23;
+
+function levelEnd(s: string, from: number): number {
+  const i = s.indexOf('/', from);
+  return i < 0 ? s.length : i;
+}
+
+function sameLevel(a: string, aFrom: number, aEnd: number, b: string, bFrom: number, bEnd: number): boolean {
+  if (aEnd - aFrom !== bEnd - bFrom) return false;
+  for (let i = 0; i < aEnd - aFrom; i++) if (a.charCodeAt(aFrom + i) !== b.charCodeAt(bFrom + i)) return false;
+  return true;
 }
 
 /** Is every topic matched by `requested` also matched by `allowed`? (Subscription authorization.) */
@@ -83,7 +106,7 @@ export type Principal =
  */
 export function mayPublish(p: Principal, topic: string, t: TopicTemplates = DEFAULT_TOPICS): boolean {
   if (!isValidTopicName(topic) || topic.startsWith('$')) return false;
-  if (p.role === 'device') return matches(deviceFilter(t.uplink, p.id), topic);
+  if (p.role === 'device') return matches(filtersOf(p, t).uplink, topic);
   if (uplinkOwner(t, topic) !== undefined) return false;
   return p.publish.some((f) => matches(f, topic));
 }
@@ -91,12 +114,24 @@ export function mayPublish(p: Principal, topic: string, t: TopicTemplates = DEFA
 /** Subscribe permission: the requested filter must lie inside an allowed one. */
 export function maySubscribe(p: Principal, filter: string, t: TopicTemplates = DEFAULT_TOPICS): boolean {
   if (filter.length === 0 || filter.includes('\u0000')) return false;
-  if (p.role === 'device') return covers(deviceFilter(t.downlink, p.id), filter);
+  if (p.role === 'device') return covers(filtersOf(p, t).downlink, filter);
   return p.subscribe.some((allowed) => covers(allowed, filter));
 }
 
 /** Read permission on delivery (re-checked in authorizeForward): may `p` receive a message on `topic`? */
 export function mayReceive(p: Principal, topic: string, t: TopicTemplates = DEFAULT_TOPICS): boolean {
-  if (p.role === 'device') return matches(deviceFilter(t.downlink, p.id), topic);
+  if (p.role === 'device') return matches(filtersOf(p, t).downlink, topic);
   return p.subscribe.some((f) => matches(f, topic));
+}
+
+/** A device's two filters, built once per principal (a connection) rather than once per message. */
+const deviceFilters = new WeakMap<Principal, { templates: TopicTemplates } & TopicTemplates>();
+
+function filtersOf(p: Principal & { role: 'device' }, templates: TopicTemplates): TopicTemplates {
+  let f = deviceFilters.get(p);
+  if (f?.templates !== templates) {
+    f = { templates, uplink: deviceFilter(templates.uplink, p.id), downlink: deviceFilter(templates.downlink, p.id) };
+    deviceFilters.set(p, f);
+  }
+  return f;
 }

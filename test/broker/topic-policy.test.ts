@@ -32,6 +32,35 @@ describe('matches (MQTT 3.1.1 §4.7)', () => {
   ])('%s vs %s -> %s', (f, t, want) => expect(matches(f, t)).toBe(want));
 });
 
+describe('matches agrees with a reference that splits into levels', () => {
+  /** The MQTT 3.1.1 §4.7 rules written the obvious way: split both, compare level by level. */
+  function reference(filter: string, topic: string): boolean {
+    if (topic.startsWith('$') && (filter.startsWith('+') || filter.startsWith('#'))) return false;
+    const f = filter.split('/');
+    const t = topic.split('/');
+    for (let i = 0; i < f.length; i++) {
+      if (f[i] === '#') return true;
+      if (i >= t.length) return false;
+      if (f[i] !== '+' && f[i] !== t[i]) return false;
+    }
+    return f.length === t.length;
+  }
+
+  it('on random filters and topics, with empty levels, $ and multi-character levels', () => {
+    const name = fc.constantFrom('', 'a', 'b', 'ab', '$SYS', 'a$');
+    const filter = fc
+      .tuple(fc.array(fc.oneof(name, fc.constant('+')), { minLength: 1, maxLength: 4 }), fc.boolean())
+      .map(([ls, hash]) => [...ls, ...(hash ? ['#'] : [])].join('/'));
+    const topic = fc.array(name, { minLength: 1, maxLength: 5 }).map((ls) => ls.join('/'));
+    fc.assert(
+      fc.property(filter, topic, (f, t) => {
+        expect(matches(f, t)).toBe(reference(f, t));
+      }),
+      { numRuns: 5000 },
+    );
+  });
+});
+
 describe('covers', () => {
   it.each([
     ['devices/dev-1/down/#', 'devices/dev-1/down/#', true],
