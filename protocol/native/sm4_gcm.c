@@ -15,7 +15,17 @@
 #define QK_HAVE_CLMUL 1
 #include <immintrin.h>
 #define QK_TARGET __attribute__((target("pclmul,ssse3")))
+#define QK_AESNI_TARGET __attribute__((target("aes,ssse3")))
 #endif
+
+/** CPU features, set once at load: PCLMULQDQ for GHASH, AES-NI for SM4 without secret-indexed tables. */
+static int has_clmul = 0;
+static int has_aesni = 0;
+
+static void wipe(void *p, size_t n) {
+  volatile uint8_t *v = (volatile uint8_t *)p;
+  while (n--) *v++ = 0;
+}
 
 // GB/T 32907-2016 §6.2 (b): the S-box.
 static const uint8_t SBOX[256] = {
@@ -76,24 +86,6 @@ static inline uint32_t tau(uint32_t a) {
 
 #define ROUND_T(t) (T0[(t) >> 24] ^ T1[((t) >> 16) & 0xff] ^ T2[((t) >> 8) & 0xff] ^ T3[(t) & 0xff])
 
-// GB/T 32907-2016 §7.3: rk_i = K_{i+4} = K_i ^ T'(K_{i+1} ^ K_{i+2} ^ K_{i+3} ^ CK_i), T' = L'(tau(.)),
-// L'(B) = B ^ (B <<< 13) ^ (B <<< 23), ck_{i,j} = (4i + j) * 7 mod 256.
-static void sm4_key_schedule(const uint8_t key[16], uint32_t rk[32]) {
-  uint32_t k0 = load_be32(key) ^ FK[0], k1 = load_be32(key + 4) ^ FK[1];
-  uint32_t k2 = load_be32(key + 8) ^ FK[2], k3 = load_be32(key + 12) ^ FK[3];
-  for (int i = 0; i < 32; i++) {
-    uint32_t ck = 0;
-    for (int j = 0; j < 4; j++) ck = (ck << 8) | (uint8_t)((4 * i + j) * 7);
-    uint32_t s = tau(k1 ^ k2 ^ k3 ^ ck);
-    uint32_t next = k0 ^ s ^ rotl(s, 13) ^ rotl(s, 23);
-    rk[i] = next;
-    k0 = k1;
-    k1 = k2;
-    k2 = k3;
-    k3 = next;
-  }
-}
-
 // GB/T 32907-2016 §7.1: X_{i+4} = X_i ^ T(X_{i+1} ^ X_{i+2} ^ X_{i+3} ^ rk_i); output (X35, X34, X33, X32).
 static void sm4_encrypt1(const uint32_t rk[32], const uint8_t in[16], uint8_t out[16]) {
   uint32_t x0 = load_be32(in), x1 = load_be32(in + 4), x2 = load_be32(in + 8), x3 = load_be32(in + 12), t;
@@ -138,28 +130,168 @@ typedef struct {
   int live;
 } gcm_key;
 
-static void wipe(void *p, size_t n) {
-  volatile uint8_t *v = (volatile uint8_t *)p;
-  while (n--) *v++ = 0;
+
+#ifdef QK_HAVE_CLMUL
+// SM4 on AES-NI, four blocks at a time (the technique of Saarinen's sm4ni): the SM4 S-box is affine-equivalent to
+// the AES S-box, S_sm4(x) = Q(S_aes(P(x))) with P and Q affine over GF(2)^8, because both are inversion in
+// GF(2^8) between affine maps (GB/T 32907 uses x^8+x^7+x^6+x^5+x^4+x^2+1, AES x^8+x^4+x^3+x+1). P and Q are
+// applied as two 16-entry nibble lookups each (PSHUFB); AESENCLAST with a zero round key does SubBytes and
+// ShiftRows, and a byte shuffle by the inverse ShiftRows beforehand cancels the latter. The tables below were
+// derived for this file: P = T.A, Q = A.T^-1.Aff_aes^-1 (A, 0xd3: the SM4 S-box's affine part; T: the field
+// isomorphism), and checked against the S-box for all 256 inputs; the known-answer tests check them again.
+// No table lookup here depends on secret data.
+QK_AESNI_TARGET static inline __m128i sm4ni_sbox(__m128i x) {
+  const __m128i nibble = _mm_set1_epi8(0x0f);
+  const __m128i p_lo = _mm_setr_epi8(0x3e, (char)0xb2, 0x0e, (char)0x82, (char)0xbb, 0x37, (char)0x8b, 0x07,
+                                     (char)0xa1, 0x2d, (char)0x91, 0x1d, 0x24, (char)0xa8, 0x14, (char)0x98);
+  const __m128i p_hi = _mm_setr_epi8(0x00, (char)0xdc, 0x2e, (char)0xf2, (char)0xc5, 0x19, (char)0xeb, 0x37, 0x08,
+                                     (char)0xd4, 0x26, (char)0xfa, (char)0xcd, 0x11, (char)0xe3, 0x3f);
+  const __m128i q_lo = _mm_setr_epi8(0x6c, (char)0xd4, (char)0xa6, 0x1e, 0x52, (char)0xea, (char)0x98, 0x20, 0x0b,
+                                     (char)0xb3, (char)0xc1, 0x79, 0x35, (char)0x8d, (char)0xff, 0x47);
+  const __m128i q_hi = _mm_setr_epi8(0x00, (char)0xe0, 0x50, (char)0xb0, (char)0x9d, 0x7d, (char)0xcd, 0x2d,
+                                     (char)0xc0, 0x20, (char)0x90, 0x70, 0x5d, (char)0xbd, 0x0d, (char)0xed);
+  const __m128i inv_shift_rows = _mm_setr_epi8(0, 13, 10, 7, 4, 1, 14, 11, 8, 5, 2, 15, 12, 9, 6, 3);
+  __m128i t = _mm_xor_si128(_mm_shuffle_epi8(p_lo, _mm_and_si128(x, nibble)),
+                            _mm_shuffle_epi8(p_hi, _mm_and_si128(_mm_srli_epi64(x, 4), nibble)));
+  t = _mm_aesenclast_si128(_mm_shuffle_epi8(t, inv_shift_rows), _mm_setzero_si128());
+  return _mm_xor_si128(_mm_shuffle_epi8(q_lo, _mm_and_si128(t, nibble)),
+                       _mm_shuffle_epi8(q_hi, _mm_and_si128(_mm_srli_epi64(t, 4), nibble)));
 }
 
-// SP 800-38D §6.5 GCTR from inc32(J0) (§7.1 step 3, §7.2 step 4): out = in ^ E_K(nonce || ctr), ctr = 2, 3, ...
-// Each block is read before it is written, so out may equal in.
-static void gcm_ctr(const gcm_key *k, const uint8_t nonce[12], const uint8_t *in, uint8_t *out, size_t len) {
-  uint8_t counters[64], stream[64];
-  uint32_t ctr = 2;
-  for (int b = 0; b < 4; b++) memcpy(counters + 16 * b, nonce, 12);
-  while (len > 0) {
-    for (int b = 0; b < 4; b++) store_be32(counters + 16 * b + 12, ctr + (uint32_t)b); // inc32: mod 2^32
-    size_t n = len < 64 ? len : 64;
-    if (n > 16)
+QK_AESNI_TARGET static uint32_t sm4ni_tau(uint32_t a) {
+  return (uint32_t)_mm_cvtsi128_si32(sm4ni_sbox(_mm_cvtsi32_si128((int)a)));
+}
+
+// T(x) = L(tau(x)) on four words; L(B) = B ^ (B <<< 24) ^ ((B ^ (B <<< 8) ^ (B <<< 16)) <<< 2) (GB/T 32907 §6.2).
+QK_AESNI_TARGET static inline __m128i sm4ni_t(__m128i x) {
+  const __m128i rot8 = _mm_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14);
+  const __m128i rot16 = _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  const __m128i rot24 = _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12);
+  __m128i b = sm4ni_sbox(x);
+  __m128i m = _mm_xor_si128(_mm_xor_si128(b, _mm_shuffle_epi8(b, rot8)), _mm_shuffle_epi8(b, rot16));
+  m = _mm_or_si128(_mm_slli_epi32(m, 2), _mm_srli_epi32(m, 30));
+  return _mm_xor_si128(_mm_xor_si128(b, m), _mm_shuffle_epi8(b, rot24));
+}
+
+// 4x4 transpose of 32-bit words: block-major <-> word-major.
+#define SM4NI_TRANSPOSE(a, b, c, d)                                                                              \
+  do {                                                                                                           \
+    __m128i t0 = _mm_unpacklo_epi32(a, b), t1 = _mm_unpacklo_epi32(c, d);                                        \
+    __m128i t2 = _mm_unpackhi_epi32(a, b), t3 = _mm_unpackhi_epi32(c, d);                                        \
+    a = _mm_unpacklo_epi64(t0, t1), b = _mm_unpackhi_epi64(t0, t1);                                              \
+    c = _mm_unpacklo_epi64(t2, t3), d = _mm_unpackhi_epi64(t2, t3);                                              \
+  } while (0)
+
+// Eight blocks as two independent groups of four, so that one group's AESENCLAST and shuffles fill the other's
+// latency.
+QK_AESNI_TARGET static void sm4ni_encrypt8(const uint32_t rk[32], const uint8_t in[128], uint8_t out[128]) {
+  const __m128i be32 = _mm_setr_epi8(3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12);
+#define LOAD(i) _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(in + 16 * (i))), be32)
+  __m128i x0 = LOAD(0), x1 = LOAD(1), x2 = LOAD(2), x3 = LOAD(3);
+  __m128i y0 = LOAD(4), y1 = LOAD(5), y2 = LOAD(6), y3 = LOAD(7);
+#undef LOAD
+  SM4NI_TRANSPOSE(x0, x1, x2, x3); // x_j = word j of blocks 0-3
+  SM4NI_TRANSPOSE(y0, y1, y2, y3); // y_j = word j of blocks 4-7
+#define ROUND(a0, a1, a2, a3, b0, b1, b2, b3, k)                                                                 \
+  do {                                                                                                           \
+    const __m128i rkv = _mm_set1_epi32((int)(k));                                                                \
+    __m128i ta = sm4ni_t(_mm_xor_si128(_mm_xor_si128(a1, a2), _mm_xor_si128(a3, rkv)));                          \
+    __m128i tb = sm4ni_t(_mm_xor_si128(_mm_xor_si128(b1, b2), _mm_xor_si128(b3, rkv)));                          \
+    a0 = _mm_xor_si128(a0, ta), b0 = _mm_xor_si128(b0, tb);                                                      \
+  } while (0)
+  for (int i = 0; i < 32; i += 4) {
+    ROUND(x0, x1, x2, x3, y0, y1, y2, y3, rk[i]);
+    ROUND(x1, x2, x3, x0, y1, y2, y3, y0, rk[i + 1]);
+    ROUND(x2, x3, x0, x1, y2, y3, y0, y1, rk[i + 2]);
+    ROUND(x3, x0, x1, x2, y3, y0, y1, y2, rk[i + 3]);
+  }
+#undef ROUND
+  SM4NI_TRANSPOSE(x3, x2, x1, x0); // output (X35, X34, X33, X32), block-major again
+  SM4NI_TRANSPOSE(y3, y2, y1, y0);
+#define STORE(i, v) _mm_storeu_si128((__m128i *)(out + 16 * (i)), _mm_shuffle_epi8(v, be32))
+  STORE(0, x3), STORE(1, x2), STORE(2, x1), STORE(3, x0), STORE(4, y3), STORE(5, y2), STORE(6, y1), STORE(7, y0);
+#undef STORE
+}
+#endif
+
+// tau and whole blocks through AES-NI when the CPU has it (no secret-indexed memory access), tables otherwise.
+static uint32_t tau_secure(uint32_t a) {
+#ifdef QK_HAVE_CLMUL
+  if (has_aesni) return sm4ni_tau(a);
+#endif
+  return tau(a);
+}
+
+static void sm4_block(const uint32_t rk[32], const uint8_t in[16], uint8_t out[16]) {
+#ifdef QK_HAVE_CLMUL
+  if (has_aesni) {
+    uint8_t blocks[128] = {0};
+    memcpy(blocks, in, 16);
+    sm4ni_encrypt8(rk, blocks, blocks);
+    memcpy(out, blocks, 16);
+    wipe(blocks, sizeof blocks);
+    return;
+  }
+#endif
+  sm4_encrypt1(rk, in, out);
+}
+
+// GB/T 32907-2016 §7.3: rk_i = K_{i+4} = K_i ^ T'(K_{i+1} ^ K_{i+2} ^ K_{i+3} ^ CK_i), T' = L'(tau(.)),
+// L'(B) = B ^ (B <<< 13) ^ (B <<< 23), ck_{i,j} = (4i + j) * 7 mod 256.
+static void sm4_key_schedule(const uint8_t key[16], uint32_t rk[32]) {
+  uint32_t k0 = load_be32(key) ^ FK[0], k1 = load_be32(key + 4) ^ FK[1];
+  uint32_t k2 = load_be32(key + 8) ^ FK[2], k3 = load_be32(key + 12) ^ FK[3];
+  for (int i = 0; i < 32; i++) {
+    uint32_t ck = 0;
+    for (int j = 0; j < 4; j++) ck = (ck << 8) | (uint8_t)((4 * i + j) * 7);
+    uint32_t s = tau_secure(k1 ^ k2 ^ k3 ^ ck);
+    uint32_t next = k0 ^ s ^ rotl(s, 13) ^ rotl(s, 23);
+    rk[i] = next;
+    k0 = k1;
+    k1 = k2;
+    k2 = k3;
+    k3 = next;
+  }
+}
+
+// SP 800-38D §6.5 GCTR with the counter blocks nonce || ctr for ctr = 1, 2, ... (inc32 wraps mod 2^32): the first
+// block is E_K(J0), returned in ek_j0 (§7.1 step 2, J0 = IV || 0^31 || 1); the rest are XORed over in -> out
+// (§7.1 step 3, §7.2 step 4, from inc32(J0)). E_K(J0) comes out of the first batch, so `proceed`, when given, can
+// check the tag before any output is written; if it returns 0 nothing is written. Each block of `in` is read
+// before the same block of `out` is written, so out may equal in.
+static int gcm_ctr(const gcm_key *k, const uint8_t nonce[12], const uint8_t *in, uint8_t *out, size_t len,
+                   uint8_t ek_j0[16], int (*proceed)(const uint8_t ek_j0[16], const void *ctx), const void *ctx) {
+  const size_t batch = has_aesni ? 128 : 64;
+  uint8_t counters[128], stream[128];
+  uint32_t ctr = 1;
+  size_t skip = 16; // the first batch starts with E_K(J0)
+  int ok = 1;
+  for (int b = 0; b < 8; b++) memcpy(counters + 16 * b, nonce, 12);
+  do {
+    for (size_t b = 0; b < batch / 16; b++) store_be32(counters + 16 * b + 12, ctr + (uint32_t)b);
+    ctr += (uint32_t)(batch / 16);
+#ifdef QK_HAVE_CLMUL
+    if (has_aesni)
+      sm4ni_encrypt8(k->rk, counters, stream);
+    else
+#endif
+        if (len + skip > 16)
       sm4_encrypt4(k->rk, counters, stream);
     else
       sm4_encrypt1(k->rk, counters, stream);
-    for (size_t i = 0; i < n; i++) out[i] = in[i] ^ stream[i];
-    in += n, out += n, len -= n, ctr += 4;
-  }
+    if (skip) {
+      memcpy(ek_j0, stream, 16);
+      if (proceed && !proceed(ek_j0, ctx)) {
+        ok = 0;
+        break;
+      }
+    }
+    size_t n = batch - skip < len ? batch - skip : len;
+    for (size_t i = 0; i < n; i++) out[i] = in[i] ^ stream[skip + i];
+    in += n, out += n, len -= n, skip = 0;
+  } while (len > 0);
   wipe(stream, sizeof stream);
+  return ok;
 }
 
 #ifdef QK_HAVE_CLMUL
@@ -205,31 +337,24 @@ QK_TARGET static __m128i ghash_update(__m128i y, __m128i h, const uint8_t *data,
   return y;
 }
 
-// SP 800-38D §7.1 steps 2, 5, 6: J0 = IV || 0^31 || 1; S = GHASH_H(A || 0^v || C || 0^u || [len(A)]64 ||
-// [len(C)]64); T = E_K(J0) ^ S.
-QK_TARGET static void gcm_tag(const gcm_key *k, const uint8_t nonce[12], const uint8_t *aad, size_t aad_len,
-                               const uint8_t *ct, size_t ct_len, uint8_t tag[16]) {
+// SP 800-38D §7.1 step 5: S = GHASH_H(A || 0^v || C || 0^u || [len(A)]64 || [len(C)]64). The tag is E_K(J0) ^ S.
+QK_TARGET static void gcm_ghash(const gcm_key *k, const uint8_t *aad, size_t aad_len, const uint8_t *ct,
+                                 size_t ct_len, uint8_t s[16]) {
   __m128i h = bswap128(_mm_loadu_si128((const __m128i *)k->h));
   __m128i y = ghash_update(_mm_setzero_si128(), h, aad, aad_len);
   y = ghash_update(y, h, ct, ct_len);
-  uint8_t block[16];
+  uint8_t lengths[16];
   uint64_t abits = (uint64_t)aad_len * 8, cbits = (uint64_t)ct_len * 8;
   for (int i = 0; i < 8; i++) {
-    block[i] = (uint8_t)(abits >> (56 - 8 * i));
-    block[8 + i] = (uint8_t)(cbits >> (56 - 8 * i));
+    lengths[i] = (uint8_t)(abits >> (56 - 8 * i));
+    lengths[8 + i] = (uint8_t)(cbits >> (56 - 8 * i));
   }
-  y = ghash_update(y, h, block, 16);
-  memcpy(block, nonce, 12);
-  block[12] = 0, block[13] = 0, block[14] = 0, block[15] = 1;
-  sm4_encrypt1(k->rk, block, block);
-  _mm_storeu_si128((__m128i *)tag, _mm_xor_si128(bswap128(y), _mm_loadu_si128((const __m128i *)block)));
-  wipe(block, sizeof block);
+  y = ghash_update(y, h, lengths, 16);
+  _mm_storeu_si128((__m128i *)s, bswap128(y));
 }
 #endif
 
 // ---- Node-API glue: argument checks here are a backstop; protocol/sm4-gcm-addon.ts validates first. ----
-
-static int has_clmul = 0;
 
 static napi_value throw_type(napi_env env, const char *msg) {
   napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
@@ -283,7 +408,7 @@ static napi_value create_key(napi_env env, napi_callback_info info) {
   }
   sm4_key_schedule(key, k->rk);
   memset(k->h, 0, 16);
-  sm4_encrypt1(k->rk, k->h, k->h);
+  sm4_block(k->rk, k->h, k->h);
   k->live = 1;
   napi_value out;
   if (napi_create_external(env, k, finalize_key, NULL, &out) != napi_ok) {
@@ -315,7 +440,7 @@ static napi_value encrypt_blocks(napi_env env, napi_callback_info info) {
   if (!get_bytes(env, argv[1], &in, &in_len) || !get_bytes(env, argv[2], &out, &out_len) || in_len % 16 != 0 ||
       out_len < in_len)
     return throw_type(env, "blocks must be whole 16-byte blocks and out at least as long");
-  for (size_t i = 0; i < in_len; i += 16) sm4_encrypt1(k->rk, in + i, out + i);
+  for (size_t i = 0; i < in_len; i += 16) sm4_block(k->rk, in + i, out + i);
   return NULL;
 }
 
@@ -336,11 +461,29 @@ static napi_value seal(napi_env env, napi_callback_info info) {
       !get_bytes(env, argv[4], &out, &out_len) || napi_get_value_uint32(env, argv[5], &offset) != napi_ok)
     return throw_type(env, "aad, plaintext and out must be Uint8Arrays and offset a number");
   if ((uint64_t)offset + pt_len + 16 > out_len) return throw_type(env, "out is too small for ciphertext and tag");
-  gcm_ctr(k, nonce, pt, out + offset, pt_len);
-  gcm_tag(k, nonce, aad, aad_len, out + offset, pt_len, out + offset + pt_len);
+  uint8_t ek_j0[16], *tag = out + offset + pt_len;
+  gcm_ctr(k, nonce, pt, out + offset, pt_len, ek_j0, NULL, NULL);
+  gcm_ghash(k, aad, aad_len, out + offset, pt_len, tag);
+  for (int i = 0; i < 16; i++) tag[i] ^= ek_j0[i]; // §7.1 step 6: T = MSB_t(GCTR_K(J0, S))
+  wipe(ek_j0, sizeof ek_j0);
 #endif
   return NULL;
 }
+
+#ifdef QK_HAVE_CLMUL
+struct tag_check {
+  uint8_t s[16];
+  const uint8_t *tag;
+};
+
+// SP 800-38D §7.2 steps 7-8: T' = E_K(J0) ^ S must equal T; compared in time independent of where they differ.
+static int tag_matches(const uint8_t ek_j0[16], const void *ctx) {
+  const struct tag_check *c = (const struct tag_check *)ctx;
+  uint8_t diff = 0;
+  for (int i = 0; i < 16; i++) diff |= (uint8_t)(ek_j0[i] ^ c->s[i] ^ c->tag[i]);
+  return diff == 0;
+}
+#endif
 
 // open(k, nonce(12), aad, ciphertext, tag(16), out) -> boolean. The plaintext is written into out only when the
 // tag verifies (SP 800-38D §7.2 step 8); the tag comparison takes the same time wherever the tags differ.
@@ -361,13 +504,14 @@ static napi_value open_(napi_env env, napi_callback_info info) {
       !get_bytes(env, argv[5], &out, &out_len))
     return throw_type(env, "aad, ciphertext and out must be Uint8Arrays");
   if (out_len < ct_len) return throw_type(env, "out is too small for the plaintext");
-  uint8_t expected[16];
-  gcm_tag(k, nonce, aad, aad_len, ct, ct_len, expected);
-  uint8_t diff = 0;
-  for (int i = 0; i < 16; i++) diff |= (uint8_t)(expected[i] ^ tag[i]);
-  wipe(expected, sizeof expected);
-  if (diff == 0) gcm_ctr(k, nonce, ct, out, ct_len);
-  napi_get_boolean(env, diff == 0, &result);
+  struct tag_check check;
+  uint8_t ek_j0[16];
+  gcm_ghash(k, aad, aad_len, ct, ct_len, check.s);
+  check.tag = tag;
+  int ok = gcm_ctr(k, nonce, ct, out, ct_len, ek_j0, tag_matches, &check);
+  wipe(ek_j0, sizeof ek_j0);
+  wipe(check.s, sizeof check.s);
+  napi_get_boolean(env, ok, &result);
 #endif
   return result;
 }
@@ -377,6 +521,7 @@ static napi_value init(napi_env env, napi_value exports) {
 #ifdef QK_HAVE_CLMUL
   __builtin_cpu_init();
   has_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("ssse3");
+  has_aesni = __builtin_cpu_supports("aes") && __builtin_cpu_supports("ssse3") && !getenv("QKEY_SM4GCM_NO_AESNI");
 #endif
   napi_property_descriptor props[] = {
       {"createKey", NULL, create_key, NULL, NULL, NULL, napi_default, NULL},
@@ -386,9 +531,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"open", NULL, open_, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
-  napi_value gcm;
+  napi_value gcm, sm4;
   napi_get_boolean(env, has_clmul, &gcm);
   napi_set_named_property(env, exports, "gcm", gcm);
+  napi_create_string_utf8(env, has_aesni ? "aesni" : "tables", NAPI_AUTO_LENGTH, &sm4);
+  napi_set_named_property(env, exports, "sm4", sm4);
   return exports;
 }
 

@@ -98,6 +98,39 @@ describe('SM4-GCM addon', () => {
     expect(() => k.seal(new Uint8Array(12), new Uint8Array(0), new Uint8Array(1))).toThrow(/destroyed/);
   });
 
+  addonIt('the table-driven SM4 (CPUs without AES-NI) gives the same bytes as the AES-NI path', () => {
+    // Seals of every length from 0 to 300 under keys and nonces derived from the length, in a child process
+    // whose addon was told to ignore AES-NI; compared with this process's addon and with GcmKey.
+    const script = `import('./protocol/sm4-gcm-addon.js').then((m) => {
+      const out = [];
+      for (let n = 0; n <= 300; n += 7) {
+        const k = m.createAddonGcmKey(new Uint8Array(16).fill(n));
+        const s = k.seal(new Uint8Array(12).fill(n + 1), new Uint8Array(n % 40).fill(2), new Uint8Array(n).fill(n & 255));
+        out.push(Buffer.concat([s.ciphertext, s.tag]).toString('hex'));
+      }
+      console.log(JSON.stringify({ status: m.sm4GcmAddonStatus(), out }));
+    })`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: new URL('../../dist/', import.meta.url),
+      env: { ...process.env, QKEY_SM4GCM_NO_AESNI: '1' },
+      encoding: 'utf8',
+    });
+    const child = JSON.parse(r.stdout) as { status: { reason: string }; out: string[] };
+    expect(child.status.reason).toContain('table-driven SM4');
+    let i = 0;
+    for (let n = 0; n <= 300; n += 7, i++) {
+      const args = [new Uint8Array(12).fill(n + 1), new Uint8Array(n % 40).fill(2), new Uint8Array(n).fill(n & 255)];
+      const here = createAddonGcmKey(new Uint8Array(16).fill(n))!.seal(args[0]!, args[1]!, args[2]!);
+      const js = new GcmKey(nativeBackend.createBlockCipher(new Uint8Array(16).fill(n))).seal(
+        args[0]!,
+        args[1]!,
+        args[2]!,
+      );
+      expect(child.out[i]).toBe(toHex(here.ciphertext) + toHex(here.tag));
+      expect(child.out[i]).toBe(toHex(js.ciphertext) + toHex(js.tag));
+    }
+  });
+
   it('QKEY_SM4GCM_ADDON=off turns it off (the JavaScript GCM is used)', () => {
     const script = `import('./protocol/sm4-gcm-addon.js').then((m) => console.log(JSON.stringify(m.sm4GcmAddonStatus())))`;
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
