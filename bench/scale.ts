@@ -1,7 +1,8 @@
 // bench/scale: a connect storm of 10,000 devices (login, connect, key claims), then each device publishing once per
 // second for 60 s, against a key service and a broker in their own processes. Run: npm run bench:scale
-// [-- --devices 10000 --seconds 60 --concurrency 200]. Devices keep their keys in memory here: at this scale the
-// chip file is the device's business, not what the storm measures.
+// [-- --devices 10000 --seconds 60 --concurrency 200 --profile-broker DIR]. Devices and the application are lean
+// MQTT clients (bench/_lean-mqtt.ts) that keep their keys in memory: at this scale the chip file is the device's
+// business, not what the storm measures, and the load generator must cost less than the broker it loads.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -9,16 +10,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import mqtt, { type MqttClient } from 'mqtt';
 import { DeliveryLedger } from '../device-sim/stats.js';
 import { KmsClient } from '../key-service/client.js';
 import { EnvelopeKey, loginProof, sealEnvelope } from '../protocol/index.js';
+import { LeanMqttClient } from './_lean-mqtt.js';
 
 const { values } = parseArgs({
   options: {
     devices: { type: 'string', default: '10000' },
     seconds: { type: 'string', default: '60' },
     concurrency: { type: 'string', default: '200' },
+    'profile-broker': { type: 'string' },
   },
 });
 const N = Number(values.devices);
@@ -29,8 +31,12 @@ const dir = mkdtempSync(join(tmpdir(), 'qkey-bench-scale-'));
 const ADMIN = 'scale-admin';
 const env = { ...process.env, QKEY_ADMIN_TOKEN: ADMIN, QKEY_KMS_LOG_LEVEL: 'error', QKEY_BROKER_LOG_LEVEL: 'error' };
 
-function start(args: string[], ready: RegExp): Promise<{ pid: number; line: string; stop(): void }> {
-  const p = spawn(process.execPath, ['--max-old-space-size=4096', BIN, ...args], {
+function start(
+  args: string[],
+  ready: RegExp,
+  nodeFlags: string[] = [],
+): Promise<{ pid: number; line: string; stop(): void }> {
+  const p = spawn(process.execPath, ['--max-old-space-size=4096', ...nodeFlags, BIN, ...args], {
     env,
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -68,10 +74,11 @@ writeFileSync(join(dir, 'broker.json'), JSON.stringify({ revocationPollMs: 2000 
 const broker = await start(
   ['broker', '--port', '0', '--http-port', '0', '--kms', kms.line, '--data', dir, '--config', join(dir, 'broker.json')],
   /listening: (.*)$/m,
+  values['profile-broker'] ? ['--cpu-prof', `--cpu-prof-dir=${values['profile-broker']}`] : [],
 );
 const mqttUrl = /mqtt (mqtt:\/\/[^,\s]+)/.exec(broker.line)![1]!;
 const admin = new KmsClient(kms.line, { token: ADMIN, timeoutMs: 60_000 });
-const clients: MqttClient[] = [];
+const clients: LeanMqttClient[] = [];
 try {
   console.log(`bench/scale: ${N} devices, ${SECONDS} s at 1 msg/s each, connect concurrency ${CONCURRENCY}`);
   interface Dev {
@@ -79,7 +86,7 @@ try {
     loginKey: Buffer;
     key: EnvelopeKey;
     seq: number;
-    client?: MqttClient;
+    client?: LeanMqttClient;
   }
   const devs: Dev[] = Array.from({ length: N }, (_, i) => ({
     id: `scale-${String(i).padStart(5, '0')}`,
@@ -111,22 +118,21 @@ try {
   console.log(`provisioned ${N} devices in ${((performance.now() - t) / 1000).toFixed(1)} s (not part of the storm)`);
 
   const { client_secret } = await admin.registerApp('scale-app');
-  const app = await mqtt.connectAsync(mqttUrl, {
+  const app = await LeanMqttClient.connect(mqttUrl, {
     clientId: 'scale-app',
     username: 'scale-app',
     password: (await admin.clientToken('scale-app', client_secret)).access_token,
-    reconnectPeriod: 0,
   });
   clients.push(app);
   const ledger = new DeliveryLedger();
   /** Later messages only: each device's first message also waits for the broker to claim its uplink key. */
   const steady = new DeliveryLedger();
-  app.on('message', (_topic, payload) => {
+  app.onMessage = (_topic, payload) => {
     const m = JSON.parse(payload.toString()) as { d: string; s: number; t: number };
     ledger.record(m.d, m.s, Date.now() - m.t);
     if (m.s > 0) steady.record(m.d, m.s, Date.now() - m.t);
-  });
-  await app.subscribeAsync('devices/+/up/#', { qos: 1 });
+  };
+  await app.subscribe('devices/+/up/#', 1);
 
   const kmsBefore = await (await fetch(`${kms.line}/metrics`)).text();
   const delivered = (text: string) => Number(/^kms_keys_delivered_total (\d+)/m.exec(text)?.[1] ?? 0);
@@ -137,12 +143,11 @@ try {
       const { challenge } = await admin.challenge(d.id);
       const mac = Buffer.from(loginProof(d.loginKey, d.id, Buffer.from(challenge, 'base64'))).toString('base64');
       const { access_token } = await admin.deviceToken(d.id, challenge, mac);
-      d.client = await mqtt.connectAsync(mqttUrl, {
+      d.client = await LeanMqttClient.connect(mqttUrl, {
         clientId: d.id,
         username: d.id,
         password: access_token,
-        reconnectPeriod: 0,
-        connectTimeout: 60_000,
+        timeoutMs: 60_000,
       });
       clients.push(d.client);
     } catch {
@@ -170,7 +175,7 @@ try {
     });
     d.seq++;
     sent.set(d.id, d.seq);
-    d.client!.publish(topicOf(d.id), Buffer.from(env), { qos: 1 });
+    d.client!.publish(topicOf(d.id), Buffer.from(env));
   };
   const cpuBefore = { broker: cpuSeconds(broker.pid), kms: cpuSeconds(kms.pid), here: process.cpuUsage() };
   t = performance.now();
@@ -207,7 +212,7 @@ try {
     `memory: broker ${rssMiB(broker.pid).toFixed(0)} MiB RSS, key service ${rssMiB(kms.pid).toFixed(0)} MiB RSS (with ${online.length} connected devices)`,
   );
 } finally {
-  await Promise.all(clients.map((c) => c.endAsync(true).catch(() => undefined)));
+  for (const c of clients) c.end();
   broker.stop();
   kms.stop();
   setTimeout(() => rmSync(dir, { recursive: true, force: true }), 1000);

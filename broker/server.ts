@@ -14,6 +14,7 @@ import { BrokerKmsSession, brokerSecret } from './credentials.js';
 import { createBoundedEmitter } from './mq-emitter.js';
 import { createQkeyPlugin, type QkeyPlugin } from './plugin.js';
 import { TokenAuthority } from './token-authority.js';
+import { coalesceWrites } from './write-coalescing.js';
 
 export interface RunningBroker {
   aedes: Aedes;
@@ -133,14 +134,20 @@ export async function startBroker(
   const host = config.host.includes(':') ? `[${config.host}]` : config.host;
   try {
     if (config.mqtt) {
-      const s = createNetServer((socket) => aedes.handle(socket));
+      const s = createNetServer((socket) => {
+        coalesceWrites(socket);
+        aedes.handle(socket);
+      });
       servers.push(s);
       urls.mqtt = `mqtt://${host}:${await listen(s, config.mqtt.port, config.host)}`;
     }
     if (config.tls) {
       const s = createTlsServer(
         { cert: readFileSync(config.tls.cert!), key: readFileSync(config.tls.key!) },
-        (socket) => aedes.handle(socket),
+        (socket) => {
+          coalesceWrites(socket);
+          aedes.handle(socket);
+        },
       );
       servers.push(s);
       urls.mqtts = `mqtts://${host}:${await listen(s, config.tls.port, config.host)}`;
