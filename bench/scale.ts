@@ -9,6 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { DeliveryLedger } from '../device-sim/stats.js';
 import { KmsClient } from '../key-service/client.js';
@@ -77,6 +78,16 @@ const broker = await start(
   values['profile-broker'] ? ['--cpu-prof', `--cpu-prof-dir=${values['profile-broker']}`] : [],
 );
 const mqttUrl = /mqtt (mqtt:\/\/[^,\s]+)/.exec(broker.line)![1]!;
+const brokerHttp = /http (http:\/\/[^,\s]+)/.exec(broker.line)![1]!;
+
+/** Seconds of garbage collection by kind, from the broker's Prometheus metrics (prom-client default metrics). */
+async function brokerGc(): Promise<Record<string, number>> {
+  const text = await (await fetch(`${brokerHttp}/metrics`)).text();
+  const out: Record<string, number> = {};
+  for (const m of text.matchAll(/^broker_nodejs_gc_duration_seconds_sum\{kind="(\w+)"\} ([\d.e-]+)/gm))
+    out[m[1]!] = Number(m[2]);
+  return out;
+}
 const admin = new KmsClient(kms.line, { token: ADMIN, timeoutMs: 60_000 });
 const clients: LeanMqttClient[] = [];
 try {
@@ -178,6 +189,9 @@ try {
     d.client!.publish(topicOf(d.id), Buffer.from(env));
   };
   const cpuBefore = { broker: cpuSeconds(broker.pid), kms: cpuSeconds(kms.pid), here: process.cpuUsage() };
+  const gcBefore = await brokerGc();
+  const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  loopDelay.enable();
   t = performance.now();
   // Each device publishes once per second, spread evenly across the second.
   const slices = 50;
@@ -193,6 +207,14 @@ try {
   const share = (s: number) => `${((100 * s) / phase).toFixed(0)}%`;
   console.log(
     `CPU during the telemetry phase (100% = one core): broker ${share(cpuSeconds(broker.pid) - cpuBefore.broker)}, key service ${share(cpuSeconds(kms.pid) - cpuBefore.kms)}, devices + app (this process) ${share((here.user + here.system) / 1e6)}`,
+  );
+  loopDelay.disable();
+  const gcAfter = await brokerGc();
+  const gc = Object.entries(gcAfter)
+    .map(([kind, sec]) => `${kind} ${((sec - (gcBefore[kind] ?? 0)) * 1000).toFixed(0)} ms`)
+    .join(', ');
+  console.log(
+    `broker GC during the phase: ${gc}; load generator event-loop delay p99 ${(loopDelay.percentile(99) / 1e6).toFixed(0)} ms, max ${(loopDelay.max / 1e6).toFixed(0)} ms`,
   );
   await new Promise((r) => setTimeout(r, 5000)); // drain
   const lat = ledger.latency();

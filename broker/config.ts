@@ -31,6 +31,12 @@ export interface BrokerConfig {
   topics: TopicTemplates;
   rotation: RotationLimits;
   maxPayload: number;
+  /**
+   * Messages Aedes routes at once before later ones wait in its queue (Aedes' `concurrency`, default 100 there).
+   * A message holds its slot until every subscriber's write has completed, at least one event-loop turn, so
+   * this bounds messages per turn: 10,000 devices at one message a second need more than Aedes' 100.
+   */
+  concurrency: number;
   revocationPollMs: number;
   logLevel: string;
 }
@@ -48,6 +54,7 @@ export const BROKER_DEFAULTS: Readonly<BrokerConfig> = Object.freeze({
   topics: DEFAULT_TOPICS,
   rotation: DEFAULT_ROTATION,
   maxPayload: 256 * 1024,
+  concurrency: 2000,
   revocationPollMs: 1000,
   logLevel: 'info',
 });
@@ -86,6 +93,8 @@ function check(c: BrokerConfig): BrokerConfig {
   if (!c.mqtt && !c.tls && !c.ws && !c.wss) throw new Error('config: at least one MQTT listener must be on');
   for (const [k, v] of Object.entries(c.rotation))
     if (!(v > 0)) throw new Error(`config: rotation.${k} must be positive`);
+  if (!(Number.isInteger(c.concurrency) && c.concurrency >= 1))
+    throw new Error('config: concurrency must be a positive integer');
   if (!c.topics.uplink.includes('{id}') || !c.topics.downlink.includes('{id}'))
     throw new Error('config: topic templates need {id}');
   return c;

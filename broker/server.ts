@@ -13,6 +13,7 @@ import type { BrokerConfig } from './config.js';
 import { BrokerKmsSession, brokerSecret } from './credentials.js';
 import { createBoundedEmitter } from './mq-emitter.js';
 import { createQkeyPlugin, type QkeyPlugin } from './plugin.js';
+import { sm4GcmAddonStatus } from '../protocol/index.js';
 import { TokenAuthority } from './token-authority.js';
 import { coalesceWrites } from './write-coalescing.js';
 
@@ -112,7 +113,11 @@ export async function startBroker(
     },
   });
   // The default emitter can overflow the stack draining its queue under overload (see mq-emitter.ts).
-  const aedes = new Aedes({ id: config.brokerId, mq: createBoundedEmitter() });
+  const aedes = new Aedes({
+    id: config.brokerId,
+    concurrency: config.concurrency,
+    mq: createBoundedEmitter({ concurrency: config.concurrency }),
+  });
   await aedes.listen();
   plugin.attach(aedes);
   // The role is remembered at connect: by the time 'clientDisconnect' reaches this listener, the plugin (which
@@ -199,7 +204,7 @@ export async function startBroker(
     await new Promise<void>((r) => aedes.close(() => r()));
     throw err;
   }
-  log.info({ urls }, 'broker listening');
+  log.info({ urls, sm4gcm: sm4GcmAddonStatus().reason }, 'broker listening');
 
   return {
     aedes,

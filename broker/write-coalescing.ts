@@ -1,6 +1,9 @@
 // Socket writes made in one event-loop turn leave together: one syscall per connection per turn, not per packet.
 import type { Writable } from 'node:stream';
 
+/** Bytes a coalescing stream may hold before it reports backpressure to the writer. */
+export const COALESCE_LIMIT = 1024 * 1024;
+
 /**
  * Aedes writes every packet as it is produced, and mqtt-packet corks a socket only until the next tick, so an
  * application subscribed to thousands of devices receives one writev system call per message (in bench/scale,
@@ -9,7 +12,7 @@ import type { Writable } from 'node:stream';
  * one call. Cork nests, so mqtt-packet's own cork/uncork keep working. The cost is at most the rest of the
  * current turn in latency; end() and destroy() flush or drop as usual.
  */
-export function coalesceWrites(stream: Writable): void {
+export function coalesceWrites(stream: Writable, limit = COALESCE_LIMIT): void {
   const write = stream.write;
   let corked = false;
   const flush = () => {
@@ -22,6 +25,9 @@ export function coalesceWrites(stream: Writable): void {
       stream.cork();
       setImmediate(flush);
     }
-    return write.apply(this, args);
+    // A corked stream reports backpressure once a turn's writes pass its high-water mark (16 KiB for sockets),
+    // and Aedes then holds the message until 'drain', that is until the next turn. Buffering for the turn is
+    // what corking is for, so backpressure is reported only past `limit` bytes waiting.
+    return write.apply(this, args) || stream.writableLength < limit;
   } as Writable['write'];
 }

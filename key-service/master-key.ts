@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { GcmKey, getBackend } from '../protocol/index.js';
+import { createSm4Gcm, getBackend, type SuiteKey } from '../protocol/index.js';
 import type { Db } from './db.js';
 import { writeSecretFile } from './secrets.js';
 
@@ -45,11 +45,11 @@ function nonceFor(kekVersion: number, aad: Uint8Array): Uint8Array {
 export class MasterKey {
   private constructor(
     readonly version: number,
-    private readonly gcm: GcmKey,
+    private readonly gcm: SuiteKey,
   ) {}
 
   static fromBytes(version: number, key: Uint8Array): MasterKey {
-    return new MasterKey(version, new GcmKey(getBackend().createBlockCipher(key)));
+    return new MasterKey(version, createSm4Gcm(key, getBackend()));
   }
 
   wrap(item: string, key: Uint8Array): Buffer {

@@ -45,7 +45,16 @@ export { GcmKey } from './gcm.js';
 export { type AddonStatus, sm4GcmAddonStatus } from './sm4-gcm-addon.js';
 export { keyIdFor } from './key-id.js';
 export { DEFAULT_REPLAY_WINDOW, ReplayWindow } from './replay-window.js';
-export { parseSuite, SUITE_NAMES, SUITE_SM4_CTR_HMAC_SM3, SUITE_SM4_GCM, type SuiteId, TAG_LENGTH } from './suites.js';
+export {
+  createSm4Gcm,
+  parseSuite,
+  SUITE_NAMES,
+  type SuiteKey,
+  SUITE_SM4_CTR_HMAC_SM3,
+  SUITE_SM4_GCM,
+  type SuiteId,
+  TAG_LENGTH,
+} from './suites.js';
 export { LOGIN_CHALLENGE_LENGTH, LOGIN_KEY_LENGTH, loginProof } from './login.js';
 export {
   type AppAcl,

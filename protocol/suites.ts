@@ -41,6 +41,11 @@ export function parseSuite(value: string | number): SuiteId {
   throw new ProtocolError('PROTO_ERR_SUITE', `unknown suite ${JSON.stringify(String(value))}`);
 }
 
+/** SM4-GCM for a raw key: the backend's own (the native addon) when it has one, GCM over its SM4 otherwise. */
+export function createSm4Gcm(key: Uint8Array, backend: CryptoBackend): SuiteKey {
+  return backend.createGcm?.(key) ?? new GcmKey(backend.createBlockCipher(key));
+}
+
 export function createSuiteKey(suite: SuiteId, cipher: BlockCipher, backend: CryptoBackend): SuiteKey {
   switch (suite) {
     case SUITE_SM4_GCM:

@@ -55,6 +55,17 @@ describe('coalesceWrites', () => {
     expect(calls).toHaveLength(1);
   });
 
+  it('reports backpressure only past its limit, not at the 16 KiB high-water mark that corking reaches', async () => {
+    const { stream } = recorder();
+    coalesceWrites(stream, 256 * 1024);
+    const kib = Buffer.alloc(1024);
+    const results = Array.from({ length: 300 }, () => stream.write(kib));
+    expect(results.slice(0, 255).every(Boolean)).toBe(true); // 16 KiB and beyond, still fine
+    expect(results.slice(256).some(Boolean)).toBe(false); // past 256 KiB waiting: back off
+    await turn();
+    expect(stream.write(kib)).toBe(true);
+  });
+
   it('end() flushes what was written in the same turn', async () => {
     const { stream, calls } = recorder();
     coalesceWrites(stream);

@@ -1,0 +1,45 @@
+// Broker configuration: defaults, precedence (file < env < flags) and refusals of bad values.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { BROKER_DEFAULTS, loadBrokerConfig } from '../../broker/config.js';
+import { removeDir, tempDir } from '../helpers/kms.js';
+
+describe('loadBrokerConfig', () => {
+  it('works with no configuration at all', () => {
+    const c = loadBrokerConfig({}, { env: {} });
+    expect(c.mqtt).toEqual({ port: 1883 });
+    expect(c.concurrency).toBe(BROKER_DEFAULTS.concurrency);
+  });
+
+  it('takes a file, then the environment, then explicit overrides', () => {
+    const dir = tempDir();
+    try {
+      const file = join(dir, 'broker.json');
+      writeFileSync(file, JSON.stringify({ concurrency: 500, logLevel: 'warn', brokerId: 'from-file' }));
+      const c = loadBrokerConfig(
+        { brokerId: 'from-flag' },
+        { configFile: file, env: { QKEY_BROKER_LOG_LEVEL: 'error', QKEY_BROKER_ID: 'from-env' } },
+      );
+      expect([c.concurrency, c.logLevel, c.brokerId]).toEqual([500, 'error', 'from-flag']);
+    } finally {
+      removeDir(dir);
+    }
+  });
+
+  it.each([
+    [{ concurrency: 0 }, /concurrency must be a positive integer/],
+    [{ concurrency: 1.5 }, /concurrency must be a positive integer/],
+    [{ mqtt: { port: 70000 } }, /mqtt.port must be 0..65535/],
+    [{ mqtt: null, tls: null, ws: null, wss: null }, /at least one MQTT listener/],
+    [{ rotation: { messages: 0, bytes: 1, seconds: 1 } }, /rotation.messages must be positive/],
+  ])('refuses %j', (overrides, message) => {
+    expect(() => loadBrokerConfig(overrides, { env: {} })).toThrow(message);
+  });
+
+  it('names an unreadable config file', () => {
+    expect(() => loadBrokerConfig({}, { configFile: '/nonexistent/broker.json', env: {} })).toThrow(
+      /cannot read \/nonexistent\/broker.json/,
+    );
+  });
+});
