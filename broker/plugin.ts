@@ -75,6 +75,8 @@ const PROTOCOL_REASONS: Partial<Record<ProtocolErrorCode, RejectReason>> = {
   PROTO_ERR_TAG: 'forged',
 };
 
+type PublishCallback = (err: Error | null) => void;
+
 /** Nested synchronous authorizePublish callbacks allowed before the next one is deferred to a new tick. */
 const MAX_SYNC_DEPTH = 32;
 
@@ -90,11 +92,13 @@ export class QkeyPlugin {
   private readonly plaintextOf = new WeakMap<Buffer, Buffer>();
   private readonly topics: TopicTemplates;
   private readonly rotation: RotationLimits;
+  private readonly parseOptions: { maxPayload?: number };
   /** authorizePublish callbacks running on the current stack (see authorizePublish). */
   private callbackDepth = 0;
   constructor(private readonly o: QkeyPluginOptions) {
     this.topics = o.topics ?? DEFAULT_TOPICS;
     this.rotation = o.rotation ?? DEFAULT_ROTATION;
+    this.parseOptions = o.maxPayload === undefined ? {} : { maxPayload: o.maxPayload };
     o.tokens.onRevoked((subject) => this.disconnectSubject(subject));
   }
 
@@ -182,65 +186,88 @@ export class QkeyPlugin {
   /**
    * Opens the envelope without waiting when the session already holds its key (the common case), and after the
    * claim otherwise. Any refusal closes the connection; the reason is counted and logged without payload.
+   * Runs for every uplink message: no closures are allocated on the common path.
    */
-  private authorizePublish(client: Client | null, packet: PublishPacket, callback: (err: Error | null) => void): void {
-    // Aedes handles the client's next buffered packets from this callback, so calling back on this stack nests
-    // one level per packet: beyond MAX_SYNC_DEPTH the callback goes to the next tick, or a large backlog would
-    // overflow the stack. Below it, calling back at once saves a tick per message.
-    const done = (err: Error | null) => {
-      if (this.callbackDepth >= MAX_SYNC_DEPTH) return process.nextTick(callback, err);
-      this.callbackDepth++;
-      try {
-        callback(err);
-      } finally {
-        this.callbackDepth--;
-      }
-    };
+  private authorizePublish(client: Client | null, packet: PublishPacket, callback: PublishCallback): void {
     const state = client ? this.states.get(client) : undefined;
-    if (!client || !state) return done(new Error('not authorized: unauthenticated publish'));
-    const refuse = (reason: RejectReason, detail: string) => {
-      this.o.events?.rejected?.(reason, client.id, packet.topic);
-      this.o.log?.warn({ client: client.id, topic: packet.topic, reason }, 'publish refused');
-      done(new Error(`publish refused (${reason}): ${detail}`));
-    };
-    if (!mayPublish(state.principal, packet.topic, this.topics)) return refuse('acl', 'topic not permitted');
-    if (state.principal.role !== 'device') return done(null);
+    if (!client || !state) return this.callBack(callback, new Error('not authorized: unauthenticated publish'));
+    if (!mayPublish(state.principal, packet.topic, this.topics))
+      return this.refuse(client, packet, callback, 'acl', 'topic not permitted');
+    if (state.principal.role !== 'device') return this.callBack(callback, null);
     const payload = packet.payload as Buffer;
-    if (payload.length === 0) return done(null); // the empty payload passes: MQTT's retained-message delete marker
+    // The empty payload passes: MQTT's retained-message delete marker.
+    if (payload.length === 0) return this.callBack(callback, null);
     let parsed: ParsedEnvelope;
     try {
-      parsed = parseEnvelope(payload, this.o.maxPayload === undefined ? {} : { maxPayload: this.o.maxPayload });
+      parsed = parseEnvelope(payload, this.parseOptions);
     } catch (err) {
-      if (!isProtocolError(err)) return done(err as Error);
-      return refuse(
-        err.code === 'PROTO_ERR_TRUNCATED' ? 'plaintext' : (PROTOCOL_REASONS[err.code] ?? 'malformed'),
-        err.code,
-      );
+      if (!isProtocolError(err)) return this.callBack(callback, err as Error);
+      const reason = err.code === 'PROTO_ERR_TRUNCATED' ? 'plaintext' : (PROTOCOL_REASONS[err.code] ?? 'malformed');
+      return this.refuse(client, packet, callback, reason, err.code);
     }
-    const deviceId = state.principal.id;
-    const open = (uplink: { key: EnvelopeKey; replay: ReplayWindow }) => {
-      try {
-        const opened = openEnvelope(parsed, {
-          key: uplink.key,
-          deviceId,
-          topic: packet.topic,
-          direction: 'up',
-          replay: uplink.replay,
-        });
-        // What is retained, queued and forwarded from here on is the plaintext: applications receive plaintext.
-        packet.payload = Buffer.from(opened.payload.buffer, opened.payload.byteOffset, opened.payload.byteLength);
-        done(null);
-      } catch (err) {
-        if (!isProtocolError(err)) return done(err as Error);
-        refuse(PROTOCOL_REASONS[err.code] ?? 'forged', err.code);
-      }
-    };
-    const ready = state.keys!.readyUplinkKey(parsed.keyIndex);
-    if (ready) return open(ready);
-    state.keys!.uplinkKey(parsed.keyIndex).then(open, (err: unknown) => {
-      if (err instanceof UplinkKeyError) refuse(err.reason, err.message);
-      else done(err as Error);
-    });
+    const keys = state.keys!;
+    const ready = keys.readyUplinkKey(parsed.keyIndex);
+    if (ready) return this.openUplink(client, state.principal.id, packet, parsed, ready, callback);
+    keys.uplinkKey(parsed.keyIndex).then(
+      (uplink) => this.openUplink(client, state.principal.id, packet, parsed, uplink, callback),
+      (err: unknown) => {
+        if (err instanceof UplinkKeyError) this.refuse(client, packet, callback, err.reason, err.message);
+        else this.callBack(callback, err as Error);
+      },
+    );
+  }
+
+  private openUplink(
+    client: Client,
+    deviceId: string,
+    packet: PublishPacket,
+    parsed: ParsedEnvelope,
+    uplink: { key: EnvelopeKey; replay: ReplayWindow },
+    callback: PublishCallback,
+  ): void {
+    let opened;
+    try {
+      opened = openEnvelope(parsed, {
+        key: uplink.key,
+        deviceId,
+        topic: packet.topic,
+        direction: 'up',
+        replay: uplink.replay,
+      });
+    } catch (err) {
+      if (!isProtocolError(err)) return this.callBack(callback, err as Error);
+      return this.refuse(client, packet, callback, PROTOCOL_REASONS[err.code] ?? 'forged', err.code);
+    }
+    // What is retained, queued and forwarded from here on is the plaintext: applications receive plaintext.
+    packet.payload = Buffer.from(opened.payload.buffer, opened.payload.byteOffset, opened.payload.byteLength);
+    this.callBack(callback, null);
+  }
+
+  private refuse(
+    client: Client,
+    packet: PublishPacket,
+    callback: PublishCallback,
+    reason: RejectReason,
+    detail: string,
+  ): void {
+    this.o.events?.rejected?.(reason, client.id, packet.topic);
+    this.o.log?.warn({ client: client.id, topic: packet.topic, reason }, 'publish refused');
+    this.callBack(callback, new Error(`publish refused (${reason}): ${detail}`));
+  }
+
+  /**
+   * Aedes handles the client's next buffered packets from this callback, so calling back on this stack nests one
+   * level per packet: beyond MAX_SYNC_DEPTH the callback goes to the next tick, or a large backlog would overflow
+   * the stack. Below it, calling back at once saves a tick per message.
+   */
+  private callBack(callback: PublishCallback, err: Error | null): void {
+    if (this.callbackDepth >= MAX_SYNC_DEPTH) return process.nextTick(callback, err);
+    this.callbackDepth++;
+    try {
+      callback(err);
+    } finally {
+      this.callbackDepth--;
+    }
   }
 
   private authorizeSubscribe(client: Client, sub: Subscription): Subscription | null {

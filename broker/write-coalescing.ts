@@ -14,15 +14,20 @@ export const COALESCE_LIMIT = 1024 * 1024;
  */
 export function coalesceWrites(stream: Writable, limit = COALESCE_LIMIT): void {
   const write = stream.write;
+  const cork = stream.cork.bind(stream);
   let corked = false;
   const flush = () => {
     corked = false;
     stream.uncork();
   };
+  // mqtt-packet corks a stream per packet and uncorks it from process.nextTick when the stream has a `cork`
+  // method; under this turn-long cork that is a wasted tick per packet, so the method is hidden from it. Nothing
+  // else calls cork() on an MQTT connection.
+  Object.defineProperty(stream, 'cork', { value: undefined, configurable: true, writable: true });
   stream.write = function coalescedWrite(this: Writable, ...args: Parameters<Writable['write']>) {
     if (!corked && !stream.destroyed) {
       corked = true;
-      stream.cork();
+      cork();
       setImmediate(flush);
     }
     // A corked stream reports backpressure once a turn's writes pass its high-water mark (16 KiB for sockets),

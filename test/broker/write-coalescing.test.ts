@@ -1,5 +1,6 @@
 // coalesceWrites: writes made in one event-loop turn reach the underlying stream in one writev, in order.
 import { Writable } from 'node:stream';
+import { generate, writeToStream } from 'mqtt-packet';
 import { describe, expect, it } from 'vitest';
 import { coalesceWrites } from '../../broker/write-coalescing.js';
 
@@ -7,11 +8,11 @@ function recorder() {
   const calls: string[][] = [];
   const stream = new Writable({
     writev(chunks, cb) {
-      calls.push(chunks.map((c) => String(c.chunk)));
+      calls.push(chunks.map((c) => (Buffer.isBuffer(c.chunk) ? c.chunk.toString('latin1') : String(c.chunk))));
       cb();
     },
     write(chunk: Buffer, _enc, cb) {
-      calls.push([String(chunk)]);
+      calls.push([Buffer.isBuffer(chunk) ? chunk.toString('latin1') : String(chunk)]);
       cb();
     },
   });
@@ -41,18 +42,51 @@ describe('coalesceWrites', () => {
     expect(calls).toEqual([['a', 'b'], ['c']]);
   });
 
-  it('keeps working with the cork and nextTick uncork that mqtt-packet does per packet', async () => {
+  it('takes over the per-packet cork that mqtt-packet would add: one call per turn, no tick per packet', async () => {
     const { stream, calls } = recorder();
     coalesceWrites(stream);
-    for (const packet of ['p1', 'p2', 'p3']) {
-      stream.cork();
-      stream.write(`${packet}-header`);
-      stream.write(`${packet}-body`);
-      process.nextTick(() => stream.uncork());
+    const ticks = { queued: 0 };
+    const nextTick = process.nextTick;
+    process.nextTick = ((...args: Parameters<typeof nextTick>) => (
+      ticks.queued++,
+      nextTick(...args)
+    )) as typeof nextTick;
+    try {
+      // What mqtt-packet's writeToStream does for every packet it writes.
+      for (const packet of ['p1', 'p2', 'p3']) {
+        const s = stream as Writable & { cork?: () => void };
+        if (s.cork) {
+          s.cork();
+          process.nextTick(() => stream.uncork());
+        }
+        stream.write(`${packet}-header`);
+        stream.write(`${packet}-body`);
+      }
+    } finally {
+      process.nextTick = nextTick;
     }
+    expect(ticks.queued).toBe(0);
     await turn();
-    expect(calls.flat()).toEqual(['p1-header', 'p1-body', 'p2-header', 'p2-body', 'p3-header', 'p3-body']);
-    expect(calls).toHaveLength(1);
+    expect(calls).toEqual([['p1-header', 'p1-body', 'p2-header', 'p2-body', 'p3-header', 'p3-body']]);
+  });
+
+  it('writes real MQTT packets through mqtt-packet intact', async () => {
+    const { stream, calls } = recorder();
+    coalesceWrites(stream);
+    const packet = {
+      cmd: 'publish',
+      topic: 't',
+      payload: Buffer.from('hi'),
+      qos: 0,
+      dup: false,
+      retain: false,
+    } as const;
+    writeToStream(packet, stream);
+    writeToStream(packet, stream);
+    await turn();
+    expect(Buffer.concat(calls.flat().map((c) => Buffer.from(c, 'latin1')))).toEqual(
+      Buffer.concat([generate(packet), generate(packet)]),
+    );
   });
 
   it('reports backpressure only past its limit, not at the 16 KiB high-water mark that corking reaches', async () => {
