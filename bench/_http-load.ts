@@ -5,6 +5,8 @@ import { connect, type Socket } from 'node:net';
 export interface LoadResult {
   ok: number;
   failed: number;
+  /** Failed requests by HTTP status (0: the connection closed). */
+  failures: Record<number, number>;
   seconds: number;
 }
 
@@ -85,6 +87,7 @@ export async function load(
   const conns = await Promise.all(Array.from({ length: connections }, () => Connection.open(host, port)));
   let ok = 0;
   let failed = 0;
+  const failures: Record<number, number> = {};
   const start = performance.now();
   const deadline = start + seconds * 1000;
   await Promise.all(
@@ -94,6 +97,7 @@ export async function load(
         if (status >= 200 && status < 300) ok++;
         else {
           failed++;
+          failures[status] = (failures[status] ?? 0) + 1;
           if (status === 0) return;
         }
       }
@@ -101,5 +105,5 @@ export async function load(
   );
   const elapsed = (performance.now() - start) / 1000;
   for (const c of conns) c.close();
-  return { ok, failed, seconds: elapsed };
+  return { ok, failed, failures, seconds: elapsed };
 }
