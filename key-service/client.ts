@@ -52,6 +52,11 @@ export class KmsClient {
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     const url = `${this.baseUrl}${path}`;
     let res: Response;
+    let text: string;
+    // A timer cleared on completion rather than AbortSignal.timeout(): that one fires for every request, done or
+    // not, and builds a DOMException each time (visible in the broker's profile after a 10,000-device storm).
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(new Error(`no answer within ${this.timeoutMs} ms`)), this.timeoutMs);
     try {
       res = await fetch(url, {
         method,
@@ -62,12 +67,14 @@ export class KmsClient {
             : {}),
         },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-        signal: AbortSignal.timeout(this.timeoutMs),
+        signal: abort.signal,
       });
+      text = await res.text();
     } catch (err) {
       throw new KmsUnreachableError(this.baseUrl, err);
+    } finally {
+      clearTimeout(timer);
     }
-    const text = await res.text();
     let json: unknown;
     try {
       json = text ? JSON.parse(text) : undefined;
