@@ -3,10 +3,10 @@
 // [-- --devices 10000 --seconds 60 --concurrency 200 --profile-broker DIR]. Devices and the application are lean
 // MQTT clients (bench/_lean-mqtt.ts) that keep their keys in memory: at this scale the chip file is the device's
 // business, not what the storm measures, and the load generator must cost less than the broker it loads.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -24,6 +24,8 @@ const { values } = parseArgs({
     'profile-broker': { type: 'string' },
     /** Extra Node.js flags for the broker process, space-separated (for example --max-semi-space-size=64). */
     'broker-node-flags': { type: 'string', default: '' },
+    /** Give the broker a core of its own (taskset); --no-pin leaves scheduling to the kernel. */
+    pin: { type: 'boolean', default: true },
   },
 });
 const N = Number(values.devices);
@@ -72,7 +74,22 @@ async function pool<T>(items: T[], width: number, fn: (item: T) => Promise<void>
   );
 }
 
+/**
+ * The system under test gets a core of its own, the load generator and the key service (idle once the storm is
+ * over) share the rest: otherwise the kernel may run the generator on the broker's core, and the latency
+ * measured is the generator's. Every thread of each process is pinned (taskset -a).
+ */
+const cpus = availableParallelism();
+const pinning = values.pin && cpus >= 2 && existsSync('/usr/bin/taskset');
+function pin(pid: number, cpuList: string): void {
+  if (pinning) execFileSync('taskset', ['-a', '-p', '-c', cpuList, String(pid)], { stdio: 'ignore' });
+}
+const brokerCpu = String(cpus - 1);
+const othersCpus = cpus > 2 ? `0-${cpus - 2}` : '0';
+pin(process.pid, othersCpus);
+
 const kms = await start(['kms', '--port', '0', '--data', dir], /listening on (\S+)/);
+pin(kms.pid, othersCpus);
 writeFileSync(join(dir, 'broker.json'), JSON.stringify({ revocationPollMs: 2000 }));
 const broker = await start(
   ['broker', '--port', '0', '--http-port', '0', '--kms', kms.line, '--data', dir, '--config', join(dir, 'broker.json')],
@@ -82,6 +99,7 @@ const broker = await start(
     ...values['broker-node-flags'].split(' ').filter(Boolean),
   ],
 );
+pin(broker.pid, brokerCpu);
 const mqttUrl = /mqtt (mqtt:\/\/[^,\s]+)/.exec(broker.line)![1]!;
 const brokerHttp = /http (http:\/\/[^,\s]+)/.exec(broker.line)![1]!;
 
@@ -96,7 +114,9 @@ async function brokerGc(): Promise<Record<string, number>> {
 const admin = new KmsClient(kms.line, { token: ADMIN, timeoutMs: 60_000 });
 const clients: LeanMqttClient[] = [];
 try {
-  console.log(`bench/scale: ${N} devices, ${SECONDS} s at 1 msg/s each, connect concurrency ${CONCURRENCY}`);
+  console.log(
+    `bench/scale: ${N} devices, ${SECONDS} s at 1 msg/s each, connect concurrency ${CONCURRENCY}; ${pinning ? `broker pinned to CPU ${brokerCpu}, key service and load generator to CPU ${othersCpus}` : 'no CPU pinning'}`,
+  );
   interface Dev {
     id: string;
     loginKey: Buffer;
