@@ -61,14 +61,8 @@ export class EnvelopeKey {
     let state = this.suites.get(id);
     if (!state) {
       if (!this.key) throw new ArgumentError('envelope key has been destroyed');
-      // A backend's own SM4-GCM when it has one (the native addon), GCM over its block cipher otherwise.
-      const whole = id === SUITE_SM4_GCM ? this.backend.createGcm?.(this.key) : undefined;
-      if (whole) {
-        state = whole;
-      } else {
-        this.cipher ??= this.backend.createBlockCipher(this.key);
-        state = createSuiteKey(id, this.cipher, this.backend);
-      }
+      const key = this.key;
+      state = createSuiteKey(id, key, this.backend, () => (this.cipher ??= this.backend.createBlockCipher(key)));
       this.suites.set(id, state);
     }
     return state;

@@ -43,15 +43,24 @@ export function parseSuite(value: string | number): SuiteId {
 
 /** SM4-GCM for a raw key: the backend's own (the native addon) when it has one, GCM over its SM4 otherwise. */
 export function createSm4Gcm(key: Uint8Array, backend: CryptoBackend): SuiteKey {
-  return backend.createGcm?.(key) ?? new GcmKey(backend.createBlockCipher(key));
+  return createSuiteKey(SUITE_SM4_GCM, key, backend, () => backend.createBlockCipher(key));
 }
 
-export function createSuiteKey(suite: SuiteId, cipher: BlockCipher, backend: CryptoBackend): SuiteKey {
+/**
+ * One suite's per-key state. `cipher` supplies the key's SM4 block cipher when the suite needs one (a caller
+ * holding several suites of one key passes the same cipher to each); a backend's own SM4-GCM needs none.
+ */
+export function createSuiteKey(
+  suite: SuiteId,
+  key: Uint8Array,
+  backend: CryptoBackend,
+  cipher: () => BlockCipher,
+): SuiteKey {
   switch (suite) {
     case SUITE_SM4_GCM:
-      return new GcmKey(cipher);
+      return backend.createGcm?.(key) ?? new GcmKey(cipher());
     case SUITE_SM4_CTR_HMAC_SM3:
-      return new CtrHmacKey(cipher, backend);
+      return new CtrHmacKey(cipher(), backend);
   }
 }
 
