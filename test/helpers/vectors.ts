@@ -6,6 +6,25 @@ export interface VectorFile<T> {
   vectors: T[];
 }
 
+/** gbt32907-sm4.json: SM4 encryption of one block, `iterations` times in a row. */
+export interface Sm4Vector {
+  name: string;
+  key: string;
+  plaintext: string;
+  iterations: number;
+  ciphertext: string;
+}
+
+/** rfc8998-sm4-gcm.json: SM4-GCM with a 96-bit IV. */
+export interface GcmVector {
+  key: string;
+  iv: string;
+  aad: string;
+  plaintext: string;
+  ciphertext: string;
+  tag: string;
+}
+
 export function loadVectors<T>(name: string): VectorFile<T> {
   const url = new URL(`../vectors/${name}`, import.meta.url);
   const file = JSON.parse(readFileSync(url, 'utf8')) as VectorFile<T>;

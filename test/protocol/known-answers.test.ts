@@ -3,15 +3,8 @@ import { createCipheriv } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { type CryptoBackend, nativeBackend, portableBackend } from '../../protocol/backend.js';
 import { GcmKey } from '../../protocol/gcm.js';
-import { hex, loadVectors, toHex } from '../helpers/vectors.js';
+import { type GcmVector, hex, loadVectors, type Sm4Vector, toHex } from '../helpers/vectors.js';
 
-interface Sm4Vector {
-  name: string;
-  key: string;
-  plaintext: string;
-  iterations: number;
-  ciphertext: string;
-}
 interface ModeVector {
   mode: 'cbc' | 'ctr';
   key: string;
@@ -29,14 +22,6 @@ interface MacVector {
   key: string;
   input: string;
   mac: string;
-}
-interface GcmVector {
-  key: string;
-  iv: string;
-  aad: string;
-  plaintext: string;
-  ciphertext: string;
-  tag: string;
 }
 
 const sm4 = loadVectors<Sm4Vector>('gbt32907-sm4.json');

@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { nativeBackend } from '../../protocol/backend.js';
 import { GcmKey } from '../../protocol/gcm.js';
 import { addonEncryptBlocks, createAddonGcmKey, sm4GcmAddonStatus } from '../../protocol/sm4-gcm-addon.js';
-import { hex, loadVectors, toHex } from '../helpers/vectors.js';
+import { type GcmVector, hex, loadVectors, type Sm4Vector, toHex } from '../helpers/vectors.js';
 
 const status = sm4GcmAddonStatus();
 const addonIt = status.active ? it : it.skip;
@@ -20,23 +20,14 @@ describe('SM4-GCM addon', () => {
   );
 
   addonIt('SM4 alone matches GB/T 32907-2016 Appendix A, including the 1,000,000-iteration example', () => {
-    const file = loadVectors<{ key: string; plaintext: string; iterations: number; ciphertext: string }>(
-      'gbt32907-sm4.json',
-    );
+    const file = loadVectors<Sm4Vector>('gbt32907-sm4.json');
     for (const v of file.vectors) {
       expect(toHex(addonEncryptBlocks(hex(v.key), hex(v.plaintext), v.iterations)!)).toBe(v.ciphertext);
     }
   });
 
   addonIt('seals and opens the RFC 8998 Appendix A.1 SM4-GCM vector', () => {
-    const file = loadVectors<{
-      key: string;
-      iv: string;
-      aad: string;
-      plaintext: string;
-      ciphertext: string;
-      tag: string;
-    }>('rfc8998-sm4-gcm.json');
+    const file = loadVectors<GcmVector>('rfc8998-sm4-gcm.json');
     for (const v of file.vectors) {
       const k = createAddonGcmKey(hex(v.key))!;
       const { ciphertext, tag } = k.seal(hex(v.iv), hex(v.aad), hex(v.plaintext));
