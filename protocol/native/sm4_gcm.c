@@ -1,10 +1,10 @@
 // SM4 (GB/T 32907-2016) and SM4-GCM (NIST SP 800-38D with SM4, RFC 8998) as a Node-API addon, for the broker's
 // hot path (opening every uplink envelope). OpenSSL 3.0 has no SM4-GCM and its generic SM4 runs at about 90 MB/s
-// here; this does the whole AEAD in one native call, with table-driven SM4 rounds and GHASH on PCLMULQDQ.
-// Loaded by protocol/sm4-gcm-addon.ts, which runs a known-answer test before using it.
+// here; this does the whole AEAD in one native call: SM4 on AES-NI (or table-driven rounds on CPUs without it)
+// and GHASH on PCLMULQDQ. Loaded by protocol/sm4-gcm-addon.ts, which runs a known-answer test before using it.
 //
-// Side channels: the SM4 round tables are indexed by secret data, as in OpenSSL's generic C SM4; GHASH here is
-// carry-less multiplication with no secret-dependent memory access. See docs/ARCHITECTURE.md, "Cryptography".
+// Side channels: with AES-NI nothing here indexes memory by secret data; the table-driven rounds do, as
+// OpenSSL's generic C SM4 does. See docs/ARCHITECTURE.md, "Cryptography".
 #define NAPI_VERSION 8
 #include <node_api.h>
 #include <stdint.h>
@@ -12,7 +12,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define QK_HAVE_CLMUL 1
+#define QK_X86_SIMD 1 // PCLMULQDQ and AES-NI code paths, used when the CPU has them
 #include <immintrin.h>
 #define QK_TARGET __attribute__((target("pclmul,ssse3")))
 #define QK_AESNI_TARGET __attribute__((target("aes,ssse3")))
@@ -131,7 +131,7 @@ typedef struct {
 } gcm_key;
 
 
-#ifdef QK_HAVE_CLMUL
+#ifdef QK_X86_SIMD
 // SM4 on AES-NI, four blocks at a time (the technique of Saarinen's sm4ni): the SM4 S-box is affine-equivalent to
 // the AES S-box, S_sm4(x) = Q(S_aes(P(x))) with P and Q affine over GF(2)^8, because both are inversion in
 // GF(2^8) between affine maps (GB/T 32907 uses x^8+x^7+x^6+x^5+x^4+x^2+1, AES x^8+x^4+x^3+x+1). P and Q are
@@ -216,14 +216,14 @@ QK_AESNI_TARGET static void sm4ni_encrypt8(const uint32_t rk[32], const uint8_t 
 
 // tau and whole blocks through AES-NI when the CPU has it (no secret-indexed memory access), tables otherwise.
 static uint32_t tau_secure(uint32_t a) {
-#ifdef QK_HAVE_CLMUL
+#ifdef QK_X86_SIMD
   if (has_aesni) return sm4ni_tau(a);
 #endif
   return tau(a);
 }
 
 static void sm4_block(const uint32_t rk[32], const uint8_t in[16], uint8_t out[16]) {
-#ifdef QK_HAVE_CLMUL
+#ifdef QK_X86_SIMD
   if (has_aesni) {
     uint8_t blocks[128] = {0};
     memcpy(blocks, in, 16);
@@ -270,7 +270,7 @@ static int gcm_ctr(const gcm_key *k, const uint8_t nonce[12], const uint8_t *in,
   do {
     for (size_t b = 0; b < batch / 16; b++) store_be32(counters + 16 * b + 12, ctr + (uint32_t)b);
     ctr += (uint32_t)(batch / 16);
-#ifdef QK_HAVE_CLMUL
+#ifdef QK_X86_SIMD
     if (has_aesni)
       sm4ni_encrypt8(k->rk, counters, stream);
     else
@@ -294,7 +294,7 @@ static int gcm_ctr(const gcm_key *k, const uint8_t nonce[12], const uint8_t *in,
   return ok;
 }
 
-#ifdef QK_HAVE_CLMUL
+#ifdef QK_X86_SIMD
 // GHASH multiplication in GF(2^128) on byte-reflected operands (Gueron and Kounavis, "Intel Carry-Less
 // Multiplication Instruction and its Usage for Computing the GCM Mode", rev. 2.02, Figure 5): 256-bit product,
 // a one-bit left shift for the reflected bit order, then reduction modulo x^128 + x^7 + x^2 + x + 1.
@@ -447,7 +447,7 @@ static napi_value encrypt_blocks(napi_env env, napi_callback_info info) {
 // seal(k, nonce(12), aad, plaintext, out, offset): writes ciphertext || tag into out at offset.
 static napi_value seal(napi_env env, napi_callback_info info) {
   if (!has_clmul) return throw_unavailable(env);
-#ifdef QK_HAVE_CLMUL
+#ifdef QK_X86_SIMD
   size_t argc = 6;
   napi_value argv[6];
   uint8_t *nonce, *aad, *pt, *out;
@@ -470,7 +470,7 @@ static napi_value seal(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-#ifdef QK_HAVE_CLMUL
+#ifdef QK_X86_SIMD
 struct tag_check {
   uint8_t s[16];
   const uint8_t *tag;
@@ -490,7 +490,7 @@ static int tag_matches(const uint8_t ek_j0[16], const void *ctx) {
 static napi_value open_(napi_env env, napi_callback_info info) {
   if (!has_clmul) return throw_unavailable(env);
   napi_value result = NULL;
-#ifdef QK_HAVE_CLMUL
+#ifdef QK_X86_SIMD
   size_t argc = 6;
   napi_value argv[6];
   uint8_t *nonce, *aad, *ct, *tag, *out;
@@ -518,7 +518,7 @@ static napi_value open_(napi_env env, napi_callback_info info) {
 
 static napi_value init(napi_env env, napi_value exports) {
   init_tables();
-#ifdef QK_HAVE_CLMUL
+#ifdef QK_X86_SIMD
   __builtin_cpu_init();
   has_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("ssse3");
   has_aesni = __builtin_cpu_supports("aes") && __builtin_cpu_supports("ssse3") && !getenv("QKEY_SM4GCM_NO_AESNI");
