@@ -2,6 +2,7 @@
 // passes a known-answer test; without it the envelope uses GcmKey (JavaScript GCM over OpenSSL's SM4).
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import { abytes } from './_bytes.js';
 import { ArgumentError, ProtocolError } from './errors.js';
 import { GCM_MAX_PLAINTEXT, GCM_NONCE_LENGTH, GCM_TAG_LENGTH, sealDetached } from './gcm.js';
@@ -76,7 +77,7 @@ function load(): { addon: Sm4GcmAddon | undefined; status: AddonStatus } {
   if (!file) return off(`not built (${ADDON_FILE} missing; npm run build:native builds it)`);
   let addon: Sm4GcmAddon;
   try {
-    addon = createRequire(import.meta.url)(file.pathname) as Sm4GcmAddon;
+    addon = createRequire(import.meta.url)(fileURLToPath(file)) as Sm4GcmAddon;
   } catch (err) {
     return off(`failed to load: ${(err as Error).message}`);
   }
