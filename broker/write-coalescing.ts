@@ -9,8 +9,8 @@ export const COALESCE_LIMIT = 1024 * 1024;
  * application subscribed to thousands of devices receives one writev system call per message (in bench/scale,
  * a quarter of the broker's CPU time was in writev). This corks a stream at its first write in an event-loop turn
  * and uncorks it from setImmediate, after the turn's I/O callbacks, so everything written to it meanwhile goes in
- * one call. Cork nests, so mqtt-packet's own cork/uncork keep working. The cost is at most the rest of the
- * current turn in latency; end() and destroy() flush or drop as usual.
+ * one call. The cost is at most the rest of the current turn in latency; end() and destroy() flush or drop as
+ * usual.
  */
 export function coalesceWrites(stream: Writable, limit = COALESCE_LIMIT): void {
   const write = stream.write;
