@@ -3,6 +3,7 @@
 // message than the broker under test, so the generator, not the broker, would set the measured rate.
 import { connect as netConnect, type Socket } from 'node:net';
 import { generate, parser, type Packet } from 'mqtt-packet';
+import { coalesceWrites } from '../broker/write-coalescing.js';
 
 export interface LeanConnectOptions {
   clientId: string;
@@ -14,15 +15,15 @@ export interface LeanConnectOptions {
 }
 
 export class LeanMqttClient {
-  private readonly acks = new Map<number, () => void>();
   private subscribed: (() => void) | undefined;
   private nextId = 1;
-  private flushScheduled = false;
   private closed = false;
   onMessage: ((topic: string, payload: Buffer) => void) | undefined;
-  onClose: ((err?: Error) => void) | undefined;
 
-  private constructor(private readonly socket: Socket) {}
+  private constructor(private readonly socket: Socket) {
+    // Writes made in one event-loop turn leave in one system call (a consumer acknowledging thousands per second).
+    coalesceWrites(socket);
+  }
 
   static connect(url: string, o: LeanConnectOptions): Promise<LeanMqttClient> {
     const { hostname, port } = new URL(url);
@@ -46,10 +47,7 @@ export class LeanMqttClient {
       wire.on('error', (err: Error) => socket.destroy(err));
       socket.on('data', (chunk: Buffer) => wire.parse(chunk));
       socket.once('error', fail);
-      socket.on('close', () => {
-        client.closed = true;
-        client.onClose?.();
-      });
+      socket.on('close', () => (client.closed = true));
       socket.once('connect', () => {
         socket.write(
           generate({
@@ -67,23 +65,18 @@ export class LeanMqttClient {
     });
   }
 
-  get connected(): boolean {
-    return !this.closed;
-  }
-
-  /** QoS 1 publish; `onAck` runs when the broker's PUBACK arrives. */
-  publish(topic: string, payload: Buffer, onAck?: () => void): void {
+  /** QoS 1 publish (the broker's PUBACK is not tracked: delivery is counted where the messages arrive). */
+  publish(topic: string, payload: Buffer): void {
     const messageId = this.nextId;
     this.nextId = (this.nextId % 0xffff) + 1;
-    if (onAck) this.acks.set(messageId, onAck);
-    this.send(generate({ cmd: 'publish', topic, payload, qos: 1, dup: false, retain: false, messageId }));
+    this.socket.write(generate({ cmd: 'publish', topic, payload, qos: 1, dup: false, retain: false, messageId }));
   }
 
   /** Resolves on SUBACK (one subscription at a time). */
   subscribe(topic: string, qos: 0 | 1): Promise<void> {
     return new Promise((resolve) => {
       this.subscribed = resolve;
-      this.send(generate({ cmd: 'subscribe', messageId: 0xffff, subscriptions: [{ topic, qos }] }));
+      this.socket.write(generate({ cmd: 'subscribe', messageId: 0xffff, subscriptions: [{ topic, qos }] }));
     });
   }
 
@@ -93,28 +86,11 @@ export class LeanMqttClient {
   }
 
   private handle(packet: Packet): void {
-    if (packet.cmd === 'puback') {
-      const done = this.acks.get(packet.messageId!);
-      this.acks.delete(packet.messageId!);
-      done?.();
-    } else if (packet.cmd === 'suback') {
+    if (packet.cmd === 'suback') {
       this.subscribed?.();
     } else if (packet.cmd === 'publish') {
-      if (packet.qos === 1) this.send(generate({ cmd: 'puback', messageId: packet.messageId! }));
+      if (packet.qos === 1) this.socket.write(generate({ cmd: 'puback', messageId: packet.messageId! }));
       this.onMessage?.(packet.topic, packet.payload as Buffer);
     }
-  }
-
-  /** Writes made in one event-loop turn leave in one syscall (a consumer acknowledging thousands per second). */
-  private send(bytes: Buffer): void {
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      this.socket.cork();
-      setImmediate(() => {
-        this.flushScheduled = false;
-        this.socket.uncork();
-      });
-    }
-    this.socket.write(bytes);
   }
 }

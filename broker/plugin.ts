@@ -93,7 +93,7 @@ export class QkeyPlugin {
   private readonly topics: TopicTemplates;
   private readonly rotation: RotationLimits;
   private readonly parseOptions: { maxPayload?: number };
-  /** authorizePublish callbacks running on the current stack (see authorizePublish). */
+  /** authorizePublish callbacks running on the current stack (see callBack). */
   private callbackDepth = 0;
   constructor(private readonly o: QkeyPluginOptions) {
     this.topics = o.topics ?? DEFAULT_TOPICS;
