@@ -1,7 +1,8 @@
-// coalesceWrites: writes made in one event-loop turn reach the underlying stream in one writev, in order.
+// coalesceWrites: writes made in one event-loop turn reach the underlying stream in one writev, in order, and one
+// flush per turn serves every stream.
 import { Writable } from 'node:stream';
 import { generate, writeToStream } from 'mqtt-packet';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { coalesceWrites } from '../../broker/write-coalescing.js';
 
 function recorder() {
@@ -40,6 +41,36 @@ describe('coalesceWrites', () => {
     stream.write('c');
     await turn();
     expect(calls).toEqual([['a', 'b'], ['c']]);
+  });
+
+  it('flushes what a setImmediate callback wrote at the start of the next turn, before its I/O', async () => {
+    // Aedes writes deliveries from setImmediate callbacks. An immediate queued there would run only after the next
+    // turn's poll phase; the 0 ms timer runs before it. Timers due together run in the order they were set.
+    const { stream, calls } = recorder();
+    coalesceWrites(stream);
+    const seenByTimer = await new Promise<string[][]>((resolve) =>
+      setImmediate(() => {
+        stream.write('delivery');
+        setTimeout(() => resolve(calls.map((c) => [...c])), 0);
+        const until = performance.now() + 3;
+        while (performance.now() < until); // make both 0 ms timers due when the next turn begins
+      }),
+    );
+    expect(seenByTimer).toEqual([['delivery']]);
+  });
+
+  it('flushes every stream written in a turn with one immediate and one timer', async () => {
+    const streams = Array.from({ length: 50 }, () => recorder());
+    for (const { stream } of streams) coalesceWrites(stream);
+    vi.useFakeTimers({ toFake: ['setImmediate', 'setTimeout', 'clearImmediate', 'clearTimeout'] });
+    try {
+      for (const { stream } of streams) stream.write('ack');
+      expect(vi.getTimerCount()).toBe(2);
+      vi.runOnlyPendingTimers();
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(streams.map((s) => s.calls)).toEqual(streams.map(() => [['ack']]));
   });
 
   it('takes over the per-packet cork that mqtt-packet would add: one call per turn, no tick per packet', async () => {
