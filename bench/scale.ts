@@ -5,7 +5,7 @@
 // business, not what the storm measures, and the load generator must cost less than the broker it loads.
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,6 +26,8 @@ const { values } = parseArgs({
     'broker-node-flags': { type: 'string', default: '' },
     /** Give the broker a core of its own (taskset); --no-pin leaves scheduling to the kernel. */
     pin: { type: 'boolean', default: true },
+    /** Write one CSV row per second of the phase (rate, latency, broker CPU, event-loop lag, GC) to this file. */
+    timeline: { type: 'string' },
   },
 });
 const N = Number(values.devices);
@@ -56,10 +58,14 @@ function start(
   });
 }
 
-/** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat (clock ticks of 1/100 s). */
-const cpuSeconds = (pid: number) => {
+/** CPU seconds a process has used so far in user and kernel mode, from /proc/<pid>/stat (ticks of 1/100 s). */
+const cpuTimes = (pid: number) => {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
+  return { user: Number(fields[11]) / 100, system: Number(fields[12]) / 100 };
+};
+const cpuSeconds = (pid: number) => {
+  const t = cpuTimes(pid);
+  return t.user + t.system;
 };
 
 const rssMiB = (pid: number) =>
@@ -103,14 +109,41 @@ pin(broker.pid, brokerCpu);
 const mqttUrl = /mqtt (mqtt:\/\/[^,\s]+)/.exec(broker.line)![1]!;
 const brokerHttp = /http (http:\/\/[^,\s]+)/.exec(broker.line)![1]!;
 
+/**
+ * Samples the broker once a second into a CSV file: CPU (user, kernel), the event loop's worst delay in that second
+ * and young-generation GC time. Latency by second of sending goes to <file>.latency.csv at the end.
+ */
+function startTimeline(file: string): NodeJS.Timeout {
+  writeFileSync(file, 'second,broker_user_pct,broker_kernel_pct,broker_loop_max_ms,broker_minor_gc_ms\n');
+  let last = { at: performance.now(), cpu: cpuTimes(broker.pid), gc: 0 };
+  let second = 0;
+  return setInterval(() => {
+    void brokerMetrics().then((text) => {
+      const now = { at: performance.now(), cpu: cpuTimes(broker.pid), gc: gcSeconds(text).minor ?? 0 };
+      const pct = (d: number) => ((100 * d) / ((now.at - last.at) / 1000)).toFixed(0);
+      const loopMax = Number(/^broker_nodejs_eventloop_lag_max_seconds (\S+)/m.exec(text)?.[1] ?? 0) * 1000;
+      const row = [
+        second++,
+        pct(now.cpu.user - last.cpu.user),
+        pct(now.cpu.system - last.cpu.system),
+        loopMax.toFixed(0),
+        last.gc ? ((now.gc - last.gc) * 1000).toFixed(0) : '',
+      ];
+      appendFileSync(file, `${row.join(',')}\n`);
+      last = now;
+    });
+  }, 1000);
+}
+
 /** Seconds of garbage collection by kind, from the broker's Prometheus metrics (prom-client default metrics). */
-async function brokerGc(): Promise<Record<string, number>> {
-  const text = await (await fetch(`${brokerHttp}/metrics`)).text();
+function gcSeconds(metrics: string): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const m of text.matchAll(/^broker_nodejs_gc_duration_seconds_sum\{kind="(\w+)"\} ([\d.e-]+)/gm))
+  for (const m of metrics.matchAll(/^broker_nodejs_gc_duration_seconds_sum\{kind="(\w+)"\} ([\d.e-]+)/gm))
     out[m[1]!] = Number(m[2]);
   return out;
 }
+const brokerMetrics = async () => (await fetch(`${brokerHttp}/metrics`)).text();
+const brokerGc = async () => gcSeconds(await brokerMetrics());
 const admin = new KmsClient(kms.line, { token: ADMIN, timeoutMs: 60_000 });
 const clients: LeanMqttClient[] = [];
 try {
@@ -163,6 +196,8 @@ try {
   const ledger = new DeliveryLedger();
   /** Latencies by 10-second window of the telemetry phase, to tell a start-up burst from steady state. */
   const windows: number[][] = [];
+  /** The same by second, for --timeline. */
+  const seconds: number[][] = [];
   let phaseStart = Infinity;
   /** Later messages only: each device's first message also waits for the broker to claim its uplink key. */
   const steady = new DeliveryLedger();
@@ -171,6 +206,8 @@ try {
     ledger.record(m.d, m.s, Date.now() - m.t);
     const w = Math.floor((m.t - phaseStart) / 10_000);
     if (w >= 0) (windows[w] ??= []).push(Date.now() - m.t);
+    if (values.timeline && m.t >= phaseStart)
+      (seconds[Math.floor((m.t - phaseStart) / 1000)] ??= []).push(Date.now() - m.t);
     if (m.s > 0) steady.record(m.d, m.s, Date.now() - m.t);
   };
   await app.subscribe('devices/+/up/#', 1);
@@ -218,7 +255,7 @@ try {
     sent.set(d.id, d.seq);
     d.client!.publish(topicOf(d.id), Buffer.from(env));
   };
-  const cpuBefore = { broker: cpuSeconds(broker.pid), kms: cpuSeconds(kms.pid), here: process.cpuUsage() };
+  const cpuBefore = { broker: cpuTimes(broker.pid), kms: cpuSeconds(kms.pid), here: process.cpuUsage() };
   const gcBefore = await brokerGc();
   phaseStart = Date.now();
   const loopDelay = monitorEventLoopDelay({ resolution: 10 });
@@ -231,13 +268,18 @@ try {
     const s = slice++ % slices;
     for (let i = s; i < online.length; i += slices) tick(online[i]!);
   }, 1000 / slices);
+  const timeline = values.timeline ? startTimeline(values.timeline) : undefined;
   await new Promise((r) => setTimeout(r, SECONDS * 1000));
   clearInterval(timer);
+  clearInterval(timeline);
   const phase = (performance.now() - t) / 1000;
   const here = process.cpuUsage(cpuBefore.here);
   const share = (s: number) => `${((100 * s) / phase).toFixed(0)}%`;
+  const brokerUsed = cpuTimes(broker.pid);
+  const brokerUser = brokerUsed.user - cpuBefore.broker.user;
+  const brokerSystem = brokerUsed.system - cpuBefore.broker.system;
   console.log(
-    `CPU during the telemetry phase (100% = one core): broker ${share(cpuSeconds(broker.pid) - cpuBefore.broker)}, key service ${share(cpuSeconds(kms.pid) - cpuBefore.kms)}, devices + app (this process) ${share((here.user + here.system) / 1e6)}`,
+    `CPU during the telemetry phase (100% = one core): broker ${share(brokerUser + brokerSystem)} (user ${share(brokerUser)}, kernel ${share(brokerSystem)}), key service ${share(cpuSeconds(kms.pid) - cpuBefore.kms)}, devices + app (this process) ${share((here.user + here.system) / 1e6)}`,
   );
   loopDelay.disable();
   const gcAfter = await brokerGc();
@@ -248,6 +290,13 @@ try {
     `broker GC during the phase: ${gc}; load generator event-loop delay p99 ${(loopDelay.percentile(99) / 1e6).toFixed(0)} ms, max ${(loopDelay.max / 1e6).toFixed(0)} ms`,
   );
   await new Promise((r) => setTimeout(r, 5000)); // drain
+  if (values.timeline) {
+    const rows = seconds.map((l, i) => {
+      const sorted = [...(l ?? [])].sort((a, b) => a - b);
+      return [i, sorted.length, percentile(sorted, 50), percentile(sorted, 99), sorted.at(-1) ?? 0].join(',');
+    });
+    writeFileSync(`${values.timeline}.latency.csv`, `second,messages,p50_ms,p99_ms,max_ms\n${rows.join('\n')}\n`);
+  }
   const lat = ledger.latency();
   const total = [...sent.values()].reduce((a, b) => a + b, 0);
   const lost = ledger.lost(sent);
