@@ -39,6 +39,11 @@ export interface BrokerConfig {
   concurrency: number;
   revocationPollMs: number;
   logLevel: string;
+  /**
+   * V8 young-generation semi-space for the broker, in MiB (what node --max-semi-space-size sets): `qkey broker`
+   * runs the broker on a thread with this limit (see thread.ts). 0 runs it on the main thread with V8's default.
+   */
+  semiSpaceMiB: number;
 }
 
 export const BROKER_DEFAULTS: Readonly<BrokerConfig> = Object.freeze({
@@ -57,6 +62,7 @@ export const BROKER_DEFAULTS: Readonly<BrokerConfig> = Object.freeze({
   concurrency: 2000,
   revocationPollMs: 1000,
   logLevel: 'info',
+  semiSpaceMiB: 128,
 });
 
 export type BrokerOverrides = Partial<BrokerConfig>;
@@ -95,6 +101,8 @@ function check(c: BrokerConfig): BrokerConfig {
     if (!(v > 0)) throw new Error(`config: rotation.${k} must be positive`);
   if (!(Number.isInteger(c.concurrency) && c.concurrency >= 1))
     throw new Error('config: concurrency must be a positive integer');
+  if (!(Number.isInteger(c.semiSpaceMiB) && c.semiSpaceMiB >= 0 && c.semiSpaceMiB <= 1024))
+    throw new Error('config: semiSpaceMiB must be an integer from 0 to 1024');
   if (!c.topics.uplink.includes('{id}') || !c.topics.downlink.includes('{id}'))
     throw new Error('config: topic templates need {id}');
   return c;

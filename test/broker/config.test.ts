@@ -33,6 +33,8 @@ describe('loadBrokerConfig', () => {
     [{ mqtt: { port: 70000 } }, /mqtt.port must be 0..65535/],
     [{ mqtt: null, tls: null, ws: null, wss: null }, /at least one MQTT listener/],
     [{ rotation: { messages: 0, bytes: 1, seconds: 1 } }, /rotation.messages must be positive/],
+    [{ semiSpaceMiB: -1 }, /semiSpaceMiB must be an integer from 0 to 1024/],
+    [{ semiSpaceMiB: 2048 }, /semiSpaceMiB must be an integer from 0 to 1024/],
   ])('refuses %j', (overrides, message) => {
     expect(() => loadBrokerConfig(overrides, { env: {} })).toThrow(message);
   });

@@ -3,7 +3,7 @@
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
 import { removeDir, startTestKms, tempDir } from '../helpers/kms.js';
 import { spawnQkey } from '../helpers/process.js';
@@ -90,6 +90,8 @@ describe('broker killed', () => {
     const env = { QKEY_BROKER_SECRET: client_secret, QKEY_BROKER_LOG_LEVEL: 'warn' };
     const args = ['broker', '--port', '0', '--http-port', 'off', '--kms', sys.kms.url, '--broker-id', 'proc-broker'];
     let broker = await spawnQkey(args, /mqtt (mqtt:\/\/\S+),?/, env);
+    // `qkey broker` runs the broker on a thread whose semi-space V8 really set (reported from inside the thread).
+    await vi.waitFor(() => expect(broker.output()).toMatch(/broker thread with 128 MiB semi-space/));
     const chip = await sys.device('dev-phoenix');
     const connect = async (url: string) => {
       chip.beginSession();
