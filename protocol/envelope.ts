@@ -250,15 +250,21 @@ export function parseEnvelope(envelope: Uint8Array, options: { maxPayload?: numb
   const max = maxPayloadOf(options);
   const payloadLength = envelope.length - ENVELOPE_OVERHEAD;
   if (payloadLength > max) throw new ProtocolError('PROTO_ERR_TOO_LARGE', `${payloadLength} > ${max} bytes`);
-  const view = new DataView(envelope.buffer, envelope.byteOffset, envelope.byteLength);
+  const { buffer, byteOffset } = envelope;
+  // Plain Uint8Array views, also when the envelope is a Buffer: Buffer#subarray constructs through Buffer's species
+  // (a measurable share of the broker's per-message work at 10,000 messages a second).
+  const bytes = (start: number, length: number) => new Uint8Array(buffer, byteOffset + start, length);
+  // Key index and sequence number: big-endian uint32 at offsets 2 and 6 (docs/PROTOCOL.md §2).
+  const keyIndex = ((envelope[2]! << 24) | (envelope[3]! << 16) | (envelope[4]! << 8) | envelope[5]!) >>> 0;
+  const seq = ((envelope[6]! << 24) | (envelope[7]! << 16) | (envelope[8]! << 8) | envelope[9]!) >>> 0;
   return {
     version,
     suite,
-    keyIndex: view.getUint32(2),
-    seq: view.getUint32(6),
-    headerBytes: envelope.subarray(0, HEADER_LENGTH),
-    ciphertext: envelope.subarray(HEADER_LENGTH, envelope.length - TAG_LENGTH),
-    tag: envelope.subarray(envelope.length - TAG_LENGTH),
+    keyIndex,
+    seq,
+    headerBytes: bytes(0, HEADER_LENGTH),
+    ciphertext: bytes(HEADER_LENGTH, payloadLength),
+    tag: bytes(HEADER_LENGTH + payloadLength, TAG_LENGTH),
   };
 }
 
