@@ -1,7 +1,7 @@
 // The keys of one device session at the broker: uplink keys claimed on first use (ETSI 014 dec_keys), downlink
 // keys claimed ahead of need (enc_keys) and rotated without ever making delivery wait.
 import { type KmsClient, KmsHttpError } from '../key-service/client.js';
-import { EnvelopeKey, keyIdFor, MAX_SEQ, ReplayWindow, sealEnvelope } from '../protocol/index.js';
+import { EnvelopeKey, keyIdFor, MAX_SEQ, ReplayWindow, SUITE_SM4_GCM, sealEnvelope } from '../protocol/index.js';
 
 export interface RotationLimits {
   /** Messages sealed under one downlink key before rotating. */
@@ -234,6 +234,9 @@ export class DeviceSessionKeys {
     const raw = Buffer.from(delivered.keys[0]!.key, 'base64');
     const key = new EnvelopeKey(raw);
     raw.fill(0);
+    // The key schedule of the default suite is built now, before CONNACK when the claim is the prefetch, not on
+    // the first message: after a connect storm that is 10,000 first messages arriving within the same second.
+    key.suite(SUITE_SM4_GCM);
     return { key, replay: new ReplayWindow() };
   }
 }

@@ -1,9 +1,9 @@
 // A device session's keys at the broker, against a real key service: claims, rotation without waiting,
 // uplink claims shared by concurrent messages, foreign keys, an empty pool, and retirement.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { DeviceSessionKeys, type SessionEvent, UplinkKeyError } from '../../broker/session-keys.js';
 import { KmsClient } from '../../key-service/client.js';
-import { EnvelopeKey, openEnvelope, parseEnvelope, sealEnvelope } from '../../protocol/index.js';
+import { EnvelopeKey, openEnvelope, parseEnvelope, SUITE_SM4_GCM, sealEnvelope } from '../../protocol/index.js';
 import { brokerClient, provisionDevice, removeDir, startTestKms, type TestKms } from '../helpers/kms.js';
 
 let t: TestKms;
@@ -122,8 +122,17 @@ describe('uplink key claimed at connect', () => {
   it("claims the chip's first uplink key before CONNACK; a mismatch wastes one key and shares none", async () => {
     const dev = await provisionDevice(t.admin, 'dev-pre', 4, 4);
     const a = new DeviceSessionKeys(broker, 'dev-pre', 'sess-pre-a');
-    await a.start();
+    const suite = vi.spyOn(EnvelopeKey.prototype, 'suite');
+    let built: Array<[unknown, unknown]>;
+    try {
+      await a.start();
+      built = suite.mock.contexts.map((key, i) => [key, suite.mock.calls[i]![0]]);
+    } finally {
+      suite.mockRestore();
+    }
     expect(a.readyUplinkKey(0)).toBeDefined(); // the first publish will not wait
+    // ... nor build the key schedule: that happened before CONNACK too.
+    expect(built).toContainEqual([a.readyUplinkKey(0)!.key, SUITE_SM4_GCM]);
     await a.close();
     // The chip abandons key 1 in a session that never reached the broker and uses key 2 in the next one.
     const b = new DeviceSessionKeys(broker, 'dev-pre', 'sess-pre-b');
