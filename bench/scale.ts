@@ -1,6 +1,7 @@
 // bench/scale: a connect storm of 10,000 devices (login, connect, key claims), then each device publishing once per
-// second for 60 s, against a key service and a broker in their own processes. Run: npm run bench:scale
-// [-- --devices 10000 --seconds 60 --concurrency 200 --profile-broker DIR]. Devices and the application are lean
+// second for 60 s, against a key service and a broker in their own processes; then the same telemetry load on
+// Aedes without QKey as a baseline measured in the same run. Run: npm run bench:scale [-- --devices 10000 --seconds 60
+// --concurrency 200 --profile-broker DIR --timeline FILE --no-baseline]. Devices and the application are lean
 // MQTT clients (bench/_lean-mqtt.ts) that keep their keys in memory: at this scale the chip file is the device's
 // business, not what the storm measures, and the load generator must cost less than the broker it loads.
 import { execFileSync, spawn } from 'node:child_process';
@@ -13,7 +14,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { DeliveryLedger, percentile } from '../device-sim/stats.js';
 import { KmsClient } from '../key-service/client.js';
-import { EnvelopeKey, loginProof, sealEnvelope } from '../protocol/index.js';
+import { EnvelopeKey, loginProof, SUITE_SM4_GCM, sealEnvelope } from '../protocol/index.js';
 import { LeanMqttClient } from './_lean-mqtt.js';
 
 const { values } = parseArgs({
@@ -24,11 +25,16 @@ const { values } = parseArgs({
     'profile-broker': { type: 'string' },
     /** Extra Node.js flags for the broker process, space-separated (for example --max-semi-space-size=64). */
     'broker-node-flags': { type: 'string', default: '' },
+    /** The broker's --semi-space (MiB; 0 = on the main thread with V8's default), passed through to qkey broker. */
+    'broker-semi-space': { type: 'string' },
     /** Give the broker a core of its own (taskset); --no-pin leaves scheduling to the kernel. */
     pin: { type: 'boolean', default: true },
     /** Write one CSV row per second of the phase (rate, latency, broker CPU, event-loop lag, GC) to this file. */
     timeline: { type: 'string' },
+    /** Afterwards, the same telemetry phase against Aedes without QKey (no authentication, no envelopes). */
+    baseline: { type: 'boolean', default: true },
   },
+  allowNegative: true,
 });
 const N = Number(values.devices);
 const SECONDS = Number(values.seconds);
@@ -42,8 +48,9 @@ function start(
   args: string[],
   ready: RegExp,
   nodeFlags: string[] = [],
+  script = BIN,
 ): Promise<{ pid: number; line: string; stop(): void }> {
-  const p = spawn(process.execPath, ['--max-old-space-size=4096', ...nodeFlags, BIN, ...args], {
+  const p = spawn(process.execPath, ['--max-old-space-size=4096', ...nodeFlags, script, ...args], {
     env,
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -62,10 +69,6 @@ function start(
 const cpuTimes = (pid: number) => {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
   return { user: Number(fields[11]) / 100, system: Number(fields[12]) / 100 };
-};
-const cpuSeconds = (pid: number) => {
-  const t = cpuTimes(pid);
-  return t.user + t.system;
 };
 
 const rssMiB = (pid: number) =>
@@ -98,7 +101,11 @@ const kms = await start(['kms', '--port', '0', '--data', dir], /listening on (\S
 pin(kms.pid, othersCpus);
 writeFileSync(join(dir, 'broker.json'), JSON.stringify({ revocationPollMs: 2000 }));
 const broker = await start(
-  ['broker', '--port', '0', '--http-port', '0', '--kms', kms.line, '--data', dir, '--config', join(dir, 'broker.json')],
+  [
+    'broker',
+    ...['--port', '0', '--http-port', '0', '--kms', kms.line, '--data', dir, '--config', join(dir, 'broker.json')],
+    ...(values['broker-semi-space'] === undefined ? [] : ['--semi-space', values['broker-semi-space']]),
+  ],
   /listening: (.*)$/m,
   [
     ...(values['profile-broker'] ? ['--cpu-prof', `--cpu-prof-dir=${values['profile-broker']}`] : []),
@@ -144,46 +151,165 @@ function gcSeconds(metrics: string): Record<string, number> {
 }
 const brokerMetrics = async () => (await fetch(`${brokerHttp}/metrics`)).text();
 const brokerGc = async () => gcSeconds(await brokerMetrics());
+interface PhaseDevice {
+  id: string;
+  client: LeanMqttClient;
+  seq: number;
+  /** The bytes a device publishes: the envelope on QKey, JSON of the same length on plain Aedes. */
+  payload(body: Buffer, seq: number): Buffer;
+}
+
+interface PhaseResult {
+  sent: number;
+  received: number;
+  lost: number;
+  duplicated: number;
+  latency: { p50: number; p99: number; max: number };
+  windowsP99: number[];
+  /** Broker CPU over the phase as a share of one core, user and kernel time. */
+  cpu: { user: number; kernel: number };
+  generatorCpu: number;
+  loopDelay: { p99: number; max: number };
+}
+
+/**
+ * Every device publishes one QoS 1 message a second for SECONDS (spread evenly across each second); the
+ * application records arrivals. Latency is arrival time minus the send time carried in the payload.
+ */
+async function telemetryPhase(
+  devices: PhaseDevice[],
+  app: LeanMqttClient,
+  brokerPid: number,
+  timelineFile?: string,
+): Promise<PhaseResult> {
+  const topicOf = (id: string) => `devices/${id}/up/telemetry`;
+  const ledger = new DeliveryLedger();
+  /** Latencies by 10-second window of the phase, to tell a start-up burst from steady state. */
+  const windows: number[][] = [];
+  /** The same by second, for --timeline. */
+  const seconds: number[][] = [];
+  const phaseStart = Date.now();
+  app.onMessage = (_topic, payload) => {
+    const m = JSON.parse(payload.toString()) as { d: string; s: number; t: number };
+    const latency = Date.now() - m.t;
+    ledger.record(m.d, m.s, latency);
+    (windows[Math.floor((m.t - phaseStart) / 10_000)] ??= []).push(latency);
+    if (timelineFile) (seconds[Math.floor((m.t - phaseStart) / 1000)] ??= []).push(latency);
+  };
+  const sent = new Map<string, number>();
+  const tick = (d: PhaseDevice) => {
+    const body = Buffer.from(JSON.stringify({ d: d.id, s: d.seq, t: Date.now() }));
+    const payload = d.payload(body, d.seq);
+    d.seq++;
+    sent.set(d.id, d.seq);
+    d.client.publish(topicOf(d.id), payload);
+  };
+  const cpuBefore = cpuTimes(brokerPid);
+  const hereBefore = process.cpuUsage();
+  const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  loopDelay.enable();
+  const t = performance.now();
+  const slices = 50;
+  let slice = 0;
+  const timer = setInterval(() => {
+    const s = slice++ % slices;
+    for (let i = s; i < devices.length; i += slices) tick(devices[i]!);
+  }, 1000 / slices);
+  const timeline = timelineFile ? startTimeline(timelineFile) : undefined;
+  await new Promise((r) => setTimeout(r, SECONDS * 1000));
+  clearInterval(timer);
+  clearInterval(timeline);
+  const phase = (performance.now() - t) / 1000;
+  const cpuAfter = cpuTimes(brokerPid);
+  const here = process.cpuUsage(hereBefore);
+  loopDelay.disable();
+  await new Promise((r) => setTimeout(r, 5000)); // drain
+  app.onMessage = undefined;
+  if (timelineFile) {
+    const rows = seconds.map((l, i) => {
+      const sorted = [...(l ?? [])].sort((a, b) => a - b);
+      return [i, sorted.length, percentile(sorted, 50), percentile(sorted, 99), sorted.at(-1) ?? 0].join(',');
+    });
+    writeFileSync(`${timelineFile}.latency.csv`, `second,messages,p50_ms,p99_ms,max_ms\n${rows.join('\n')}\n`);
+  }
+  return {
+    sent: [...sent.values()].reduce((a, b) => a + b, 0),
+    received: ledger.received,
+    lost: ledger.lost(sent),
+    duplicated: ledger.duplicated,
+    latency: ledger.latency(),
+    windowsP99: windows.map((w) =>
+      percentile(
+        [...w].sort((a, b) => a - b),
+        99,
+      ),
+    ),
+    cpu: { user: (cpuAfter.user - cpuBefore.user) / phase, kernel: (cpuAfter.system - cpuBefore.system) / phase },
+    generatorCpu: (here.user + here.system) / 1e6 / phase,
+    loopDelay: { p99: loopDelay.percentile(99) / 1e6, max: loopDelay.max / 1e6 },
+  };
+}
+
+const pct = (share: number) => `${(100 * share).toFixed(0)}%`;
+/** Broker CPU time per delivered message, in microseconds. */
+const cpuPerMessage = (r: PhaseResult) => ((r.cpu.user + r.cpu.kernel) * SECONDS * 1e6) / Math.max(1, r.received);
+
+function report(r: PhaseResult, targets: boolean): void {
+  const verdict = (pass: boolean) => (targets ? ` (target: ${pass ? 'PASS' : 'FAIL'})` : '');
+  console.log(
+    `  CPU (100% = one core): broker ${pct(r.cpu.user + r.cpu.kernel)} (user ${pct(r.cpu.user)}, kernel ${pct(r.cpu.kernel)}) = ${cpuPerMessage(r).toFixed(0)} us per message; load generator ${pct(r.generatorCpu)}, its event-loop delay p99 ${r.loopDelay.p99.toFixed(0)} ms, max ${r.loopDelay.max.toFixed(0)} ms`,
+  );
+  console.log(
+    `  telemetry: ${r.sent} sent, ${r.received} received, lost ${r.lost}, duplicated ${r.duplicated}${verdict(r.lost === 0).replace('target:', 'target: zero loss at QoS 1:')}`,
+  );
+  console.log(
+    `  latency: p50 ${r.latency.p50} ms, p99 ${r.latency.p99} ms, max ${r.latency.max} ms${verdict(r.latency.p99 < 100).replace('target:', 'target: p99 < 100 ms:')}`,
+  );
+  console.log(`  p99 by 10 s window: ${r.windowsP99.map((p) => `${p} ms`).join(', ')}`);
+}
+
 const admin = new KmsClient(kms.line, { token: ADMIN, timeoutMs: 60_000 });
 const clients: LeanMqttClient[] = [];
+let qkey: PhaseResult | undefined;
 try {
   console.log(
     `bench/scale: ${N} devices, ${SECONDS} s at 1 msg/s each, connect concurrency ${CONCURRENCY}; ${pinning ? `broker pinned to CPU ${brokerCpu}, key service and load generator to CPU ${othersCpus}` : 'no CPU pinning'}`,
   );
+  console.log(`broker: ${broker.line}`);
   interface Dev {
     id: string;
     loginKey: Buffer;
     key: EnvelopeKey;
-    seq: number;
     client?: LeanMqttClient;
   }
-  const devs: Dev[] = Array.from({ length: N }, (_, i) => ({
-    id: `scale-${String(i).padStart(5, '0')}`,
-    loginKey: randomBytes(16),
-    key: new EnvelopeKey(randomBytes(16)),
-    seq: 0,
-  }));
-  const raw = new Map<string, Buffer>();
+  const devs: Dev[] = [];
   let t = performance.now();
-  await pool(devs, 32, async (d) => {
-    const up = randomBytes(16);
-    raw.set(d.id, up);
-    d.key = new EnvelopeKey(up);
-    await admin.registerDevice(d.id);
-    await admin.registerBatch(d.id, {
-      batch_id: `${d.id}-b`,
-      login_key: d.loginKey.toString('base64'),
-      keys: [
-        { key_index: 0, direction: 'up', key: up.toString('base64') },
-        ...[1, 2, 3].map((k) => ({
-          key_index: k,
-          direction: 'down' as const,
-          key: randomBytes(16).toString('base64'),
-        })),
-      ],
-    });
-    await admin.commitBatch(d.id, `${d.id}-b`);
-  });
+  await pool(
+    Array.from({ length: N }, (_, i) => `scale-${String(i).padStart(5, '0')}`),
+    32,
+    async (id) => {
+      const up = randomBytes(16);
+      const loginKey = randomBytes(16);
+      // The chip has its key schedule ready before the first message (SUITE_SM4_GCM state built now).
+      const key = new EnvelopeKey(up);
+      key.suite(SUITE_SM4_GCM);
+      devs.push({ id, loginKey, key });
+      await admin.registerDevice(id);
+      await admin.registerBatch(id, {
+        batch_id: `${id}-b`,
+        login_key: loginKey.toString('base64'),
+        keys: [
+          { key_index: 0, direction: 'up', key: up.toString('base64') },
+          ...[1, 2, 3].map((k) => ({
+            key_index: k,
+            direction: 'down' as const,
+            key: randomBytes(16).toString('base64'),
+          })),
+        ],
+      });
+      await admin.commitBatch(id, `${id}-b`);
+    },
+  );
   console.log(`provisioned ${N} devices in ${((performance.now() - t) / 1000).toFixed(1)} s (not part of the storm)`);
 
   const { client_secret } = await admin.registerApp('scale-app');
@@ -193,23 +319,6 @@ try {
     password: (await admin.clientToken('scale-app', client_secret)).access_token,
   });
   clients.push(app);
-  const ledger = new DeliveryLedger();
-  /** Latencies by 10-second window of the telemetry phase, to tell a start-up burst from steady state. */
-  const windows: number[][] = [];
-  /** The same by second, for --timeline. */
-  const seconds: number[][] = [];
-  let phaseStart = Infinity;
-  /** Later messages only: each device's first message also waits for the broker to claim its uplink key. */
-  const steady = new DeliveryLedger();
-  app.onMessage = (_topic, payload) => {
-    const m = JSON.parse(payload.toString()) as { d: string; s: number; t: number };
-    ledger.record(m.d, m.s, Date.now() - m.t);
-    const w = Math.floor((m.t - phaseStart) / 10_000);
-    if (w >= 0) (windows[w] ??= []).push(Date.now() - m.t);
-    if (values.timeline && m.t >= phaseStart)
-      (seconds[Math.floor((m.t - phaseStart) / 1000)] ??= []).push(Date.now() - m.t);
-    if (m.s > 0) steady.record(m.d, m.s, Date.now() - m.t);
-  };
   await app.subscribe('devices/+/up/#', 1);
 
   const kmsBefore = await (await fetch(`${kms.line}/metrics`)).text();
@@ -238,95 +347,92 @@ try {
     `connect storm: ${N - failures}/${N} connected in ${stormSeconds.toFixed(1)} s (target: all within 60 s: ${failures === 0 && stormSeconds <= 60 ? 'PASS' : 'FAIL'}), ${(claimsAtConnect / stormSeconds).toFixed(0)} key claims/s`,
   );
 
-  const online = devs.filter((d) => d.client);
-  const sent = new Map<string, number>();
-  const topicOf = (id: string) => `devices/${id}/up/telemetry`;
-  const tick = (d: Dev) => {
-    const body = Buffer.from(JSON.stringify({ d: d.id, s: d.seq, t: Date.now() }));
-    const env = sealEnvelope(body, {
-      key: d.key,
-      keyIndex: 0,
-      seq: d.seq,
-      deviceId: d.id,
-      topic: topicOf(d.id),
-      direction: 'up',
-    });
-    d.seq++;
-    sent.set(d.id, d.seq);
-    d.client!.publish(topicOf(d.id), Buffer.from(env));
-  };
-  const cpuBefore = { broker: cpuTimes(broker.pid), kms: cpuSeconds(kms.pid), here: process.cpuUsage() };
   const gcBefore = await brokerGc();
-  phaseStart = Date.now();
-  const loopDelay = monitorEventLoopDelay({ resolution: 10 });
-  loopDelay.enable();
-  t = performance.now();
-  // Each device publishes once per second, spread evenly across the second.
-  const slices = 50;
-  let slice = 0;
-  const timer = setInterval(() => {
-    const s = slice++ % slices;
-    for (let i = s; i < online.length; i += slices) tick(online[i]!);
-  }, 1000 / slices);
-  const timeline = values.timeline ? startTimeline(values.timeline) : undefined;
-  await new Promise((r) => setTimeout(r, SECONDS * 1000));
-  clearInterval(timer);
-  clearInterval(timeline);
-  const phase = (performance.now() - t) / 1000;
-  const here = process.cpuUsage(cpuBefore.here);
-  const share = (s: number) => `${((100 * s) / phase).toFixed(0)}%`;
-  const brokerUsed = cpuTimes(broker.pid);
-  const brokerUser = brokerUsed.user - cpuBefore.broker.user;
-  const brokerSystem = brokerUsed.system - cpuBefore.broker.system;
-  console.log(
-    `CPU during the telemetry phase (100% = one core): broker ${share(brokerUser + brokerSystem)} (user ${share(brokerUser)}, kernel ${share(brokerSystem)}), key service ${share(cpuSeconds(kms.pid) - cpuBefore.kms)}, devices + app (this process) ${share((here.user + here.system) / 1e6)}`,
-  );
-  loopDelay.disable();
+  const online: PhaseDevice[] = devs
+    .filter((d) => d.client)
+    .map((d) => ({
+      id: d.id,
+      client: d.client!,
+      seq: 0,
+      payload: (body, seq) =>
+        Buffer.from(
+          sealEnvelope(body, {
+            key: d.key,
+            keyIndex: 0,
+            seq,
+            deviceId: d.id,
+            topic: `devices/${d.id}/up/telemetry`,
+            direction: 'up',
+          }),
+        ),
+    }));
+  console.log(`QKey broker, ${online.length} devices for ${SECONDS} s:`);
+  qkey = await telemetryPhase(online, app, broker.pid, values.timeline);
   const gcAfter = await brokerGc();
-  const gc = Object.entries(gcAfter)
-    .map(([kind, sec]) => `${kind} ${((sec - (gcBefore[kind] ?? 0)) * 1000).toFixed(0)} ms`)
-    .join(', ');
+  report(qkey, true);
   console.log(
-    `broker GC during the phase: ${gc}; load generator event-loop delay p99 ${(loopDelay.percentile(99) / 1e6).toFixed(0)} ms, max ${(loopDelay.max / 1e6).toFixed(0)} ms`,
-  );
-  await new Promise((r) => setTimeout(r, 5000)); // drain
-  if (values.timeline) {
-    const rows = seconds.map((l, i) => {
-      const sorted = [...(l ?? [])].sort((a, b) => a - b);
-      return [i, sorted.length, percentile(sorted, 50), percentile(sorted, 99), sorted.at(-1) ?? 0].join(',');
-    });
-    writeFileSync(`${values.timeline}.latency.csv`, `second,messages,p50_ms,p99_ms,max_ms\n${rows.join('\n')}\n`);
-  }
-  const lat = ledger.latency();
-  const total = [...sent.values()].reduce((a, b) => a + b, 0);
-  const lost = ledger.lost(sent);
-  console.log(
-    `telemetry: ${total} sent, ${ledger.received} received, lost ${lost}, duplicated ${ledger.duplicated} (target: zero loss at QoS 1: ${lost === 0 ? 'PASS' : 'FAIL'})`,
-  );
-  console.log(
-    `latency, all messages: p50 ${lat.p50} ms, p99 ${lat.p99} ms, max ${lat.max} ms (target: p99 < 100 ms: ${lat.p99 < 100 ? 'PASS' : 'FAIL'})`,
-  );
-  console.log(
-    `p99 by 10 s window of the phase: ${windows
-      .map(
-        (w) =>
-          `${percentile(
-            [...w].sort((a, b) => a - b),
-            99,
-          )} ms`,
-      )
+    `  broker GC: ${Object.entries(gcAfter)
+      .map(([kind, sec]) => `${kind} ${((sec - (gcBefore[kind] ?? 0)) * 1000).toFixed(0)} ms`)
       .join(', ')}`,
-  );
-  const st = steady.latency();
-  console.log(
-    `latency, after each device's first message (uplink key already claimed): p50 ${st.p50} ms, p99 ${st.p99} ms, max ${st.max} ms`,
   );
   console.log(
     `memory: broker ${rssMiB(broker.pid).toFixed(0)} MiB RSS, key service ${rssMiB(kms.pid).toFixed(0)} MiB RSS (with ${online.length} connected devices)`,
   );
 } finally {
-  for (const c of clients) c.end();
+  for (const c of clients.splice(0)) c.end();
   broker.stop();
   kms.stop();
   setTimeout(() => rmSync(dir, { recursive: true, force: true }), 1000);
+}
+
+/**
+ * The baseline: Aedes without QKey (bench/_plain-aedes.ts: the same emitter, concurrency and write coalescing, no
+ * authentication, no envelopes), with the same Node flags as the QKey broker thread, pinned the same way, under
+ * the same telemetry load (JSON padded to the envelope's length). It tells what on this machine comes from Aedes,
+ * Node and the kernel, and what from QKey.
+ */
+if (values.baseline && qkey) {
+  await new Promise((r) => setTimeout(r, 2000)); // let the QKey processes exit
+  const plain = await start(
+    [],
+    /listening: (.*)$/m,
+    [
+      '--max-semi-space-size=128', // as the QKey broker thread's default semi-space
+      ...values['broker-node-flags'].split(' ').filter(Boolean),
+    ],
+    fileURLToPath(new URL('./_plain-aedes.js', import.meta.url)),
+  );
+  pin(plain.pid, brokerCpu);
+  const url = /mqtt (mqtt:\/\/\S+)/.exec(plain.line)![1]!;
+  const plainClients: LeanMqttClient[] = [];
+  try {
+    const app = await LeanMqttClient.connect(url, { clientId: 'scale-app' });
+    plainClients.push(app);
+    await app.subscribe('devices/+/up/#', 1);
+    const online: PhaseDevice[] = [];
+    await pool(
+      Array.from({ length: N }, (_, i) => `scale-${String(i).padStart(5, '0')}`),
+      CONCURRENCY,
+      async (id) => {
+        const client = await LeanMqttClient.connect(url, { clientId: id, timeoutMs: 60_000 });
+        plainClients.push(client);
+        // JSON ignores trailing white space: the same length as the envelope (header and tag, 26 bytes).
+        online.push({ id, client, seq: 0, payload: (body) => Buffer.concat([body, Buffer.alloc(26, 0x20)]) });
+      },
+    );
+    // Without logins and key claims the connects arrive many times faster than in the storm; the broker gets a
+    // few seconds to finish them, so that the phase measures telemetry, not the tail of a connect burst.
+    await new Promise((r) => setTimeout(r, 5000));
+    console.log(
+      `baseline, Aedes without QKey (no authentication, no envelopes), ${online.length} devices for ${SECONDS} s (after a 5 s pause for the connects):`,
+    );
+    const base = await telemetryPhase(online, app, plain.pid);
+    report(base, false);
+    console.log(
+      `QKey / Aedes without QKey: broker CPU per message ${(cpuPerMessage(qkey) / cpuPerMessage(base)).toFixed(2)}x (${cpuPerMessage(qkey).toFixed(0)} vs ${cpuPerMessage(base).toFixed(0)} us), latency p99 ${qkey.latency.p99} vs ${base.latency.p99} ms`,
+    );
+  } finally {
+    for (const c of plainClients) c.end();
+    plain.stop();
+  }
 }
