@@ -27,6 +27,11 @@ const { values } = parseArgs({
     'broker-node-flags': { type: 'string', default: '' },
     /** The broker's --semi-space (MiB; 0 = on the main thread with V8's default), passed through to qkey broker. */
     'broker-semi-space': { type: 'string' },
+    /**
+     * Seconds of telemetry before the measured phase, discarded (default 0: the phase starts cold right after the
+     * storm, as the target is defined). Tells start-up costs (JIT, the storm's garbage) from steady state.
+     */
+    warmup: { type: 'string', default: '0' },
     /** Give the broker a core of its own (taskset); --no-pin leaves scheduling to the kernel. */
     pin: { type: 'boolean', default: true },
     /** Write one CSV row per second of the phase (rate, latency, broker CPU, event-loop lag, GC) to this file. */
@@ -181,27 +186,28 @@ async function telemetryPhase(
   app: LeanMqttClient,
   brokerPid: number,
   timelineFile?: string,
+  seconds = SECONDS,
 ): Promise<PhaseResult> {
   const topicOf = (id: string) => `devices/${id}/up/telemetry`;
   const ledger = new DeliveryLedger();
   /** Latencies by 10-second window of the phase, to tell a start-up burst from steady state. */
   const windows: number[][] = [];
   /** The same by second, for --timeline. */
-  const seconds: number[][] = [];
+  const bySecond: number[][] = [];
   const phaseStart = Date.now();
   app.onMessage = (_topic, payload) => {
     const m = JSON.parse(payload.toString()) as { d: string; s: number; t: number };
     const latency = Date.now() - m.t;
     ledger.record(m.d, m.s, latency);
     (windows[Math.floor((m.t - phaseStart) / 10_000)] ??= []).push(latency);
-    if (timelineFile) (seconds[Math.floor((m.t - phaseStart) / 1000)] ??= []).push(latency);
+    if (timelineFile) (bySecond[Math.floor((m.t - phaseStart) / 1000)] ??= []).push(latency);
   };
   const sent = new Map<string, number>();
   const tick = (d: PhaseDevice) => {
     const body = Buffer.from(JSON.stringify({ d: d.id, s: d.seq, t: Date.now() }));
     const payload = d.payload(body, d.seq);
     d.seq++;
-    sent.set(d.id, d.seq);
+    sent.set(d.id, (sent.get(d.id) ?? 0) + 1); // messages sent in this phase
     d.client.publish(topicOf(d.id), payload);
   };
   const cpuBefore = cpuTimes(brokerPid);
@@ -216,7 +222,7 @@ async function telemetryPhase(
     for (let i = s; i < devices.length; i += slices) tick(devices[i]!);
   }, 1000 / slices);
   const timeline = timelineFile ? startTimeline(timelineFile) : undefined;
-  await new Promise((r) => setTimeout(r, SECONDS * 1000));
+  await new Promise((r) => setTimeout(r, seconds * 1000));
   clearInterval(timer);
   clearInterval(timeline);
   const phase = (performance.now() - t) / 1000;
@@ -226,7 +232,7 @@ async function telemetryPhase(
   await new Promise((r) => setTimeout(r, 5000)); // drain
   app.onMessage = undefined;
   if (timelineFile) {
-    const rows = seconds.map((l, i) => {
+    const rows = bySecond.map((l, i) => {
       const sorted = [...(l ?? [])].sort((a, b) => a - b);
       return [i, sorted.length, percentile(sorted, 50), percentile(sorted, 99), sorted.at(-1) ?? 0].join(',');
     });
@@ -367,6 +373,10 @@ try {
         ),
     }));
   console.log(`QKey broker, ${online.length} devices for ${SECONDS} s:`);
+  if (Number(values.warmup) > 0) {
+    const w = await telemetryPhase(online, app, broker.pid, undefined, Number(values.warmup));
+    console.log(`  warm-up of ${values.warmup} s (not measured): p99 ${w.latency.p99} ms, lost ${w.lost}`);
+  }
   qkey = await telemetryPhase(online, app, broker.pid, values.timeline);
   const gcAfter = await brokerGc();
   report(qkey, true);
