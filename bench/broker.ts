@@ -12,6 +12,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { startLocalSystem } from '../device-sim/local-system.js';
 import { EnvelopeKey, loginProof, sealEnvelope } from '../protocol/index.js';
 import { formatRate, median, table } from './_measure.js';
+import { type BenchDevice, provisionBenchDevice } from './_provision.js';
 
 const { values } = parseArgs({
   options: {
@@ -38,35 +39,12 @@ const plainServer: Server = createServer((s) => plainAedes.handle(s));
 await new Promise<void>((r) => plainServer.listen(0, '127.0.0.1', r));
 const plainUrl = `mqtt://127.0.0.1:${(plainServer.address() as { port: number }).port}`;
 
-interface Provisioned {
-  id: string;
-  loginKey: Buffer;
-  uplink: Buffer;
-}
+type Provisioned = BenchDevice;
 
 /** Registers devices with one uplink key (index 0), some downlink keys and a login key. */
 async function provision(prefix: string, n: number, down: number): Promise<Provisioned[]> {
   const out: Provisioned[] = [];
-  for (let i = 0; i < n; i++) {
-    const id = `${prefix}-${i}`;
-    const loginKey = randomBytes(16);
-    const uplink = randomBytes(16);
-    await admin.registerDevice(id);
-    await admin.registerBatch(id, {
-      batch_id: `${id}-b`,
-      login_key: loginKey.toString('base64'),
-      keys: [
-        { key_index: 0, direction: 'up', key: uplink.toString('base64') },
-        ...Array.from({ length: down }, (_, k) => ({
-          key_index: 1 + k,
-          direction: 'down' as const,
-          key: randomBytes(16).toString('base64'),
-        })),
-      ],
-    });
-    await admin.commitBatch(id, `${id}-b`);
-    out.push({ id, loginKey, uplink });
-  }
+  for (let i = 0; i < n; i++) out.push(await provisionBenchDevice(admin, `${prefix}-${i}`, down));
   return out;
 }
 

@@ -5,7 +5,6 @@
 // MQTT clients (bench/_lean-mqtt.ts) that keep their keys in memory: at this scale the chip file is the device's
 // business, not what the storm measures, and the load generator must cost less than the broker it loads.
 import { execFileSync, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +15,7 @@ import { DeliveryLedger, percentile } from '../device-sim/stats.js';
 import { KmsClient } from '../key-service/client.js';
 import { EnvelopeKey, loginProof, SUITE_SM4_GCM, sealEnvelope } from '../protocol/index.js';
 import { LeanMqttClient } from './_lean-mqtt.js';
+import { provisionBenchDevice } from './_provision.js';
 
 const { values } = parseArgs({
   options: {
@@ -294,26 +294,11 @@ try {
     Array.from({ length: N }, (_, i) => `scale-${String(i).padStart(5, '0')}`),
     32,
     async (id) => {
-      const up = randomBytes(16);
-      const loginKey = randomBytes(16);
+      const { loginKey, uplink } = await provisionBenchDevice(admin, id, 3);
       // The chip has its key schedule ready before the first message (SUITE_SM4_GCM state built now).
-      const key = new EnvelopeKey(up);
+      const key = new EnvelopeKey(uplink);
       key.suite(SUITE_SM4_GCM);
       devs.push({ id, loginKey, key });
-      await admin.registerDevice(id);
-      await admin.registerBatch(id, {
-        batch_id: `${id}-b`,
-        login_key: loginKey.toString('base64'),
-        keys: [
-          { key_index: 0, direction: 'up', key: up.toString('base64') },
-          ...[1, 2, 3].map((k) => ({
-            key_index: k,
-            direction: 'down' as const,
-            key: randomBytes(16).toString('base64'),
-          })),
-        ],
-      });
-      await admin.commitBatch(id, `${id}-b`);
     },
   );
   console.log(`provisioned ${N} devices in ${((performance.now() - t) / 1000).toFixed(1)} s (not part of the storm)`);
