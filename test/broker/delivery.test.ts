@@ -167,8 +167,9 @@ describe('downlink', () => {
     await dev.endAsync();
     await app.publishAsync(down('dev-offline'), 'while away', { qos: 1 });
     const received: string[] = [];
-    const back = await sys.connectDevice(chip, { clean: false });
-    back.on('message', (t, p) => received.push(opened(chip, t, p)));
+    const back = await sys.connectDevice(chip, { clean: false }, (c) =>
+      c.on('message', (t, p) => received.push(opened(chip, t, p))),
+    );
     await new Promise((r) => setTimeout(r, 500));
     expect(received).toEqual(['while away']);
     await back.endAsync();
@@ -185,8 +186,11 @@ describe('downlink', () => {
     const m1 = await got;
     const key1 = parseEnvelope(m1.payload).keyIndex;
     await first.endAsync(true);
-    const second = await sys.connectDevice(chip, { clean: false });
-    const m2 = await nextMessage(second);
+    let redelivered: ReturnType<typeof nextMessage> | undefined;
+    const second = await sys.connectDevice(chip, { clean: false }, (c) => {
+      redelivered = nextMessage(c);
+    });
+    const m2 = await redelivered!;
     const h = parseEnvelope(m2.payload);
     expect(h.keyIndex).not.toBe(key1); // sealed under the new session's key, not re-sent or double-sealed
     expect(opened(chip, m2.topic, m2.payload)).toBe('must arrive');

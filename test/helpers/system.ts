@@ -18,7 +18,15 @@ export interface TestSystem {
   logs(): string;
   device(deviceId: string, up?: number, down?: number): Promise<SecurityChip>;
   /** Logs the chip in and connects it as an MQTT client; a new chip session (fresh uplink key) per connection. */
-  connectDevice(chip: SecurityChip, options?: IClientOptions): Promise<MqttClient>;
+  /**
+   * Connects a device. `beforeConnack` runs on the client before it connects: a listener for messages the broker
+   * sends right behind CONNACK (a persistent session's queue) must be there already, or it may miss them.
+   */
+  connectDevice(
+    chip: SecurityChip,
+    options?: IClientOptions,
+    beforeConnack?: (client: MqttClient) => void,
+  ): Promise<MqttClient>;
   deviceToken(chip: SecurityChip): Promise<string>;
   connectApp(
     appId: string,
@@ -77,18 +85,30 @@ export async function systemOn(kms: TestKms, overrides: BrokerOverrides = {}): P
       return chip;
     },
     deviceToken,
-    async connectDevice(chip, options = {}) {
+    async connectDevice(chip, options = {}, beforeConnack) {
       chip.beginSession();
       const password = await deviceToken(chip);
-      return track(
-        await mqtt.connectAsync(broker.urls.mqtt!, {
-          clientId: chip.deviceId,
-          username: chip.deviceId,
-          password,
-          reconnectPeriod: 0,
-          ...options,
-        }),
-      );
+      const client = mqtt.connect(broker.urls.mqtt!, {
+        clientId: chip.deviceId,
+        username: chip.deviceId,
+        password,
+        reconnectPeriod: 0,
+        ...options,
+      });
+      beforeConnack?.(client);
+      await new Promise<void>((resolve, reject) => {
+        const settle = (err?: Error) => {
+          client.off('connect', onConnect).off('error', settle).off('close', onClose);
+          if (err) {
+            client.end(true);
+            reject(err);
+          } else resolve();
+        };
+        const onConnect = () => settle();
+        const onClose = () => settle(new Error('connection closed before CONNACK'));
+        client.on('connect', onConnect).on('error', settle).on('close', onClose);
+      });
+      return track(client);
     },
     async connectApp(appId, acl, options = {}) {
       const { client_secret: secret } = await kms.admin.registerApp(appId, acl);
