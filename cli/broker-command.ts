@@ -93,24 +93,22 @@ export async function runBrokerCommand(argv: string[], io: CliIo): Promise<numbe
     return EXIT_USAGE;
   }
   const config = loadBrokerConfig(overrides, { configFile });
-  const broker = config.semiSpaceMiB > 0 ? await startBrokerThread(config) : await startBroker(config);
+  const thread = config.semiSpaceMiB > 0 ? await startBrokerThread(config) : undefined;
+  const broker = thread ?? (await startBroker(config));
   const listening = Object.entries(broker.urls)
     .map(([k, v]) => `${k} ${v}`)
     .join(', ');
-  const heap = 'semiSpaceMiB' in broker ? `, broker thread with ${broker.semiSpaceMiB} MiB semi-space` : '';
+  const heap = thread ? `, broker thread with ${thread.semiSpaceMiB} MiB semi-space` : '';
   io.out(`qkey broker listening: ${listening} (key service ${config.kmsUrl}, broker id ${config.brokerId}${heap})`);
-  const signalled = new Promise<undefined>((resolve) => {
+  // Runs until Ctrl-C or SIGTERM; a broker thread that ends by itself is a failure, reported with its reason.
+  const failure = await new Promise<string | undefined>((resolve) => {
     process.once('SIGINT', () => resolve(undefined));
     process.once('SIGTERM', () => resolve(undefined));
+    thread?.exited.then(
+      () => resolve('it stopped'),
+      (err: Error) => resolve(err.message),
+    );
   });
-  const threadEnded =
-    'exited' in broker
-      ? broker.exited.then(
-          () => 'it stopped',
-          (err: Error) => err.message,
-        )
-      : new Promise<never>(() => undefined);
-  const failure = await Promise.race([signalled, threadEnded]);
   if (failure !== undefined) {
     io.err(`qkey broker: the broker thread ended unexpectedly: ${failure}`);
     return EXIT_FAILURE;
