@@ -1,14 +1,7 @@
 // `qkey broker` argument handling: usage errors exit 2, bad configuration values 1, each with a message, and
 // nothing starts.
 import { describe, expect, it } from 'vitest';
-import { main } from '../../cli/qkey.js';
-
-async function run(...argv: string[]) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const code = await main(argv, { out: (l) => out.push(l), err: (l) => err.push(l) });
-  return { code, out: out.join('\n'), err: err.join('\n') };
-}
+import { runQkey as run } from '../helpers/cli.js';
 
 describe('qkey broker arguments', () => {
   it.each([

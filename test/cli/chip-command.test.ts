@@ -1,19 +1,12 @@
 // `qkey chip` and `qkey admin` through the callable CLI against a real key service: happy path and clear failures.
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../cli/qkey.js';
+import { runQkey as run } from '../helpers/cli.js';
 import { removeDir, startTestKms, type TestKms, tempDir } from '../helpers/kms.js';
 
 let t: TestKms;
 const dir = tempDir('qkey-cli-');
 const chip = join(dir, 'dev-cli.chip');
-
-async function run(...argv: string[]) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const code = await main(argv, { out: (l) => out.push(l), err: (l) => err.push(l) });
-  return { code, out: out.join('\n'), err: err.join('\n') };
-}
 
 beforeAll(async () => {
   t = await startTestKms();

@@ -1,8 +1,8 @@
 // `qkey envelope seal|open`: through the callable API and through the built binary, including bad input.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { main } from '../../cli/qkey.js';
+import { runQkey as run } from '../helpers/cli.js';
+import { QKEY_BIN } from '../helpers/process.js';
 import { loadVectors } from '../helpers/vectors.js';
 
 const v = loadVectors<Record<string, string | number>>('qkey-envelope.json').vectors[0]!;
@@ -16,13 +16,6 @@ const common = [
   '--direction',
   String(v.direction),
 ];
-
-async function run(...argv: string[]) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const code = await main(argv, { out: (l) => out.push(l), err: (l) => err.push(l) });
-  return { code, out: out.join('\n'), err: err.join('\n') };
-}
 
 describe('qkey envelope', () => {
   it('seal prints the worked vector envelope and open gives the payload back', async () => {
@@ -105,16 +98,15 @@ describe('qkey envelope', () => {
   });
 
   it('the built qkey binary behaves the same (exit codes and output)', () => {
-    const bin = fileURLToPath(new URL('../../dist/cli/bin.js', import.meta.url));
     const out = execFileSync(
       process.execPath,
-      [bin, 'envelope', 'open', ...common, '--envelope-hex', String(v.envelope)],
+      [QKEY_BIN, 'envelope', 'open', ...common, '--envelope-hex', String(v.envelope)],
       { encoding: 'utf8' },
     );
     expect(out.trim()).toBe(v.payload);
     const bad = spawnSync(
       process.execPath,
-      [bin, 'envelope', 'open', ...common, '--envelope-hex', String(v.envelope).slice(0, 30)],
+      [QKEY_BIN, 'envelope', 'open', ...common, '--envelope-hex', String(v.envelope).slice(0, 30)],
       { encoding: 'utf8' },
     );
     expect(bad.status).toBe(1);
