@@ -1,7 +1,11 @@
 // `qkey broker` argument handling: usage errors exit 2, bad configuration values 1, each with a message, and
 // nothing starts.
+import { spawnSync } from 'node:child_process';
+import { createServer } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { runQkey as run } from '../helpers/cli.js';
+import { removeDir, tempDir } from '../helpers/kms.js';
+import { QKEY_BIN } from '../helpers/process.js';
 
 describe('qkey broker arguments', () => {
   it.each([
@@ -25,5 +29,30 @@ describe('qkey broker arguments', () => {
     const r = await run('broker', '--help');
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/--semi-space <MiB>/);
+  });
+
+  it('a broker thread that cannot start says why and exits 1 (the built binary, key service down)', async () => {
+    const closed = createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const port = (closed.address() as { port: number }).port;
+    await new Promise((r) => closed.close(r));
+    const dir = tempDir('qkey-broker-cli-');
+    try {
+      const r = spawnSync(
+        process.execPath,
+        [QKEY_BIN, 'broker', '--port', '0', '--http-port', 'off', '--kms', `http://127.0.0.1:${port}`, '--data', dir],
+        {
+          encoding: 'utf8',
+          timeout: 20_000,
+          env: { ...process.env, QKEY_BROKER_SECRET: 'not-checked-before-the-kms' },
+        },
+      );
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(new RegExp(`qkey broker: key service unreachable at http://127.0.0.1:${port}`));
+      expect(r.stdout).not.toMatch(/listening/);
+      expect(r.stdout + r.stderr).not.toContain('not-checked-before-the-kms'); // the secret is never printed
+    } finally {
+      removeDir(dir);
+    }
   });
 });
