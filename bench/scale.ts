@@ -1,9 +1,10 @@
 // bench/scale: a connect storm of 10,000 devices (login, connect, key claims), then each device publishing once per
 // second for 60 s, against a key service and a broker in their own processes; then the same telemetry load on
-// Aedes without QKey as a baseline measured in the same run. Run: npm run bench:scale [-- --devices 10000 --seconds 60
-// --concurrency 200 --profile-broker DIR --timeline FILE --no-baseline]. Devices and the application are lean
-// MQTT clients (bench/_lean-mqtt.ts) that keep their keys in memory: at this scale the chip file is the device's
-// business, not what the storm measures, and the load generator must cost less than the broker it loads.
+// Aedes without QKey as a baseline measured in the same run. Run: npm run bench:scale [-- --devices 10000
+// --seconds 60 --concurrency 200 --warmup 0 --profile-broker DIR --timeline FILE --no-baseline; README lists the
+// rest]. Devices and the application are lean MQTT clients (bench/_lean-mqtt.ts) that keep their keys in memory:
+// at this scale the chip file is the device's business, not what the storm measures, and the load generator must
+// cost less than the broker it loads.
 import { execFileSync, spawn } from 'node:child_process';
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
