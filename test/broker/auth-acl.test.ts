@@ -1,7 +1,9 @@
-// Broker authentication and authorization with real mqtt.js clients: CONNACK codes, SUBACK 0x80, $SYS, revocation.
+// Broker authentication and authorization with real mqtt.js clients: CONNACK codes, SUBACK 0x80, $SYS, revocation, metrics.
+import fs from 'node:fs';
 import { connect } from 'node:net';
 import mqtt from 'mqtt';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { PER_CONNECTION_DEFAULT_METRICS } from '../../broker/server.js';
 import { closed, startTestSystem, type TestSystem } from '../helpers/system.js';
 
 let sys: TestSystem;
@@ -145,5 +147,22 @@ describe('metrics', () => {
     await dev.endAsync();
     await new Promise((r) => setTimeout(r, 100));
     expect([await gauge('app'), await gauge('device')]).toEqual([apps, devices]);
+  });
+
+  it('a scrape does not walk every connection: no handle listing, no read of /proc/self/fd', async () => {
+    const handles = vi.spyOn(process as unknown as { _getActiveHandles(): unknown[] }, '_getActiveHandles');
+    const resources = vi.spyOn(process, 'getActiveResourcesInfo');
+    const readdir = vi.spyOn(fs, 'readdirSync');
+    try {
+      const text = await (await fetch(`${sys.broker.urls.http}/metrics`)).text();
+      expect(text).toMatch(/^broker_connected_clients/m);
+      expect(text).toMatch(/^broker_nodejs_eventloop_lag_max_seconds/m);
+      for (const name of PER_CONNECTION_DEFAULT_METRICS) expect(text).not.toMatch(new RegExp(`^${name}[ {]`, 'm'));
+      expect(handles).not.toHaveBeenCalled();
+      expect(resources).not.toHaveBeenCalled();
+      expect(readdir).not.toHaveBeenCalledWith('/proc/self/fd');
+    } finally {
+      vi.restoreAllMocks();
+    }
   });
 });
