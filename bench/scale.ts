@@ -1,10 +1,10 @@
 // bench/scale: a connect storm of 10,000 devices (login, connect, key claims), then each device publishing once per
 // second for 60 s, against a key service and a broker in their own processes; then the same telemetry load on
 // Aedes without QKey as a baseline measured in the same run. Run: npm run bench:scale [-- --devices 10000
-// --seconds 60 --concurrency 200 --warmup 0 --profile-broker DIR --timeline FILE --no-baseline; README lists the
-// rest]. Devices and the application are lean MQTT clients (bench/_lean-mqtt.ts) that keep their keys in memory:
-// at this scale the chip file is the device's business, not what the storm measures, and the load generator must
-// cost less than the broker it loads.
+// --seconds 60 --rate 1 --concurrency 200 --warmup 0 --profile-broker DIR --timeline FILE --no-baseline; README
+// lists the rest]. Devices and the application are lean MQTT clients (bench/_lean-mqtt.ts) that keep their keys in
+// memory: at this scale the chip file is the device's business, not what the storm measures, and the load generator
+// must cost less than the broker it loads.
 import { execFileSync, spawn } from 'node:child_process';
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -23,6 +23,8 @@ const { values } = parseArgs({
   options: {
     devices: { type: 'string', default: '10000' },
     seconds: { type: 'string', default: '60' },
+    /** Messages per second per device (the target is defined at 1; lower rates find this machine's capacity). */
+    rate: { type: 'string', default: '1' },
     concurrency: { type: 'string', default: '200' },
     'profile-broker': { type: 'string' },
     /** Extra Node.js flags for the broker process, space-separated (for example --max-semi-space-size=64). */
@@ -45,6 +47,8 @@ const { values } = parseArgs({
 });
 const N = Number(values.devices);
 const SECONDS = Number(values.seconds);
+const RATE = Number(values.rate);
+if (!(RATE > 0 && RATE <= 100)) throw new Error(`--rate must be a number of messages per second in (0, 100]`);
 const CONCURRENCY = Number(values.concurrency);
 const BIN = fileURLToPath(new URL('../cli/bin.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'qkey-bench-scale-'));
@@ -71,6 +75,22 @@ function start(
     p.once('exit', (code) => reject(new Error(`${args[0]} exited ${code}`)));
   });
 }
+
+/**
+ * Per-core busy and total time of the whole machine so far, from /proc/stat (busy = all but idle and iowait): tells
+ * whether the machine itself, not only the broker, was saturated.
+ */
+const machineCpu = () =>
+  readFileSync('/proc/stat', 'utf8')
+    .split('\n')
+    .filter((line) => /^cpu\d/.test(line))
+    .map((line) => {
+      const t = line.split(/\s+/).slice(1).map(Number);
+      const total = t.reduce((a, b) => a + b, 0);
+      return { busy: total - t[3]! - t[4]!, total };
+    });
+const busyShares = (before: ReturnType<typeof machineCpu>, after: ReturnType<typeof machineCpu>) =>
+  after.map((a, i) => (a.busy - before[i]!.busy) / Math.max(1, a.total - before[i]!.total));
 
 /** CPU seconds a process has used so far in user and kernel mode, from /proc/<pid>/stat (ticks of 1/100 s). */
 const cpuTimes = (pid: number) => {
@@ -124,23 +144,24 @@ const mqttUrl = /mqtt (mqtt:\/\/[^,\s]+)/.exec(broker.line)![1]!;
 const brokerHttp = /http (http:\/\/[^,\s]+)/.exec(broker.line)![1]!;
 
 /**
- * Samples the broker once a second into a CSV file: CPU (user, kernel), the event loop's worst delay in that second
- * and young-generation GC time. Latency by second of sending goes to <file>.latency.csv at the end.
+ * Samples a broker once a second into a CSV file: CPU (user, kernel) and, from its metrics when it has them (the
+ * QKey broker), the event loop's worst delay in that second and young-generation GC time. Latency by second of
+ * sending goes to <file>.latency.csv at the end.
  */
-function startTimeline(file: string): NodeJS.Timeout {
+function startTimeline(file: string, pid: number, metrics?: () => Promise<string>): NodeJS.Timeout {
   writeFileSync(file, 'second,broker_user_pct,broker_kernel_pct,broker_loop_max_ms,broker_minor_gc_ms\n');
-  let last = { at: performance.now(), cpu: cpuTimes(broker.pid), gc: 0 };
+  let last = { at: performance.now(), cpu: cpuTimes(pid), gc: 0 };
   let second = 0;
   return setInterval(() => {
-    void brokerMetrics().then((text) => {
-      const now = { at: performance.now(), cpu: cpuTimes(broker.pid), gc: gcSeconds(text).minor ?? 0 };
+    void (metrics ?? (async () => ''))().then((text) => {
+      const now = { at: performance.now(), cpu: cpuTimes(pid), gc: gcSeconds(text).minor ?? 0 };
       const pct = (d: number) => ((100 * d) / ((now.at - last.at) / 1000)).toFixed(0);
-      const loopMax = Number(/^broker_nodejs_eventloop_lag_max_seconds (\S+)/m.exec(text)?.[1] ?? 0) * 1000;
+      const loopMax = /^broker_nodejs_eventloop_lag_max_seconds (\S+)/m.exec(text)?.[1];
       const row = [
         second++,
         pct(now.cpu.user - last.cpu.user),
         pct(now.cpu.system - last.cpu.system),
-        loopMax.toFixed(0),
+        loopMax === undefined ? '' : (Number(loopMax) * 1000).toFixed(0),
         last.gc ? ((now.gc - last.gc) * 1000).toFixed(0) : '',
       ];
       appendFileSync(file, `${row.join(',')}\n`);
@@ -158,6 +179,7 @@ function gcSeconds(metrics: string): Record<string, number> {
 }
 const brokerMetrics = async () => (await fetch(`${brokerHttp}/metrics`)).text();
 const brokerGc = async () => gcSeconds(await brokerMetrics());
+const qkeyBroker = { pid: broker.pid, metrics: brokerMetrics };
 interface PhaseDevice {
   id: string;
   client: LeanMqttClient;
@@ -178,20 +200,24 @@ interface PhaseResult {
   /** Broker CPU over the phase as a share of one core, user and kernel time. */
   cpu: { user: number; kernel: number };
   generatorCpu: number;
+  /** Each core's busy share over the phase, all processes and the kernel. */
+  machine: number[];
   loopDelay: { p99: number; max: number };
 }
 
 /**
- * Every device publishes one QoS 1 message a second for SECONDS (spread evenly across each second); the
- * application records arrivals. Latency is arrival time minus the send time carried in the payload.
+ * Every device publishes RATE QoS 1 messages a second for SECONDS, spread evenly: the devices are dealt into
+ * slices (50), one slice publishes every 1 / (50 * RATE) s. A late timer sends the slices it owes, so the offered
+ * load stays what was asked for even when the load generator falls behind (the report gives the rate achieved).
+ * The application records arrivals. Latency is arrival time minus the send time carried in the payload.
  */
 async function telemetryPhase(
   devices: PhaseDevice[],
   app: LeanMqttClient,
-  brokerPid: number,
-  timelineFile?: string,
-  seconds = SECONDS,
+  target: { pid: number; metrics?: () => Promise<string> },
+  { timelineFile, seconds = SECONDS }: { timelineFile?: string | undefined; seconds?: number } = {},
 ): Promise<PhaseResult> {
+  const brokerPid = target.pid;
   const ledger = new DeliveryLedger();
   /** Latencies by 10-second window of the phase, to tell a start-up burst from steady state. */
   const windows: number[][] = [];
@@ -214,22 +240,25 @@ async function telemetryPhase(
     d.client.publish(topicOf(d.id), payload);
   };
   const cpuBefore = cpuTimes(brokerPid);
+  const machineBefore = machineCpu();
   const hereBefore = process.cpuUsage();
   const loopDelay = monitorEventLoopDelay({ resolution: 10 });
   loopDelay.enable();
   const t = performance.now();
   const slices = 50;
+  const sliceMs = 1000 / (slices * RATE);
   let slice = 0;
   const timer = setInterval(() => {
-    const s = slice++ % slices;
-    for (let i = s; i < devices.length; i += slices) tick(devices[i]!);
-  }, 1000 / slices);
-  const timeline = timelineFile ? startTimeline(timelineFile) : undefined;
+    const due = Math.floor((performance.now() - t) / sliceMs) + 1;
+    for (; slice < due; slice++) for (let i = slice % slices; i < devices.length; i += slices) tick(devices[i]!);
+  }, sliceMs);
+  const timeline = timelineFile ? startTimeline(timelineFile, brokerPid, target.metrics) : undefined;
   await new Promise((r) => setTimeout(r, seconds * 1000));
   clearInterval(timer);
   clearInterval(timeline);
   const phase = (performance.now() - t) / 1000;
   const cpuAfter = cpuTimes(brokerPid);
+  const machine = busyShares(machineBefore, machineCpu());
   const here = process.cpuUsage(hereBefore);
   loopDelay.disable();
   await new Promise((r) => setTimeout(r, 5000)); // drain
@@ -256,6 +285,7 @@ async function telemetryPhase(
     seconds: phase,
     cpu: { user: (cpuAfter.user - cpuBefore.user) / phase, kernel: (cpuAfter.system - cpuBefore.system) / phase },
     generatorCpu: (here.user + here.system) / 1e6 / phase,
+    machine,
     loopDelay: { p99: loopDelay.percentile(99) / 1e6, max: loopDelay.max / 1e6 },
   };
 }
@@ -270,7 +300,10 @@ function report(r: PhaseResult, targets: boolean): void {
     `  CPU (100% = one core): broker ${pct(r.cpu.user + r.cpu.kernel)} (user ${pct(r.cpu.user)}, kernel ${pct(r.cpu.kernel)}) = ${cpuPerMessage(r).toFixed(0)} us per message; load generator ${pct(r.generatorCpu)}, its event-loop delay p99 ${r.loopDelay.p99.toFixed(0)} ms, max ${r.loopDelay.max.toFixed(0)} ms`,
   );
   console.log(
-    `  telemetry: ${r.sent} sent, ${r.received} received, lost ${r.lost}, duplicated ${r.duplicated}${verdict('zero loss at QoS 1', r.lost === 0)}`,
+    `  machine: ${r.machine.map((busy, cpu) => `CPU ${cpu} ${pct(busy)} busy`).join(', ')} (all processes and the kernel)`,
+  );
+  console.log(
+    `  telemetry: ${r.sent} sent (${(r.sent / r.seconds).toFixed(0)} msgs/s offered of ${(RATE * N).toFixed(0)}), ${r.received} received, lost ${r.lost}, duplicated ${r.duplicated}${verdict('zero loss at QoS 1', r.lost === 0)}`,
   );
   console.log(
     `  latency: p50 ${r.latency.p50} ms, p99 ${r.latency.p99} ms, max ${r.latency.max} ms${verdict('p99 < 100 ms', r.latency.p99 < 100)}`,
@@ -285,7 +318,7 @@ const clients: LeanMqttClient[] = [];
 let qkey: PhaseResult | undefined;
 try {
   console.log(
-    `bench/scale: ${N} devices, ${SECONDS} s at 1 msg/s each, connect concurrency ${CONCURRENCY}; ${pinning ? `broker pinned to CPU ${brokerCpu}, key service and load generator to CPU ${othersCpus}` : 'no CPU pinning'}`,
+    `bench/scale: ${N} devices, ${SECONDS} s at ${RATE} msg/s each, connect concurrency ${CONCURRENCY}; ${pinning ? `broker pinned to CPU ${brokerCpu}, key service and load generator to CPU ${othersCpus}` : 'no CPU pinning'}`,
   );
   console.log(`broker: ${broker.line}`);
   interface Dev {
@@ -361,10 +394,10 @@ try {
     }));
   console.log(`QKey broker, ${online.length} devices for ${SECONDS} s:`);
   if (Number(values.warmup) > 0) {
-    const w = await telemetryPhase(online, app, broker.pid, undefined, Number(values.warmup));
+    const w = await telemetryPhase(online, app, qkeyBroker, { seconds: Number(values.warmup) });
     console.log(`  warm-up of ${values.warmup} s (not measured): p99 ${w.latency.p99} ms, lost ${w.lost}`);
   }
-  qkey = await telemetryPhase(online, app, broker.pid, values.timeline);
+  qkey = await telemetryPhase(online, app, qkeyBroker, { timelineFile: values.timeline });
   const gcAfter = await brokerGc();
   report(qkey, true);
   console.log(
@@ -422,7 +455,9 @@ if (values.baseline && qkey) {
     console.log(
       `baseline, Aedes without QKey (no authentication, no envelopes), ${online.length} devices for ${SECONDS} s (after a 5 s pause for the connects):`,
     );
-    const base = await telemetryPhase(online, app, plain.pid);
+    const base = await telemetryPhase(online, app, plain, {
+      timelineFile: values.timeline && `${values.timeline}.baseline.csv`,
+    });
     report(base, false);
     console.log(
       `QKey / Aedes without QKey: broker CPU per message ${(cpuPerMessage(qkey) / cpuPerMessage(base)).toFixed(2)}x (${cpuPerMessage(qkey).toFixed(0)} vs ${cpuPerMessage(base).toFixed(0)} us), latency p99 ${qkey.latency.p99} vs ${base.latency.p99} ms`,
