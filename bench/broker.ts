@@ -39,22 +39,20 @@ const plainServer: Server = createServer((s) => plainAedes.handle(s));
 await new Promise<void>((r) => plainServer.listen(0, '127.0.0.1', r));
 const plainUrl = `mqtt://127.0.0.1:${(plainServer.address() as { port: number }).port}`;
 
-type Provisioned = BenchDevice;
-
 /** Registers devices with one uplink key (index 0), some downlink keys and a login key. */
-async function provision(prefix: string, n: number, down: number): Promise<Provisioned[]> {
-  const out: Provisioned[] = [];
+async function provision(prefix: string, n: number, down: number): Promise<BenchDevice[]> {
+  const out: BenchDevice[] = [];
   for (let i = 0; i < n; i++) out.push(await provisionBenchDevice(admin, `${prefix}-${i}`, down));
   return out;
 }
 
-async function tokenFor(d: Provisioned): Promise<string> {
+async function tokenFor(d: BenchDevice): Promise<string> {
   const { challenge } = await admin.challenge(d.id);
   const mac = Buffer.from(loginProof(d.loginKey, d.id, Buffer.from(challenge, 'base64'))).toString('base64');
   return (await admin.deviceToken(d.id, challenge, mac)).access_token;
 }
 
-async function connect(url: string, d: Provisioned, secure: boolean): Promise<MqttClient> {
+async function connect(url: string, d: BenchDevice, secure: boolean): Promise<MqttClient> {
   const auth = secure ? { username: d.id, password: await tokenFor(d) } : {};
   return mqtt.connectAsync(url, { clientId: d.id, reconnectPeriod: 0, ...auth });
 }
@@ -98,7 +96,7 @@ async function uplink(url: string, secure: boolean, size: number, qos: 0 | 1, ta
 async function fanout(
   url: string,
   secure: boolean,
-  devs: Provisioned[],
+  devs: BenchDevice[],
   clients: MqttClient[],
   tag: string,
 ): Promise<number> {

@@ -98,6 +98,9 @@ const cpuTimes = (pid: number) => {
   return { user: Number(fields[11]) / 100, system: Number(fields[12]) / 100 };
 };
 
+/** A sorted copy, as percentile() expects. */
+const ascending = (values: readonly number[]) => [...values].sort((a, b) => a - b);
+
 const rssMiB = (pid: number) =>
   Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
 
@@ -155,12 +158,12 @@ function startTimeline(file: string, pid: number, metrics?: () => Promise<string
   return setInterval(() => {
     void (metrics ?? (async () => ''))().then((text) => {
       const now = { at: performance.now(), cpu: cpuTimes(pid), gc: gcSeconds(text).minor ?? 0 };
-      const pct = (d: number) => ((100 * d) / ((now.at - last.at) / 1000)).toFixed(0);
+      const perCent = (d: number) => ((100 * d) / ((now.at - last.at) / 1000)).toFixed(0);
       const loopMax = /^broker_nodejs_eventloop_lag_max_seconds (\S+)/m.exec(text)?.[1];
       const row = [
         second++,
-        pct(now.cpu.user - last.cpu.user),
-        pct(now.cpu.system - last.cpu.system),
+        perCent(now.cpu.user - last.cpu.user),
+        perCent(now.cpu.system - last.cpu.system),
         loopMax === undefined ? '' : (Number(loopMax) * 1000).toFixed(0),
         last.gc ? ((now.gc - last.gc) * 1000).toFixed(0) : '',
       ];
@@ -217,7 +220,6 @@ async function telemetryPhase(
   target: { pid: number; metrics?: () => Promise<string> },
   { timelineFile, seconds = SECONDS }: { timelineFile?: string | undefined; seconds?: number } = {},
 ): Promise<PhaseResult> {
-  const brokerPid = target.pid;
   const ledger = new DeliveryLedger();
   /** Latencies by 10-second window of the phase, to tell a start-up burst from steady state. */
   const windows: number[][] = [];
@@ -239,7 +241,7 @@ async function telemetryPhase(
     sent.set(d.id, (sent.get(d.id) ?? 0) + 1); // messages sent in this phase
     d.client.publish(topicOf(d.id), payload);
   };
-  const cpuBefore = cpuTimes(brokerPid);
+  const cpuBefore = cpuTimes(target.pid);
   const machineBefore = machineCpu();
   const hereBefore = process.cpuUsage();
   const loopDelay = monitorEventLoopDelay({ resolution: 10 });
@@ -252,12 +254,12 @@ async function telemetryPhase(
     const due = Math.floor((performance.now() - t) / sliceMs) + 1;
     for (; slice < due; slice++) for (let i = slice % slices; i < devices.length; i += slices) tick(devices[i]!);
   }, sliceMs);
-  const timeline = timelineFile ? startTimeline(timelineFile, brokerPid, target.metrics) : undefined;
+  const timeline = timelineFile ? startTimeline(timelineFile, target.pid, target.metrics) : undefined;
   await new Promise((r) => setTimeout(r, seconds * 1000));
   clearInterval(timer);
   clearInterval(timeline);
   const phase = (performance.now() - t) / 1000;
-  const cpuAfter = cpuTimes(brokerPid);
+  const cpuAfter = cpuTimes(target.pid);
   const machine = busyShares(machineBefore, machineCpu());
   const here = process.cpuUsage(hereBefore);
   loopDelay.disable();
@@ -265,7 +267,7 @@ async function telemetryPhase(
   app.onMessage = undefined;
   if (timelineFile) {
     const rows = bySecond.map((l, i) => {
-      const sorted = [...(l ?? [])].sort((a, b) => a - b);
+      const sorted = ascending(l ?? []);
       return [i, sorted.length, percentile(sorted, 50), percentile(sorted, 99), sorted.at(-1) ?? 0].join(',');
     });
     writeFileSync(`${timelineFile}.latency.csv`, `second,messages,p50_ms,p99_ms,max_ms\n${rows.join('\n')}\n`);
@@ -276,12 +278,7 @@ async function telemetryPhase(
     lost: ledger.lost(sent),
     duplicated: ledger.duplicated,
     latency: ledger.latency(),
-    windowsP99: windows.map((w) =>
-      percentile(
-        [...w].sort((a, b) => a - b),
-        99,
-      ),
-    ),
+    windowsP99: windows.map((w) => percentile(ascending(w), 99)),
     seconds: phase,
     cpu: { user: (cpuAfter.user - cpuBefore.user) / phase, kernel: (cpuAfter.system - cpuBefore.system) / phase },
     generatorCpu: (here.user + here.system) / 1e6 / phase,
@@ -442,11 +439,11 @@ if (values.baseline && qkey) {
     plainClients.push(app);
     await app.subscribe('devices/+/up/#', 1);
     const online: PhaseDevice[] = [];
+    // JSON ignores trailing white space: the same length as the envelope (header and tag).
+    const padding = Buffer.alloc(ENVELOPE_OVERHEAD, 0x20);
     await pool(deviceIds, CONCURRENCY, async (id) => {
       const client = await LeanMqttClient.connect(url, { clientId: id, timeoutMs: 60_000 });
       plainClients.push(client);
-      // JSON ignores trailing white space: the same length as the envelope (header and tag).
-      const padding = Buffer.alloc(ENVELOPE_OVERHEAD, 0x20);
       online.push({ id, client, seq: 0, payload: (body) => Buffer.concat([body, padding]) });
     });
     // Without logins and key claims the connects arrive many times faster than in the storm; the broker gets a
