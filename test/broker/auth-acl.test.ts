@@ -1,4 +1,5 @@
-// Broker authentication and authorization with real mqtt.js clients: CONNACK codes, SUBACK 0x80, $SYS, revocation, metrics.
+// Broker authentication and authorization with real mqtt.js clients: CONNACK codes, SUBACK 0x80, $SYS, revocation;
+// and what /metrics exposes.
 import fs from 'node:fs';
 import { connect } from 'node:net';
 import mqtt from 'mqtt';
