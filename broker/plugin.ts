@@ -4,6 +4,7 @@ import { randomUUID } from 'node:crypto';
 import type { Aedes, AedesPublishPacket, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
 import type { KmsClient } from '../key-service/client.js';
 import {
+  chooseSuite,
   type EnvelopeKey,
   isProtocolError,
   openEnvelope,
@@ -11,6 +12,7 @@ import {
   parseEnvelope,
   type ProtocolErrorCode,
   type ReplayWindow,
+  type SuiteId,
   TokenError,
 } from '../protocol/index.js';
 import {
@@ -149,10 +151,14 @@ export class QkeyPlugin {
     }
     if (claims.sub !== username) throw authError(4, 'bad user name or password: the username is not the token subject');
     let principal: Principal;
+    let downlinkSuite: SuiteId | undefined;
     if (claims.role === 'device') {
       // Device id = username = client id, so topic permissions and the envelope AAD name one identity.
       if (client.id !== username)
         throw authError(5, 'not authorized: a device connects with client id = username = device id');
+      downlinkSuite = chooseSuite(claims.suites);
+      if (downlinkSuite === undefined)
+        throw authError(5, 'not authorized: the device supports no envelope suite this broker can seal');
       principal = { role: 'device', id: claims.sub };
     } else if (claims.role === 'app') {
       principal = {
@@ -170,6 +176,7 @@ export class QkeyPlugin {
       const keys = new DeviceSessionKeys(this.o.kms, deviceId, randomUUID(), this.rotation, (e) =>
         this.o.events?.session?.(deviceId, e),
       );
+      keys.downlinkSuite = downlinkSuite!;
       try {
         // Aedes' authorizeForward is synchronous: the first downlink keys must be here before CONNACK.
         await keys.start();

@@ -1,7 +1,15 @@
 // The keys of one device session at the broker: uplink keys claimed on first use (ETSI 014 dec_keys), downlink
 // keys claimed ahead of need (enc_keys) and rotated without ever making delivery wait.
 import { type KmsClient, KmsHttpError } from '../key-service/client.js';
-import { EnvelopeKey, keyIdFor, MAX_SEQ, ReplayWindow, SUITE_SM4_GCM, sealEnvelope } from '../protocol/index.js';
+import {
+  EnvelopeKey,
+  keyIdFor,
+  MAX_SEQ,
+  ReplayWindow,
+  SUITE_SM4_GCM,
+  type SuiteId,
+  sealEnvelope,
+} from '../protocol/index.js';
 
 export interface RotationLimits {
   /** Messages sealed under one downlink key before rotating. */
@@ -53,6 +61,8 @@ export class DeviceSessionKeys {
   private prefetching: Promise<void> | undefined;
   private readonly claimed: string[] = [];
   private closed = false;
+  /** The suite downlink is sealed in: one the device's chip supports (its token says which, docs/PROTOCOL.md §14). */
+  downlinkSuite: SuiteId = SUITE_SM4_GCM;
 
   constructor(
     private readonly kms: KmsClient,
@@ -145,6 +155,7 @@ export class DeviceSessionKeys {
       key: k.key,
       keyIndex: k.index,
       seq: k.seq,
+      suite: this.downlinkSuite,
       deviceId: this.deviceId,
       topic,
       direction: 'down',

@@ -176,6 +176,7 @@ export class KmsClient {
     batch: {
       batch_id: string;
       login_key?: string;
+      suites?: number[];
       keys: Array<{ key_index: number; direction: 'up' | 'down'; key: string }>;
     },
   ) {
@@ -185,6 +186,12 @@ export class KmsClient {
     return this.request<BatchJson>(
       'GET',
       `/api/v1/admin/devices/${encodeURIComponent(deviceId)}/batches/${encodeURIComponent(batchId)}`,
+    );
+  }
+  batches(deviceId: string, state?: 'pending' | 'committed' | 'cancelled') {
+    return this.request<{ batches: BatchJson[] }>(
+      'GET',
+      `/api/v1/admin/devices/${encodeURIComponent(deviceId)}/batches${state ? `?state=${state}` : ''}`,
     );
   }
   commitBatch(deviceId: string, batchId: string) {
@@ -219,7 +226,8 @@ export class KmsClient {
   pools(lowOnly = false) {
     return this.request<{
       low_water: number;
-      pools: Array<{ device_id: string; up: number; down: number; low: boolean }>;
+      stale_pending_seconds: number;
+      pools: Array<{ device_id: string; up: number; down: number; low: boolean; stale_pending: number }>;
     }>('GET', `/api/v1/admin/pools${lowOnly ? '?low_only=true' : ''}`);
   }
   audit(query: { after?: number; limit?: number; device_id?: string; action?: string } = {}) {
@@ -266,6 +274,8 @@ export interface DeviceJson {
   pool: { up: number; down: number };
   next_key_index: number;
   low: boolean;
+  suites: number[] | null;
+  pending_batches: Array<{ batch_id: string; created_at: number; stale: boolean }>;
 }
 export interface BatchJson {
   batch_id: string;
@@ -276,6 +286,7 @@ export interface BatchJson {
   has_login_key: boolean;
   created_at: number;
   settled_at: number | null;
+  suites: number[] | null;
 }
 export interface KeyStateJson {
   key_ID: string;

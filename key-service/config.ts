@@ -17,6 +17,8 @@ export interface KmsConfig {
   challengeTtl: number;
   /** A device pool with fewer unused keys than this is reported low. */
   lowWater: number;
+  /** A fill batch still pending after this many seconds is reported as a half-done fill. */
+  stalePendingSeconds: number;
   /** ETSI 014 max_key_per_request. */
   maxKeysPerRequest: number;
   /** Failed logins allowed per device and per source address within the window. */
@@ -41,6 +43,7 @@ export const KMS_DEFAULTS: Readonly<KmsConfig> = Object.freeze({
   tokenTtl: Object.freeze({ device: 600, app: 3600, broker: 3600 }),
   challengeTtl: 60,
   lowWater: 16,
+  stalePendingSeconds: 600,
   maxKeysPerRequest: 16,
   loginLimits: Object.freeze({ perDevice: 5, perSource: 50, windowSeconds: 300 }),
   claimBatchMax: 512,
@@ -80,6 +83,7 @@ function check(c: KmsConfig): KmsConfig {
   int(c.port, 'port', 0, 65535);
   int(c.challengeTtl, 'challengeTtl', 5, 3600);
   int(c.lowWater, 'lowWater', 0, 1_000_000);
+  int(c.stalePendingSeconds, 'stalePendingSeconds', 1, 30 * 86_400);
   int(c.maxKeysPerRequest, 'maxKeysPerRequest', 1, 1024);
   int(c.claimBatchMax, 'claimBatchMax', 1, 100_000);
   int(c.bodyLimit, 'bodyLimit', 1024, 64 * 1024 * 1024);

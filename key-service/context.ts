@@ -40,6 +40,7 @@ export function issueToken(
   role: TokenRole,
   sub: string,
   acl?: AppAcl,
+  suites?: number[],
 ): { token: string; expiresIn: number } {
   const now = Math.floor(Date.now() / 1000);
   const ttl = ctx.config.tokenTtl[role];
@@ -52,6 +53,7 @@ export function issueToken(
     exp: now + ttl,
     jti: randomUUID(),
     ...(acl ? { acl } : {}),
+    ...(suites ? { suites } : {}),
   };
   return { token: signToken(claims, ctx.signing.privateKey), expiresIn: ttl };
 }

@@ -92,4 +92,10 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX keys_fresh ON keys (device_id, direction, key_index) WHERE state = 'filled';
   CREATE INDEX keys_device ON keys (device_id, key_index);
   `,
+  // 3: the envelope suites a device's chip supports (JSON array of suite ids), recorded by each fill batch and
+  // adopted by the device when the batch is committed.
+  `
+  ALTER TABLE batches ADD COLUMN suites TEXT;
+  ALTER TABLE devices ADD COLUMN suites TEXT;
+  `,
 ];

@@ -21,6 +21,8 @@ export interface DeviceRow {
   revoked_at: number | null;
   revoke_reason: string | null;
   login_key_item: string | null;
+  /** JSON array of the envelope suites the device's chip supports; null before a fill named them. */
+  suites: string | null;
 }
 
 export interface PoolLevels {
@@ -84,11 +86,11 @@ export class KeyStore {
     this.s = {
       insertDevice: p(`INSERT INTO devices (device_id, serial, state, created_at) VALUES (?, ?, 'active', ?)`),
       getDevice: p(
-        `SELECT device_id, serial, state, created_at, revoked_at, revoke_reason, login_key_item FROM devices WHERE device_id = ?`,
+        `SELECT device_id, serial, state, created_at, revoked_at, revoke_reason, login_key_item, suites FROM devices WHERE device_id = ?`,
       ),
       loginKey: p(`SELECT login_key_item, login_key_wrapped FROM devices WHERE device_id = ? AND state = 'active'`),
       listDevices: p(
-        `SELECT device_id, serial, state, created_at, revoked_at, revoke_reason, login_key_item FROM devices WHERE device_id > ? ORDER BY device_id LIMIT ?`,
+        `SELECT device_id, serial, state, created_at, revoked_at, revoke_reason, login_key_item, suites FROM devices WHERE device_id > ? ORDER BY device_id LIMIT ?`,
       ),
       revokeDevice: p(
         `UPDATE devices SET state = 'revoked', revoked_at = ?, revoke_reason = ?, login_key_wrapped = NULL WHERE device_id = ? AND state = 'active'`,
@@ -108,7 +110,8 @@ export class KeyStore {
       allPools: p(
         `SELECT d.device_id, d.state,
            (SELECT COUNT(*) FROM keys k WHERE k.device_id = d.device_id AND k.direction = 'up' AND k.state = 'filled') AS up,
-           (SELECT COUNT(*) FROM keys k WHERE k.device_id = d.device_id AND k.direction = 'down' AND k.state = 'filled') AS down
+           (SELECT COUNT(*) FROM keys k WHERE k.device_id = d.device_id AND k.direction = 'down' AND k.state = 'filled') AS down,
+           (SELECT COUNT(*) FROM batches b WHERE b.device_id = d.device_id AND b.state = 'pending' AND b.created_at < ?) AS stale_pending
          FROM devices d WHERE d.state = 'active' ORDER BY d.device_id`,
       ),
       keyCounts: p(`SELECT direction, state, COUNT(*) AS n FROM keys GROUP BY direction, state`),
@@ -116,10 +119,16 @@ export class KeyStore {
         `SELECT key_id, key_index, direction, state, batch_id, claimed_by, claimed_session, claimed_at, retired_at, destroyed_at FROM keys WHERE device_id = ? ORDER BY key_index`,
       ),
       getBatch: p(
-        `SELECT batch_id, device_id, state, content_hash, up_count, down_count, login_key_wrapped IS NOT NULL AS has_login_key, created_at, settled_at FROM batches WHERE batch_id = ?`,
+        `SELECT batch_id, device_id, state, content_hash, up_count, down_count, login_key_wrapped IS NOT NULL AS has_login_key, created_at, settled_at, suites FROM batches WHERE batch_id = ?`,
+      ),
+      listBatches: p(
+        `SELECT batch_id, device_id, state, content_hash, up_count, down_count, login_key_wrapped IS NOT NULL AS has_login_key, created_at, settled_at, suites FROM batches WHERE device_id = @device AND (@state IS NULL OR state = @state) ORDER BY created_at, batch_id`,
+      ),
+      adoptBatchSuites: p(
+        `UPDATE devices SET suites = (SELECT suites FROM batches WHERE batch_id = @batch) WHERE device_id = @device AND (SELECT suites FROM batches WHERE batch_id = @batch) IS NOT NULL`,
       ),
       insertBatch: p(
-        `INSERT INTO batches (batch_id, device_id, state, content_hash, up_count, down_count, login_key_wrapped, created_at) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)`,
+        `INSERT INTO batches (batch_id, device_id, state, content_hash, up_count, down_count, login_key_wrapped, created_at, suites) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)`,
       ),
       insertKey: p(
         `INSERT INTO keys (key_id, device_id, key_index, direction, batch_id, wrapped, state, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)`,
@@ -226,8 +235,14 @@ export class KeyStore {
     return (this.s.nextIndex!.get(deviceId) as { n: number }).n;
   }
 
-  allPools(): Array<{ device_id: string; up: number; down: number }> {
-    return this.s.allPools!.all() as Array<{ device_id: string; up: number; down: number }>;
+  /** Unused keys per active device, and how many of its batches are still pending since before `staleBefore` (ms). */
+  allPools(staleBefore = 0): Array<{ device_id: string; up: number; down: number; stale_pending: number }> {
+    return this.s.allPools!.all(staleBefore) as Array<{
+      device_id: string;
+      up: number;
+      down: number;
+      stale_pending: number;
+    }>;
   }
 
   keyCounts(): Array<{ direction: Direction; state: KeyState; n: number }> {
@@ -269,6 +284,14 @@ export class KeyStore {
     return row && { ...row, has_login_key: row.has_login_key === 1 };
   }
 
+  /** A device's fill batches, oldest first; `state` narrows the list (a filling machine looks for `pending`). */
+  listBatches(deviceId: string, state?: BatchRow['state']): BatchRow[] {
+    const rows = this.s.listBatches!.all({ device: deviceId, state: state ?? null }) as Array<
+      Omit<BatchRow, 'has_login_key'> & { has_login_key: number }
+    >;
+    return rows.map((row) => ({ ...row, has_login_key: row.has_login_key === 1 }));
+  }
+
   /**
    * Registers a fill batch as pending, all or nothing. Idempotent by batch id: the same content again returns the
    * existing batch; different content under the same id is a conflict.
@@ -279,6 +302,7 @@ export class KeyStore {
     loginKey: Uint8Array | undefined,
     keys: FillKey[],
     actor: string,
+    suites?: readonly number[],
   ): { batch: BatchRow; created: boolean } {
     const hash = batchContentHash(deviceId, batchId, loginKey, keys);
     return this.db.transaction(() => {
@@ -301,6 +325,7 @@ export class KeyStore {
         keys.filter((k) => k.direction === 'down').length,
         loginKey ? this.master.wrap(loginItem, loginKey) : null,
         now,
+        suites ? JSON.stringify(suites) : null,
       );
       for (const k of keys) {
         const keyId = keyIdFor(deviceId, k.key_index);
@@ -340,6 +365,7 @@ export class KeyStore {
       const now = Date.now();
       this.s.commitBatch!.run(now, batchId);
       this.s.fillBatchKeys!.run(batchId);
+      this.s.adoptBatchSuites!.run({ batch: batchId, device: deviceId });
       const login = this.s.batchLoginKey!.get(batchId) as { login_key_wrapped: Buffer | null };
       if (login.login_key_wrapped) {
         this.s.setLoginKey!.run(login.login_key_wrapped, `login:${deviceId}:${batchId}`, deviceId);
@@ -493,6 +519,8 @@ export interface BatchRow {
   has_login_key: boolean;
   created_at: number;
   settled_at: number | null;
+  /** JSON array of suite ids the chip declared when this batch was filled, or null. */
+  suites: string | null;
 }
 
 /** Identifies a batch's content for idempotency (a digest of 128-bit random keys reveals nothing about them). */

@@ -46,6 +46,7 @@ export { type AddonStatus, sm4GcmAddonStatus } from './sm4-gcm-addon.js';
 export { keyIdFor } from './key-id.js';
 export { DEFAULT_REPLAY_WINDOW, ReplayWindow } from './replay-window.js';
 export {
+  chooseSuite,
   createSm4Gcm,
   parseSuite,
   SUITE_NAMES,

@@ -28,6 +28,16 @@ export interface SuiteKey {
   destroy(): void;
 }
 
+/**
+ * The suite a sender uses towards a receiver that declared `supported` (docs/PROTOCOL.md §14): SM4-GCM when the
+ * receiver has it or declared nothing, else SM4-CTR-HMAC-SM3. Undefined when the receiver declared no known suite.
+ */
+export function chooseSuite(supported: readonly number[] | undefined): SuiteId | undefined {
+  if (!supported || supported.includes(SUITE_SM4_GCM)) return SUITE_SM4_GCM;
+  if (supported.includes(SUITE_SM4_CTR_HMAC_SM3)) return SUITE_SM4_CTR_HMAC_SM3;
+  return undefined;
+}
+
 export function isSuiteId(id: number): id is SuiteId {
   return id === SUITE_SM4_GCM || id === SUITE_SM4_CTR_HMAC_SM3;
 }

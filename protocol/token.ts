@@ -25,6 +25,8 @@ export interface TokenClaims {
   jti: string;
   /** Apps only: what the app may publish and subscribe to. */
   acl?: AppAcl;
+  /** Devices only: the envelope suites the device's chip supports, as its fills recorded them (absent: unknown). */
+  suites?: number[];
 }
 
 export const TOKEN_ERROR_CODES = {
@@ -75,7 +77,9 @@ function isClaims(x: unknown): x is TokenClaims {
     (c.acl === undefined ||
       (Array.isArray(c.acl.publish) &&
         Array.isArray(c.acl.subscribe) &&
-        [...c.acl.publish, ...c.acl.subscribe].every((f) => typeof f === 'string')))
+        [...c.acl.publish, ...c.acl.subscribe].every((f) => typeof f === 'string'))) &&
+    (c.suites === undefined ||
+      (Array.isArray(c.suites) && c.suites.length <= 8 && c.suites.every((s) => Number.isInteger(s))))
   );
 }
 

@@ -2,8 +2,8 @@
 import type { FastifyInstance } from 'fastify';
 import { type KmsContext, requireAdmin } from '../context.js';
 import { KmsError } from '../errors.js';
-import type { DeviceRow, FillKey } from '../store.js';
-import { base64Key128, batchView, deviceView, errorResponses, idSchema } from './schemas.js';
+import type { BatchRow, DeviceRow, FillKey } from '../store.js';
+import { base64Key128, batchView, deviceView, errorResponses, idSchema, suitesSchema } from './schemas.js';
 
 const ADMIN = 'admin';
 const MAX_KEYS_PER_BATCH = 4096;
@@ -23,14 +23,23 @@ export function adminRoutes(app: FastifyInstance, ctx: KmsContext): void {
     if (req.url.startsWith('/api/v1/admin/')) requireAdmin(ctx, req);
   });
 
+  const staleBefore = () => Date.now() - ctx.config.stalePendingSeconds * 1000;
+  const batchOut = (b: BatchRow) => ({ ...b, suites: b.suites ? (JSON.parse(b.suites) as number[]) : null });
   const view = (d: DeviceRow) => {
     const pool = store.pool(d.device_id);
+    const cutoff = staleBefore();
     return {
       ...d,
       has_login_key: d.login_key_item !== null && d.state === 'active',
       pool,
       next_key_index: store.nextKeyIndex(d.device_id),
       low: d.state === 'active' && (pool.up < ctx.config.lowWater || pool.down < ctx.config.lowWater),
+      suites: d.suites ? (JSON.parse(d.suites) as number[]) : null,
+      pending_batches: store.listBatches(d.device_id, 'pending').map((b) => ({
+        batch_id: b.batch_id,
+        created_at: b.created_at,
+        stale: b.created_at < cutoff,
+      })),
     };
   };
 
@@ -167,6 +176,7 @@ export function adminRoutes(app: FastifyInstance, ctx: KmsContext): void {
     Body: {
       batch_id: string;
       login_key?: string;
+      suites?: number[];
       keys: Array<{ key_index: number; direction: 'up' | 'down'; key: string }>;
     };
   }>(
@@ -181,6 +191,7 @@ export function adminRoutes(app: FastifyInstance, ctx: KmsContext): void {
           properties: {
             batch_id: idSchema,
             login_key: base64Key128,
+            suites: suitesSchema,
             keys: {
               type: 'array',
               maxItems: MAX_KEYS_PER_BATCH,
@@ -201,7 +212,7 @@ export function adminRoutes(app: FastifyInstance, ctx: KmsContext): void {
       },
     },
     async (req, reply) => {
-      const { batch_id, login_key, keys } = req.body;
+      const { batch_id, login_key, keys, suites } = req.body;
       if (keys.length === 0 && !login_key)
         throw new KmsError('KMS_ERR_BAD_REQUEST', 'a batch needs keys or a login key');
       if (new Set(keys.map((k) => k.key_index)).size !== keys.length)
@@ -213,9 +224,9 @@ export function adminRoutes(app: FastifyInstance, ctx: KmsContext): void {
       }));
       const loginKey = login_key ? Buffer.from(login_key, 'base64') : undefined;
       try {
-        const { batch, created } = store.registerBatch(req.params.device_id, batch_id, loginKey, fill, ADMIN);
+        const { batch, created } = store.registerBatch(req.params.device_id, batch_id, loginKey, fill, ADMIN, suites);
         reply.code(created ? 201 : 200);
-        return batch;
+        return batchOut(batch);
       } finally {
         for (const k of fill) k.key.fill(0);
         loginKey?.fill(0);
@@ -228,11 +239,36 @@ export function adminRoutes(app: FastifyInstance, ctx: KmsContext): void {
       `/api/v1/admin/devices/:device_id/batches/:batch_id/${action}`,
       { schema: { params: batchParams, response: { 200: batchView, ...errorResponses } } },
       async (req) =>
-        action === 'commit'
-          ? store.commitBatch(req.params.device_id, req.params.batch_id, ADMIN)
-          : store.cancelBatch(req.params.device_id, req.params.batch_id, ADMIN),
+        batchOut(
+          action === 'commit'
+            ? store.commitBatch(req.params.device_id, req.params.batch_id, ADMIN)
+            : store.cancelBatch(req.params.device_id, req.params.batch_id, ADMIN),
+        ),
     );
   }
+
+  app.get<{ Params: { device_id: string }; Querystring: { state?: BatchRow['state'] } }>(
+    '/api/v1/admin/devices/:device_id/batches',
+    {
+      schema: {
+        params: deviceParams,
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { state: { enum: ['pending', 'committed', 'cancelled'] } },
+        },
+        response: {
+          200: { type: 'object', properties: { batches: { type: 'array', items: batchView } } },
+          ...errorResponses,
+        },
+      },
+    },
+    async (req) => {
+      if (!store.device(req.params.device_id))
+        throw new KmsError('KMS_ERR_NOT_FOUND', `device ${req.params.device_id}`);
+      return { batches: store.listBatches(req.params.device_id, req.query.state).map(batchOut) };
+    },
+  );
 
   app.get<{ Params: { device_id: string; batch_id: string } }>(
     '/api/v1/admin/devices/:device_id/batches/:batch_id',
@@ -241,7 +277,7 @@ export function adminRoutes(app: FastifyInstance, ctx: KmsContext): void {
       const b = store.batch(req.params.batch_id);
       if (!b || b.device_id !== req.params.device_id)
         throw new KmsError('KMS_ERR_NOT_FOUND', `batch ${req.params.batch_id}`);
-      return b;
+      return batchOut(b);
     },
   );
 
@@ -347,6 +383,7 @@ export function adminRoutes(app: FastifyInstance, ctx: KmsContext): void {
             type: 'object',
             properties: {
               low_water: { type: 'integer' },
+              stale_pending_seconds: { type: 'integer' },
               pools: {
                 type: 'array',
                 items: {
@@ -356,6 +393,7 @@ export function adminRoutes(app: FastifyInstance, ctx: KmsContext): void {
                     up: { type: 'integer' },
                     down: { type: 'integer' },
                     low: { type: 'boolean' },
+                    stale_pending: { type: 'integer' },
                   },
                 },
               },
@@ -367,8 +405,12 @@ export function adminRoutes(app: FastifyInstance, ctx: KmsContext): void {
     },
     async (req) => {
       const lw = ctx.config.lowWater;
-      const pools = store.allPools().map((p) => ({ ...p, low: p.up < lw || p.down < lw }));
-      return { low_water: lw, pools: req.query.low_only ? pools.filter((p) => p.low) : pools };
+      const pools = store.allPools(staleBefore()).map((p) => ({ ...p, low: p.up < lw || p.down < lw }));
+      return {
+        low_water: lw,
+        stale_pending_seconds: ctx.config.stalePendingSeconds,
+        pools: req.query.low_only ? pools.filter((p) => p.low) : pools,
+      };
     },
   );
 

@@ -107,7 +107,14 @@ export function authRoutes(app: FastifyInstance, ctx: KmsContext): void {
         loginKey.fill(0);
         if (!equalBytes(expected, Buffer.from(body.mac, 'base64')))
           return failed(body.device_id, req.ip, body.grant_type);
-        const { token, expiresIn } = issueToken(ctx, 'device', body.device_id);
+        const suites = ctx.store.device(body.device_id)?.suites;
+        const { token, expiresIn } = issueToken(
+          ctx,
+          'device',
+          body.device_id,
+          undefined,
+          suites ? (JSON.parse(suites) as number[]) : undefined,
+        );
         ctx.metrics.logins.inc({ grant: body.grant_type, result: 'ok' });
         ctx.store.audit(body.device_id, 'login', body.device_id, { grant: body.grant_type, source: req.ip });
         return { access_token: token, token_type: 'Bearer', expires_in: expiresIn };

@@ -41,7 +41,26 @@ export const deviceView = {
     },
     next_key_index: { type: 'integer' },
     low: { type: 'boolean' },
+    /** Envelope suites the chip supports, as recorded by its last fill that named them (null: not recorded). */
+    suites: { type: ['array', 'null'], items: { type: 'integer' } },
+    /** Batches registered and neither committed nor cancelled: a fill that stopped half-way. */
+    pending_batches: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: { batch_id: { type: 'string' }, created_at: { type: 'integer' }, stale: { type: 'boolean' } },
+      },
+    },
   },
+} as const;
+
+/** The envelope suites a chip can declare at a fill (docs/PROTOCOL.md §2). */
+export const suitesSchema = {
+  type: 'array',
+  minItems: 1,
+  maxItems: 2,
+  uniqueItems: true,
+  items: { enum: [1, 2] },
 } as const;
 
 export const batchView = {
@@ -55,5 +74,6 @@ export const batchView = {
     has_login_key: { type: 'boolean' },
     created_at: { type: 'integer' },
     settled_at: { type: ['integer', 'null'] },
+    suites: { type: ['array', 'null'], items: { type: 'integer' } },
   },
 } as const;

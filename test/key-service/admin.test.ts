@@ -154,7 +154,13 @@ describe('pools and audit', () => {
     await provisionDevice(t.admin, 'dev-pool', 5, 2);
     const { low_water, pools } = await t.admin.pools();
     expect(low_water).toBe(3);
-    expect(pools.find((p) => p.device_id === 'dev-pool')).toEqual({ device_id: 'dev-pool', up: 5, down: 2, low: true });
+    expect(pools.find((p) => p.device_id === 'dev-pool')).toEqual({
+      device_id: 'dev-pool',
+      up: 5,
+      down: 2,
+      low: true,
+      stale_pending: 0,
+    });
     expect((await t.admin.pools(true)).pools.every((p) => p.low)).toBe(true);
   });
 
@@ -185,5 +191,50 @@ describe('pools and audit', () => {
     const db = t.kms.context.store.db;
     expect(() => db.prepare('DELETE FROM audit').run()).toThrow(/append-only/);
     expect(() => db.prepare(`UPDATE audit SET actor = 'x'`).run()).toThrow(/append-only/);
+  });
+});
+
+describe('half-done fills and chip suites', () => {
+  it('lists pending batches, reports them stale after the bound, and forgets them once settled', async () => {
+    const s = await startTestKms({ stalePendingSeconds: 1 });
+    try {
+      await s.admin.registerDevice('dev-half');
+      const batch = (id: string, first: number) => ({
+        batch_id: id,
+        keys: [{ key_index: first, direction: 'up' as const, key: b64() }],
+      });
+      await s.admin.registerBatch('dev-half', batch('b-1', 0));
+      await s.admin.commitBatch('dev-half', 'b-1');
+      await s.admin.registerBatch('dev-half', batch('b-2', 1));
+      expect((await s.admin.batches('dev-half', 'pending')).batches.map((b) => b.batch_id)).toEqual(['b-2']);
+      expect((await s.admin.batches('dev-half')).batches.map((b) => b.batch_id)).toEqual(['b-1', 'b-2']);
+      expect((await s.admin.device('dev-half')).pending_batches).toMatchObject([{ batch_id: 'b-2', stale: false }]);
+      await new Promise((r) => setTimeout(r, 1100)); // older than the 1 s bound, whatever the machine's speed
+      expect((await s.admin.device('dev-half')).pending_batches).toMatchObject([{ batch_id: 'b-2', stale: true }]);
+      const pools = await s.admin.pools();
+      expect(pools.stale_pending_seconds).toBe(1);
+      expect(pools.pools.find((p) => p.device_id === 'dev-half')?.stale_pending).toBe(1);
+      await s.admin.cancelBatch('dev-half', 'b-2');
+      expect((await s.admin.device('dev-half')).pending_batches).toEqual([]);
+      expect((await s.admin.pools()).pools.find((p) => p.device_id === 'dev-half')?.stale_pending).toBe(0);
+      expect(await code(s.admin.batches('dev-none'))).toBe('404 KMS_ERR_NOT_FOUND');
+    } finally {
+      await s.stop();
+      removeDir(s.dataDir);
+    }
+  });
+
+  it('records the suites a fill declares when the batch is committed, and puts them in device tokens', async () => {
+    await t.admin.registerDevice('dev-ctr');
+    expect((await t.admin.device('dev-ctr')).suites).toBeNull();
+    const keys = [{ key_index: 0, direction: 'up' as const, key: b64() }];
+    await t.admin.registerBatch('dev-ctr', { batch_id: 'ctr-1', suites: [2], login_key: b64(), keys });
+    expect((await t.admin.device('dev-ctr')).suites).toBeNull(); // pending: not yet the device's
+    expect((await t.admin.commitBatch('dev-ctr', 'ctr-1')).suites).toEqual([2]);
+    expect((await t.admin.device('dev-ctr')).suites).toEqual([2]);
+    for (const bad of [[], [3], [1, 1], [1, 2, 1]]) {
+      const body = { batch_id: 'ctr-bad', suites: bad, keys: [{ key_index: 9, direction: 'up' as const, key: b64() }] };
+      expect(await code(t.admin.registerBatch('dev-ctr', body))).toBe('400 KMS_ERR_BAD_REQUEST');
+    }
   });
 });
