@@ -3,7 +3,8 @@
 import { randomFillSync } from 'node:crypto';
 import { join } from 'node:path';
 import { SecurityChip } from '../hsm-emulator/chip.js';
-import { FillingMachine } from '../hsm-emulator/filling-machine.js';
+import { sealFactoryBatch } from '../hsm-emulator/factory-batch.js';
+import { ephemeralIssuer, FillingMachine } from '../hsm-emulator/filling-machine.js';
 import { HealthTests } from '../hsm-emulator/health-tests.js';
 import { Qrng } from '../hsm-emulator/qrng.js';
 import { loadKmsConfig } from '../key-service/config.js';
@@ -100,10 +101,19 @@ try {
     pin: '1234',
     kdfIterations: 1000,
   });
-  chip.applyFill({
-    batchId: 'b',
-    keys: Array.from({ length: 64 }, (_, i) => ({ index: i, direction: 'up' as const, key: qrng.bytes(16) })),
-  });
+  chip.importBatch(
+    sealFactoryBatch(
+      {
+        deviceId: 'bench-seal',
+        batchId: 'b',
+        firstIndex: 0,
+        up: Array.from({ length: 64 }, () => qrng.bytes(16)),
+        down: [],
+      },
+      chip.status().transportKey,
+      ephemeralIssuer(),
+    ),
+  );
   chip.beginSession();
   const payload = qrng.bytes(64);
   const topic = 'devices/bench-seal/up/telemetry';

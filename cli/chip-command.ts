@@ -2,10 +2,18 @@
 import { parseArgs } from 'node:util';
 import { SecurityChip } from '../hsm-emulator/chip.js';
 import { ChipError } from '../hsm-emulator/chip-errors.js';
-import { FillError, FillingMachine } from '../hsm-emulator/filling-machine.js';
+import {
+  type FillCrashPoint,
+  FillError,
+  type FillEvent,
+  FillingMachine,
+  MAX_BATCH_KEYS,
+} from '../hsm-emulator/filling-machine.js';
+import { loadIssuerKey } from '../hsm-emulator/issuer-key.js';
 import { Qrng, QrngHealthError } from '../hsm-emulator/qrng.js';
 import { KmsClient, KmsHttpError, KmsUnreachableError } from '../key-service/client.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
+import { parseSuite, type SuiteId } from '../protocol/index.js';
 import { adminTokenFrom, DEFAULT_KMS_URL } from './admin-command.js';
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './io.js';
 import { readNewPin, readPin } from './pin.js';
@@ -13,17 +21,25 @@ import { readNewPin, readPin } from './pin.js';
 export const CHIP_USAGE = `Usage: qkey chip <command> --chip <file> [options]
 
 Commands:
-  init --device <id> [--serial <s>] [--kdf-iterations <n>]   personalise a new, empty chip file
+  init --device <id> [--serial <s>] [--kdf-iterations <n>] [--suites 1,2]
+                                      personalise a new, empty chip file; --suites 2 emulates a chip
+                                      without GHASH (SM4-CTR-HMAC-SM3 only)
   fill [--up <n>] [--down <n>] [--login-key] [--batch-id <id>] [--top-up <low>:<target>]
-                                      draw keys from the QRNG and load the chip and the key service
-                                      (all or nothing; rerun with the same --batch-id to resume)
-  status [--json]                     device, keys left per pool, sessions (never key bytes)
+                                      draw keys from the QRNG and load the chip and the key service in
+                                      batches of at most ${MAX_BATCH_KEYS} keys, all or nothing per batch; the fill
+                                      id and each batch id are printed before anything is written. If a
+                                      run stops half-way, run the same command again: it commits or
+                                      cancels the half-done batch and finishes that fill (a different
+                                      --up/--down closes it and starts the new one). --batch-id names
+                                      the fill (batches are <id>.<first key index>)
+  status [--json]                     device, keys left per pool, sessions, transport key (never key bytes)
   login                               prove the login key to the key service; prints an access token
 
   --chip <file>   the chip file
   --kms <url>     key service (default ${DEFAULT_KMS_URL}; env QKEY_KMS_URL)
   --token <t>     admin token for fill (env QKEY_ADMIN_TOKEN; default: <data>/admin-token)
-  --data <dir>    the key service's data folder, to find the admin token (default ./data)
+  --data <dir>    the key service's data folder: admin token, and the filling station's batch-signing
+                  key fill-issuer.sm2 (created on first use; default ./data)
 The PIN comes from QKEY_CHIP_PIN, or a prompt on the terminal (init asks twice).`;
 
 const OPTIONS = {
@@ -31,6 +47,7 @@ const OPTIONS = {
   device: { type: 'string' },
   serial: { type: 'string' },
   'kdf-iterations': { type: 'string' },
+  suites: { type: 'string' },
   up: { type: 'string', default: '0' },
   down: { type: 'string', default: '0' },
   'login-key': { type: 'boolean' },
@@ -47,6 +64,31 @@ function count(value: string, flag: string): number {
   if (!/^\d+$/.test(value) || Number(value) > 1_000_000)
     throw new UsageError(`--${flag} must be an integer in [0, 1000000]`);
   return Number(value);
+}
+
+function suiteList(value: string): SuiteId[] {
+  try {
+    return value.split(',').map((s) => parseSuite(s.trim()));
+  } catch {
+    throw new UsageError('--suites takes a list of suite ids, for example 1,2 or 2');
+  }
+}
+
+function describeFillEvent(e: FillEvent): string {
+  if (e.kind === 'plan')
+    return `fill ${e.fillId}: ${e.up} uplink and ${e.down} downlink keys${e.loginKey ? ' and a login key' : ''}${e.resumed ? ' (resuming an unfinished fill)' : ''}`;
+  const last = e.firstIndex + e.up + e.down - 1;
+  return `batch ${e.batchId}: ${e.up} up, ${e.down} down${e.loginKey ? ', login key' : ''}${e.up + e.down > 0 ? `, key indices ${e.firstIndex}..${last}` : ''}`;
+}
+
+/** Test hook: QKEY_TEST_FILL_CRASH=<point> kills this process with SIGKILL at that point of a fill. */
+function crashHook(point: string | undefined): { crashPoint?: (p: FillCrashPoint) => void } {
+  if (!point) return {};
+  return {
+    crashPoint: (p) => {
+      if (p === point) process.kill(process.pid, 'SIGKILL');
+    },
+  };
 }
 
 export async function runChipCommand(argv: string[], io: CliIo): Promise<number> {
@@ -71,6 +113,7 @@ export async function runChipCommand(argv: string[], io: CliIo): Promise<number>
           pin,
           ...(values.serial ? { serial: values.serial } : {}),
           ...(values['kdf-iterations'] ? { kdfIterations: count(values['kdf-iterations'], 'kdf-iterations') } : {}),
+          ...(values.suites ? { suites: suiteList(values.suites) } : {}),
         });
         chip.close();
         io.out(`chip ${path} personalised for ${values.device}`);
@@ -90,6 +133,13 @@ export async function runChipCommand(argv: string[], io: CliIo): Promise<number>
                 `downlink    ${s.downlinkKeys} keys held`,
                 `next index  ${s.nextKeyIndex}`,
                 `batches     ${s.batches}, sessions ${s.sessions}`,
+                `suites      ${s.suites.join(', ')}`,
+                `transport   ${s.transportKey}`,
+                ...(s.fill
+                  ? [
+                      `unfinished  fill ${s.fill.id}: ${s.fill.loaded.up}/${s.fill.up} up, ${s.fill.loaded.down}/${s.fill.down} down loaded (run the fill again to finish it)`,
+                    ]
+                  : []),
               ].join('\n'),
         );
         return EXIT_OK;
@@ -98,7 +148,11 @@ export async function runChipCommand(argv: string[], io: CliIo): Promise<number>
         const chip = SecurityChip.open(path, await readPin());
         try {
           const admin = new KmsClient(kmsUrl, { token: adminTokenFrom(values.token, values.data) });
-          const machine = new FillingMachine(new Qrng(), admin);
+          const machine = new FillingMachine(new Qrng(), admin, {
+            issuer: loadIssuerKey(values.data),
+            onEvent: (e) => io.out(describeFillEvent(e)),
+            ...crashHook(process.env.QKEY_TEST_FILL_CRASH),
+          });
           const progress = (done: number, total: number) => io.err(`fill ${chip.deviceId}: ${done}/${total} keys`);
           let result;
           if (values['top-up']) {
@@ -123,6 +177,10 @@ export async function runChipCommand(argv: string[], io: CliIo): Promise<number>
             });
           }
           for (const r of result.recovered) io.out(`recovered half-done batch ${r.batchId}: ${r.action}`);
+          if (result.abandoned)
+            io.out(
+              `closed unfinished fill ${result.abandoned.fillId} with the ${result.abandoned.up} up and ${result.abandoned.down} down keys it had loaded`,
+            );
           const s = chip.status();
           io.out(
             `filled ${chip.deviceId}: ${result.up} uplink and ${result.down} downlink keys${result.loginKey ? ' and a login key' : ''} ` +

@@ -10,6 +10,7 @@ import { SimulatedApp } from '../device-sim/simulated-app.js';
 import { SimulatedDevice } from '../device-sim/simulated-device.js';
 import { SecurityChip } from '../hsm-emulator/chip.js';
 import { FillingMachine } from '../hsm-emulator/filling-machine.js';
+import { loadIssuerKey } from '../hsm-emulator/issuer-key.js';
 import { Qrng } from '../hsm-emulator/qrng.js';
 import { KmsClient, KmsHttpError } from '../key-service/client.js';
 import { loadKmsConfig } from '../key-service/config.js';
@@ -109,7 +110,7 @@ export async function runDemoCommand(argv: string[], io: CliIo): Promise<number>
     // Chips: personalise and fill on the first run, top up low pools on later runs.
     const chipsDir = join(dataDir, 'chips');
     mkdirSync(chipsDir, { recursive: true, mode: 0o700 });
-    const machine = new FillingMachine(new Qrng(), admin);
+    const machine = new FillingMachine(new Qrng(), admin, { issuer: loadIssuerKey(dataDir) });
     const devices: SimulatedDevice[] = [];
     let commands = 0;
     let commandErrors = 0;

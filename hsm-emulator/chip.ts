@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import {
+  chooseSuite,
   EnvelopeKey,
   isPassthroughPayload,
   loginProof,
@@ -10,9 +11,12 @@ import {
   ReplayWindow,
   sealEnvelope,
   type SuiteId,
+  SUITE_SM4_CTR_HMAC_SM3,
   SUITE_SM4_GCM,
 } from '../protocol/index.js';
 import { ChipError } from './chip-errors.js';
+import { FactoryBatchError, inspectFactoryBatch, openFactoryBatch } from './factory-batch.js';
+import { isSm2PublicKey, type Sm2KeyPair, sm2KeyPair } from './sm2.js';
 import {
   DEFAULT_KDF_ITERATIONS,
   MAX_PIN_ATTEMPTS,
@@ -45,8 +49,25 @@ interface ChipState {
   /** The uplink key of the current session, taken out of the pool before first use. */
   current: (StoredKey & { seqReserved: number }) | null;
   nextKeyIndex: number;
-  batches: string[];
+  /** Fill batches loaded, in order, with how many keys each brought. */
+  batches: Array<{ id: string; up: number; down: number }>;
   sessions: number;
+  /** Envelope suites this chip can run (a chip without GHASH: SM4-CTR-HMAC-SM3 only). */
+  suites: SuiteId[];
+  /** SM2 transport key pair, generated inside the chip at personalisation; fill batches are sealed for it. */
+  transport: Sm2KeyPair;
+  /** The key issuer whose signature fill batches must carry (pinned at personalisation or by the first batch). */
+  issuer: string | null;
+  /** A fill started and not yet finished: a rerun of the filling machine completes it. */
+  fill: FillPlan | null;
+}
+
+/** What a fill promised to load, recorded on the chip before its first batch (docs/ARCHITECTURE.md, filling). */
+export interface FillPlan {
+  id: string;
+  up: number;
+  down: number;
+  loginKey: boolean;
 }
 
 export interface RotationPolicy {
@@ -65,12 +86,6 @@ export interface ChipOptions {
   pinCrashPoint?: () => void;
 }
 
-export interface FillBatch {
-  batchId: string;
-  loginKey?: Uint8Array;
-  keys: Array<{ index: number; direction: 'up' | 'down'; key: Uint8Array }>;
-}
-
 export interface ChipStatus {
   deviceId: string;
   serial: string | null;
@@ -81,9 +96,24 @@ export interface ChipStatus {
   batches: number;
   sessions: number;
   session: { keyIndex: number; seq: number } | null;
+  /** Envelope suite ids the chip supports. */
+  suites: SuiteId[];
+  /** The chip's SM2 transport public key (04 || x || y, hex): what fill batches are sealed for. */
+  transportKey: string;
+  /** The pinned key issuer's SM2 public key, or null before the first fill. */
+  issuer: string | null;
+  /** The fill in progress, with what its batches on this chip have loaded so far. */
+  fill: (FillPlan & { loaded: { up: number; down: number; loginKey: boolean } }) | null;
 }
 
+const ALL_SUITES: readonly SuiteId[] = [SUITE_SM4_GCM, SUITE_SM4_CTR_HMAC_SM3];
+
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
+
+function batchError(err: unknown): ChipError {
+  if (err instanceof FactoryBatchError) return new ChipError('CHIP_ERR_BATCH', err.message);
+  throw err;
+}
 const unhex = (s: string) => Uint8Array.from(Buffer.from(s, 'hex'));
 
 export class SecurityChip {
@@ -99,18 +129,32 @@ export class SecurityChip {
     private readonly options: ChipOptions,
   ) {
     this.rotation = { messages: 10_000, bytes: 16 * 1024 * 1024, ...options.rotation };
-    this.suite = options.suite ?? SUITE_SM4_GCM;
+    this.suite = options.suite ?? chooseSuite(state.suites) ?? SUITE_SM4_GCM;
     this.persist(); // a fresh file salt, and the failed-attempt count back to 0
   }
 
   /** Personalises a new, empty chip for `deviceId`, protected by `pin`. Refuses to overwrite a chip file. */
   static create(
     path: string,
-    init: { deviceId: string; serial?: string; pin: string; kdfIterations?: number },
+    init: {
+      deviceId: string;
+      serial?: string;
+      pin: string;
+      kdfIterations?: number;
+      /** Envelope suites the chip runs; default both. `[2]` emulates a chip without GHASH. */
+      suites?: readonly SuiteId[];
+      /** The key issuer's SM2 public key; default: trust the issuer of the first fill batch. */
+      issuer?: string;
+    },
     options: ChipOptions = {},
   ): SecurityChip {
     if (existsSync(path)) throw new ChipError('CHIP_ERR_EXISTS', `a chip file already exists at ${path}`);
     if (init.pin.length < 4) throw new RangeError('the PIN must have at least 4 characters');
+    const suites = [...new Set(init.suites ?? ALL_SUITES)].sort();
+    if (suites.length === 0 || suites.some((s) => !ALL_SUITES.includes(s)))
+      throw new RangeError('suites must be a non-empty subset of 1 (SM4-GCM) and 2 (SM4-CTR-HMAC-SM3)');
+    if (init.issuer !== undefined && !isSm2PublicKey(init.issuer))
+      throw new RangeError('the issuer key must be an SM2 public key: 04 || x || y in hex');
     const sealing = newSealingMaterial(init.pin, init.kdfIterations ?? DEFAULT_KDF_ITERATIONS);
     const state: ChipState = {
       v: 2,
@@ -124,6 +168,10 @@ export class SecurityChip {
       nextKeyIndex: 0,
       batches: [],
       sessions: 0,
+      suites,
+      transport: sm2KeyPair(),
+      issuer: init.issuer ?? null,
+      fill: null,
     };
     return new SecurityChip(path, state, sealing, options);
   }
@@ -179,33 +227,90 @@ export class SecurityChip {
       batches: this.state.batches.length,
       sessions: this.state.sessions,
       session: this.session ? { keyIndex: this.session.index, seq: this.session.seq } : null,
+      suites: [...this.state.suites],
+      transportKey: this.state.transport.publicKey,
+      issuer: this.state.issuer,
+      fill: this.state.fill && { ...this.state.fill, loaded: this.loadedBy(this.state.fill.id) },
     };
   }
 
   hasBatch(batchId: string): boolean {
-    return this.state.batches.includes(batchId);
+    return this.state.batches.some((b) => b.id === batchId);
   }
 
-  /** Loads a fill batch, all or nothing (one atomic file write). Idempotent by batch id. */
-  applyFill(batch: FillBatch): 'applied' | 'already-applied' {
-    if (this.hasBatch(batch.batchId)) return 'already-applied';
-    const held = new Set([...this.state.up, ...this.state.down].map((k) => k.i));
-    if (this.state.current) held.add(this.state.current.i);
-    for (const k of batch.keys) {
-      if (held.has(k.index) || k.index < this.state.nextKeyIndex) {
-        throw new ChipError('CHIP_ERR_FILL', `key index ${k.index} is already used in this chip`);
-      }
-      if (k.key.length !== 16) throw new ChipError('CHIP_ERR_FILL', 'keys must be 16 bytes');
+  /** Whether any batch of fill `fillId` is loaded. */
+  hasFill(fillId: string): boolean {
+    return this.state.batches.some((b) => b.id === fillId || b.id.startsWith(`${fillId}.`));
+  }
+
+  /** What the batches of fill `fillId` (ids `<fillId>` and `<fillId>.<n>`) have loaded into this chip. */
+  private loadedBy(fillId: string): { up: number; down: number; loginKey: boolean } {
+    const mine = this.state.batches.filter((b) => b.id === fillId || b.id.startsWith(`${fillId}.`));
+    return {
+      up: mine.reduce((n, b) => n + b.up, 0),
+      down: mine.reduce((n, b) => n + b.down, 0),
+      loginKey: this.state.loginKey !== null && mine.length > 0,
+    };
+  }
+
+  /** Records a fill's plan before its first batch, so that a rerun after a crash can finish it (one file write). */
+  beginFill(plan: FillPlan): void {
+    if (this.state.fill && this.state.fill.id !== plan.id)
+      throw new ChipError('CHIP_ERR_FILL', `fill ${this.state.fill.id} is still in progress on this chip`);
+    this.commit({ ...structuredClone(this.state), fill: { ...plan } });
+  }
+
+  /** Marks the fill in progress done (or abandoned): its loaded batches stay. */
+  endFill(): void {
+    if (this.state.fill) this.commit({ ...structuredClone(this.state), fill: null });
+  }
+
+  /**
+   * Loads a factory batch (docs/PROTOCOL.md §15), all or nothing (one atomic file write); idempotent by batch id.
+   * The batch must name this device, be sealed for this chip's transport key, carry the trusted issuer's signature
+   * and continue the chip's key indices.
+   */
+  importBatch(sealed: Uint8Array): 'applied' | 'already-applied' {
+    let info;
+    try {
+      info = inspectFactoryBatch(sealed);
+    } catch (err) {
+      throw batchError(err);
     }
-    const next = structuredClone(this.state);
-    for (const k of batch.keys) next[k.direction].push({ i: k.index, k: hex(k.key) });
-    next.up.sort((a, b) => a.i - b.i);
-    next.down.sort((a, b) => a.i - b.i);
-    if (batch.loginKey) next.loginKey = hex(batch.loginKey);
-    next.nextKeyIndex = Math.max(next.nextKeyIndex, ...batch.keys.map((k) => k.index + 1));
-    next.batches.push(batch.batchId);
-    this.commit(next);
-    return 'applied';
+    if (info.deviceId !== this.state.deviceId)
+      throw new ChipError('CHIP_ERR_BATCH', `batch is for ${info.deviceId}, not ${this.state.deviceId}`);
+    if (this.state.issuer !== null && info.issuer !== this.state.issuer)
+      throw new ChipError('CHIP_ERR_BATCH', 'batch is signed by an issuer this chip does not trust');
+    if (this.hasBatch(info.batchId)) return 'already-applied';
+    let batch;
+    try {
+      batch = openFactoryBatch(sealed, this.state.transport);
+    } catch (err) {
+      throw batchError(err);
+    }
+    try {
+      const held = new Set([...this.state.up, ...this.state.down].map((k) => k.i));
+      if (this.state.current) held.add(this.state.current.i);
+      const count = batch.up.length + batch.down.length;
+      for (let i = batch.firstIndex; i < batch.firstIndex + count; i++) {
+        if (held.has(i) || i < this.state.nextKeyIndex)
+          throw new ChipError('CHIP_ERR_FILL', `key index ${i} is already used in this chip`);
+      }
+      const next = structuredClone(this.state);
+      batch.up.forEach((k, i) => next.up.push({ i: batch.firstIndex + i, k: hex(k) }));
+      batch.down.forEach((k, i) => next.down.push({ i: batch.firstIndex + batch.up.length + i, k: hex(k) }));
+      next.up.sort((a, b) => a.i - b.i);
+      next.down.sort((a, b) => a.i - b.i);
+      if (batch.loginKey) next.loginKey = hex(batch.loginKey);
+      if (count > 0) next.nextKeyIndex = Math.max(next.nextKeyIndex, batch.firstIndex + count);
+      next.batches.push({ id: batch.batchId, up: batch.up.length, down: batch.down.length });
+      next.issuer = batch.issuer;
+      this.commit(next);
+      return 'applied';
+    } finally {
+      for (const k of [...batch.up, ...batch.down]) k.fill(0);
+      batch.loginKey?.fill(0);
+    }
   }
 
   /** HMAC-SM3 proof over a key-service challenge with the login key (docs/PROTOCOL.md §13). */
@@ -301,6 +406,7 @@ export class SecurityChip {
       topic,
       direction: 'down',
       replay: entry.replay,
+      allowedSuites: this.state.suites, // a chip opens only what it can run
     }).payload;
   }
 

@@ -1,4 +1,4 @@
-// Minimal type declarations for the parts of sm-crypto (portable SM3/SM4) that the portable backend uses.
+// Minimal type declarations for the parts of sm-crypto used here: SM3/SM4 (portable backend), SM2 (factory batches).
 declare module 'sm-crypto' {
   interface Sm4Options {
     mode?: 'cbc';
@@ -19,4 +19,27 @@ declare module 'sm-crypto' {
     ): number[];
   };
   export function sm3(input: Uint8Array | string, options?: { key: Uint8Array | string }): string;
+  export const sm2: {
+    generateKeyPairHex(a?: string, b?: number): { privateKey: string; publicKey: string };
+    verifyPublicKey(publicKey: string): boolean;
+    doEncrypt(msg: number[], publicKey: string, cipherMode: 0 | 1): string;
+    doDecrypt(data: string, privateKey: string, cipherMode: 0 | 1, options: { output: 'array' }): number[];
+    doSignature(
+      msg: number[],
+      privateKey: string,
+      options: { hash: boolean; publicKey: string; userId: string; pointPool: unknown[]; der?: boolean },
+    ): string;
+    doVerifySignature(
+      msg: number[],
+      signature: string,
+      publicKey: string,
+      options: { hash: boolean; userId: string },
+    ): boolean;
+  };
+}
+
+declare module 'jsbn' {
+  export class BigInteger {
+    constructor(value: string, radix: number);
+  }
 }

@@ -3,6 +3,8 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { SecurityChip } from '../../hsm-emulator/chip.js';
 import type { ChipOptions } from '../../hsm-emulator/chip.js';
+import { sealFactoryBatch } from '../../hsm-emulator/factory-batch.js';
+import { ephemeralIssuer } from '../../hsm-emulator/filling-machine.js';
 import { tempDir } from './kms.js';
 
 export const TEST_PIN = '246810';
@@ -23,6 +25,18 @@ export function fillLocally(chip: SecurityChip, up: number, down: number, batchI
     key: new Uint8Array(randomBytes(16)),
   }));
   const loginKey = new Uint8Array(randomBytes(16));
-  chip.applyFill({ batchId, loginKey, keys: keys.map((k) => ({ ...k, key: k.key.slice() })) });
+  const sealed = sealFactoryBatch(
+    {
+      deviceId: chip.deviceId,
+      batchId,
+      firstIndex: keys[0]?.index ?? chip.status().nextKeyIndex,
+      up: keys.filter((k) => k.direction === 'up').map((k) => k.key),
+      down: keys.filter((k) => k.direction === 'down').map((k) => k.key),
+      loginKey,
+    },
+    chip.status().transportKey,
+    ephemeralIssuer(),
+  );
+  chip.importBatch(sealed);
   return { keys: new Map(keys.map((k) => [k.index, k])), loginKey };
 }

@@ -4,6 +4,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { SecurityChip } from '../../hsm-emulator/chip.js';
+import { sealFactoryBatch } from '../../hsm-emulator/factory-batch.js';
+import { ephemeralIssuer } from '../../hsm-emulator/filling-machine.js';
 import { ChipError, type ChipErrorCode } from '../../hsm-emulator/chip-errors.js';
 import {
   EnvelopeKey,
@@ -284,10 +286,14 @@ describe('downlink, login and secrecy', () => {
   it('fills are idempotent by batch id and refuse reused indices; status and the file reveal no key', () => {
     const { chip, path } = chipFor('dev-secret');
     const { keys, loginKey } = fillLocally(chip, 2, 2, 'b1');
-    expect(chip.applyFill({ batchId: 'b1', keys: [] })).toBe('already-applied');
-    expect(
-      chipCode(() => chip.applyFill({ batchId: 'b2', keys: [{ index: 1, direction: 'up', key: new Uint8Array(16) }] })),
-    ).toBe('CHIP_ERR_FILL');
+    const again = (batchId: string, firstIndex: number) =>
+      sealFactoryBatch(
+        { deviceId: 'dev-secret', batchId, firstIndex, up: [new Uint8Array(16)], down: [] },
+        chip.status().transportKey,
+        ephemeralIssuer(),
+      );
+    expect(chip.importBatch(again('b1', 9))).toBe('already-applied');
+    expect(chipCode(() => chip.importBatch(again('b2', 1)))).toBe('CHIP_ERR_FILL');
     const status = JSON.stringify(chip.status());
     const file = readFileSync(path);
     for (const k of [loginKey, ...[...keys.values()].map((x) => x.key)]) {

@@ -91,37 +91,60 @@ describe('failures and recovery', () => {
     expect(JSON.stringify(SecurityChip.open(path, TEST_PIN).status())).toBe(before);
   });
 
-  it('machine dies after registering (chip untouched): the retry cancels that batch and fills afresh', async () => {
+  it('machine dies after registering (chip untouched): a plain rerun cancels that batch and finishes the fill', async () => {
     const { chip } = chipFor('dev-crash-1');
-    const dying = new FillingMachine(qrng, t.admin, (p) => {
-      if (p === 'after-register') throw new Error('machine died');
+    const events: string[] = [];
+    const dying = new FillingMachine(qrng, t.admin, {
+      onEvent: (e) => events.push(e.kind === 'plan' ? `plan ${e.fillId}` : `batch ${e.batchId}`),
+      crashPoint: (p) => {
+        if (p === 'after-register') throw new Error('machine died');
+      },
     });
-    await expect(dying.fill(chip, { up: 2, down: 2, batchId: 'crash-1' })).rejects.toThrow('machine died');
-    expect((await t.admin.batch('dev-crash-1', 'crash-1')).state).toBe('pending');
-    expect(chip.status().uplinkKeys).toBe(0);
-    const r = await new FillingMachine(qrng, t.admin).fill(chip, { up: 2, down: 2, batchId: 'crash-1' });
-    expect(r.recovered).toEqual([{ batchId: 'crash-1', action: 'cancelled' }]);
-    expect((await t.admin.batch('dev-crash-1', 'crash-1')).state).toBe('cancelled');
-    expect(r.batches[0]).toMatch(/^crash-1\.retry-/);
-    expect(chip.status()).toMatchObject({ uplinkKeys: 2, downlinkKeys: 2, nextKeyIndex: 8 });
-    expect((await t.admin.device('dev-crash-1')).pool).toEqual({ up: 2, down: 2 });
+    await expect(dying.fill(chip, { up: 2, down: 2 })).rejects.toThrow('machine died');
+    // The ids were announced before anything was written.
+    const fillId = events[0]!.replace('plan ', '');
+    expect(events).toEqual([`plan ${fillId}`, `batch ${fillId}.0`]);
+    expect((await t.admin.batch('dev-crash-1', `${fillId}.0`)).state).toBe('pending');
+    expect(chip.status()).toMatchObject({ uplinkKeys: 0, fill: { id: fillId, up: 2, down: 2 } });
+    const r = await new FillingMachine(qrng, t.admin).fill(chip, { up: 2, down: 2 });
+    expect(r).toMatchObject({ fillId, resumed: true, up: 2, down: 2, batches: [`${fillId}.4`] });
+    expect(r.recovered).toEqual([{ batchId: `${fillId}.0`, action: 'cancelled' }]);
+    expect((await t.admin.batch('dev-crash-1', `${fillId}.0`)).state).toBe('cancelled');
+    expect(chip.status()).toMatchObject({ uplinkKeys: 2, downlinkKeys: 2, nextKeyIndex: 8, fill: null });
+    expect(await t.admin.device('dev-crash-1')).toMatchObject({ pool: { up: 2, down: 2 }, pending_batches: [] });
   });
 
-  it('machine dies after writing the chip: the retry with the same batch id commits it', async () => {
+  it('machine dies after writing the chip: a plain rerun commits it and fills nothing more', async () => {
     const { chip } = chipFor('dev-crash-2');
     const dying = new FillingMachine(qrng, t.admin, (p) => {
       if (p === 'after-chip-write') throw new Error('machine died');
     });
     await expect(dying.fill(chip, { up: 3, down: 1, batchId: 'crash-2' })).rejects.toThrow('machine died');
-    expect(chip.hasBatch('crash-2')).toBe(true);
+    expect(chip.hasBatch('crash-2.0')).toBe(true);
     expect((await t.admin.device('dev-crash-2')).pool).toEqual({ up: 0, down: 0 });
-    const r = await new FillingMachine(qrng, t.admin).fill(chip, { up: 3, down: 1, batchId: 'crash-2' });
-    expect(r.recovered).toEqual([{ batchId: 'crash-2', action: 'committed' }]);
+    const r = await new FillingMachine(qrng, t.admin).fill(chip, { up: 3, down: 1 });
+    expect(r).toMatchObject({ fillId: 'crash-2', resumed: true, up: 0, down: 0 });
+    expect(r.recovered).toEqual([{ batchId: 'crash-2.0', action: 'committed' }]);
     expect((await t.admin.device('dev-crash-2')).pool).toEqual({ up: 3, down: 1 });
-    // Running the same batch id once more changes nothing.
+    // Running the same fill id once more changes nothing.
     const again = await new FillingMachine(qrng, t.admin).fill(chip, { up: 3, down: 1, batchId: 'crash-2' });
     expect(again).toMatchObject({ up: 0, down: 0, recovered: [] });
     expect(chip.status().uplinkKeys).toBe(3);
+  });
+
+  it('a rerun with another plan closes the unfinished fill with what it loaded, then fills the new one', async () => {
+    const { chip } = chipFor('dev-crash-3');
+    let batches = 0;
+    const dying = new FillingMachine(qrng, t.admin, (p) => {
+      if (p === 'after-commit' && ++batches === 1) throw new Error('machine died');
+    });
+    await expect(dying.fill(chip, { up: 5000, down: 0 })).rejects.toThrow('machine died');
+    expect(chip.status().fill).toMatchObject({ up: 5000, loaded: { up: 4096 } });
+    const r = await new FillingMachine(qrng, t.admin).fill(chip, { up: 1, down: 1 });
+    expect(r.abandoned).toMatchObject({ up: 4096, down: 0 });
+    expect(r).toMatchObject({ resumed: false, up: 1, down: 1 });
+    expect(chip.status()).toMatchObject({ uplinkKeys: 4097, downlinkKeys: 1, fill: null });
+    expect((await t.admin.device('dev-crash-3')).pool).toEqual({ up: 4097, down: 1 });
   });
 
   it('a login key filled by the machine works only once both sides committed', async () => {
