@@ -13,14 +13,16 @@ export const ADMIN_USAGE = `Usage: qkey admin [--kms <url>] [--token <t>] [--dat
 Commands:
   device add <id> [--serial <s>]        register a device
   device list [--after <id>] [--limit <n>]
-  device show <id>                      state, pool levels, next key index
+  device show <id>                      state, pool levels, next key index, chip suites, pending fill
+                                        batches (STALE once older than the key service's stalePendingSeconds)
   device revoke <id> [--reason <text>]  revoke: tokens stop working, unused keys are destroyed
   device keys <id>                      every key of the device and its state (never key bytes)
   app add <id> [--publish <filter>]... [--subscribe <filter>]...   prints the client secret once
   app list | app revoke <id>
   broker add <id>                       prints the client secret once
   broker list | broker revoke <id>
-  pools [--low]                         unused keys per device; --low: only devices below low-water
+  pools [--low]                         unused keys per device and fill batches pending too long;
+                                        --low: only devices below low-water
   audit [--device <id>] [--action <a>] [--after <n>] [--limit <n>]
 
   --kms <url>    key service (default ${DEFAULT_KMS_URL}; env QKEY_KMS_URL)
@@ -120,6 +122,11 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
             `login key   ${d.has_login_key ? 'filled' : 'none'}`,
             `pool        up ${d.pool.up}, down ${d.pool.down}${d.low ? '  LOW: re-fill this chip' : ''}`,
             `next index  ${d.next_key_index}`,
+            `suites      ${d.suites ? d.suites.join(', ') : 'not recorded (SM4-GCM assumed)'}`,
+            ...d.pending_batches.map(
+              (b) =>
+                `pending     batch ${b.batch_id} since ${new Date(b.created_at).toISOString()}${b.stale ? '  STALE: a fill stopped half-way; run the same qkey chip fill on this chip again to finish or cancel it' : ''}`,
+            ),
           ].join('\n'),
         );
         break;
@@ -173,7 +180,18 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
       }
       case 'pools': {
         const r = await client.pools(values.low);
-        print(r, () => `low-water ${r.low_water}\n${table(r.pools, ['device_id', 'up', 'down', 'low'])}`);
+        const stale = r.pools.filter((p) => p.stale_pending > 0);
+        print(r, () =>
+          [
+            `low-water ${r.low_water}`,
+            table(r.pools, ['device_id', 'up', 'down', 'low', 'stale_pending']),
+            ...(stale.length > 0
+              ? [
+                  `${stale.length} device(s) have fill batches pending for over ${r.stale_pending_seconds} s (a fill stopped half-way): run the same qkey chip fill on ${stale.map((p) => p.device_id).join(', ')} again`,
+                ]
+              : []),
+          ].join('\n'),
+        );
         break;
       }
       case 'audit': {

@@ -58,6 +58,10 @@ for (const point of POINTS) {
     if (point !== 'after-plan')
       expect(killed.out).toMatch(new RegExp(`^batch ${fillId!.replace(/\./g, '\\.')}\\.0: `, 'm'));
 
+    if (point === 'after-register' || point === 'after-chip-write') {
+      const show = await runQkey('admin', '--kms', sys.kms.url, '--token', 'test-admin-token', 'device', 'show', id);
+      expect(show.out).toMatch(/^pending +batch \S+\.0 since /m);
+    }
     const rerun = await fill(chipPath);
     expect(rerun.code, rerun.out).toBe(0);
     expect(rerun.out).toContain(`fill ${fillId}:`);
