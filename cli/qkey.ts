@@ -3,6 +3,7 @@ import { runAdminCommand } from './admin-command.js';
 import { runBrokerCommand } from './broker-command.js';
 import { runChipCommand } from './chip-command.js';
 import { runDemoCommand } from './demo-command.js';
+import { runDeviceCommand } from './device-command.js';
 import { runEnvelopeCommand } from './envelope-command.js';
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, processIo } from './io.js';
 import { runKmsCommand } from './kms-command.js';
@@ -15,6 +16,7 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   broker: { run: runBrokerCommand, summary: 'run the MQTT broker (Aedes + QKey plugin)' },
   admin: { run: runAdminCommand, summary: 'administer devices, apps, brokers, pools and the audit log' },
   chip: { run: runChipCommand, summary: 'personalise, fill, inspect and log in with emulated security chips' },
+  device: { run: runDeviceCommand, summary: 'act as a device with a chip file: publish one sealed message, or listen' },
   envelope: { run: runEnvelopeCommand, summary: 'seal or open a payload envelope (for firmware engineers)' },
   sim: { run: runSimCommand, summary: 'simulate devices and an application against a system; report and exit status' },
   demo: { run: runDemoCommand, summary: 'run the system with demo devices (what `npm start` runs)' },

@@ -1,0 +1,174 @@
+// `qkey device publish|listen`: a device from the command line — its chip file logs in, connects over MQTT, and
+// seals one uplink message or prints the downlink commands it opens.
+import { parseArgs } from 'node:util';
+import mqtt, { type MqttClient } from 'mqtt';
+import { SecurityChip } from '../hsm-emulator/chip.js';
+import { ChipError } from '../hsm-emulator/chip-errors.js';
+import { KmsClient, KmsHttpError, KmsUnreachableError } from '../key-service/client.js';
+import { isProtocolError } from '../protocol/index.js';
+import { DEFAULT_KMS_URL } from './admin-command.js';
+import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, parseUint, UsageError } from './io.js';
+import { readPin } from './pin.js';
+
+const DEFAULT_BROKER_URL = 'mqtt://127.0.0.1:1883';
+
+export const DEVICE_USAGE = `Usage: qkey device <command> --chip <file> [options]
+
+Commands:
+  publish --topic <t> (--message <text> | --message-hex <hex>) [--qos 0|1] [--retain]
+                          log in with the chip, connect, seal one message in the chip and publish it on
+                          devices/<id>/up/<t>; with QoS 1 (default) it exits 0 once the broker acknowledged
+                          it and 1 if the broker refused it (the broker closes the connection)
+  listen [--topic <filter>] [--count <n>] [--timeout <s>] [--hex]
+                          log in, connect, subscribe to devices/<id>/down/<filter> (default #) and print each
+                          command the chip opens as "<topic> <text>"; stops after --count commands or
+                          --timeout seconds (default: until interrupted)
+
+  --chip <file>   the chip file (the device id is the chip's)
+  --broker <url>  MQTT broker (default ${DEFAULT_BROKER_URL}; env QKEY_BROKER_URL)
+  --kms <url>     key service, for the login (default ${DEFAULT_KMS_URL}; env QKEY_KMS_URL)
+The PIN comes from QKEY_CHIP_PIN, or a prompt on the terminal. Each run is one MQTT session, so it takes a fresh
+uplink key from the chip.`;
+
+const OPTIONS = {
+  chip: { type: 'string' },
+  broker: { type: 'string' },
+  kms: { type: 'string' },
+  topic: { type: 'string' },
+  message: { type: 'string' },
+  'message-hex': { type: 'string' },
+  qos: { type: 'string', default: '1' },
+  retain: { type: 'boolean' },
+  count: { type: 'string' },
+  timeout: { type: 'string' },
+  hex: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+/** Login (challenge-response in the chip), a new chip session, then MQTT CONNECT as client id = username = device. */
+async function connect(chip: SecurityChip, kmsUrl: string, brokerUrl: string): Promise<MqttClient> {
+  const kms = new KmsClient(kmsUrl);
+  const { challenge } = await kms.challenge(chip.deviceId);
+  const mac = Buffer.from(chip.loginProof(Buffer.from(challenge, 'base64'))).toString('base64');
+  const { access_token } = await kms.deviceToken(chip.deviceId, challenge, mac);
+  chip.beginSession();
+  return mqtt.connectAsync(brokerUrl, {
+    clientId: chip.deviceId,
+    username: chip.deviceId,
+    password: access_token,
+    reconnectPeriod: 0,
+    clean: true,
+  });
+}
+
+function topicUnder(deviceId: string, direction: 'up' | 'down', suffix: string): string {
+  const prefix = `devices/${deviceId}/${direction}/`;
+  const t = suffix.startsWith(prefix) ? suffix : `${prefix}${suffix}`;
+  if (t.length === prefix.length) throw new UsageError('--topic must name something under the device topic');
+  return t;
+}
+
+/** Settles when the broker has acknowledged the publish, or fails when it closes the connection first. */
+function publishOrRefused(client: MqttClient, topic: string, payload: Buffer, qos: 0 | 1, retain: boolean) {
+  return new Promise<void>((resolve, reject) => {
+    const onClose = () => reject(new Error('the broker closed the connection: the message was refused'));
+    client.once('close', onClose);
+    client.publish(topic, payload, { qos, retain }, (err) => {
+      client.off('close', onClose);
+      if (err) reject(err);
+      else resolve();
+    });
+  });
+}
+
+export async function runDeviceCommand(argv: string[], io: CliIo): Promise<number> {
+  let action: string | undefined;
+  let chip: SecurityChip | undefined;
+  let client: MqttClient | undefined;
+  try {
+    const { values, positionals } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+    action = positionals[0];
+    if (values.help || !action) {
+      io.out(DEVICE_USAGE);
+      return values.help ? EXIT_OK : EXIT_USAGE;
+    }
+    if (action !== 'publish' && action !== 'listen') throw new UsageError(`unknown command ${JSON.stringify(action)}`);
+    if (!values.chip) throw new UsageError('missing --chip <file>');
+    const kmsUrl = values.kms ?? process.env.QKEY_KMS_URL ?? DEFAULT_KMS_URL;
+    const brokerUrl = values.broker ?? process.env.QKEY_BROKER_URL ?? DEFAULT_BROKER_URL;
+
+    if (action === 'publish') {
+      if (!values.topic) throw new UsageError('missing --topic <t>');
+      if ((values.message === undefined) === (values['message-hex'] === undefined))
+        throw new UsageError('give one of --message <text> or --message-hex <hex>');
+      const hex = values['message-hex'];
+      if (hex !== undefined && !/^([0-9a-f]{2})*$/i.test(hex)) throw new UsageError('--message-hex must be hex bytes');
+      const payload = hex !== undefined ? Buffer.from(hex, 'hex') : Buffer.from(values.message!, 'utf8');
+      const qos = parseUint(values.qos, 'qos', 1) as 0 | 1;
+      chip = SecurityChip.open(values.chip, await readPin());
+      const topic = topicUnder(chip.deviceId, 'up', values.topic);
+      client = await connect(chip, kmsUrl, brokerUrl);
+      const envelope = Buffer.from(chip.sealUplink(payload, topic));
+      await publishOrRefused(client, topic, envelope, qos, values.retain ?? false);
+      io.out(
+        `published ${payload.length} bytes on ${topic} (envelope ${envelope.length} bytes, key index ${envelope.readUInt32BE(2)})`,
+      );
+      return EXIT_OK;
+    }
+
+    const count = values.count === undefined ? Infinity : parseUint(values.count, 'count', 1_000_000);
+    const timeout = values.timeout === undefined ? undefined : parseUint(values.timeout, 'timeout', 86_400);
+    chip = SecurityChip.open(values.chip, await readPin());
+    const filter = topicUnder(chip.deviceId, 'down', values.topic ?? '#');
+    client = await connect(chip, kmsUrl, brokerUrl);
+    const c = client;
+    const opener = chip;
+    let seen = 0;
+    let stop: (code: number) => void = () => undefined;
+    const onSigint = () => stop(EXIT_OK);
+    const done = new Promise<number>((resolve) => {
+      stop = resolve;
+      const timer = timeout === undefined ? undefined : setTimeout(() => resolve(EXIT_OK), timeout * 1000);
+      c.on('message', (topic, payload) => {
+        try {
+          const plain = Buffer.from(opener.openDownlink(payload, topic));
+          io.out(`${topic} ${values.hex ? plain.toString('hex') : plain.toString('utf8')}`);
+        } catch (err) {
+          io.err(`${topic}: refused: ${(err as { code?: string }).code ?? (err as Error).message}`);
+          return;
+        }
+        if (++seen >= count) {
+          clearTimeout(timer);
+          resolve(EXIT_OK);
+        }
+      });
+      c.once('close', () => {
+        clearTimeout(timer);
+        io.err('the broker closed the connection');
+        resolve(EXIT_FAILURE);
+      });
+      process.once('SIGINT', onSigint);
+    });
+    await c.subscribeAsync(filter, { qos: 1 });
+    io.err(`listening on ${filter} as ${chip.deviceId}`);
+    const code = await done;
+    process.off('SIGINT', onSigint);
+    c.removeAllListeners('close');
+    return code;
+  } catch (err) {
+    const prefix = `qkey device${action ? ` ${action}` : ''}`;
+    if (err instanceof ChipError || err instanceof KmsHttpError || isProtocolError(err)) {
+      io.err(`${prefix}: ${(err as { code: string }).code}: ${(err as Error).message}`);
+      return EXIT_FAILURE;
+    }
+    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      io.err(`${prefix}: ${(err as Error).message} (see qkey device --help)`);
+      return EXIT_USAGE;
+    }
+    io.err(`${prefix}: ${err instanceof KmsUnreachableError ? err.message : (err as Error).message}`);
+    return EXIT_FAILURE;
+  } finally {
+    await client?.endAsync().catch(() => undefined);
+    chip?.close();
+  }
+}
