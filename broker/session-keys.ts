@@ -61,7 +61,7 @@ export class DeviceSessionKeys {
   private prefetching: Promise<void> | undefined;
   private readonly claimed: string[] = [];
   private closed = false;
-  /** The suite downlink is sealed in: one the device's chip supports (its token says which, docs/PROTOCOL.md §14). */
+  /** The suite downlink is sealed in: one the device's chip supports (its token says which, docs/PROTOCOL.md §20). */
   downlinkSuite: SuiteId = SUITE_SM4_GCM;
 
   constructor(

@@ -266,7 +266,7 @@ export class SecurityChip {
   }
 
   /**
-   * Loads a factory batch (docs/PROTOCOL.md §15), all or nothing (one atomic file write); idempotent by batch id.
+   * Loads a factory batch (docs/PROTOCOL.md §21), all or nothing (one atomic file write); idempotent by batch id.
    * The batch must name this device, be sealed for this chip's transport key, carry the trusted issuer's signature
    * and continue the chip's key indices.
    */

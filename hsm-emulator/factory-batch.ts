@@ -1,4 +1,4 @@
-// The factory key-batch format (docs/PROTOCOL.md §15): a fill batch sealed for one chip's SM2 transport key and
+// The factory key-batch format (docs/PROTOCOL.md §21): a fill batch sealed for one chip's SM2 transport key and
 // signed by the key issuer, so a filling line carries it into a secure element without seeing a key byte.
 import { randomBytes } from 'node:crypto';
 import { GcmKey, getBackend } from '../protocol/index.js';
@@ -54,7 +54,7 @@ function u16str(s: string): Buffer {
   return out;
 }
 
-/** The signed, unencrypted part: what the batch is, for whom, from whom (§15.2). Also the GCM AAD. */
+/** The signed, unencrypted part: what the batch is, for whom, from whom (§21.2). Also the GCM AAD. */
 function headerBytes(c: FactoryBatchContent, recipient: string, issuer: string): Buffer {
   const fixed = Buffer.alloc(8);
   MAGIC.copy(fixed, 0);

@@ -37,10 +37,9 @@ export function isSm2PublicKey(hex: string): boolean {
 
 /** SM2 signature (GB/T 32918.2) with SM3 and Z_A over the default ID; the nonce k comes from node:crypto. */
 export function sm2Sign(message: Uint8Array, key: Sm2KeyPair): Buffer {
-  const pointPool = Array.from({ length: 4 }, () => {
-    const kG = randomPoint();
-    return { k: new BigInteger(kG.privateKey, 16), x1: new BigInteger(kG.publicKey.slice(2, 66), 16) };
-  });
+  // One nonce point: sm-crypto draws another (from its own generator) only if r = 0 or r + k = n, probability ~2^-255.
+  const kG = randomPoint();
+  const pointPool = [{ k: new BigInteger(kG.privateKey, 16), x1: new BigInteger(kG.publicKey.slice(2, 66), 16) }];
   const signature = sm2.doSignature(Array.from(message), key.privateKey, {
     hash: true,
     publicKey: key.publicKey,

@@ -29,7 +29,7 @@ export interface SuiteKey {
 }
 
 /**
- * The suite a sender uses towards a receiver that declared `supported` (docs/PROTOCOL.md §14): SM4-GCM when the
+ * The suite a sender uses towards a receiver that declared `supported` (docs/PROTOCOL.md §20): SM4-GCM when the
  * receiver has it or declared nothing, else SM4-CTR-HMAC-SM3. Undefined when the receiver declared no known suite.
  */
 export function chooseSuite(supported: readonly number[] | undefined): SuiteId | undefined {
