@@ -149,7 +149,7 @@ export async function runChipCommand(argv: string[], io: CliIo): Promise<number>
         try {
           const admin = new KmsClient(kmsUrl, { token: adminTokenFrom(values.token, values.data) });
           const machine = new FillingMachine(new Qrng(), admin, {
-            issuer: loadIssuerKey(values.data),
+            issuer: () => loadIssuerKey(values.data),
             onEvent: (e) => io.out(describeFillEvent(e)),
             ...crashHook(process.env.QKEY_TEST_FILL_CRASH),
           });

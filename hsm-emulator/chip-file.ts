@@ -1,7 +1,7 @@
 // The security chip's sealed file: layout, whole-file integrity MAC, PIN key derivation, SM4-GCM body, atomic writes.
 import { createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { closeSync, fsyncSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { GcmKey, getBackend } from '../protocol/index.js';
 import { ChipError } from './chip-errors.js';
 
@@ -129,6 +129,7 @@ export function parseSealedFile(bytes: Buffer): SealedFile {
 }
 
 export function readSealedFile(path: string): SealedFile {
+  removeStaleTemps(path);
   let bytes: Buffer;
   try {
     bytes = readFileSync(path);
@@ -188,6 +189,31 @@ export function writeAttempts(path: string, f: SealedFile, attempts: number): vo
   const macAt = bytes.length - MAC;
   macOf(f.kdfSalt, bytes.subarray(0, macAt)).copy(bytes, macAt);
   writeAtomically(path, bytes);
+}
+
+/** Removes temp files that writers killed mid-write left beside `path` (their process is gone). */
+function removeStaleTemps(path: string): void {
+  const prefix = `${basename(path)}.tmp-`;
+  let names: string[];
+  try {
+    names = readdirSync(dirname(path)).filter((n) => n.startsWith(prefix));
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const pid = Number(name.slice(prefix.length).split('-')[0]);
+    if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid || isAlive(pid)) continue;
+    rmSync(join(dirname(path), name), { force: true });
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** Temp file, fsync, rename, fsync of the folder: a crash leaves the old file or the new one, never a mix. */

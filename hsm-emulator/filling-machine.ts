@@ -59,15 +59,15 @@ export function ephemeralIssuer(): Sm2KeyPair {
 }
 
 export interface FillingMachineOptions {
-  /** The key issuer's SM2 key pair that signs every batch; chips trust it from their first batch on. */
-  issuer?: Sm2KeyPair;
+  /** The key issuer's SM2 key pair that signs every batch (or how to load it, when first needed). */
+  issuer?: Sm2KeyPair | (() => Sm2KeyPair);
   /** Test hook: throw (or kill the process) at a point to simulate the machine dying there. */
   crashPoint?: (p: FillCrashPoint) => void;
   onEvent?: (e: FillEvent) => void;
 }
 
 export class FillingMachine {
-  private readonly issuer: Sm2KeyPair;
+  private issuerKey: Sm2KeyPair | undefined;
   private readonly options: FillingMachineOptions;
 
   constructor(
@@ -77,7 +77,11 @@ export class FillingMachine {
     options: FillingMachineOptions | ((p: FillCrashPoint) => void) = {},
   ) {
     this.options = typeof options === 'function' ? { crashPoint: options } : options;
-    this.issuer = this.options.issuer ?? ephemeralIssuer();
+  }
+
+  private get issuer(): Sm2KeyPair {
+    const given = this.options.issuer ?? ephemeralIssuer;
+    return (this.issuerKey ??= typeof given === 'function' ? given() : given);
   }
 
   /**

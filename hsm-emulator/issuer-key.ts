@@ -1,4 +1,5 @@
 // The filling station's key-issuer SM2 key pair, kept as a secret file (0600) beside the key service's data.
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { readSecretFile, writeSecretFile } from '../key-service/secrets.js';
 import { isSm2PublicKey, type Sm2KeyPair, sm2KeyPair } from './sm2.js';
@@ -8,6 +9,8 @@ export const ISSUER_KEY_FILE = 'fill-issuer.sm2';
 /** Loads `<dataDir>/fill-issuer.sm2`, creating it on first use. Chips trust this key from their first batch on. */
 export function loadIssuerKey(dataDir: string): Sm2KeyPair {
   const path = join(dataDir, ISSUER_KEY_FILE);
+  if (!existsSync(dataDir))
+    throw new Error(`no folder ${dataDir} for the batch-signing key ${ISSUER_KEY_FILE}: give --data <folder>`);
   const text = readSecretFile(path);
   if (text === undefined) {
     const key = sm2KeyPair();

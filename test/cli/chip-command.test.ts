@@ -33,6 +33,8 @@ describe('qkey chip and qkey admin', () => {
       t.url,
       '--token',
       'test-admin-token',
+      '--data',
+      dir,
       '--up',
       '6',
       '--down',

@@ -80,7 +80,9 @@ describe('stored vectors', () => {
     expect(Buffer.from(cek).toString('hex')).toBe(v.cek);
     const gcm = new GcmKey(getBackend().createBlockCipher(Buffer.from(v.cek, 'hex')));
     const plain = gcm.open(new Uint8Array(12), header, Buffer.from(v.ciphertext, 'hex'), Buffer.from(v.tag, 'hex'));
-    expect(Buffer.from(plain!).toString('hex')).toBe([...(v.login_key ? [v.login_key] : []), ...v.up, ...v.down].join(''));
+    expect(Buffer.from(plain!).toString('hex')).toBe(
+      [...(v.login_key ? [v.login_key] : []), ...v.up, ...v.down].join(''),
+    );
   });
 
   it.each(file.batches.map((v) => [v.name, v] as const))('%s: the import code opens it to the same keys', (_n, v) => {
@@ -123,7 +125,7 @@ describe('refusals', () => {
     const headerLength = v.header.length / 2;
     for (let at = 0; at < good.length; at += at < headerLength ? 1 : 5) {
       const bad = Buffer.from(good);
-      bad[at]! ^= 1 << at % 8;
+      bad[at]! ^= 1 << (at % 8);
       expect(() => refuse(bad), `flip at ${at}`).not.toThrow();
     }
   }, 120_000);
