@@ -94,6 +94,9 @@ describe('qkey chip and qkey admin', () => {
     const badAdmin = await run('admin', '--kms', t.url, '--token', 'wrong', 'device', 'list');
     expect(badAdmin).toMatchObject({ code: 1 });
     expect(badAdmin.err).toMatch(/KMS_ERR_UNAUTHORIZED/);
+    const help = await run('chip', '--help');
+    expect(help.code).toBe(0);
+    expect(help.out.replace(/\s+/g, ' ')).toMatch(/batches of at most 4096 keys, all or nothing per batch/);
     for (const argv of [
       ['chip', 'status'],
       ['chip', 'init', '--chip', join(dir, 'x.chip')],
