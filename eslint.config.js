@@ -15,5 +15,16 @@ export default tseslint.config(
       'no-console': 'off',
     },
   },
+  {
+    // The key service's clients (broker, emulators, simulator, CLI) import these: no server code, no HTTP framework,
+    // no database.
+    files: ['kms-api/**/*.ts', 'common/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        { patterns: ['**/key-service/**', 'fastify', '@fastify/*', 'better-sqlite3', 'aedes', 'mqtt'] },
+      ],
+    },
+  },
   { files: ['**/*.js'], ...tseslint.configs.disableTypeChecked },
 );

@@ -2,7 +2,7 @@
 // sealing, as Aedes hooks. Usable on any Aedes instance: createQkeyPlugin(options).attach(aedes).
 import { randomUUID } from 'node:crypto';
 import type { Aedes, AedesPublishPacket, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
-import type { KmsClient } from '../key-service/client.js';
+import type { KmsClient } from '../kms-api/client.js';
 import {
   type EnvelopeKey,
   isProtocolError,
