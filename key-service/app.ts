@@ -2,6 +2,8 @@
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import { callerGroup, refuseUngroupedRoutes } from './access.js';
+import { canonicalUrl } from './canonical-url.js';
 import { ClaimQueue } from './claims.js';
 import type { KmsConfig } from './config.js';
 import type { KmsContext } from './context.js';
@@ -14,6 +16,7 @@ import { adminRoutes } from './routes/admin.js';
 import { authRoutes } from './routes/auth.js';
 import { etsiRoutes } from './routes/etsi.js';
 import { opsRoutes } from './routes/ops.js';
+import { revocationRoutes } from './routes/revocations.js';
 import { loadAdminToken, loadSigningKey } from './secrets.js';
 import { KeyStore } from './store.js';
 
@@ -88,6 +91,9 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       ...(options.logStream ? { stream: options.logStream } : {}),
     },
     bodyLimit: config.bodyLimit,
+    // Every spelling of a route's path reaches that route (and its group's credential check), or nothing does.
+    rewriteUrl: (req) => canonicalUrl(req.url ?? '/'),
+    routerOptions: { caseSensitive: false },
     ...(config.tls ? { https: { cert: config.tls.cert, key: config.tls.key } } : {}),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
@@ -132,10 +138,21 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       );
   });
 
-  opsRoutes(app, context);
-  authRoutes(app, context);
-  etsiRoutes(app, context);
-  adminRoutes(app, context);
+  // Who may call a route is decided by the group it is registered in, never by its URL.
+  refuseUngroupedRoutes(app);
+  app.register(
+    callerGroup('public', context, (scope) => {
+      opsRoutes(scope, context);
+      authRoutes(scope, context);
+    }),
+  );
+  app.register(
+    callerGroup('broker', context, (scope) => {
+      etsiRoutes(scope, context);
+      revocationRoutes(scope, context);
+    }),
+  );
+  app.register(callerGroup('admin', context, (scope) => adminRoutes(scope, context)));
 
   let closed = false;
   return {

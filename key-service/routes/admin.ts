@@ -1,6 +1,6 @@
 // Admin API (admin bearer token): devices, fill batches, apps, brokers, pool levels and the audit log.
-import type { FastifyInstance } from 'fastify';
-import { type KmsContext, requireAdmin } from '../context.js';
+import type { RouteScope } from '../access.js';
+import type { KmsContext } from '../context.js';
 import { KmsError } from '../errors.js';
 import type { DeviceRow, FillKey } from '../store.js';
 import { base64Key128, batchView, deviceView, errorResponses, idSchema } from './schemas.js';
@@ -17,11 +17,9 @@ const batchParams = {
 } as const;
 const topicFilter = { type: 'string', minLength: 1, maxLength: 1024, pattern: '^[^\\u0000]*$' } as const;
 
-export function adminRoutes(app: FastifyInstance, ctx: KmsContext): void {
+/** Admin group. */
+export function adminRoutes(app: RouteScope, ctx: KmsContext): void {
   const { store } = ctx;
-  app.addHook('onRequest', async (req) => {
-    if (req.url.startsWith('/api/v1/admin/')) requireAdmin(ctx, req);
-  });
 
   const view = (d: DeviceRow) => {
     const pool = store.pool(d.device_id);

@@ -1,7 +1,7 @@
-// Login and token routes: device challenge-response, client credentials, public token keys, revocation feed.
-import type { FastifyInstance } from 'fastify';
+// Login and token routes: device challenge-response, client credentials, the token-signing public keys.
 import { equalBytes, loginProof } from '../../protocol/index.js';
-import { issueToken, type KmsContext, requireBroker } from '../context.js';
+import type { RouteScope } from '../access.js';
+import { issueToken, type KmsContext } from '../context.js';
 import { KmsError } from '../errors.js';
 import { errorResponses, idSchema } from './schemas.js';
 
@@ -22,7 +22,8 @@ interface ClientGrant {
   client_secret: string;
 }
 
-export function authRoutes(app: FastifyInstance, ctx: KmsContext): void {
+/** Public group: the callers are not authenticated yet. */
+export function authRoutes(app: RouteScope, ctx: KmsContext): void {
   const { limiter } = ctx;
   const limits = ctx.config.loginLimits;
 
@@ -156,47 +157,5 @@ export function authRoutes(app: FastifyInstance, ctx: KmsContext): void {
         },
       ],
     }),
-  );
-
-  app.get<{ Querystring: { after?: number; limit?: number } }>(
-    '/api/v1/revocations',
-    {
-      schema: {
-        querystring: {
-          type: 'object',
-          additionalProperties: false,
-          properties: {
-            after: { type: 'integer', minimum: 0 },
-            limit: { type: 'integer', minimum: 1, maximum: 10000 },
-          },
-        },
-        response: {
-          200: {
-            type: 'object',
-            properties: {
-              cursor: { type: 'integer' },
-              revocations: {
-                type: 'array',
-                items: {
-                  type: 'object',
-                  properties: {
-                    subject: { type: 'string' },
-                    role: { type: 'string' },
-                    revoked_at: { type: 'integer' },
-                  },
-                },
-              },
-            },
-          },
-          ...errorResponses,
-        },
-      },
-    },
-    async (req) => {
-      requireBroker(ctx, req);
-      const after = req.query.after ?? 0;
-      const rows = ctx.store.revocations(after, req.query.limit ?? 1000);
-      return { cursor: rows.length ? rows[rows.length - 1]!.id : after, revocations: rows };
-    },
   );
 }

@@ -1,7 +1,9 @@
 // ETSI GS QKD 014 key delivery for brokers: status, enc_keys (downlink), dec_keys (uplink), plus a retire extension.
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyRequest } from 'fastify';
+import type { RouteScope } from '../access.js';
+import { brokerId } from '../callers.js';
 import type { DeliveredKey } from '../claims.js';
-import { type KmsContext, requireBroker } from '../context.js';
+import type { KmsContext } from '../context.js';
 import { KmsError } from '../errors.js';
 import { errorResponses, idSchema, uuidSchema } from './schemas.js';
 
@@ -82,7 +84,8 @@ function sessionFromExtensions(
   return session;
 }
 
-export function etsiRoutes(app: FastifyInstance, ctx: KmsContext): void {
+/** Broker group. */
+export function etsiRoutes(app: RouteScope, ctx: KmsContext): void {
   const prefix = '/api/v1/keys/:SAE_ID';
 
   app.get<{ Params: SaeParams }>(
@@ -121,13 +124,12 @@ export function etsiRoutes(app: FastifyInstance, ctx: KmsContext): void {
       },
     },
     async (req) => {
-      const broker = requireBroker(ctx, req);
       const device = ctx.store.requireDevice(req.params.SAE_ID);
       const pool = ctx.store.pool(device.device_id);
       return {
         source_KME_ID: ctx.config.kmeId,
         target_KME_ID: ctx.config.kmeId,
-        master_SAE_ID: broker.sub,
+        master_SAE_ID: brokerId(req),
         slave_SAE_ID: device.device_id,
         key_size: KEY_SIZE,
         stored_key_count: pool.down,
@@ -167,7 +169,6 @@ export function etsiRoutes(app: FastifyInstance, ctx: KmsContext): void {
   }
 
   const enc = async (req: FastifyRequest<{ Params: SaeParams }>, input: EncInput) => {
-    const broker = requireBroker(ctx, req);
     const number = input.number ?? 1;
     if ((input.size ?? KEY_SIZE) !== KEY_SIZE)
       throw new KmsError('KMS_ERR_KEY_SIZE', undefined, { details: [{ size: input.size }] });
@@ -180,7 +181,7 @@ export function etsiRoutes(app: FastifyInstance, ctx: KmsContext): void {
       kind: 'enc',
       deviceId: req.params.SAE_ID,
       count: number,
-      brokerId: broker.sub,
+      brokerId: brokerId(req),
       sessionId,
     });
     return container(keys);
@@ -222,7 +223,6 @@ export function etsiRoutes(app: FastifyInstance, ctx: KmsContext): void {
   } as const;
 
   const dec = async (req: FastifyRequest<{ Params: SaeParams }>, keyIds: string[], session: string | null) => {
-    const broker = requireBroker(ctx, req);
     if (new Set(keyIds).size !== keyIds.length) throw new KmsError('KMS_ERR_BAD_REQUEST', 'duplicate key_ID');
     if (keyIds.length > ctx.config.maxKeysPerRequest)
       throw new KmsError('KMS_ERR_TOO_MANY_KEYS', `at most ${ctx.config.maxKeysPerRequest}`);
@@ -230,7 +230,7 @@ export function etsiRoutes(app: FastifyInstance, ctx: KmsContext): void {
       kind: 'dec',
       deviceId: req.params.SAE_ID,
       keyIds,
-      brokerId: broker.sub,
+      brokerId: brokerId(req),
       sessionId: session,
     });
     return container(keys);
@@ -282,13 +282,12 @@ export function etsiRoutes(app: FastifyInstance, ctx: KmsContext): void {
       },
     },
     async (req) => {
-      const broker = requireBroker(ctx, req);
       ctx.store.requireDevice(req.params.SAE_ID);
       return {
         retired: ctx.store.retireKeys(
           req.params.SAE_ID,
           req.body.key_IDs.map((k) => k.key_ID),
-          broker.sub,
+          brokerId(req),
         ),
       };
     },

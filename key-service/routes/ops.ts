@@ -1,8 +1,9 @@
 // Operational routes: liveness with a database check, and Prometheus metrics.
-import type { FastifyInstance } from 'fastify';
+import type { RouteScope } from '../access.js';
 import type { KmsContext } from '../context.js';
 
-export function opsRoutes(app: FastifyInstance, ctx: KmsContext): void {
+/** Public group. */
+export function opsRoutes(app: RouteScope, ctx: KmsContext): void {
   app.get(
     '/healthz',
     { schema: { response: { 200: { type: 'object', properties: { status: { type: 'string' } } } } } },
