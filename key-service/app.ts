@@ -1,4 +1,6 @@
 // Builds the key service (store, claim queue, routes) as a fastify app that does not listen; server.ts listens.
+import { readFileSync } from 'node:fs';
+import type { ServerOptions as HttpsServerOptions } from 'node:https';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
@@ -43,6 +45,22 @@ export interface Kms {
 export interface BuildOptions {
   /** Where logs go (default: stdout); tests pass a capture stream. */
   logStream?: Writable;
+}
+
+/** TLS server options; with a client CA, clients are asked for a certificate, which identifies a broker. */
+function httpsOptions(tls: NonNullable<KmsConfig['tls']>): HttpsServerOptions {
+  return {
+    cert: tls.cert,
+    key: tls.key,
+    ...(tls.ca
+      ? {
+          ca: readFileSync(tls.ca),
+          requestCert: true,
+          // Optional certificates are still verified: only one that chains to `ca` counts (callers.ts).
+          rejectUnauthorized: tls.requireClientCert === true,
+        }
+      : {}),
+  };
 }
 
 function errorBody(code: KmsErrorCode, message: string, details: Array<Record<string, unknown>> = []) {
@@ -94,7 +112,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     // Every spelling of a route's path reaches that route (and its group's credential check), or nothing does.
     rewriteUrl: (req) => canonicalUrl(req.url ?? '/'),
     routerOptions: { caseSensitive: false },
-    ...(config.tls ? { https: { cert: config.tls.cert, key: config.tls.key } } : {}),
+    ...(config.tls ? { https: httpsOptions(config.tls) } : {}),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
 
