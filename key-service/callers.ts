@@ -24,6 +24,19 @@ function unauthorized(detail: string): KmsError {
   return new KmsError('KMS_ERR_UNAUTHORIZED', detail);
 }
 
+/**
+ * The request's one Authorization header, if any. Node keeps only the first of several; a request carrying two
+ * is ambiguous (an intermediary may have read the other), so it is refused. [RFC 9110 §5.3, §11.6.2]
+ */
+function authorizationHeader(req: FastifyRequest): string | undefined {
+  const raw = req.raw.rawHeaders;
+  let count = 0;
+  for (let i = 0; i < raw.length; i += 2)
+    if (raw[i]!.length === 13 && raw[i]!.toLowerCase() === 'authorization') count++;
+  if (count > 1) throw unauthorized('more than one Authorization header');
+  return req.headers.authorization;
+}
+
 /** RFC 6750 §2.1: `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1). */
 function bearer(header: string | undefined): string {
   const match = header === undefined ? null : /^Bearer +(\S+) *$/i.exec(header);
@@ -94,7 +107,7 @@ function brokerFromCertificate(ctx: KmsContext, req: FastifyRequest): string | u
 /** Broker group: a broker token, a registered client certificate, or both naming the same broker. */
 export function authenticateBroker(ctx: KmsContext, req: FastifyRequest): Caller {
   const byCertificate = brokerFromCertificate(ctx, req);
-  const header = req.headers.authorization;
+  const header = authorizationHeader(req);
   if (header === undefined) {
     if (byCertificate === undefined)
       throw unauthorized('a broker token or a registered client certificate is required');
@@ -109,7 +122,7 @@ export function authenticateBroker(ctx: KmsContext, req: FastifyRequest): Caller
 
 /** Admin group: the admin bearer token, compared in constant time. */
 export function authenticateAdmin(ctx: KmsContext, req: FastifyRequest): Caller {
-  if (!secretEquals(bearer(req.headers.authorization), ctx.adminToken)) throw unauthorized('admin token required');
+  if (!secretEquals(bearer(authorizationHeader(req)), ctx.adminToken)) throw unauthorized('admin token required');
   return { role: 'admin' };
 }
 

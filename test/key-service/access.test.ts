@@ -59,10 +59,25 @@ afterAll(async () => {
 const ROLE_CREDENTIALS = ['no credential', 'a device token', 'an app token', 'a broker token', 'the admin token'];
 const RIGHT: Record<Exclude<CallerRole, 'public'>, string> = { broker: 'a broker token', admin: 'the admin token' };
 
-function send(method: string, path: string, authorization?: string): Promise<{ status: number; body: string }> {
+function send(
+  method: string,
+  path: string,
+  authorization?: string | string[],
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const req = httpRequest(
-      { ...base, agent, method, path, headers: authorization === undefined ? {} : { authorization } },
+      // Raw header list: a repeated header is sent as it is, once per value.
+      {
+        ...base,
+        agent,
+        method,
+        path,
+        headers: [
+          'host',
+          `${base.host}:${base.port}`,
+          ...[authorization ?? []].flat().flatMap((v) => ['authorization', v]),
+        ],
+      },
       (res) => {
         let body = '';
         res.setEncoding('utf8');
@@ -185,6 +200,34 @@ describe('route table', () => {
       );
       expect(r.status, `${route.method} ${route.url}`).not.toBe(401);
     }
+  });
+});
+
+describe('credentials an outsider might bend', () => {
+  it('refuses two Authorization headers, even when one of them is right', async () => {
+    for (const [url, right] of [
+      ['/api/v1/admin/devices', credentials['the admin token']!],
+      ['/api/v1/revocations', credentials['a broker token']!],
+    ] as const) {
+      for (const pair of [
+        [right, 'Bearer x'],
+        ['Bearer x', right],
+      ]) {
+        const r = await send('GET', url, pair);
+        expect(r.status, `${url} ${pair.join(' / ')}`).toBe(401);
+      }
+      expect((await send('GET', url, right)).status).toBe(200);
+    }
+  });
+
+  it('accepts the bearer scheme in any case, and nothing after the token', async () => {
+    const token = kms.context.adminToken;
+    const get = (authorization: string) =>
+      kms.app.inject({ url: '/api/v1/admin/pools', headers: { authorization } }).then((r) => r.statusCode);
+    expect(await get(`bearer ${token}`)).toBe(200);
+    expect(await get(`Bearer ${token} extra`)).toBe(401);
+    expect(await get(`Bearer${token}`)).toBe(401);
+    expect(await get(`Bearer ${token.slice(0, -1)}`)).toBe(401);
   });
 });
 
