@@ -18,7 +18,10 @@ Commands:
   device keys <id>                      every key of the device and its state (never key bytes)
   app add <id> [--publish <filter>]... [--subscribe <filter>]...   prints the client secret once
   app list | app revoke <id>
-  broker add <id>                       prints the client secret once
+  broker add <id> [--cert-fingerprint <sha256> | --cert-subject <dn>]
+                                        prints the client secret once; a TLS client certificate with this
+                                        SHA-256 fingerprint (hex, colons optional) or subject (RFC 4514, e.g.
+                                        CN=broker-1,O=Example) then identifies the broker without a token
   broker list | broker revoke <id>
   pools [--low]                         unused keys per device; --low: only devices below low-water
   audit [--device <id>] [--action <a>] [--after <n>] [--limit <n>]
@@ -42,8 +45,21 @@ const OPTIONS = {
   low: { type: 'boolean' },
   device: { type: 'string' },
   action: { type: 'string' },
+  'cert-fingerprint': { type: 'string' },
+  'cert-subject': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
+
+/** A SHA-256 fingerprint as `openssl x509 -fingerprint -sha256` prints it (AB:CD:...), from any usual spelling. */
+export function normalizeFingerprint(text: string): string {
+  const hex = text
+    .replace(/^sha256 fingerprint=/i, '')
+    .replace(/[:\s]/g, '')
+    .toUpperCase();
+  if (!/^[0-9A-F]{64}$/.test(hex))
+    throw new UsageError('--cert-fingerprint must be a SHA-256 fingerprint (64 hex digits)');
+  return hex.match(/../g)!.join(':');
+}
 
 export function adminTokenFrom(flag: string | undefined, dataDir: string): string {
   const token = flag || findAdminToken(dataDir);
@@ -51,6 +67,14 @@ export function adminTokenFrom(flag: string | undefined, dataDir: string): strin
   throw new UsageError(
     `no admin token: pass --token, set QKEY_ADMIN_TOKEN, or point --data at the key service's folder (${join(dataDir, ADMIN_TOKEN_FILE)} not found)`,
   );
+}
+
+function brokerCertificate(fingerprint: string | undefined, subject: string | undefined) {
+  if (fingerprint !== undefined && subject !== undefined)
+    throw new UsageError('give --cert-fingerprint or --cert-subject, not both');
+  if (fingerprint !== undefined) return { cert_fingerprint: normalizeFingerprint(fingerprint) };
+  if (subject !== undefined) return { cert_subject: subject };
+  return undefined;
 }
 
 function need(positionals: string[], i: number, what: string): string {
@@ -149,7 +173,7 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
                 ...(values.publish ? { publish: values.publish } : {}),
                 ...(values.subscribe ? { subscribe: values.subscribe } : {}),
               })
-            : await client.registerBroker(id);
+            : await client.registerBroker(id, brokerCertificate(values['cert-fingerprint'], values['cert-subject']));
         print(r, () => `registered ${role} ${id}\nclient secret (shown once, store it now): ${r.client_secret}`);
         break;
       }
@@ -159,7 +183,9 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
         print(r, () =>
           table(
             r.map((c) => ({ ...c, publish: c.acl?.publish.join(','), subscribe: c.acl?.subscribe.join(',') })),
-            ['client_id', 'state', 'publish', 'subscribe'],
+            resource === 'app'
+              ? ['client_id', 'state', 'publish', 'subscribe']
+              : ['client_id', 'state', 'cert_fingerprint', 'cert_subject'],
           ),
         );
         break;
