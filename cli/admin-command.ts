@@ -1,9 +1,9 @@
 // `qkey admin ...`: the administrator's commands over the key service's admin API.
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { KmsClient, KmsHttpError, KmsUnreachableError } from '../key-service/client.js';
+import { KmsClient, KmsHttpError, KmsUnreachableError } from '../kms-api/client.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
-import { ADMIN_TOKEN_FILE, findAdminToken } from '../key-service/secrets.js';
+import { ADMIN_TOKEN_FILE, findAdminToken } from '../common/admin-token.js';
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './io.js';
 
 export const DEFAULT_KMS_URL = `http://127.0.0.1:${KMS_DEFAULTS.port}`;
@@ -19,7 +19,10 @@ Commands:
   device keys <id>                      every key of the device and its state (never key bytes)
   app add <id> [--publish <filter>]... [--subscribe <filter>]...   prints the client secret once
   app list | app revoke <id>
-  broker add <id>                       prints the client secret once
+  broker add <id> [--cert-fingerprint <sha256> | --cert-subject <dn>]
+                                        prints the client secret once; a TLS client certificate with this
+                                        SHA-256 fingerprint (hex, colons optional) or subject (RFC 4514, e.g.
+                                        CN=broker-1,O=Example) then identifies the broker without a token
   broker list | broker revoke <id>
   pools [--low]                         unused keys per device and fill batches pending too long;
                                         --low: only devices below low-water
@@ -44,8 +47,21 @@ const OPTIONS = {
   low: { type: 'boolean' },
   device: { type: 'string' },
   action: { type: 'string' },
+  'cert-fingerprint': { type: 'string' },
+  'cert-subject': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
+
+/** A SHA-256 fingerprint as `openssl x509 -fingerprint -sha256` prints it (AB:CD:...), from any usual spelling. */
+export function normalizeFingerprint(text: string): string {
+  const hex = text
+    .replace(/^sha256 fingerprint=/i, '')
+    .replace(/[:\s]/g, '')
+    .toUpperCase();
+  if (!/^[0-9A-F]{64}$/.test(hex))
+    throw new UsageError('--cert-fingerprint must be a SHA-256 fingerprint (64 hex digits)');
+  return hex.match(/../g)!.join(':');
+}
 
 export function adminTokenFrom(flag: string | undefined, dataDir: string): string {
   const token = flag || findAdminToken(dataDir);
@@ -53,6 +69,14 @@ export function adminTokenFrom(flag: string | undefined, dataDir: string): strin
   throw new UsageError(
     `no admin token: pass --token, set QKEY_ADMIN_TOKEN, or point --data at the key service's folder (${join(dataDir, ADMIN_TOKEN_FILE)} not found)`,
   );
+}
+
+function brokerCertificate(fingerprint: string | undefined, subject: string | undefined) {
+  if (fingerprint !== undefined && subject !== undefined)
+    throw new UsageError('give --cert-fingerprint or --cert-subject, not both');
+  if (fingerprint !== undefined) return { cert_fingerprint: normalizeFingerprint(fingerprint) };
+  if (subject !== undefined) return { cert_subject: subject };
+  return undefined;
 }
 
 function need(positionals: string[], i: number, what: string): string {
@@ -156,7 +180,7 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
                 ...(values.publish ? { publish: values.publish } : {}),
                 ...(values.subscribe ? { subscribe: values.subscribe } : {}),
               })
-            : await client.registerBroker(id);
+            : await client.registerBroker(id, brokerCertificate(values['cert-fingerprint'], values['cert-subject']));
         print(r, () => `registered ${role} ${id}\nclient secret (shown once, store it now): ${r.client_secret}`);
         break;
       }
@@ -166,7 +190,9 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
         print(r, () =>
           table(
             r.map((c) => ({ ...c, publish: c.acl?.publish.join(','), subscribe: c.acl?.subscribe.join(',') })),
-            ['client_id', 'state', 'publish', 'subscribe'],
+            resource === 'app'
+              ? ['client_id', 'state', 'publish', 'subscribe']
+              : ['client_id', 'state', 'cert_fingerprint', 'cert_subject'],
           ),
         );
         break;

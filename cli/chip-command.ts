@@ -11,7 +11,7 @@ import {
 } from '../hsm-emulator/filling-machine.js';
 import { loadIssuerKey } from '../hsm-emulator/issuer-key.js';
 import { Qrng, QrngHealthError } from '../hsm-emulator/qrng.js';
-import { KmsClient, KmsHttpError, KmsUnreachableError } from '../key-service/client.js';
+import { KmsClient, KmsHttpError, KmsUnreachableError } from '../kms-api/client.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
 import { parseSuite, type SuiteId } from '../protocol/index.js';
 import { adminTokenFrom, DEFAULT_KMS_URL } from './admin-command.js';

@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
 import { SecurityChip } from '../hsm-emulator/chip.js';
 import { ChipError } from '../hsm-emulator/chip-errors.js';
-import { KmsClient, KmsHttpError, KmsUnreachableError } from '../key-service/client.js';
+import { KmsClient, KmsHttpError, KmsUnreachableError } from '../kms-api/client.js';
 import { isProtocolError } from '../protocol/index.js';
 import { DEFAULT_KMS_URL } from './admin-command.js';
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, parseUint, UsageError } from './io.js';

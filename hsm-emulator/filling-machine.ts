@@ -1,7 +1,7 @@
 // The key filling machine: draws keys from the QRNG and loads one chip and the key service with the same batches,
 // all or nothing per batch (register pending -> load the sealed batch into the chip -> commit), resuming by itself.
 import { randomBytes } from 'node:crypto';
-import { type KmsClient, KmsHttpError } from '../key-service/client.js';
+import { type KmsClient, KmsHttpError } from '../kms-api/client.js';
 import type { FillPlan, SecurityChip } from './chip.js';
 import { ChipError } from './chip-errors.js';
 import { MAX_BATCH_KEYS, sealFactoryBatch } from './factory-batch.js';

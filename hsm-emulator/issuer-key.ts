@@ -1,7 +1,7 @@
 // The filling station's key-issuer SM2 key pair, kept as a secret file (0600) beside the key service's data.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { readSecretFile, writeSecretFile } from '../key-service/secrets.js';
+import { readSecretFile, writeSecretFile } from '../common/secret-file.js';
 import { isSm2PublicKey, type Sm2KeyPair, sm2KeyPair } from './sm2.js';
 
 export const ISSUER_KEY_FILE = 'fill-issuer.sm2';

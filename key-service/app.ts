@@ -1,7 +1,11 @@
 // Builds the key service (store, claim queue, routes) as a fastify app that does not listen; server.ts listens.
+import { readFileSync } from 'node:fs';
+import type { ServerOptions as HttpsServerOptions } from 'node:https';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import { callerGroup, refuseUngroupedRoutes } from './access.js';
+import { canonicalUrl } from './canonical-url.js';
 import { ClaimQueue } from './claims.js';
 import type { KmsConfig } from './config.js';
 import type { KmsContext } from './context.js';
@@ -14,6 +18,7 @@ import { adminRoutes } from './routes/admin.js';
 import { authRoutes } from './routes/auth.js';
 import { etsiRoutes } from './routes/etsi.js';
 import { opsRoutes } from './routes/ops.js';
+import { revocationRoutes } from './routes/revocations.js';
 import { loadAdminToken, loadSigningKey } from './secrets.js';
 import { KeyStore } from './store.js';
 
@@ -40,6 +45,22 @@ export interface Kms {
 export interface BuildOptions {
   /** Where logs go (default: stdout); tests pass a capture stream. */
   logStream?: Writable;
+}
+
+/** TLS server options; with a client CA, clients are asked for a certificate, which identifies a broker. */
+function httpsOptions(tls: NonNullable<KmsConfig['tls']>): HttpsServerOptions {
+  return {
+    cert: tls.cert,
+    key: tls.key,
+    ...(tls.ca
+      ? {
+          ca: readFileSync(tls.ca),
+          requestCert: true,
+          // Optional certificates are still verified: only one that chains to `ca` counts (callers.ts).
+          rejectUnauthorized: tls.requireClientCert === true,
+        }
+      : {}),
+  };
 }
 
 function errorBody(code: KmsErrorCode, message: string, details: Array<Record<string, unknown>> = []) {
@@ -88,7 +109,10 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       ...(options.logStream ? { stream: options.logStream } : {}),
     },
     bodyLimit: config.bodyLimit,
-    ...(config.tls ? { https: { cert: config.tls.cert, key: config.tls.key } } : {}),
+    // Every spelling of a route's path reaches that route (and its group's credential check), or nothing does.
+    rewriteUrl: (req) => canonicalUrl(req.url ?? '/'),
+    routerOptions: { caseSensitive: false },
+    ...(config.tls ? { https: httpsOptions(config.tls) } : {}),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
 
@@ -132,10 +156,21 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       );
   });
 
-  opsRoutes(app, context);
-  authRoutes(app, context);
-  etsiRoutes(app, context);
-  adminRoutes(app, context);
+  // Who may call a route is decided by the group it is registered in, never by its URL.
+  refuseUngroupedRoutes(app);
+  app.register(
+    callerGroup('public', context, (scope) => {
+      opsRoutes(scope, context);
+      authRoutes(scope, context);
+    }),
+  );
+  app.register(
+    callerGroup('broker', context, (scope) => {
+      etsiRoutes(scope, context);
+      revocationRoutes(scope, context);
+    }),
+  );
+  app.register(callerGroup('admin', context, (scope) => adminRoutes(scope, context)));
 
   let closed = false;
   return {

@@ -32,7 +32,14 @@ export interface KmsConfig {
   /** Admin bearer token; when absent one is created in `<dataDir>/admin-token`. */
   adminToken?: string;
   /** TLS certificate and key files (PEM); plain HTTP when absent. */
-  tls?: { cert: string; key: string };
+  tls?: {
+    cert: string;
+    key: string;
+    /** CA certificates (PEM file) that issue client certificates: clients are asked for one (ETSI GS QKD 014). */
+    ca?: string;
+    /** Refuse, at the TLS handshake, every client without a certificate from `ca` (default: certificates optional). */
+    requireClientCert?: boolean;
+  };
 }
 
 export const KMS_DEFAULTS: Readonly<KmsConfig> = Object.freeze({
@@ -90,6 +97,7 @@ function check(c: KmsConfig): KmsConfig {
   for (const [role, ttl] of Object.entries(c.tokenTtl)) int(ttl, `tokenTtl.${role}`, 10, 86_400 * 30);
   for (const [k, v] of Object.entries(c.loginLimits)) int(v, `loginLimits.${k}`, 1, 1_000_000);
   if (typeof c.dataDir !== 'string' || c.dataDir === '') throw new Error('config: dataDir must be a path');
+  if (c.tls?.requireClientCert && !c.tls.ca) throw new Error('config: tls.requireClientCert needs tls.ca');
   return c;
 }
 

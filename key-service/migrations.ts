@@ -92,7 +92,15 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX keys_fresh ON keys (device_id, direction, key_index) WHERE state = 'filled';
   CREATE INDEX keys_device ON keys (device_id, key_index);
   `,
-  // 3: the envelope suites a device's chip supports (JSON array of suite ids), recorded by each fill batch and
+  // 3: a broker may be identified by its TLS client certificate (ETSI GS QKD 014 SAE authentication): by the
+  // certificate's SHA-256 fingerprint or by its subject. Each identifies at most one client.
+  `
+  ALTER TABLE clients ADD COLUMN cert_fingerprint TEXT;
+  ALTER TABLE clients ADD COLUMN cert_subject TEXT;
+  CREATE UNIQUE INDEX clients_cert_fingerprint ON clients (cert_fingerprint) WHERE cert_fingerprint IS NOT NULL;
+  CREATE UNIQUE INDEX clients_cert_subject ON clients (cert_subject) WHERE cert_subject IS NOT NULL;
+  `,
+  // 4: the envelope suites a device's chip supports (JSON array of suite ids), recorded by each fill batch and
   // adopted by the device when the batch is committed.
   `
   ALTER TABLE batches ADD COLUMN suites TEXT;

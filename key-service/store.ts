@@ -56,6 +56,14 @@ export interface ClientRow {
   state: 'active' | 'revoked';
   created_at: number;
   revoked_at: number | null;
+  cert_fingerprint: string | null;
+  cert_subject: string | null;
+}
+
+/** How a client's TLS certificate identifies it: SHA-256 fingerprint (AB:CD:...) and/or subject (RFC 4514). */
+export interface ClientCertificate {
+  fingerprint?: string;
+  subject?: string;
 }
 
 export interface AuditRow {
@@ -166,13 +174,19 @@ export class KeyStore {
       insertRevocation: p(`INSERT INTO revocations (subject, role, revoked_at) VALUES (?, ?, ?)`),
       revocations: p(`SELECT id, subject, role, revoked_at FROM revocations WHERE id > ? ORDER BY id LIMIT ?`),
       insertClient: p(
-        `INSERT INTO clients (client_id, role, secret_hash, secret_salt, acl, state, created_at) VALUES (?, ?, ?, ?, ?, 'active', ?)`,
+        `INSERT INTO clients (client_id, role, secret_hash, secret_salt, acl, state, created_at, cert_fingerprint, cert_subject)
+         VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?)`,
       ),
       getClient: p(
-        `SELECT client_id, role, secret_hash, secret_salt, acl, state, created_at, revoked_at FROM clients WHERE client_id = ?`,
+        `SELECT client_id, role, secret_hash, secret_salt, acl, state, created_at, revoked_at, cert_fingerprint, cert_subject
+         FROM clients WHERE client_id = ?`,
       ),
       listClients: p(
-        `SELECT client_id, role, acl, state, created_at, revoked_at FROM clients WHERE role = ? ORDER BY client_id`,
+        `SELECT client_id, role, acl, state, created_at, revoked_at, cert_fingerprint, cert_subject
+         FROM clients WHERE role = ? ORDER BY client_id`,
+      ),
+      clientsByCertificate: p(
+        `SELECT client_id FROM clients WHERE role = ? AND state = 'active' AND (cert_fingerprint = ? OR cert_subject = ?)`,
       ),
       revokeClient: p(`UPDATE clients SET state = 'revoked', revoked_at = ? WHERE client_id = ? AND state = 'active'`),
     };
@@ -436,20 +450,41 @@ export class KeyStore {
 
   // --- clients (apps and brokers) --------------------------------------------------------------------------
 
-  registerClient(clientId: string, role: 'app' | 'broker', acl: object | null, actor: string): string {
+  registerClient(
+    clientId: string,
+    role: 'app' | 'broker',
+    acl: object | null,
+    actor: string,
+    cert: ClientCertificate = {},
+  ): string {
     const secret = randomBytes(24).toString('base64url');
     const salt = randomBytes(16);
     const hash = scryptSync(secret, salt, 32, SCRYPT);
+    const fingerprint = cert.fingerprint ?? null;
+    const subject = cert.subject ?? null;
     this.db.transaction(() => {
       try {
-        this.s.insertClient!.run(clientId, role, hash, salt, acl ? JSON.stringify(acl) : null, Date.now());
+        const aclText = acl ? JSON.stringify(acl) : null;
+        this.s.insertClient!.run(clientId, role, hash, salt, aclText, Date.now(), fingerprint, subject);
       } catch (err) {
-        if (isSqliteConstraint(err)) throw new KmsError('KMS_ERR_CONFLICT', `${role} ${clientId} already exists`);
+        if (isSqliteConstraint(err))
+          throw new KmsError('KMS_ERR_CONFLICT', `${role} ${clientId} or its certificate is already registered`);
         throw err;
       }
-      this.audit(actor, `${role}.register`, null, { client_id: clientId });
+      this.audit(actor, `${role}.register`, null, {
+        client_id: clientId,
+        ...(fingerprint ? { cert_fingerprint: fingerprint } : {}),
+        ...(subject ? { cert_subject: subject } : {}),
+      });
     })();
     return secret;
+  }
+
+  /** The active clients of `role` that a certificate with this fingerprint and subject identifies. */
+  clientsByCertificate(role: 'app' | 'broker', fingerprint: string, subject: string): string[] {
+    return (this.s.clientsByCertificate!.all(role, fingerprint, subject) as Array<{ client_id: string }>).map(
+      (r) => r.client_id,
+    );
   }
 
   /** Checks client credentials (scrypt, off the event loop); undefined when they do not match an active client. */

@@ -1,28 +1,12 @@
-// Login and token routes: device challenge-response, client credentials, public token keys, revocation feed.
-import type { FastifyInstance } from 'fastify';
+// Login and token routes: device challenge-response, client credentials, the token-signing public keys.
+import * as wire from '../../kms-api/auth-schemas.js';
 import { equalBytes, loginProof } from '../../protocol/index.js';
-import { issueToken, type KmsContext, requireBroker } from '../context.js';
+import type { RouteScope } from '../access.js';
+import { issueToken, type KmsContext } from '../context.js';
 import { KmsError } from '../errors.js';
-import { errorResponses, idSchema } from './schemas.js';
 
-const tokenResponse = {
-  type: 'object',
-  properties: { access_token: { type: 'string' }, token_type: { type: 'string' }, expires_in: { type: 'integer' } },
-} as const;
-
-interface DeviceGrant {
-  grant_type: 'device_challenge';
-  device_id: string;
-  challenge: string;
-  mac: string;
-}
-interface ClientGrant {
-  grant_type: 'client_credentials';
-  client_id: string;
-  client_secret: string;
-}
-
-export function authRoutes(app: FastifyInstance, ctx: KmsContext): void {
+/** Public group: the callers are not authenticated yet. */
+export function authRoutes(app: RouteScope, ctx: KmsContext): void {
   const { limiter } = ctx;
   const limits = ctx.config.loginLimits;
 
@@ -39,171 +23,58 @@ export function authRoutes(app: FastifyInstance, ctx: KmsContext): void {
     throw new KmsError('KMS_ERR_LOGIN_FAILED');
   };
 
-  app.post<{ Body: { device_id: string } }>(
-    '/api/v1/auth/challenge',
-    {
-      schema: {
-        body: {
-          type: 'object',
-          required: ['device_id'],
-          additionalProperties: false,
-          properties: { device_id: idSchema },
-        },
-        response: {
-          200: { type: 'object', properties: { challenge: { type: 'string' }, expires_in: { type: 'integer' } } },
-          ...errorResponses,
-        },
-      },
-    },
-    async (req) => {
-      checkLimits(req.body.device_id, req.ip);
-      // Issued for any id, so the response does not tell which devices exist.
-      const { challenge } = ctx.challenges.issue(req.body.device_id);
-      return { challenge: challenge.toString('base64'), expires_in: ctx.config.challengeTtl };
-    },
-  );
+  app.post('/api/v1/auth/challenge', { schema: wire.challengeRoute }, async (req) => {
+    checkLimits(req.body.device_id, req.ip);
+    // Issued for any id, so the response does not tell which devices exist.
+    const { challenge } = ctx.challenges.issue(req.body.device_id);
+    return { challenge: challenge.toString('base64'), expires_in: ctx.config.challengeTtl };
+  });
 
-  app.post<{ Body: DeviceGrant | ClientGrant }>(
-    '/api/v1/auth/token',
-    {
-      schema: {
-        body: {
-          oneOf: [
-            {
-              type: 'object',
-              required: ['grant_type', 'device_id', 'challenge', 'mac'],
-              additionalProperties: false,
-              properties: {
-                grant_type: { const: 'device_challenge' },
-                device_id: idSchema,
-                challenge: { type: 'string', pattern: '^[A-Za-z0-9+/]{43}=$' },
-                mac: { type: 'string', pattern: '^[A-Za-z0-9+/]{43}=$' },
-              },
-            },
-            {
-              type: 'object',
-              required: ['grant_type', 'client_id', 'client_secret'],
-              additionalProperties: false,
-              properties: {
-                grant_type: { const: 'client_credentials' },
-                client_id: idSchema,
-                client_secret: { type: 'string', minLength: 1, maxLength: 256 },
-              },
-            },
-          ],
-        },
-        response: { 200: tokenResponse, ...errorResponses },
-      },
-    },
-    async (req) => {
-      const body = req.body;
-      if (body.grant_type === 'device_challenge') {
-        checkLimits(body.device_id, req.ip);
-        // The challenge is consumed whatever the outcome: each one gets a single try.
-        const fresh = ctx.challenges.take(body.device_id, body.challenge);
-        const loginKey = fresh ? ctx.store.loginKey(body.device_id) : undefined;
-        if (!loginKey) return failed(body.device_id, req.ip, body.grant_type);
-        const expected = loginProof(loginKey, body.device_id, Buffer.from(body.challenge, 'base64'));
-        loginKey.fill(0);
-        if (!equalBytes(expected, Buffer.from(body.mac, 'base64')))
-          return failed(body.device_id, req.ip, body.grant_type);
-        const suites = ctx.store.device(body.device_id)?.suites;
-        const { token, expiresIn } = issueToken(
-          ctx,
-          'device',
-          body.device_id,
-          undefined,
-          suites ? (JSON.parse(suites) as number[]) : undefined,
-        );
-        ctx.metrics.logins.inc({ grant: body.grant_type, result: 'ok' });
-        ctx.store.audit(body.device_id, 'login', body.device_id, { grant: body.grant_type, source: req.ip });
-        return { access_token: token, token_type: 'Bearer', expires_in: expiresIn };
-      }
-      checkLimits(body.client_id, req.ip);
-      const client = await ctx.store.verifyClient(body.client_id, body.client_secret);
-      if (!client) return failed(body.client_id, req.ip, body.grant_type);
+  app.post('/api/v1/auth/token', { schema: wire.tokenRoute }, async (req) => {
+    const body = req.body;
+    if (body.grant_type === 'device_challenge') {
+      checkLimits(body.device_id, req.ip);
+      // The challenge is consumed whatever the outcome: each one gets a single try.
+      const fresh = ctx.challenges.take(body.device_id, body.challenge);
+      const loginKey = fresh ? ctx.store.loginKey(body.device_id) : undefined;
+      if (!loginKey) return failed(body.device_id, req.ip, body.grant_type);
+      const expected = loginProof(loginKey, body.device_id, Buffer.from(body.challenge, 'base64'));
+      loginKey.fill(0);
+      if (!equalBytes(expected, Buffer.from(body.mac, 'base64')))
+        return failed(body.device_id, req.ip, body.grant_type);
+      const suites = ctx.store.device(body.device_id)?.suites;
       const { token, expiresIn } = issueToken(
         ctx,
-        client.role,
-        client.client_id,
-        client.acl ? JSON.parse(client.acl) : undefined,
+        'device',
+        body.device_id,
+        undefined,
+        suites ? (JSON.parse(suites) as number[]) : undefined,
       );
       ctx.metrics.logins.inc({ grant: body.grant_type, result: 'ok' });
-      ctx.store.audit(client.client_id, 'login', null, { grant: body.grant_type, role: client.role, source: req.ip });
-      return { access_token: token, token_type: 'Bearer', expires_in: expiresIn };
-    },
-  );
+      ctx.store.audit(body.device_id, 'login', body.device_id, { grant: body.grant_type, source: req.ip });
+      return { access_token: token, token_type: 'Bearer' as const, expires_in: expiresIn };
+    }
+    checkLimits(body.client_id, req.ip);
+    const client = await ctx.store.verifyClient(body.client_id, body.client_secret);
+    if (!client) return failed(body.client_id, req.ip, body.grant_type);
+    const { token, expiresIn } = issueToken(
+      ctx,
+      client.role,
+      client.client_id,
+      client.acl ? JSON.parse(client.acl) : undefined,
+    );
+    ctx.metrics.logins.inc({ grant: body.grant_type, result: 'ok' });
+    ctx.store.audit(client.client_id, 'login', null, { grant: body.grant_type, role: client.role, source: req.ip });
+    return { access_token: token, token_type: 'Bearer' as const, expires_in: expiresIn };
+  });
 
-  app.get(
-    '/api/v1/auth/keys',
-    {
-      schema: {
-        response: {
-          200: {
-            type: 'object',
-            properties: {
-              keys: {
-                type: 'array',
-                items: {
-                  type: 'object',
-                  properties: { kid: { type: 'string' }, alg: { type: 'string' }, public_key: { type: 'string' } },
-                },
-              },
-            },
-          },
-        },
+  app.get('/api/v1/auth/keys', { schema: wire.tokenKeysRoute }, async () => ({
+    keys: [
+      {
+        kid: ctx.signing.kid,
+        alg: 'Ed25519' as const,
+        public_key: ctx.signing.publicKey.export({ format: 'der', type: 'spki' }).toString('base64'),
       },
-    },
-    async () => ({
-      keys: [
-        {
-          kid: ctx.signing.kid,
-          alg: 'Ed25519',
-          public_key: ctx.signing.publicKey.export({ format: 'der', type: 'spki' }).toString('base64'),
-        },
-      ],
-    }),
-  );
-
-  app.get<{ Querystring: { after?: number; limit?: number } }>(
-    '/api/v1/revocations',
-    {
-      schema: {
-        querystring: {
-          type: 'object',
-          additionalProperties: false,
-          properties: {
-            after: { type: 'integer', minimum: 0 },
-            limit: { type: 'integer', minimum: 1, maximum: 10000 },
-          },
-        },
-        response: {
-          200: {
-            type: 'object',
-            properties: {
-              cursor: { type: 'integer' },
-              revocations: {
-                type: 'array',
-                items: {
-                  type: 'object',
-                  properties: {
-                    subject: { type: 'string' },
-                    role: { type: 'string' },
-                    revoked_at: { type: 'integer' },
-                  },
-                },
-              },
-            },
-          },
-          ...errorResponses,
-        },
-      },
-    },
-    async (req) => {
-      requireBroker(ctx, req);
-      const after = req.query.after ?? 0;
-      const rows = ctx.store.revocations(after, req.query.limit ?? 1000);
-      return { cursor: rows.length ? rows[rows.length - 1]!.id : after, revocations: rows };
-    },
-  );
+    ],
+  }));
 }

@@ -1,16 +1,14 @@
 // Operational routes: liveness with a database check, and Prometheus metrics.
-import type { FastifyInstance } from 'fastify';
+import { healthRoute } from '../../kms-api/common-schemas.js';
+import type { RouteScope } from '../access.js';
 import type { KmsContext } from '../context.js';
 
-export function opsRoutes(app: FastifyInstance, ctx: KmsContext): void {
-  app.get(
-    '/healthz',
-    { schema: { response: { 200: { type: 'object', properties: { status: { type: 'string' } } } } } },
-    async () => {
-      ctx.store.db.prepare('SELECT 1').get();
-      return { status: 'ok' };
-    },
-  );
+/** Public group. */
+export function opsRoutes(app: RouteScope, ctx: KmsContext): void {
+  app.get('/healthz', { schema: healthRoute }, async () => {
+    ctx.store.db.prepare('SELECT 1').get();
+    return { status: 'ok' as const };
+  });
   app.get('/metrics', async (_req, reply) => {
     reply.type(ctx.metrics.registry.contentType);
     return ctx.metrics.registry.metrics();

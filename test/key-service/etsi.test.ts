@@ -1,6 +1,6 @@
 // ETSI GS QKD 014 key delivery: field names, at-most-once claims, races, errors (400/401/503) and group commit.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KmsHttpError, type KmsClient } from '../../key-service/client.js';
+import { KmsHttpError, type KmsClient } from '../../kms-api/client.js';
 import { keyIdFor } from '../../protocol/index.js';
 import {
   brokerClient,
@@ -157,7 +157,7 @@ describe('errors', () => {
       ],
       [() => broker.request('POST', '/api/v1/keys/dev-auth/dec_keys', {}), 'KMS_ERR_BAD_REQUEST'],
       [
-        () => broker.request('POST', '/api/v1/keys/bad%2Fid/dec_keys', { key_IDs: [{ key_ID: keyIdFor('x', 1) }] }),
+        () => broker.request('POST', '/api/v1/keys/bad%20id/dec_keys', { key_IDs: [{ key_ID: keyIdFor('x', 1) }] }),
         'KMS_ERR_BAD_REQUEST',
       ],
     ];
@@ -171,13 +171,22 @@ describe('errors', () => {
   });
 
   it('rejects an unparsable JSON body and an oversize body with clear codes', async () => {
-    const res = await fetch(`${t.url}/api/v1/keys/dev-auth/enc_keys`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: 'Bearer x' },
-      body: '{"number":',
-    });
+    const brokerToken = (
+      await t.anon.clientToken('broker-json', (await t.admin.registerBroker('broker-json')).client_secret)
+    ).access_token;
+    const post = (authorization: string) =>
+      fetch(`${t.url}/api/v1/keys/dev-auth/enc_keys`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization },
+        body: '{"number":',
+      });
+    const res = await post(`Bearer ${brokerToken}`);
     expect(res.status).toBe(400);
     expect(((await res.json()) as { code: string }).code).toBe('KMS_ERR_BAD_REQUEST');
+    // Credentials are checked before the body is read: an outsider learns nothing about what a body should be.
+    const outsider = await post('Bearer x');
+    expect(outsider.status).toBe(401);
+    expect(((await outsider.json()) as { code: string }).code).toBe('KMS_ERR_UNAUTHORIZED');
     const big = await fetch(`${t.url}/api/v1/auth/challenge`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },

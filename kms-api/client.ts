@@ -1,10 +1,33 @@
-// Typed HTTP client for the key service (admin CLI, filling machine, broker, tests), on Node's built-in fetch.
+// Typed HTTP client for the key service (admin CLI, filling machine, broker, simulator, tests), on Node's built-in fetch.
 
-export interface DeliveredKeyJson {
-  key_ID: string;
-  key: string;
-  key_ID_extension?: { qkey_key_index?: number };
-}
+import type {
+  AuditJson,
+  AuditQuery,
+  BatchJson,
+  BatchRequest,
+  ClientJson,
+  DeviceJson,
+  DeviceKeysJson,
+  DeviceListJson,
+  DeviceRevokedJson,
+  PoolsJson,
+  RegisterAppRequest,
+  RegisterBrokerRequest,
+} from './admin-schemas.js';
+import type {
+  ChallengeJson,
+  ClientGrant,
+  DeviceGrant,
+  RevocationsJson,
+  TokenKeysJson,
+  TokenResponse,
+} from './auth-schemas.js';
+import type { ErrorBody } from './common-schemas.js';
+import type { DecKeysRequest, EncKeysRequest, KeyContainer, KeyStatusJson, RetireRequest } from './etsi-schemas.js';
+
+export type { DeliveredKeyJson, KeyStatusJson } from './etsi-schemas.js';
+export type { TokenResponse } from './auth-schemas.js';
+export type { AuditJson, BatchJson, ClientJson, DeviceJson, KeyStateJson } from './admin-schemas.js';
 
 /** The key service answered with an error body (ETSI 014 {message, details} plus our code). */
 export class KmsHttpError extends Error {
@@ -82,7 +105,7 @@ export class KmsClient {
       json = undefined;
     }
     if (!res.ok) {
-      const e = (json ?? {}) as { code?: string; message?: string; details?: unknown[] };
+      const e = (json ?? {}) as Partial<ErrorBody>;
       throw new KmsHttpError(
         res.status,
         e.code ?? `HTTP_${res.status}`,
@@ -95,33 +118,21 @@ export class KmsClient {
 
   // --- auth ---
   challenge(deviceId: string) {
-    return this.request<{ challenge: string; expires_in: number }>('POST', '/api/v1/auth/challenge', {
-      device_id: deviceId,
-    });
+    return this.request<ChallengeJson>('POST', '/api/v1/auth/challenge', { device_id: deviceId });
   }
   deviceToken(deviceId: string, challenge: string, mac: string) {
-    return this.request<TokenResponse>('POST', '/api/v1/auth/token', {
-      grant_type: 'device_challenge',
-      device_id: deviceId,
-      challenge,
-      mac,
-    });
+    const grant: DeviceGrant = { grant_type: 'device_challenge', device_id: deviceId, challenge, mac };
+    return this.request<TokenResponse>('POST', '/api/v1/auth/token', grant);
   }
   clientToken(clientId: string, clientSecret: string) {
-    return this.request<TokenResponse>('POST', '/api/v1/auth/token', {
-      grant_type: 'client_credentials',
-      client_id: clientId,
-      client_secret: clientSecret,
-    });
+    const grant: ClientGrant = { grant_type: 'client_credentials', client_id: clientId, client_secret: clientSecret };
+    return this.request<TokenResponse>('POST', '/api/v1/auth/token', grant);
   }
   tokenKeys() {
-    return this.request<{ keys: Array<{ kid: string; alg: string; public_key: string }> }>('GET', '/api/v1/auth/keys');
+    return this.request<TokenKeysJson>('GET', '/api/v1/auth/keys');
   }
   revocations(after: number) {
-    return this.request<{ cursor: number; revocations: Array<{ subject: string; role: string; revoked_at: number }> }>(
-      'GET',
-      `/api/v1/revocations?after=${after}`,
-    );
+    return this.request<RevocationsJson>('GET', `/api/v1/revocations?after=${after}`);
   }
 
   // --- ETSI GS QKD 014 ---
@@ -129,22 +140,23 @@ export class KmsClient {
     return this.request<KeyStatusJson>('GET', `/api/v1/keys/${encodeURIComponent(saeId)}/status`);
   }
   encKeys(saeId: string, number: number, sessionId?: string) {
-    return this.request<{ keys: DeliveredKeyJson[] }>('POST', `/api/v1/keys/${encodeURIComponent(saeId)}/enc_keys`, {
+    const body: EncKeysRequest = {
       number,
       size: 128,
       ...(sessionId ? { extension_mandatory: [{ qkey_session_id: sessionId }] } : {}),
-    });
+    };
+    return this.request<KeyContainer>('POST', `/api/v1/keys/${encodeURIComponent(saeId)}/enc_keys`, body);
   }
   decKeys(saeId: string, keyIds: string[], sessionId?: string) {
-    return this.request<{ keys: DeliveredKeyJson[] }>('POST', `/api/v1/keys/${encodeURIComponent(saeId)}/dec_keys`, {
+    const body: DecKeysRequest = {
       key_IDs: keyIds.map((key_ID) => ({ key_ID })),
       ...(sessionId ? { key_IDs_extension: { qkey_session_id: sessionId } } : {}),
-    });
+    };
+    return this.request<KeyContainer>('POST', `/api/v1/keys/${encodeURIComponent(saeId)}/dec_keys`, body);
   }
   retire(saeId: string, keyIds: string[]) {
-    return this.request<{ retired: number }>('POST', `/api/v1/keys/${encodeURIComponent(saeId)}/retire`, {
-      key_IDs: keyIds.map((key_ID) => ({ key_ID })),
-    });
+    const body: RetireRequest = { key_IDs: keyIds.map((key_ID) => ({ key_ID })) };
+    return this.request<{ retired: number }>('POST', `/api/v1/keys/${encodeURIComponent(saeId)}/retire`, body);
   }
 
   // --- admin ---
@@ -156,30 +168,22 @@ export class KmsClient {
   }
   listDevices(after?: string, limit?: number) {
     const q = new URLSearchParams({ ...(after ? { after } : {}), ...(limit ? { limit: String(limit) } : {}) });
-    return this.request<{ devices: DeviceJson[]; next?: string }>('GET', `/api/v1/admin/devices?${q}`);
+    return this.request<DeviceListJson>('GET', `/api/v1/admin/devices?${q}`);
   }
   device(deviceId: string) {
     return this.request<DeviceJson>('GET', `/api/v1/admin/devices/${encodeURIComponent(deviceId)}`);
   }
   revokeDevice(deviceId: string, reason?: string) {
-    return this.request<{ device_id: string; state: string; destroyed_keys: number }>(
+    return this.request<DeviceRevokedJson>(
       'POST',
       `/api/v1/admin/devices/${encodeURIComponent(deviceId)}/revoke`,
       reason ? { reason } : {},
     );
   }
   deviceKeys(deviceId: string) {
-    return this.request<{ keys: KeyStateJson[] }>('GET', `/api/v1/admin/devices/${encodeURIComponent(deviceId)}/keys`);
+    return this.request<DeviceKeysJson>('GET', `/api/v1/admin/devices/${encodeURIComponent(deviceId)}/keys`);
   }
-  registerBatch(
-    deviceId: string,
-    batch: {
-      batch_id: string;
-      login_key?: string;
-      suites?: number[];
-      keys: Array<{ key_index: number; direction: 'up' | 'down'; key: string }>;
-    },
-  ) {
+  registerBatch(deviceId: string, batch: BatchRequest) {
     return this.request<BatchJson>('POST', `/api/v1/admin/devices/${encodeURIComponent(deviceId)}/batches`, batch);
   }
   batch(deviceId: string, batchId: string) {
@@ -206,113 +210,28 @@ export class KmsClient {
       `/api/v1/admin/devices/${encodeURIComponent(deviceId)}/batches/${encodeURIComponent(batchId)}/cancel`,
     );
   }
-  registerApp(appId: string, acl?: { publish?: string[]; subscribe?: string[] }) {
-    return this.request<{ app_id: string; client_secret: string }>('POST', '/api/v1/admin/apps', {
-      app_id: appId,
-      ...acl,
-    });
+  registerApp(appId: string, acl?: Omit<RegisterAppRequest, 'app_id'>) {
+    const body: RegisterAppRequest = { app_id: appId, ...acl };
+    return this.request<{ app_id: string; client_secret: string }>('POST', '/api/v1/admin/apps', body);
   }
-  registerBroker(brokerId: string) {
-    return this.request<{ broker_id: string; client_secret: string }>('POST', '/api/v1/admin/brokers', {
-      broker_id: brokerId,
-    });
+  /** A broker; `cert` records the TLS client certificate that identifies it (ETSI GS QKD 014 SAE). */
+  registerBroker(brokerId: string, cert?: Omit<RegisterBrokerRequest, 'broker_id'>) {
+    const body: RegisterBrokerRequest = { broker_id: brokerId, ...cert };
+    return this.request<{ broker_id: string; client_secret: string }>('POST', '/api/v1/admin/brokers', body);
   }
-  listClients(role: 'app' | 'broker') {
-    return this.request<Record<string, ClientJson[]>>('GET', `/api/v1/admin/${role}s`).then((r) => r[`${role}s`] ?? []);
+  async listClients(role: 'app' | 'broker'): Promise<ClientJson[]> {
+    if (role === 'app') return (await this.request<{ apps: ClientJson[] }>('GET', '/api/v1/admin/apps')).apps;
+    return (await this.request<{ brokers: ClientJson[] }>('GET', '/api/v1/admin/brokers')).brokers;
   }
   revokeClient(role: 'app' | 'broker', id: string) {
-    return this.request<Record<string, string>>('POST', `/api/v1/admin/${role}s/${encodeURIComponent(id)}/revoke`);
+    return this.request<{ state: 'revoked' }>('POST', `/api/v1/admin/${role}s/${encodeURIComponent(id)}/revoke`);
   }
   pools(lowOnly = false) {
-    return this.request<{
-      low_water: number;
-      stale_pending_seconds: number;
-      pools: Array<{ device_id: string; up: number; down: number; low: boolean; stale_pending: number }>;
-    }>('GET', `/api/v1/admin/pools${lowOnly ? '?low_only=true' : ''}`);
+    return this.request<PoolsJson>('GET', `/api/v1/admin/pools${lowOnly ? '?low_only=true' : ''}`);
   }
-  audit(query: { after?: number; limit?: number; device_id?: string; action?: string } = {}) {
+  audit(query: AuditQuery = {}) {
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(query)) if (v !== undefined) q.set(k, String(v));
-    return this.request<{ entries: AuditJson[]; next?: number }>('GET', `/api/v1/admin/audit?${q}`);
+    return this.request<AuditJson>('GET', `/api/v1/admin/audit?${q}`);
   }
-}
-
-/** ETSI GS QKD 014 status, with this key service's extension fields. */
-export interface KeyStatusJson {
-  source_KME_ID: string;
-  target_KME_ID: string;
-  master_SAE_ID: string;
-  slave_SAE_ID: string;
-  key_size: number;
-  stored_key_count: number;
-  max_key_count: number;
-  max_key_per_request: number;
-  max_key_size: number;
-  min_key_size: number;
-  max_SAE_ID_count: number;
-  status_extension?: {
-    qkey_uplink_available?: number;
-    qkey_downlink_available?: number;
-    qkey_low?: boolean;
-    qkey_next_uplink_key_index?: number | null;
-  };
-}
-
-export interface TokenResponse {
-  access_token: string;
-  token_type: 'Bearer';
-  expires_in: number;
-}
-export interface DeviceJson {
-  device_id: string;
-  serial: string | null;
-  state: 'active' | 'revoked';
-  created_at: number;
-  revoked_at: number | null;
-  revoke_reason: string | null;
-  has_login_key: boolean;
-  pool: { up: number; down: number };
-  next_key_index: number;
-  low: boolean;
-  suites: number[] | null;
-  pending_batches: Array<{ batch_id: string; created_at: number; stale: boolean }>;
-}
-export interface BatchJson {
-  batch_id: string;
-  device_id: string;
-  state: 'pending' | 'committed' | 'cancelled';
-  up_count: number;
-  down_count: number;
-  has_login_key: boolean;
-  created_at: number;
-  settled_at: number | null;
-  suites: number[] | null;
-}
-export interface KeyStateJson {
-  key_ID: string;
-  key_index: number;
-  direction: 'up' | 'down';
-  state: string;
-  batch_id: string;
-  claimed_by: string | null;
-  claimed_session: string | null;
-  claimed_at: number | null;
-  retired_at: number | null;
-  destroyed_at: number | null;
-}
-export interface ClientJson {
-  client_id: string;
-  role: string;
-  state: string;
-  created_at: number;
-  revoked_at: number | null;
-  acl?: { publish: string[]; subscribe: string[] };
-}
-export interface AuditJson {
-  id: number;
-  at: number;
-  actor: string;
-  action: string;
-  device_id: string | null;
-  detail: Record<string, unknown> | null;
 }

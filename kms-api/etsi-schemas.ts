@@ -1,0 +1,173 @@
+// Wire contract of the broker routes: ETSI GS QKD 014 key delivery (status, enc_keys, dec_keys) and the retire
+// extension. Response schemas list every field that may leave the service.
+import type { FromSchema } from 'json-schema-to-ts';
+import { errorResponses, idSchema, uuidSchema } from './common-schemas.js';
+
+/** Our extension carrying the claiming broker session (ETSI 014 §6.2 extension parameters). */
+export const SESSION_EXTENSION = 'qkey_session_id';
+
+export const saeParams = {
+  type: 'object',
+  required: ['SAE_ID'],
+  additionalProperties: false,
+  properties: { SAE_ID: idSchema },
+} as const;
+
+/** ETSI 014 §6.3 Key container. */
+export const keyContainer = {
+  type: 'object',
+  required: ['keys'],
+  additionalProperties: false,
+  properties: {
+    keys: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['key_ID', 'key', 'key_ID_extension'],
+        additionalProperties: false,
+        properties: {
+          key_ID: { type: 'string' },
+          key: { type: 'string' },
+          key_ID_extension: {
+            type: 'object',
+            required: ['qkey_key_index'],
+            additionalProperties: false,
+            properties: { qkey_key_index: { type: 'integer' } },
+          },
+        },
+      },
+    },
+  },
+} as const;
+export type KeyContainer = FromSchema<typeof keyContainer>;
+export type DeliveredKeyJson = KeyContainer['keys'][number];
+
+/** ETSI 014 §6.1 Status, with this key service's extension fields. */
+export const keyStatus = {
+  type: 'object',
+  required: [
+    'source_KME_ID',
+    'target_KME_ID',
+    'master_SAE_ID',
+    'slave_SAE_ID',
+    'key_size',
+    'stored_key_count',
+    'max_key_count',
+    'max_key_per_request',
+    'max_key_size',
+    'min_key_size',
+    'max_SAE_ID_count',
+    'status_extension',
+  ],
+  additionalProperties: false,
+  properties: {
+    source_KME_ID: { type: 'string' },
+    target_KME_ID: { type: 'string' },
+    master_SAE_ID: { type: 'string' },
+    slave_SAE_ID: { type: 'string' },
+    key_size: { type: 'integer' },
+    stored_key_count: { type: 'integer' },
+    max_key_count: { type: 'integer' },
+    max_key_per_request: { type: 'integer' },
+    max_key_size: { type: 'integer' },
+    min_key_size: { type: 'integer' },
+    max_SAE_ID_count: { type: 'integer' },
+    status_extension: {
+      type: 'object',
+      required: ['qkey_uplink_available', 'qkey_downlink_available', 'qkey_low', 'qkey_next_uplink_key_index'],
+      additionalProperties: false,
+      properties: {
+        qkey_uplink_available: { type: 'integer' },
+        qkey_downlink_available: { type: 'integer' },
+        qkey_low: { type: 'boolean' },
+        qkey_next_uplink_key_index: { type: ['integer', 'null'] },
+      },
+    },
+  },
+} as const;
+export type KeyStatusJson = FromSchema<typeof keyStatus>;
+
+/** ETSI 014 §6.2 Key request (POST enc_keys). */
+export const encKeysBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    number: { type: 'integer', minimum: 1 },
+    size: { type: 'integer', minimum: 1 },
+    additional_slave_SAE_IDs: { type: 'array', items: { type: 'string' } },
+    extension_mandatory: { type: 'array', items: { type: 'object' } },
+    extension_optional: { type: 'array', items: { type: 'object' } },
+  },
+} as const;
+export type EncKeysRequest = FromSchema<typeof encKeysBody>;
+
+export const encKeysQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { number: { type: 'integer', minimum: 1 }, size: { type: 'integer', minimum: 1 } },
+} as const;
+
+/** ETSI 014 key_IDs: a non-empty list of {key_ID, key_ID_extension?} objects. */
+function keyIdList<const Limits extends { uniqueItems?: boolean; maxItems?: number }>(limits: Limits) {
+  return {
+    type: 'array',
+    minItems: 1,
+    ...limits,
+    items: {
+      type: 'object',
+      required: ['key_ID'],
+      additionalProperties: false,
+      properties: { key_ID: uuidSchema, key_ID_extension: { type: 'object' } },
+    },
+  } as const;
+}
+
+/** ETSI 014 §6.4 Key IDs (POST dec_keys). */
+export const decKeysBody = {
+  type: 'object',
+  required: ['key_IDs'],
+  additionalProperties: false,
+  properties: {
+    key_IDs: keyIdList({ uniqueItems: true }),
+    key_IDs_extension: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { [SESSION_EXTENSION]: { type: 'string', minLength: 1, maxLength: 128 } },
+    },
+  },
+} as const;
+export type DecKeysRequest = FromSchema<typeof decKeysBody>;
+
+export const decKeysQuery = {
+  type: 'object',
+  required: ['key_ID'],
+  additionalProperties: false,
+  properties: { key_ID: uuidSchema },
+} as const;
+
+export const retireBody = {
+  type: 'object',
+  required: ['key_IDs'],
+  additionalProperties: false,
+  properties: { key_IDs: keyIdList({ maxItems: 1024 }) },
+} as const;
+export type RetireRequest = FromSchema<typeof retireBody>;
+
+export const retireResponse = {
+  type: 'object',
+  required: ['retired'],
+  additionalProperties: false,
+  properties: { retired: { type: 'integer' } },
+} as const;
+
+const keys = { 200: keyContainer, ...errorResponses } as const;
+export const statusRoute = { params: saeParams, response: { 200: keyStatus, ...errorResponses } } as const;
+export const encKeysPostRoute = { params: saeParams, body: encKeysBody, response: keys } as const;
+export const encKeysGetRoute = { params: saeParams, querystring: encKeysQuery, response: keys } as const;
+export const decKeysPostRoute = { params: saeParams, body: decKeysBody, response: keys } as const;
+export const decKeysGetRoute = { params: saeParams, querystring: decKeysQuery, response: keys } as const;
+export const retireRoute = {
+  params: saeParams,
+  body: retireBody,
+  response: { 200: retireResponse, ...errorResponses },
+} as const;
