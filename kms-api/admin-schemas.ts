@@ -229,9 +229,9 @@ export const batchView = {
 } as const;
 export type BatchJson = FromSchema<typeof batchView>;
 
-/** Other query parameters are ignored, so an unknown device is a 404 whatever the query says. */
 export const batchesQuery = {
   type: 'object',
+  additionalProperties: false,
   properties: { state: { enum: ['pending', 'committed', 'cancelled'] } },
 } as const;
 export const batchList = {

@@ -84,10 +84,17 @@ export function adminRoutes(app: RouteScope, ctx: KmsContext): void {
     }
   });
 
-  app.get('/api/v1/admin/devices/:device_id/batches', { schema: wire.batchesRoute }, async (req) => {
-    requireDevice(req.params.device_id);
-    return { batches: store.listBatches(req.params.device_id, req.query.state).map(batchOut) };
-  });
+  app.get(
+    '/api/v1/admin/devices/:device_id/batches',
+    {
+      schema: wire.batchesRoute,
+      // An unknown device is a 404 before the query is looked at, as for the device's other routes.
+      preValidation: async (req) => void requireDevice((req.params as { device_id: string }).device_id),
+    },
+    async (req) => {
+      return { batches: store.listBatches(req.params.device_id, req.query.state).map(batchOut) };
+    },
+  );
   app.post('/api/v1/admin/devices/:device_id/batches/:batch_id/commit', { schema: wire.batchRoute }, async (req) =>
     batchOut(store.commitBatch(req.params.device_id, req.params.batch_id, ADMIN)),
   );
