@@ -66,10 +66,18 @@ describe('key service outage', () => {
       );
     expect(refused).toBe(3);
     await eventually(async () => expect((await fetch(`${sys.broker.urls.http}/healthz`)).status).toBe(503));
+    const kmsUp = async () =>
+      /^broker_kms_up (\d)/m.exec(await (await fetch(`${sys.broker.urls.http}/metrics`)).text())?.[1];
+    expect(await kmsUp()).toBe('0');
+    // One line when the key service goes away, however many polls fail.
+    await new Promise((r) => setTimeout(r, 500));
+    expect(sys.logs().match(/"msg":"key service unreachable"/g)).toHaveLength(1);
 
     kms = await startTestKms({ port }, dataDir);
     // The next revocation-feed poll (every 200 ms here) marks the key service reachable again.
     await eventually(async () => expect((await fetch(`${sys.broker.urls.http}/healthz`)).status).toBe(200));
+    expect(await kmsUp()).toBe('1');
+    expect(sys.logs().match(/"msg":"key service reachable again"/g)).toHaveLength(1);
     const back = await mqtt.connectAsync(sys.mqttUrl, {
       clientId: 'dev-latecomer',
       username: 'dev-latecomer',
