@@ -40,10 +40,13 @@ export class QkeyPlugin {
       cb(err ?? null, !err);
     };
     aedes.authenticate = (client, username, password, cb) => {
-      authenticate(ctx, client, username, password).then(
-        () => this.connected(client, cb),
-        (err: unknown) => this.refused(client, username, err, cb),
-      );
+      authenticate(ctx, client, username, password)
+        .then(
+          () => this.connected(client, cb),
+          (err: unknown) => this.refused(client, username, err, cb),
+        )
+        // What throws from here on ran in Aedes after the answer: logged and counted, never an unhandled rejection.
+        .catch((err: unknown) => ctx.hookFailed('authenticate', client, err));
     };
     aedes.authorizePublish = (client, packet, cb) => authorizePublish(ctx, client, packet, cb);
     aedes.authorizeSubscribe = (client, sub, cb) => {
@@ -62,7 +65,7 @@ export class QkeyPlugin {
     aedes.on('unsubscribe', (filters, client) =>
       this.guarded('subscribe', client, () => unsubscribed(ctx, client, filters)),
     );
-    aedes.on('clientError', (client, err) => noteEnd(ctx, client, `error: ${err.message}`));
+    aedes.on('clientError', (client, err) => noteEnd(ctx, client, `error: ${err?.message}`));
     aedes.on('keepaliveTimeout', (client) => noteEnd(ctx, client, 'keepalive timeout'));
   }
 

@@ -81,6 +81,8 @@ export interface ClientState {
   willSettled?: Promise<void>;
   /** The connection closed before Aedes handed over the will: release when the will hook is done. */
   releaseAfterWill?: boolean;
+  /** Releases the state anyway if Aedes never hands the will over. */
+  handoverTimer?: NodeJS.Timeout;
   /** The subscription filters granted and held (bounded by maxSubscriptionsPerClient). */
   subscriptions: Set<string>;
   /** Why the connection ended, when the broker knows better than "closed" (error, keepalive, revoked, takeover). */

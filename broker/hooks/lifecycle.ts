@@ -17,7 +17,7 @@ export function watchConnection(ctx: PluginContext, client: Client): void {
     if (!state) return;
     if (willStillDue(client)) {
       state.releaseAfterWill = true;
-      setTimeout(() => void release(ctx, client), WILL_HANDOVER_MS).unref();
+      state.handoverTimer = setTimeout(() => void release(ctx, client), WILL_HANDOVER_MS).unref();
       return;
     }
     void release(ctx, client);
@@ -39,9 +39,10 @@ export async function release(ctx: PluginContext, client: Client): Promise<void>
   const state = ctx.states.get(client);
   if (!state) return;
   ctx.states.delete(client);
+  clearTimeout(state.handoverTimer);
   logDisconnect(ctx, client, state);
-  await state.willSettled;
-  await state.keys?.close();
+  await state.willSettled; // never rejects (will.ts)
+  await state.keys?.close(); // never rejects (session-keys.ts)
 }
 
 function logDisconnect(ctx: PluginContext, client: Client, state: ClientState): void {

@@ -49,10 +49,13 @@ export function authorizePublish(
     verdict = failed(ctx, client, state, err);
   }
   if (verdict instanceof Promise) {
-    verdict.then(
-      (v) => ctx.callBack(callback, v),
-      (err: unknown) => ctx.callBack(callback, failed(ctx, client, state, err)),
-    );
+    verdict
+      .then(
+        (v) => ctx.callBack(callback, v),
+        (err: unknown) => ctx.callBack(callback, failed(ctx, client, state, err)),
+      )
+      // Aedes' own work after the answer runs on this stack: a throw there must not become an unhandled rejection.
+      .catch((err: unknown) => ctx.hookFailed('publish', client, err));
   } else ctx.callBack(callback, verdict);
 }
 

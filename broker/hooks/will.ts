@@ -32,9 +32,11 @@ export function authorizeWill(
       callback(new Error(`will refused: ${reason}`));
     },
   );
-  state.willSettled = settled.finally(() => {
-    if (state.releaseAfterWill) void release(ctx, client);
-  });
+  state.willSettled = settled
+    .catch((err: unknown) => void ctx.hookFailed('will', client, err))
+    .finally(() => {
+      if (state.releaseAfterWill) void release(ctx, client);
+    });
 }
 
 async function settleWill(ctx: PluginContext, state: ClientState, packet: PublishPacket): Promise<void> {

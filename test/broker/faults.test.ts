@@ -169,7 +169,12 @@ describe('listeners', () => {
       const got = nextMessage(app);
       await dev.publishAsync(topic(chip.deviceId), sealed(chip, url), { qos: 1 });
       expect((await got).payload.toString()).toBe(url);
+      const sessions = sys.broker.plugin.sessions;
       await dev.endAsync();
+      // The session is released when its connection closes, on every kind of listener.
+      await eventually(async () => expect(sys.broker.plugin.sessions).toBe(sessions - 1));
     }
+    // The WebSocket listeners pass the upgrade request along: the peer's address is logged.
+    expect(sys.logs()).toMatch(/"client":"dev-ws","role":"device","principal":"dev-ws","source":"127\.0\.0\.1:\d+"/);
   });
 });
