@@ -7,6 +7,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SimulatedDevice } from '../../device-sim/simulated-device.js';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
 import { removeDir, tempDir } from '../helpers/kms.js';
 import { RawMqtt } from '../helpers/raw-mqtt.js';
@@ -253,6 +254,22 @@ describe('QKey broker', () => {
     await sys.kms.admin.revokeDevice(chip.deviceId, 'test');
     expect((await will).payload.toString()).toBe('device gone');
     await raw.closedWithin();
+  });
+
+  it('the device simulator connects with a will its chip sealed; taken over, its will is published', async () => {
+    const chip = await sys.device('dev-sim-will');
+    const topic = 'devices/dev-sim-will/up/status';
+    const device = new SimulatedDevice(chip, {
+      brokerUrl: sys.mqttUrl,
+      kmsUrl: sys.kms.url,
+      will: { topic, payload: Buffer.from('sim gone'), qos: 1 },
+    });
+    await device.connect();
+    await device.publishTelemetry();
+    const will = nextMessage(watcher, 10_000, (t) => t === topic);
+    const again = await sys.connectDevice(chip);
+    expect((await will).payload.toString()).toBe('sim gone');
+    await again.endAsync();
   });
 
   it('device wills that are not what the chip sealed for this connection are refused at CONNECT (CONNACK 5)', async () => {
