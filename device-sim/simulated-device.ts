@@ -3,7 +3,7 @@
 // connection, as a real terminal would.
 import mqtt, { type MqttClient } from 'mqtt';
 import type { SecurityChip } from '../hsm-emulator/chip.js';
-import { KmsClient } from '../key-service/client.js';
+import { KmsClient } from '../kms-api/client.js';
 
 export interface DeviceTelemetry {
   device: string;

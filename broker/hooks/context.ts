@@ -1,7 +1,7 @@
 // What the plugin's hooks share: the options, each authenticated client's state, the counters /metrics reads and
 // the small helpers every hook uses. One object per plugin, passed to each hook.
 import type { Client } from 'aedes';
-import type { KmsClient } from '../../key-service/client.js';
+import type { KmsClient } from '../../kms-api/client.js';
 import { DEFAULT_MAX_PAYLOAD, type ParsedEnvelope } from '../../protocol/index.js';
 import type { DeviceSessionKeys, RotationLimits, SessionEvent } from '../session-keys.js';
 import type { TokenAuthority } from '../token-authority.js';
