@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { KMS_DEFAULTS } from '../key-service/config.js';
+import { DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_LIMIT } from '../protocol/index.js';
 import { DEFAULT_ROTATION, type RotationLimits } from './session-keys.js';
 import { DEFAULT_TOPICS, type TopicTemplates } from './topic-policy.js';
 
@@ -32,6 +33,15 @@ export interface BrokerConfig {
   rotation: RotationLimits;
   maxPayload: number;
   /**
+   * Largest plaintext a device can receive, bytes (what its chip opens): applications' publishes and wills into a
+   * device's downlink space are refused above it when published.
+   */
+  maxDownlinkPayload: number;
+  /** Subscriptions one client may hold; SUBACK 0x80 for each filter beyond. */
+  maxSubscriptionsPerClient: number;
+  /** Level of the per-connection log lines (client connected, client disconnected): info or debug. */
+  connectionLogLevel: 'info' | 'debug';
+  /**
    * Messages Aedes routes at once before later ones wait in its queue (Aedes' `concurrency`, default 100 there).
    * A message holds its slot until every subscriber's write has completed, at least one event-loop turn, so
    * this bounds messages per turn: 10,000 devices at one message a second need more than Aedes' 100.
@@ -59,6 +69,9 @@ export const BROKER_DEFAULTS: Readonly<BrokerConfig> = Object.freeze({
   topics: DEFAULT_TOPICS,
   rotation: DEFAULT_ROTATION,
   maxPayload: 256 * 1024,
+  maxDownlinkPayload: DEFAULT_MAX_PAYLOAD,
+  maxSubscriptionsPerClient: 1000,
+  connectionLogLevel: 'info',
   concurrency: 2000,
   revocationPollMs: 1000,
   logLevel: 'info',
@@ -101,6 +114,16 @@ function check(c: BrokerConfig): BrokerConfig {
     if (!(v > 0)) throw new Error(`config: rotation.${k} must be positive`);
   if (!(Number.isInteger(c.concurrency) && c.concurrency >= 1))
     throw new Error('config: concurrency must be a positive integer');
+  if (!(
+    Number.isInteger(c.maxDownlinkPayload) &&
+    c.maxDownlinkPayload >= 1 &&
+    c.maxDownlinkPayload <= MAX_PAYLOAD_LIMIT
+  ))
+    throw new Error(`config: maxDownlinkPayload must be an integer from 1 to ${MAX_PAYLOAD_LIMIT}`);
+  if (!(Number.isInteger(c.maxSubscriptionsPerClient) && c.maxSubscriptionsPerClient >= 1))
+    throw new Error('config: maxSubscriptionsPerClient must be a positive integer');
+  if (c.connectionLogLevel !== 'info' && c.connectionLogLevel !== 'debug')
+    throw new Error("config: connectionLogLevel must be 'info' or 'debug'");
   if (!(Number.isInteger(c.semiSpaceMiB) && c.semiSpaceMiB >= 0 && c.semiSpaceMiB <= 1024))
     throw new Error('config: semiSpaceMiB must be an integer from 0 to 1024');
   if (!c.topics.uplink.includes('{id}') || !c.topics.downlink.includes('{id}'))

@@ -35,6 +35,10 @@ describe('loadBrokerConfig', () => {
     [{ rotation: { messages: 0, bytes: 1, seconds: 1 } }, /rotation.messages must be positive/],
     [{ semiSpaceMiB: -1 }, /semiSpaceMiB must be an integer from 0 to 1024/],
     [{ semiSpaceMiB: 2048 }, /semiSpaceMiB must be an integer from 0 to 1024/],
+    [{ maxDownlinkPayload: 0 }, /maxDownlinkPayload must be an integer from 1 to 16777216/],
+    [{ maxDownlinkPayload: 16 * 1024 * 1024 + 1 }, /maxDownlinkPayload must be an integer from 1 to 16777216/],
+    [{ maxSubscriptionsPerClient: 0 }, /maxSubscriptionsPerClient must be a positive integer/],
+    [{ connectionLogLevel: 'trace' as 'info' }, /connectionLogLevel must be 'info' or 'debug'/],
   ])('refuses %j', (overrides, message) => {
     expect(() => loadBrokerConfig(overrides, { env: {} })).toThrow(message);
   });
