@@ -2,6 +2,8 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { KMS_DEFAULTS } from '../key-service/config.js';
+import { ENVELOPE_OVERHEAD } from '../protocol/index.js';
+import type { PacketLimits } from './packet-guard.js';
 import { DEFAULT_ROTATION, type RotationLimits } from './session-keys.js';
 import { DEFAULT_TOPICS, type TopicTemplates } from './topic-policy.js';
 
@@ -31,6 +33,12 @@ export interface BrokerConfig {
   topics: TopicTemplates;
   rotation: RotationLimits;
   maxPayload: number;
+  /** Largest MQTT packet once CONNECT is accepted, bytes; when absent, derived from maxPayload (see packetLimits). */
+  maxPacketSize?: number;
+  /** Bytes a connection may send before its CONNECT is accepted (the CONNECT with its will, and anything behind it). */
+  maxPreConnectBytes: number;
+  /** Topic filters in one SUBSCRIBE or UNSUBSCRIBE; more closes the connection. */
+  maxTopicFiltersPerPacket: number;
   /**
    * Messages Aedes routes at once before later ones wait in its queue (Aedes' `concurrency`, default 100 there).
    * A message holds its slot until every subscriber's write has completed, at least one event-loop turn, so
@@ -59,11 +67,30 @@ export const BROKER_DEFAULTS: Readonly<BrokerConfig> = Object.freeze({
   topics: DEFAULT_TOPICS,
   rotation: DEFAULT_ROTATION,
   maxPayload: 256 * 1024,
+  maxPreConnectBytes: 16 * 1024,
+  maxTopicFiltersPerPacket: 32,
   concurrency: 2000,
   revocationPollMs: 1000,
   logLevel: 'info',
   semiSpaceMiB: 128,
 });
+
+/** MQTT 3.1.1 §2.2.3: the largest Remaining Length four bytes can encode. */
+const MAX_REMAINING_LENGTH = 268_435_455;
+
+/**
+ * The input bounds of a configuration. The default packet bound is the largest PUBLISH that carries a payload of
+ * maxPayload bytes sealed in an envelope: fixed header (1 + 4), topic (2 + 65,535, the most MQTT allows), packet id
+ * (2), envelope overhead.
+ */
+export function packetLimits(c: Readonly<BrokerConfig>): PacketLimits {
+  return {
+    maxPacketSize:
+      c.maxPacketSize ?? Math.min(5 + 2 + 65_535 + 2 + ENVELOPE_OVERHEAD + c.maxPayload, MAX_REMAINING_LENGTH + 5),
+    maxPreConnectBytes: c.maxPreConnectBytes,
+    maxTopicFiltersPerPacket: c.maxTopicFiltersPerPacket,
+  };
+}
 
 export type BrokerOverrides = Partial<BrokerConfig>;
 
@@ -103,6 +130,11 @@ function check(c: BrokerConfig): BrokerConfig {
     throw new Error('config: concurrency must be a positive integer');
   if (!(Number.isInteger(c.semiSpaceMiB) && c.semiSpaceMiB >= 0 && c.semiSpaceMiB <= 1024))
     throw new Error('config: semiSpaceMiB must be an integer from 0 to 1024');
+  for (const key of ['maxPacketSize', 'maxPreConnectBytes', 'maxTopicFiltersPerPacket'] as const) {
+    const v = c[key];
+    if (v !== undefined && !(Number.isInteger(v) && v >= 1 && v <= MAX_REMAINING_LENGTH + 5))
+      throw new Error(`config: ${key} must be an integer from 1 to ${MAX_REMAINING_LENGTH + 5}`);
+  }
   if (!c.topics.uplink.includes('{id}') || !c.topics.downlink.includes('{id}'))
     throw new Error('config: topic templates need {id}');
   return c;

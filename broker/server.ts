@@ -9,9 +9,11 @@ import { Aedes } from 'aedes';
 import { pino, type Logger } from 'pino';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { createWebSocketStream, WebSocketServer } from 'ws';
-import type { BrokerConfig } from './config.js';
+import type { Duplex } from 'node:stream';
+import { type BrokerConfig, packetLimits } from './config.js';
 import { BrokerKmsSession, brokerSecret } from './credentials.js';
 import { createBoundedEmitter } from './mq-emitter.js';
+import { guardPackets, type InputRefusal } from './packet-guard.js';
 import { createQkeyPlugin, type QkeyPlugin } from './plugin.js';
 import { sm4GcmAddonStatus } from '../protocol/index.js';
 import { TokenAuthority } from './token-authority.js';
@@ -86,6 +88,12 @@ function createMetrics() {
       help: 'Downlink key rotations',
       registers: [registry],
     }),
+    inputRefused: new Counter({
+      name: 'broker_input_refused_total',
+      help: 'Connections closed for what they sent before Aedes parsed it, by reason',
+      labelNames: ['reason'],
+      registers: [registry],
+    }),
     sessionEvents: new Counter({
       name: 'broker_session_events_total',
       help: 'Key events in device sessions',
@@ -148,6 +156,22 @@ export async function startBroker(
     if (role) m.connections.dec({ role });
   });
 
+  const limits = packetLimits(config);
+  /** Every MQTT connection, whatever the transport: input bounds first, then Aedes. */
+  const serve = (stream: Duplex, source: string | undefined) => {
+    const connection: { client?: { connected: boolean } } = {};
+    guardPackets(
+      stream,
+      limits,
+      () => connection.client?.connected === true,
+      (reason: InputRefusal) => {
+        m.inputRefused.inc({ reason });
+        log.warn({ reason, source }, 'connection refused: input over its bounds');
+      },
+    );
+    connection.client = aedes.handle(stream);
+  };
+
   const servers: Array<NetServer | HttpServer> = [];
   const wsServers: WebSocketServer[] = [];
   const urls: RunningBroker['urls'] = {};
@@ -156,7 +180,7 @@ export async function startBroker(
     if (config.mqtt) {
       const s = createNetServer((socket) => {
         coalesceWrites(socket);
-        aedes.handle(socket);
+        serve(socket, socket.remoteAddress);
       });
       servers.push(s);
       urls.mqtt = `mqtt://${host}:${await listen(s, config.mqtt.port, config.host)}`;
@@ -166,7 +190,7 @@ export async function startBroker(
         { cert: readFileSync(config.tls.cert!), key: readFileSync(config.tls.key!) },
         (socket) => {
           coalesceWrites(socket);
-          aedes.handle(socket);
+          serve(socket, socket.remoteAddress);
         },
       );
       servers.push(s);
@@ -181,8 +205,10 @@ export async function startBroker(
         kind === 'ws'
           ? createHttpServer()
           : createHttpsServer({ cert: readFileSync(l.cert!), key: readFileSync(l.key!) });
-      const wss = new WebSocketServer({ server: http });
-      wss.on('connection', (socket) => aedes.handle(createWebSocketStream(socket)));
+      // A WebSocket message is buffered whole before it reaches the MQTT stream: ws refuses one larger than the
+      // largest packet at its frame header (close code 1009), before buffering it.
+      const wss = new WebSocketServer({ server: http, maxPayload: limits.maxPacketSize });
+      wss.on('connection', (socket, req) => serve(createWebSocketStream(socket), req.socket.remoteAddress));
       servers.push(http);
       wsServers.push(wss);
       urls[kind] = `${kind}://${host}:${await listen(http, l.port, config.host)}`;
