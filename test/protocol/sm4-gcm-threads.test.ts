@@ -80,7 +80,7 @@ describe('SM4-GCM addon boundary', () => {
   /** The raw addon, below the TypeScript wrapper's checks. */
   const raw = () =>
     createRequire(import.meta.url)(ADDON) as {
-      createKey(k: unknown): object;
+      createKey(k?: unknown): object;
       destroyKey(k: unknown): void;
       seal(...args: unknown[]): void;
       open(...args: unknown[]): boolean;
