@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { KMS_DEFAULTS } from '../key-service/config.js';
 import { ENVELOPE_OVERHEAD } from '../protocol/index.js';
+import type { ClientCertificatePolicy } from './client-certificate.js';
 import type { PacketLimits } from './packet-guard.js';
 import { DEFAULT_ROTATION, type RotationLimits } from './session-keys.js';
 import { DEFAULT_TOPICS, type TopicTemplates } from './topic-policy.js';
@@ -21,6 +22,8 @@ export interface BrokerConfig {
   tls: ListenerConfig | null;
   ws: ListenerConfig | null;
   wss: ListenerConfig | null;
+  /** Mutual TLS on the tls and wss listeners (see client-certificate.ts); null: no client certificates. */
+  clientCertificates: ClientCertificatePolicy | null;
   /** HTTP for /healthz and /metrics; null turns it off. */
   http: { port: number } | null;
   kmsUrl: string;
@@ -60,6 +63,7 @@ export const BROKER_DEFAULTS: Readonly<BrokerConfig> = Object.freeze({
   tls: null,
   ws: null,
   wss: null,
+  clientCertificates: null,
   http: { port: 9090 },
   kmsUrl: `http://127.0.0.1:${KMS_DEFAULTS.port}`,
   brokerId: 'qkey-broker',
@@ -123,6 +127,13 @@ function check(c: BrokerConfig): BrokerConfig {
   ] as const) {
     if (l && (!l.cert || !l.key)) throw new Error(`config: ${name} needs cert and key files`);
   }
+  if (c.clientCertificates) {
+    if (typeof c.clientCertificates.ca !== 'string' || !c.clientCertificates.ca)
+      throw new Error('config: clientCertificates.ca must be a PEM file path');
+    if (typeof c.clientCertificates.tokenRequired !== 'boolean')
+      throw new Error('config: clientCertificates.tokenRequired must be true or false');
+    if (!c.tls && !c.wss) throw new Error('config: clientCertificates needs a tls or wss listener');
+  }
   if (!c.mqtt && !c.tls && !c.ws && !c.wss) throw new Error('config: at least one MQTT listener must be on');
   for (const [k, v] of Object.entries(c.rotation))
     if (!(v > 0)) throw new Error(`config: rotation.${k} must be positive`);
@@ -162,5 +173,9 @@ export function loadBrokerConfig(
   } as BrokerConfig;
   merged.rotation = { ...DEFAULT_ROTATION, ...fileConfig.rotation, ...overrides.rotation };
   merged.topics = { ...DEFAULT_TOPICS, ...fileConfig.topics, ...overrides.topics };
+  // A file may leave tokenRequired out: the token stays required.
+  const mtls = merged.clientCertificates as Partial<ClientCertificatePolicy> | null;
+  if (mtls)
+    merged.clientCertificates = { ...mtls, tokenRequired: mtls.tokenRequired ?? true } as ClientCertificatePolicy;
   return Object.freeze({ ...check(merged), dataDir: resolve(merged.dataDir) });
 }

@@ -2,7 +2,7 @@
 // sealing, as Aedes hooks. Usable on any Aedes instance: createQkeyPlugin(options).attach(aedes).
 import { randomUUID } from 'node:crypto';
 import type { Aedes, AedesPublishPacket, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
-import type { KmsClient } from '../key-service/client.js';
+import { type KmsClient, KmsHttpError } from '../key-service/client.js';
 import {
   type EnvelopeKey,
   isProtocolError,
@@ -11,6 +11,7 @@ import {
   parseEnvelope,
   type ProtocolErrorCode,
   type ReplayWindow,
+  type TokenClaims,
   TokenError,
 } from '../protocol/index.js';
 import {
@@ -20,6 +21,7 @@ import {
   type SessionEvent,
   UplinkKeyError,
 } from './session-keys.js';
+import { certificateMismatch, type ClientCertificates } from './client-certificate.js';
 import type { TokenAuthority } from './token-authority.js';
 import {
   DEFAULT_TOPICS,
@@ -51,6 +53,8 @@ export interface QkeyPluginOptions {
   /** Largest uplink payload after opening, bytes. */
   maxPayload?: number;
   events?: PluginEvents;
+  /** Mutual TLS: connections' certificate identities and whether a certificate alone may replace a device token. */
+  certificates?: ClientCertificates;
   log?: { info(obj: object, msg: string): void; warn(obj: object, msg: string): void };
 }
 
@@ -139,13 +143,22 @@ export class QkeyPlugin {
   ): Promise<void> {
     if (this.emptyIdPersistent.has(client))
       throw authError(2, 'identifier rejected: empty client id with clean session off [MQTT-3.1.3-8]');
-    if (!username || !password) throw authError(4, 'bad user name or password: a token is required');
-    let claims;
-    try {
-      claims = this.o.tokens.verify(password.toString('utf8'));
-    } catch (err) {
-      if (err instanceof TokenError) throw authError(4, `bad user name or password: ${err.code}`);
-      throw err;
+    const certificate = this.o.certificates?.of(client.conn);
+    const certificateAlone = !password && certificate && this.o.certificates?.policy.tokenRequired === false;
+    if (!username || (!password && !certificateAlone))
+      throw authError(4, 'bad user name or password: a token is required');
+    let claims: Pick<TokenClaims, 'sub' | 'role' | 'iat' | 'acl'>;
+    if (certificateAlone) {
+      // A device identified by its certificate alone (policy); revoked at the key service since it was issued: 5.
+      if (this.o.tokens.isRevoked(username, certificate.notBefore)) throw authError(5, 'not authorized: revoked');
+      claims = { sub: username, role: 'device', iat: certificate.notBefore };
+    } else {
+      try {
+        claims = this.o.tokens.verify(password!.toString('utf8'));
+      } catch (err) {
+        if (err instanceof TokenError) throw authError(4, `bad user name or password: ${err.code}`);
+        throw err;
+      }
     }
     if (claims.sub !== username) throw authError(4, 'bad user name or password: the username is not the token subject');
     let principal: Principal;
@@ -164,6 +177,8 @@ export class QkeyPlugin {
     } else {
       throw authError(5, 'not authorized: broker tokens cannot connect as MQTT clients');
     }
+    const mismatch = certificateMismatch(certificate, principal.id);
+    if (mismatch) throw authError(5, `not authorized: ${mismatch}`);
     const state: ClientState = { principal, iat: claims.iat };
     if (principal.role === 'device') {
       const deviceId = principal.id;
@@ -175,6 +190,9 @@ export class QkeyPlugin {
         await keys.start();
       } catch (err) {
         await keys.close();
+        // A certificate alone may name a device the key service does not know: that is no one to connect as.
+        if (err instanceof KmsHttpError && err.code === 'KMS_ERR_UNKNOWN_DEVICE')
+          throw authError(5, 'not authorized: unknown device');
         throw authError(3, `server unavailable: ${(err as Error).message}`);
       }
       state.keys = keys;

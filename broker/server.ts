@@ -4,13 +4,14 @@ import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, type Server as NetServer } from 'node:net';
-import { createServer as createTlsServer } from 'node:tls';
+import { createServer as createTlsServer, type TLSSocket, type TlsOptions } from 'node:tls';
 import { Aedes } from 'aedes';
 import { pino, type Logger } from 'pino';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { createWebSocketStream, WebSocketServer } from 'ws';
 import type { Duplex } from 'node:stream';
 import { type BrokerConfig, packetLimits } from './config.js';
+import { ClientCertificates } from './client-certificate.js';
 import { BrokerKmsSession, brokerSecret } from './credentials.js';
 import { createBoundedEmitter } from './mq-emitter.js';
 import { guardPackets, type InputRefusal } from './packet-guard.js';
@@ -114,7 +115,9 @@ export async function startBroker(
   const tokens = new TokenAuthority(kms, { pollMs: config.revocationPollMs });
   await tokens.start();
   const m = createMetrics();
+  const certificates = config.clientCertificates ? new ClientCertificates(config.clientCertificates) : undefined;
   const plugin = createQkeyPlugin({
+    certificates,
     kms,
     tokens,
     topics: config.topics,
@@ -158,7 +161,8 @@ export async function startBroker(
 
   const limits = packetLimits(config);
   /** Every MQTT connection, whatever the transport: input bounds first, then Aedes. */
-  const serve = (stream: Duplex, source: string | undefined) => {
+  const serve = (stream: Duplex, source: string | undefined, tlsSocket?: TLSSocket) => {
+    if (certificates && tlsSocket) certificates.record(stream, tlsSocket);
     const connection: { client?: { connected: boolean } } = {};
     guardPackets(
       stream,
@@ -171,6 +175,17 @@ export async function startBroker(
     );
     connection.client = aedes.handle(stream);
   };
+
+  /** TLS and WSS: the broker's certificate, and with mutual TLS the client CA, required of every client. */
+  const tlsOptions = (l: { cert?: string; key?: string }): TlsOptions => ({
+    cert: readFileSync(l.cert!),
+    key: readFileSync(l.key!),
+    ...(config.clientCertificates && {
+      ca: readFileSync(config.clientCertificates.ca),
+      requestCert: true,
+      rejectUnauthorized: true,
+    }),
+  });
 
   const servers: Array<NetServer | HttpServer> = [];
   const wsServers: WebSocketServer[] = [];
@@ -186,13 +201,10 @@ export async function startBroker(
       urls.mqtt = `mqtt://${host}:${await listen(s, config.mqtt.port, config.host)}`;
     }
     if (config.tls) {
-      const s = createTlsServer(
-        { cert: readFileSync(config.tls.cert!), key: readFileSync(config.tls.key!) },
-        (socket) => {
-          coalesceWrites(socket);
-          serve(socket, socket.remoteAddress);
-        },
-      );
+      const s = createTlsServer(tlsOptions(config.tls), (socket) => {
+        coalesceWrites(socket);
+        serve(socket, socket.remoteAddress, socket);
+      });
       servers.push(s);
       urls.mqtts = `mqtts://${host}:${await listen(s, config.tls.port, config.host)}`;
     }
@@ -201,14 +213,17 @@ export async function startBroker(
       ['wss', config.wss],
     ] as const) {
       if (!l) continue;
-      const http =
-        kind === 'ws'
-          ? createHttpServer()
-          : createHttpsServer({ cert: readFileSync(l.cert!), key: readFileSync(l.key!) });
+      const http = kind === 'ws' ? createHttpServer() : createHttpsServer(tlsOptions(l));
       // A WebSocket message is buffered whole before it reaches the MQTT stream: ws refuses one larger than the
       // largest packet at its frame header (close code 1009), before buffering it.
       const wss = new WebSocketServer({ server: http, maxPayload: limits.maxPacketSize });
-      wss.on('connection', (socket, req) => serve(createWebSocketStream(socket), req.socket.remoteAddress));
+      wss.on('connection', (socket, req) =>
+        serve(
+          createWebSocketStream(socket),
+          req.socket.remoteAddress,
+          kind === 'wss' ? (req.socket as TLSSocket) : undefined,
+        ),
+      );
       servers.push(http);
       wsServers.push(wss);
       urls[kind] = `${kind}://${host}:${await listen(http, l.port, config.host)}`;
