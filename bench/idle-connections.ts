@@ -66,11 +66,7 @@ async function memory(): Promise<number> {
 }
 
 /** Opens N connections from a child process and returns the memory they cost this process, per connection. */
-async function measure(
-  held: () => Promise<number>,
-  port: number,
-  send: number,
-): Promise<number> {
+async function measure(held: () => Promise<number>, port: number, send: number): Promise<number> {
   const before = await memory();
   const child = fork(fileURLToPath(import.meta.url), [
     '--open',
