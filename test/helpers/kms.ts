@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { type KmsOverrides, loadKmsConfig } from '../../key-service/config.js';
-import { KmsClient } from '../../key-service/client.js';
+import { KmsClient } from '../../kms-api/client.js';
 import { type RunningKms, startKms } from '../../key-service/server.js';
 
 export interface TestKms {
