@@ -337,7 +337,7 @@ try {
 
   const { client_secret } = await admin.registerApp('scale-app');
   const app = await LeanMqttClient.connect(mqttUrl, {
-    clientId: 'scale-app',
+    clientId: 'scale-app/0',
     username: 'scale-app',
     password: (await admin.clientToken('scale-app', client_secret)).access_token,
   });

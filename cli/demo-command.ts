@@ -167,13 +167,13 @@ export async function runDemoCommand(argv: string[], io: CliIo): Promise<number>
       const { hostname, port } = new URL(broker.urls.mqtt!);
       io.out(`\nConnect your own client (app token valid ${expires_in / 60} min; telemetry arrives as plaintext):`);
       io.out(
-        `  mosquitto_sub -h ${hostname} -p ${port} -i demo-guest -u demo-guest -P '${access_token}' -t 'devices/+/up/#' -v`,
+        `  mosquitto_sub -h ${hostname} -p ${port} -i demo-guest/1 -u demo-guest -P '${access_token}' -t 'devices/+/up/#' -v`,
       );
       io.out(
-        `  mosquitto_pub -h ${hostname} -p ${port} -i demo-guest -u demo-guest -P '${access_token}' -t devices/${devices[0]!.id}/down/cmd -q 1 -m hello`,
+        `  mosquitto_pub -h ${hostname} -p ${port} -i demo-guest/1 -u demo-guest -P '${access_token}' -t devices/${devices[0]!.id}/down/cmd -q 1 -m hello`,
       );
       io.out(
-        `  mqtt.js: mqtt.connect('${broker.urls.mqtt}', { clientId: 'demo-guest', username: 'demo-guest', password: '<the token above>' })`,
+        `  mqtt.js: mqtt.connect('${broker.urls.mqtt}', { clientId: 'demo-guest/1', username: 'demo-guest', password: '<the token above>' })`,
       );
       io.out(`Ctrl-C stops the demo.\n`);
     }

@@ -15,6 +15,7 @@ export const CHIP_ERRORS = {
   CHIP_ERR_NO_LOGIN_KEY: 'the chip has no login key yet: fill it first',
   CHIP_ERR_FILL: 'fill batch conflicts with the keys in the chip',
   CHIP_ERR_BATCH: 'factory batch is malformed, for another chip, or fails authentication',
+  CHIP_ERR_WILL: 'a will is sealed once per session, before its first message',
 } as const;
 
 export type ChipErrorCode = keyof typeof CHIP_ERRORS;
