@@ -7,7 +7,8 @@ import type { KmsConfig } from './config.js';
 import type { KmsContext } from './context.js';
 import { type Db, openDatabase } from './db.js';
 import { KMS_ERRORS, KmsError, type KmsErrorCode } from './errors.js';
-import { ChallengeBook, FailureLimiter } from './login.js';
+import { ChallengeBook } from './login.js';
+import { LoginLimiter } from './login-limits.js';
 import { loadMasterKey } from './master-key.js';
 import { createKmsMetrics } from './metrics.js';
 import { adminRoutes } from './routes/admin.js';
@@ -40,6 +41,8 @@ export interface Kms {
 export interface BuildOptions {
   /** Where logs go (default: stdout); tests pass a capture stream. */
   logStream?: Writable;
+  /** The clock login limits and challenges run on (default Date.now); tests pass a controllable one. */
+  clock?: () => number;
 }
 
 function errorBody(code: KmsErrorCode, message: string, details: Array<Record<string, unknown>> = []) {
@@ -76,8 +79,13 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     claims,
     signing: loadSigningKey(db, master),
     adminToken: loadAdminToken(config.dataDir, config.adminToken),
-    challenges: new ChallengeBook(config.challengeTtl * 1000),
-    limiter: new FailureLimiter(config.loginLimits.windowSeconds * 1000),
+    challenges: new ChallengeBook(
+      config.challengeTtl * 1000,
+      config.loginLimits.openChallengesPerSource,
+      config.loginLimits.maxOpenChallenges,
+      options.clock,
+    ),
+    limiter: new LoginLimiter(config.loginLimits, options.clock),
     metrics,
   };
 
@@ -88,6 +96,9 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       ...(options.logStream ? { stream: options.logStream } : {}),
     },
     bodyLimit: config.bodyLimit,
+    // The source address login limits key on: the peer's, unless it is a listed proxy (then X-Forwarded-For's
+    // right-most address not itself a listed proxy). Never `true`: anyone could then choose their address.
+    trustProxy: config.trustProxy.length ? [...config.trustProxy] : false,
     ...(config.tls ? { https: { cert: config.tls.cert, key: config.tls.key } } : {}),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });

@@ -1,6 +1,7 @@
 // Key-service configuration: defaults, then a JSON config file, then QKEY_KMS_* environment, then CLI flags.
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import type { LoginLimitSettings } from './login-limits.js';
 
 export interface KmsConfig {
   /** Address to listen on; loopback by default. */
@@ -19,8 +20,10 @@ export interface KmsConfig {
   lowWater: number;
   /** ETSI 014 max_key_per_request. */
   maxKeysPerRequest: number;
-  /** Failed logins allowed per device and per source address within the window. */
-  loginLimits: { perDevice: number; perSource: number; windowSeconds: number };
+  /** Login attempt and challenge limits (login-limits.ts), and the challenge book's bounds. */
+  loginLimits: LoginLimitSettings & { openChallengesPerSource: number; maxOpenChallenges: number };
+  /** Reverse proxies (addresses or CIDRs) whose X-Forwarded-For is believed; none by default. */
+  trustProxy: readonly string[];
   /** Most claim requests committed in one transaction. */
   claimBatchMax: number;
   /** Largest accepted HTTP body, bytes (a fill batch of 4096 keys is about 300 KiB). */
@@ -42,7 +45,18 @@ export const KMS_DEFAULTS: Readonly<KmsConfig> = Object.freeze({
   challengeTtl: 60,
   lowWater: 16,
   maxKeysPerRequest: 16,
-  loginLimits: Object.freeze({ perDevice: 5, perSource: 50, windowSeconds: 300 }),
+  loginLimits: Object.freeze({
+    perSource: 100,
+    perSubjectSource: 10,
+    perSubject: 1000,
+    maxBackoffSeconds: 900,
+    forgetSeconds: 3600,
+    challengeRate: 10,
+    challengeBurst: 100,
+    openChallengesPerSource: 100,
+    maxOpenChallenges: 100_000,
+  }),
+  trustProxy: Object.freeze([]),
   claimBatchMax: 512,
   bodyLimit: 1024 * 1024,
   logLevel: 'info',

@@ -12,7 +12,8 @@ import {
 import type { ClaimQueue } from './claims.js';
 import type { KmsConfig } from './config.js';
 import { KmsError } from './errors.js';
-import type { ChallengeBook, FailureLimiter } from './login.js';
+import type { ChallengeBook } from './login.js';
+import type { LoginLimiter } from './login-limits.js';
 import type { KmsMetrics } from './metrics.js';
 import { secretEquals, type SigningKey } from './secrets.js';
 import type { KeyStore } from './store.js';
@@ -24,7 +25,7 @@ export interface KmsContext {
   signing: SigningKey;
   adminToken: string;
   challenges: ChallengeBook;
-  limiter: FailureLimiter;
+  limiter: LoginLimiter;
   metrics: KmsMetrics;
 }
 

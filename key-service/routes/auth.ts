@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import { equalBytes, loginProof } from '../../protocol/index.js';
 import { issueToken, type KmsContext, requireBroker } from '../context.js';
 import { KmsError } from '../errors.js';
+import type { Attempt, Refusal } from '../login-limits.js';
 import { errorResponses, idSchema } from './schemas.js';
 
 const tokenResponse = {
@@ -24,16 +25,20 @@ interface ClientGrant {
 
 export function authRoutes(app: FastifyInstance, ctx: KmsContext): void {
   const { limiter } = ctx;
-  const limits = ctx.config.loginLimits;
 
-  /** 429 once the device or the source address has used up its failed attempts. */
-  const checkLimits = (subject: string, source: string) => {
-    const wait = limiter.blocked(`s:${subject}`, limits.perDevice) ?? limiter.blocked(`ip:${source}`, limits.perSource);
-    if (wait !== undefined) throw new KmsError('KMS_ERR_RATE_LIMITED', undefined, { retryAfterSeconds: wait });
+  /** 429 with Retry-After when login-limits.ts refuses. */
+  const refuse = (r: Refusal | undefined, grant: string) => {
+    if (!r) return;
+    ctx.metrics.logins.inc({ grant, result: 'limited' });
+    throw new KmsError('KMS_ERR_RATE_LIMITED', undefined, { retryAfterSeconds: r.retryAfterSeconds });
   };
-  const failed = (subject: string, source: string, grant: string): never => {
-    limiter.fail(`s:${subject}`);
-    limiter.fail(`ip:${source}`);
+  const admit = (subject: string, source: string, grant: string): Attempt => {
+    const attempt = limiter.attempt(subject, source);
+    if (!attempt.ok) return refuse(attempt, grant) as never;
+    return attempt;
+  };
+  const failed = (attempt: Attempt, subject: string, source: string, grant: string): never => {
+    attempt.failed();
     ctx.metrics.logins.inc({ grant, result: 'failed' });
     ctx.store.audit(subject, 'login.failed', grant === 'device_challenge' ? subject : null, { grant, source });
     throw new KmsError('KMS_ERR_LOGIN_FAILED');
@@ -56,9 +61,11 @@ export function authRoutes(app: FastifyInstance, ctx: KmsContext): void {
       },
     },
     async (req) => {
-      checkLimits(req.body.device_id, req.ip);
+      refuse(limiter.challenge(req.ip) ?? limiter.check(req.body.device_id, req.ip), 'device_challenge');
       // Issued for any id, so the response does not tell which devices exist.
-      const { challenge } = ctx.challenges.issue(req.body.device_id);
+      const issued = ctx.challenges.issue(req.body.device_id, req.ip);
+      if (!issued) throw new KmsError('KMS_ERR_RATE_LIMITED', 'too many open challenges', { retryAfterSeconds: 1 });
+      const { challenge } = issued;
       return { challenge: challenge.toString('base64'), expires_in: ctx.config.challengeTtl };
     },
   );
@@ -98,23 +105,34 @@ export function authRoutes(app: FastifyInstance, ctx: KmsContext): void {
     async (req) => {
       const body = req.body;
       if (body.grant_type === 'device_challenge') {
-        checkLimits(body.device_id, req.ip);
-        // The challenge is consumed whatever the outcome: each one gets a single try.
-        const fresh = ctx.challenges.take(body.device_id, body.challenge);
-        const loginKey = fresh ? ctx.store.loginKey(body.device_id) : undefined;
-        if (!loginKey) return failed(body.device_id, req.ip, body.grant_type);
-        const expected = loginProof(loginKey, body.device_id, Buffer.from(body.challenge, 'base64'));
-        loginKey.fill(0);
-        if (!equalBytes(expected, Buffer.from(body.mac, 'base64')))
-          return failed(body.device_id, req.ip, body.grant_type);
+        const attempt = admit(body.device_id, req.ip, body.grant_type);
+        try {
+          // The challenge is consumed whatever the outcome: each one gets a single try.
+          const fresh = ctx.challenges.take(body.device_id, body.challenge);
+          const loginKey = fresh ? ctx.store.loginKey(body.device_id) : undefined;
+          if (!loginKey) return failed(attempt, body.device_id, req.ip, body.grant_type);
+          const expected = loginProof(loginKey, body.device_id, Buffer.from(body.challenge, 'base64'));
+          loginKey.fill(0);
+          if (!equalBytes(expected, Buffer.from(body.mac, 'base64')))
+            return failed(attempt, body.device_id, req.ip, body.grant_type);
+          attempt.succeeded();
+        } finally {
+          attempt.abandoned(); // a no-op once settled; releases the attempt if the check itself threw
+        }
         const { token, expiresIn } = issueToken(ctx, 'device', body.device_id);
         ctx.metrics.logins.inc({ grant: body.grant_type, result: 'ok' });
         ctx.store.audit(body.device_id, 'login', body.device_id, { grant: body.grant_type, source: req.ip });
         return { access_token: token, token_type: 'Bearer', expires_in: expiresIn };
       }
-      checkLimits(body.client_id, req.ip);
-      const client = await ctx.store.verifyClient(body.client_id, body.client_secret);
-      if (!client) return failed(body.client_id, req.ip, body.grant_type);
+      const attempt = admit(body.client_id, req.ip, body.grant_type);
+      let client;
+      try {
+        client = await ctx.store.verifyClient(body.client_id, body.client_secret);
+        if (!client) return failed(attempt, body.client_id, req.ip, body.grant_type);
+        attempt.succeeded();
+      } finally {
+        attempt.abandoned();
+      }
       const { token, expiresIn } = issueToken(
         ctx,
         client.role,

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { type KmsOverrides, loadKmsConfig } from '../../key-service/config.js';
+import type { BuildOptions } from '../../key-service/app.js';
 import { KmsClient } from '../../key-service/client.js';
 import { type RunningKms, startKms } from '../../key-service/server.js';
 
@@ -22,7 +23,11 @@ export function tempDir(prefix = 'qkey-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }
 
-export async function startTestKms(overrides: KmsOverrides = {}, dataDir = tempDir()): Promise<TestKms> {
+export async function startTestKms(
+  overrides: KmsOverrides = {},
+  dataDir = tempDir(),
+  options: BuildOptions = {},
+): Promise<TestKms> {
   const chunks: string[] = [];
   const logStream = new Writable({
     write(chunk, _enc, cb) {
@@ -34,7 +39,7 @@ export async function startTestKms(overrides: KmsOverrides = {}, dataDir = tempD
     { port: 0, dataDir, logLevel: 'info', adminToken: 'test-admin-token', ...overrides },
     { env: {} },
   );
-  const kms = await startKms(config, { logStream });
+  const kms = await startKms(config, { logStream, ...options });
   return {
     url: kms.url,
     dataDir,
