@@ -1,11 +1,11 @@
 // Builds the key service (store, claim queue, routes) as a fastify app that does not listen; server.ts listens.
-import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { ClaimQueue } from './claims.js';
 import type { KmsConfig } from './config.js';
 import type { KmsContext } from './context.js';
-import { type Db, openDatabase } from './db.js';
+import { openDataDir } from './data-dir.js';
+import type { Db } from './db.js';
 import { KMS_ERRORS, KmsError, type KmsErrorCode } from './errors.js';
 import { ChallengeBook } from './login.js';
 import { LoginLimiter } from './login-limits.js';
@@ -18,7 +18,7 @@ import { opsRoutes } from './routes/ops.js';
 import { loadAdminToken, loadSigningKey } from './secrets.js';
 import { KeyStore } from './store.js';
 
-export const DB_FILE = 'kms.db';
+export { DB_FILE } from './data-dir.js';
 
 /** Log fields that could carry secrets; pino replaces them with "[redacted]". */
 export const REDACT_PATHS = [
@@ -50,7 +50,7 @@ function errorBody(code: KmsErrorCode, message: string, details: Array<Record<st
 }
 
 export async function buildKms(config: Readonly<KmsConfig>, options: BuildOptions = {}): Promise<Kms> {
-  const db = openDatabase(join(config.dataDir, DB_FILE));
+  const db = openDataDir(config.dataDir);
   try {
     return build(db, config, options);
   } catch (err) {

@@ -7,6 +7,7 @@ import { Writable } from 'node:stream';
 import { type KmsOverrides, loadKmsConfig } from '../../key-service/config.js';
 import type { BuildOptions } from '../../key-service/app.js';
 import { KmsClient } from '../../key-service/client.js';
+import { initDataDir } from '../../key-service/data-dir.js';
 import { type RunningKms, startKms } from '../../key-service/server.js';
 
 export interface TestKms {
@@ -23,9 +24,17 @@ export function tempDir(prefix = 'qkey-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }
 
+/** A temp folder initialised as a new key service (as `qkey kms init` does); starting never creates one. */
+export function newKmsDir(): string {
+  const dir = tempDir();
+  initDataDir(dir);
+  return dir;
+}
+
+/** Starts a key service on `dataDir`, which must hold one already (default: a new one from newKmsDir()). */
 export async function startTestKms(
   overrides: KmsOverrides = {},
-  dataDir = tempDir(),
+  dataDir = newKmsDir(),
   options: BuildOptions = {},
 ): Promise<TestKms> {
   const chunks: string[] = [];
