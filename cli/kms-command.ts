@@ -44,7 +44,8 @@ function overridesFrom(values: { host?: string; port?: string; data?: string; 'l
     o.port = Number(values.port);
   }
   if (values.data !== undefined) o.dataDir = values.data;
-  if (values['log-level'] !== undefined) o.logLevel = values['log-level'];
+  // Checked with every other source against the schema (loadKmsConfig), which names what is allowed.
+  if (values['log-level'] !== undefined) o.logLevel = values['log-level'] as KmsOverrides['logLevel'];
   return o;
 }
 

@@ -1,4 +1,5 @@
 // Builds the key service (store, claim queue, routes) as a fastify app that does not listen; server.ts listens.
+import { readFileSync } from 'node:fs';
 import type { Writable } from 'node:stream';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { ClaimQueue } from './claims.js';
@@ -99,7 +100,8 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     // The source address login limits key on: the peer's, unless it is a listed proxy (then X-Forwarded-For's
     // right-most address not itself a listed proxy). Never `true`: anyone could then choose their address.
     trustProxy: config.trustProxy.length ? [...config.trustProxy] : false,
-    ...(config.tls ? { https: { cert: config.tls.cert, key: config.tls.key } } : {}),
+    // PEM files, as in the broker's configuration (checked readable when the configuration was loaded).
+    ...(config.tls ? { https: { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) } } : {}),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
 
