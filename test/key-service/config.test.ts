@@ -1,11 +1,13 @@
 // Key-service configuration: defaults, precedence, TLS as PEM file paths, and refusals naming the key, where its value
 // came from and what is allowed: unknown keys, wrong types, out-of-range values, from a file, the environment or flags.
-import { writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { get } from 'node:https';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { KMS_DEFAULTS, loadKmsConfig } from '../../key-service/config.js';
 import { runQkey } from '../helpers/cli.js';
-import { removeDir, tempDir } from '../helpers/kms.js';
+import { removeDir, startTestKms, tempDir } from '../helpers/kms.js';
 
 const dir = tempDir('qkey-kms-config-');
 afterAll(() => removeDir(dir));
@@ -49,6 +51,43 @@ describe('loadKmsConfig', () => {
     expect(() => fromFile({ tls: { cert: '-----BEGIN CERTIFICATE-----\nMIIB...', key } })).toThrow(
       /"tls.cert" .* cannot read that file/,
     );
+  });
+
+  it('serves HTTPS from those PEM files', async () => {
+    const cert = join(dir, 'cert.pem');
+    const key = join(dir, 'key.pem');
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=127.0.0.1',
+      ].concat(['-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', cert]),
+      { stdio: 'ignore' },
+    );
+    const t = await startTestKms({ tls: { cert, key } });
+    try {
+      expect(t.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+      const status = await new Promise<number | undefined>((resolve, reject) =>
+        get(
+          `${t.url}/api/v1/auth/keys`,
+          { ca: readFileSync(cert) },
+          (res) => (res.resume(), resolve(res.statusCode)),
+        ).on('error', reject),
+      );
+      expect(status).toBe(200);
+    } finally {
+      await t.stop();
+      removeDir(t.dataDir);
+    }
   });
 
   it.each([
