@@ -33,7 +33,8 @@ export function authRoutes(app: FastifyInstance, ctx: KmsContext): void {
     throw new KmsError('KMS_ERR_RATE_LIMITED', undefined, { retryAfterSeconds: r.retryAfterSeconds });
   };
   const admit = (subject: string, source: string, grant: string): Attempt => {
-    const attempt = limiter.attempt(subject, source);
+    // Devices and clients are limited apart: a device and an app of the same name are different subjects.
+    const attempt = limiter.attempt(`${grant === 'device_challenge' ? 'device' : 'client'}:${subject}`, source);
     if (!attempt.ok) return refuse(attempt, grant) as never;
     return attempt;
   };
@@ -61,7 +62,7 @@ export function authRoutes(app: FastifyInstance, ctx: KmsContext): void {
       },
     },
     async (req) => {
-      refuse(limiter.challenge(req.ip) ?? limiter.check(req.body.device_id, req.ip), 'device_challenge');
+      refuse(limiter.challenge(req.ip) ?? limiter.check(`device:${req.body.device_id}`, req.ip), 'device_challenge');
       // Issued for any id, so the response does not tell which devices exist.
       const issued = ctx.challenges.issue(req.body.device_id, req.ip);
       if (!issued) throw new KmsError('KMS_ERR_RATE_LIMITED', 'too many open challenges', { retryAfterSeconds: 1 });
