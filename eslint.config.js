@@ -15,5 +15,18 @@ export default tseslint.config(
       'no-console': 'off',
     },
   },
-  { files: ['**/*.js'], ...tseslint.configs.disableTypeChecked },
+  {
+    // The key service's clients (broker, emulators, simulator, CLI) import these: no server code, no HTTP framework,
+    // no database.
+    files: ['kms-api/**/*.ts', 'common/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        { patterns: ['**/key-service/**', 'fastify', '@fastify/*', 'better-sqlite3', 'aedes', 'mqtt'] },
+      ],
+    },
+  },
+  { files: ['**/*.js', '**/*.mjs'], ...tseslint.configs.disableTypeChecked },
+  // Plain Node scripts that run before the build (scripts/check-node.mjs).
+  { files: ['**/*.mjs'], languageOptions: { globals: { process: 'readonly', console: 'readonly', URL: 'readonly' } } },
 );

@@ -1,6 +1,6 @@
 // Registers a benchmark device at the key service: a login key, one uplink key (index 0), `down` downlink keys.
 import { randomBytes } from 'node:crypto';
-import type { KmsClient } from '../key-service/client.js';
+import type { KmsClient } from '../kms-api/client.js';
 
 export interface BenchDevice {
   id: string;

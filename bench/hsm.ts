@@ -7,7 +7,7 @@ import { FillingMachine } from '../hsm-emulator/filling-machine.js';
 import { HealthTests } from '../hsm-emulator/health-tests.js';
 import { Qrng } from '../hsm-emulator/qrng.js';
 import { loadKmsConfig } from '../key-service/config.js';
-import { KmsClient } from '../key-service/client.js';
+import { KmsClient } from '../kms-api/client.js';
 import { initDataDir } from '../key-service/data-dir.js';
 import { startKms } from '../key-service/server.js';
 import { EnvelopeKey, sealEnvelope } from '../protocol/index.js';

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { KmsClient } from '../key-service/client.js';
+import { KmsClient } from '../kms-api/client.js';
 import { jsonPost, load } from './_http-load.js';
 import { formatRate, table } from './_measure.js';
 

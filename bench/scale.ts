@@ -14,7 +14,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { BROKER_DEFAULTS } from '../broker/config.js';
 import { DeliveryLedger, percentile } from '../device-sim/stats.js';
-import { KmsClient } from '../key-service/client.js';
+import { KmsClient } from '../kms-api/client.js';
 import { ENVELOPE_OVERHEAD, EnvelopeKey, loginProof, SUITE_SM4_GCM, sealEnvelope } from '../protocol/index.js';
 import { LeanMqttClient } from './_lean-mqtt.js';
 import { provisionBenchDevice } from './_provision.js';

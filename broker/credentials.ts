@@ -1,8 +1,9 @@
 // The broker's credentials at the key service: a configured secret, or (first run on one machine) self-registration
 // with the admin token, keeping the secret in a file only the owner can read. Tokens are refreshed before expiry.
 import { join } from 'node:path';
-import { KmsClient, KmsHttpError } from '../key-service/client.js';
-import { findAdminToken, readSecretFile, writeSecretFile } from '../key-service/secrets.js';
+import { KmsClient, KmsHttpError } from '../kms-api/client.js';
+import { findAdminToken } from '../common/admin-token.js';
+import { readSecretFile, writeSecretFile } from '../common/secret-file.js';
 
 export function secretFile(dataDir: string, brokerId: string): string {
   return join(dataDir, `broker-${brokerId}.secret`);

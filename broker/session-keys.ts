@@ -1,6 +1,6 @@
 // The keys of one device session at the broker: uplink keys claimed on first use (ETSI 014 dec_keys), downlink
 // keys claimed ahead of need (enc_keys) and rotated without ever making delivery wait.
-import { type KmsClient, KmsHttpError } from '../key-service/client.js';
+import { type KmsClient, KmsHttpError } from '../kms-api/client.js';
 import { EnvelopeKey, keyIdFor, MAX_SEQ, ReplayWindow, SUITE_SM4_GCM, sealEnvelope } from '../protocol/index.js';
 
 export interface RotationLimits {

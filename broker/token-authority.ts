@@ -1,6 +1,6 @@
 // Verifies access tokens offline with the key service's public keys, and follows its revocation feed.
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import type { KmsClient } from '../key-service/client.js';
+import type { KmsClient } from '../kms-api/client.js';
 import { type TokenClaims, TokenError, verifyToken } from '../protocol/index.js';
 
 export interface TokenAuthorityOptions {

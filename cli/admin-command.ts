@@ -1,9 +1,9 @@
 // `qkey admin ...`: the administrator's commands over the key service's admin API.
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { KmsClient, KmsHttpError, KmsUnreachableError } from '../key-service/client.js';
+import { KmsClient, KmsHttpError, KmsUnreachableError } from '../kms-api/client.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
-import { ADMIN_TOKEN_FILE, findAdminToken } from '../key-service/secrets.js';
+import { ADMIN_TOKEN_FILE, findAdminToken } from '../common/admin-token.js';
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './io.js';
 
 export const DEFAULT_KMS_URL = `http://127.0.0.1:${KMS_DEFAULTS.port}`;

@@ -1,5 +1,14 @@
 #!/usr/bin/env node
-// Executable entry for the `qkey` bin: runs main() with the process's arguments and sets the exit status.
-import { main } from './qkey.js';
-
-process.exitCode = await main(process.argv.slice(2));
+// Executable entry for the `qkey` bin: refuses an unsupported Node.js with advice, then runs main() and sets the exit status.
+// The CLI is imported only after the check, so an old Node never reaches the native addons it cannot load.
+const { unsupportedNodeMessage } = (await import(new URL('../../scripts/check-node.mjs', import.meta.url).href)) as {
+  unsupportedNodeMessage(): string | null;
+};
+const unsupported = unsupportedNodeMessage();
+if (unsupported) {
+  console.error(unsupported);
+  process.exitCode = 1;
+} else {
+  const { main } = await import('./qkey.js');
+  process.exitCode = await main(process.argv.slice(2));
+}

@@ -4,7 +4,7 @@ import { SecurityChip } from '../hsm-emulator/chip.js';
 import { ChipError } from '../hsm-emulator/chip-errors.js';
 import { FillError, FillingMachine } from '../hsm-emulator/filling-machine.js';
 import { Qrng, QrngHealthError } from '../hsm-emulator/qrng.js';
-import { KmsClient, KmsHttpError, KmsUnreachableError } from '../key-service/client.js';
+import { KmsClient, KmsHttpError, KmsUnreachableError } from '../kms-api/client.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
 import { adminTokenFrom, DEFAULT_KMS_URL } from './admin-command.js';
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './io.js';

@@ -11,11 +11,11 @@ import { SimulatedDevice } from '../device-sim/simulated-device.js';
 import { SecurityChip } from '../hsm-emulator/chip.js';
 import { FillingMachine } from '../hsm-emulator/filling-machine.js';
 import { Qrng } from '../hsm-emulator/qrng.js';
-import { KmsClient, KmsHttpError } from '../key-service/client.js';
+import { KmsClient, KmsHttpError } from '../kms-api/client.js';
 import { loadKmsConfig } from '../key-service/config.js';
 import { ensureDataDir } from '../key-service/data-dir.js';
 import { lockDataDir } from '../key-service/lock.js';
-import { readSecretFile, writeSecretFile } from '../key-service/secrets.js';
+import { readSecretFile, writeSecretFile } from '../common/secret-file.js';
 import { startKms } from '../key-service/server.js';
 import { type CliIo, EXIT_OK, EXIT_USAGE } from './io.js';
 

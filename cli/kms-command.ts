@@ -6,7 +6,7 @@ import { type KmsOverrides, loadKmsConfig } from '../key-service/config.js';
 import { checkDataDir, ensureDataDir, initDataDir, openDataDir } from '../key-service/data-dir.js';
 import { lockDataDir } from '../key-service/lock.js';
 import { rotateMasterKey } from '../key-service/master-key.js';
-import { ADMIN_TOKEN_FILE } from '../key-service/secrets.js';
+import { ADMIN_TOKEN_FILE } from '../common/admin-token.js';
 import { startKms } from '../key-service/server.js';
 import { type CliIo, EXIT_OK, EXIT_USAGE, UsageError } from './io.js';
 

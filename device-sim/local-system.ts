@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
 import { type BrokerOverrides, loadBrokerConfig } from '../broker/config.js';
 import { type RunningBroker, startBroker } from '../broker/server.js';
-import { KmsClient } from '../key-service/client.js';
+import { KmsClient } from '../kms-api/client.js';
 import { type KmsOverrides, loadKmsConfig } from '../key-service/config.js';
 import { ensureDataDir } from '../key-service/data-dir.js';
 import { type RunningKms, startKms } from '../key-service/server.js';

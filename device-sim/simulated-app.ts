@@ -1,6 +1,6 @@
 // A simulated back-end application: reads decrypted telemetry and sends plaintext commands through the broker.
 import mqtt, { type MqttClient } from 'mqtt';
-import { KmsClient } from '../key-service/client.js';
+import { KmsClient } from '../kms-api/client.js';
 import type { DeviceTelemetry } from './simulated-device.js';
 
 export class SimulatedApp {

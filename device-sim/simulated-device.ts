@@ -2,7 +2,7 @@
 // opens the commands it receives. One session (fresh uplink key) per connection, as a real terminal would.
 import mqtt, { type MqttClient } from 'mqtt';
 import type { SecurityChip } from '../hsm-emulator/chip.js';
-import { KmsClient } from '../key-service/client.js';
+import { KmsClient } from '../kms-api/client.js';
 
 export interface DeviceTelemetry {
   device: string;

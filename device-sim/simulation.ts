@@ -8,7 +8,7 @@ import type { BrokerOverrides } from '../broker/config.js';
 import { SecurityChip } from '../hsm-emulator/chip.js';
 import { FillingMachine } from '../hsm-emulator/filling-machine.js';
 import { Qrng } from '../hsm-emulator/qrng.js';
-import { KmsClient } from '../key-service/client.js';
+import { KmsClient } from '../kms-api/client.js';
 import { SimulatedApp } from './simulated-app.js';
 import { SimulatedDevice } from './simulated-device.js';
 import { startLocalSystem } from './local-system.js';

@@ -1,7 +1,7 @@
 // The key filling machine: draws keys from the QRNG and loads one chip and the key service with the same batch,
 // all or nothing on both sides (register pending -> write chip -> commit; retry by batch id, or cancel).
 import { randomBytes } from 'node:crypto';
-import { type KmsClient, KmsHttpError } from '../key-service/client.js';
+import { type KmsClient, KmsHttpError } from '../kms-api/client.js';
 import type { SecurityChip } from './chip.js';
 import { ChipError } from './chip-errors.js';
 import type { Qrng } from './qrng.js';

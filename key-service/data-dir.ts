@@ -15,7 +15,8 @@ import { join, resolve } from 'node:path';
 import { type Db, openDatabase } from './db.js';
 import { lockDataDir } from './lock.js';
 import { createMasterKey, MASTER_KEY_FILE } from './master-key.js';
-import { ADMIN_TOKEN_FILE, loadAdminToken, loadSigningKey } from './secrets.js';
+import { ADMIN_TOKEN_FILE } from '../common/admin-token.js';
+import { loadAdminToken, loadSigningKey } from './secrets.js';
 
 export const DB_FILE = 'kms.db';
 /** Present while `init` runs: a folder holding it was never a working key service, and init may start over. */

@@ -4,7 +4,7 @@ import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs
 import { join } from 'node:path';
 import { createSm4Gcm, getBackend, type SuiteKey } from '../protocol/index.js';
 import type { Db } from './db.js';
-import { writeSecretFile } from './secrets.js';
+import { writeSecretFile } from '../common/secret-file.js';
 
 const FILE_PREFIX = 'master-key.v';
 /** The file name of master key version `version`. */

@@ -8,8 +8,9 @@ import {
   timingSafeEqual,
   createHash,
 } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { ADMIN_TOKEN_FILE } from '../common/admin-token.js';
+import { readSecretFile, writeSecretFile } from '../common/secret-file.js';
 import type { Db } from './db.js';
 import type { MasterKey } from './master-key.js';
 
@@ -44,24 +45,6 @@ export function loadSigningKey(db: Db, master: MasterKey): SigningKey {
   return { kid, privateKey, publicKey };
 }
 
-export const ADMIN_TOKEN_FILE = 'admin-token';
-
-/** Creates `path` holding `text`, readable by its owner only; refuses to overwrite; fsynced before it returns. */
-export function writeSecretFile(path: string, text: string): void {
-  const fd = openSync(path, 'wx', 0o600);
-  try {
-    writeSync(fd, `${text}\n`);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** The contents of a secret file written by writeSecretFile, or undefined if there is none. */
-export function readSecretFile(path: string): string | undefined {
-  return existsSync(path) ? readFileSync(path, 'utf8').trim() : undefined;
-}
-
 /** The admin bearer token: from configuration, else `<dataDir>/admin-token` (created 0600 on first run). */
 export function loadAdminToken(dataDir: string, configured?: string): string {
   if (configured) return configured;
@@ -71,11 +54,6 @@ export function loadAdminToken(dataDir: string, configured?: string): string {
   const token = randomBytes(32).toString('base64url');
   writeSecretFile(path, token);
   return token;
-}
-
-/** The admin token an operator's tool uses next to a key service: QKEY_ADMIN_TOKEN, else `<dataDir>/admin-token`. */
-export function findAdminToken(dataDir: string): string | undefined {
-  return process.env.QKEY_ADMIN_TOKEN || readSecretFile(join(dataDir, ADMIN_TOKEN_FILE));
 }
 
 /** Constant-time comparison of a presented secret with the expected one (hashing first equalises lengths). */

@@ -2,7 +2,7 @@
 // uplink claims shared by concurrent messages, foreign keys, an empty pool, and retirement.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { DeviceSessionKeys, type SessionEvent, UplinkKeyError } from '../../broker/session-keys.js';
-import { KmsClient } from '../../key-service/client.js';
+import { KmsClient } from '../../kms-api/client.js';
 import { EnvelopeKey, openEnvelope, parseEnvelope, SUITE_SM4_GCM, sealEnvelope } from '../../protocol/index.js';
 import { brokerClient, provisionDevice, removeDir, startTestKms, type TestKms } from '../helpers/kms.js';
 

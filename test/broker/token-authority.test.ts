@@ -1,7 +1,7 @@
 // The broker's token authority against a real key service: offline verification, revocation feed, listeners.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { TokenAuthority } from '../../broker/token-authority.js';
-import { KmsClient } from '../../key-service/client.js';
+import { KmsClient } from '../../kms-api/client.js';
 import { loginProof, TokenError, type TokenErrorCode } from '../../protocol/index.js';
 import { brokerClient, provisionDevice, removeDir, startTestKms, type TestKms } from '../helpers/kms.js';
 

@@ -9,7 +9,7 @@ import { afterAll, expect, it } from 'vitest';
 import type { SimReport } from '../../device-sim/simulation.js';
 import { FillingMachine } from '../../hsm-emulator/filling-machine.js';
 import { Qrng } from '../../hsm-emulator/qrng.js';
-import { KmsClient } from '../../key-service/client.js';
+import { KmsClient } from '../../kms-api/client.js';
 import { newChip } from '../helpers/chip.js';
 import { removeDir, tempDir } from '../helpers/kms.js';
 import { QKEY_BIN, spawnQkey } from '../helpers/process.js';

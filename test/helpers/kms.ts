@@ -4,10 +4,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { type KmsOverrides, loadKmsConfig } from '../../key-service/config.js';
 import type { BuildOptions } from '../../key-service/app.js';
-import { KmsClient } from '../../key-service/client.js';
+import { type KmsOverrides, loadKmsConfig } from '../../key-service/config.js';
 import { initDataDir } from '../../key-service/data-dir.js';
+import { KmsClient } from '../../kms-api/client.js';
 import { type RunningKms, startKms } from '../../key-service/server.js';
 
 export interface TestKms {

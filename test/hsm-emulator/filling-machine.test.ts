@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SecurityChip } from '../../hsm-emulator/chip.js';
 import { FillingMachine } from '../../hsm-emulator/filling-machine.js';
 import { Qrng } from '../../hsm-emulator/qrng.js';
-import { KmsClient, KmsUnreachableError } from '../../key-service/client.js';
+import { KmsClient, KmsUnreachableError } from '../../kms-api/client.js';
 import { EnvelopeKey, keyIdFor, loginProof, openEnvelope } from '../../protocol/index.js';
 import { newChip, TEST_PIN } from '../helpers/chip.js';
 import { brokerClient, removeDir, startTestKms, type TestKms } from '../helpers/kms.js';

@@ -1,7 +1,7 @@
 // Admin API: devices, two-phase fill batches, revocation, pools, audit; and wrong credentials change nothing.
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { KmsClient, KmsHttpError } from '../../key-service/client.js';
+import type { KmsClient, KmsHttpError } from '../../kms-api/client.js';
 import { keyIdFor } from '../../protocol/index.js';
 import { brokerClient, provisionDevice, removeDir, startTestKms, type TestKms } from '../helpers/kms.js';
 

@@ -1,6 +1,6 @@
 // Kill the key service with SIGKILL during a stream of claims, restart it: no key is delivered twice, no claim lost.
 import { afterAll, expect, it } from 'vitest';
-import { KmsClient, type KmsHttpError } from '../../key-service/client.js';
+import { KmsClient, type KmsHttpError } from '../../kms-api/client.js';
 import { keyIdFor } from '../../protocol/index.js';
 import { provisionDevice, removeDir, tempDir } from '../helpers/kms.js';
 import { spawnQkey } from '../helpers/process.js';

@@ -1,6 +1,6 @@
 // ETSI GS QKD 014 key delivery: field names, at-most-once claims, races, errors (400/401/503) and group commit.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KmsHttpError, type KmsClient } from '../../key-service/client.js';
+import { KmsHttpError, type KmsClient } from '../../kms-api/client.js';
 import { keyIdFor } from '../../protocol/index.js';
 import {
   brokerClient,

@@ -1,7 +1,7 @@
 // Device login (challenge, proof, token), client credentials, rate limiting, and tokens that brokers verify offline.
 import { createPublicKey } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KmsHttpError } from '../../key-service/client.js';
+import { KmsHttpError } from '../../kms-api/client.js';
 import { loginProof, verifyToken, TokenError } from '../../protocol/index.js';
 import { provisionDevice, type ProvisionedDevice, removeDir, startTestKms, type TestKms } from '../helpers/kms.js';
 

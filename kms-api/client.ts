@@ -1,4 +1,4 @@
-// Typed HTTP client for the key service (admin CLI, filling machine, broker, tests), on Node's built-in fetch.
+// Typed HTTP client for the key service (admin CLI, filling machine, broker, simulator, tests), on Node's built-in fetch.
 
 export interface DeliveredKeyJson {
   key_ID: string;

@@ -1,7 +1,7 @@
 // KmsClient against peers that misbehave: no answer at all, a connection cut mid-response, a refused port.
 import { createServer, type Server } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { KmsClient, KmsUnreachableError } from '../../key-service/client.js';
+import { KmsClient, KmsUnreachableError } from '../../kms-api/client.js';
 
 let server: Server | undefined;
 afterEach(() => new Promise<void>((r) => (server ? server.close(() => r()) : r())));
