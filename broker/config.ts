@@ -2,7 +2,7 @@
 // defaults < JSON config file < QKEY_BROKER_* environment < CLI flags, validated as a whole (common/config-loader.ts).
 import { resolve } from 'node:path';
 import type { FromSchema } from 'json-schema-to-ts';
-import { type ConfigSchema, configDefaults, loadConfig, readableFiles } from '../common/config-loader.js';
+import { type ConfigSchema, configDefaults, loadConfig } from '../common/config-loader.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
 
 const PORT = { type: 'integer', minimum: 0, maximum: 65535 } as const;
@@ -20,7 +20,11 @@ const secure = {
   type: ['object', 'null'],
   additionalProperties: false,
   required: ['port', 'cert', 'key'],
-  properties: { port: PORT, cert: { type: 'string', minLength: 1 }, key: { type: 'string', minLength: 1 } },
+  properties: {
+    port: PORT,
+    cert: { type: 'string', minLength: 1, file: true },
+    key: { type: 'string', minLength: 1, file: true },
+  },
   default: null,
 } as const;
 const topic = { type: 'string', minLength: 1, maxLength: 1024, pattern: '\\{id\\}' } as const;
@@ -93,12 +97,7 @@ export const BROKER_DEFAULTS: Readonly<BrokerConfig> = configDefaults<BrokerConf
 
 /** Checks across keys, after each key passed the schema. */
 function refine(c: BrokerConfig): string[] {
-  const problems = readableFiles({
-    'tls.cert': c.tls?.cert,
-    'tls.key': c.tls?.key,
-    'wss.cert': c.wss?.cert,
-    'wss.key': c.wss?.key,
-  });
+  const problems: string[] = [];
   if (!c.mqtt && !c.tls && !c.ws && !c.wss)
     problems.push('"mqtt", "tls", "ws" and "wss" are all off: at least one MQTT listener must be on');
   return problems;

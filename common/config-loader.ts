@@ -19,6 +19,8 @@ export interface ConfigSchema {
   maxItems?: number;
   default?: unknown;
   env?: string;
+  /** The value is a path to a file that must be readable at start (PEM certificates and keys). */
+  file?: boolean;
   writeOnly?: boolean;
   description?: string;
   [keyword: string]: unknown;
@@ -43,6 +45,7 @@ export const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
 
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: true, strictTypes: false });
 ajv.addKeyword({ keyword: 'env', schemaType: 'string' });
+ajv.addKeyword({ keyword: 'file', schemaType: 'boolean' });
 
 type Layer = { label: (path: string[]) => string; values: Record<string, unknown> };
 type Path = string[];
@@ -301,7 +304,7 @@ export function loadConfig<T>(schema: ConfigSchema, options: LoadOptions): Reado
     }
     throw new ConfigError('CONFIG_ERR_INVALID', lines.join('\n  '));
   }
-  const problems = options.refine?.(merged as never) ?? [];
+  const problems = [...unreadableFiles(schema, merged, []), ...(options.refine?.(merged as never) ?? [])];
   if (problems.length) throw new ConfigError('CONFIG_ERR_INVALID', problems.join('\n  '));
   return deepFreeze(merged as T);
 }
@@ -323,18 +326,17 @@ function compile(schema: ConfigSchema) {
   return ajv.getSchema(schemaKey(schema))!;
 }
 
-/** Refusals for PEM (or other) files that are configured but cannot be read, by key. */
-export function readableFiles(files: Record<string, string | undefined>): string[] {
-  const problems: string[] = [];
-  for (const [key, path] of Object.entries(files)) {
-    if (path === undefined) continue;
+/** Refusals for values of `file: true` properties that name files this process cannot read, by key. */
+function unreadableFiles(schema: ConfigSchema, value: unknown, path: Path): string[] {
+  if (schema.file && typeof value === 'string') {
     try {
-      closeSync(openSync(path, 'r'));
+      closeSync(openSync(value, 'r'));
+      return [];
     } catch (err) {
-      problems.push(
-        `${JSON.stringify(key)} = ${JSON.stringify(path)}: cannot read that file (${(err as NodeJS.ErrnoException).code})`,
-      );
+      const key = JSON.stringify(path.join('.'));
+      return [`${key} = ${JSON.stringify(value)}: cannot read that file (${(err as NodeJS.ErrnoException).code})`];
     }
   }
-  return problems;
+  if (!isPlainObject(value)) return [];
+  return Object.entries(schema.properties ?? {}).flatMap(([k, sub]) => unreadableFiles(sub, value[k], [...path, k]));
 }

@@ -2,7 +2,7 @@
 // defaults < JSON config file < QKEY_KMS_* environment < CLI flags, validated as a whole (common/config-loader.ts).
 import { resolve } from 'node:path';
 import type { FromSchema } from 'json-schema-to-ts';
-import { type ConfigSchema, configDefaults, loadConfig, readableFiles } from '../common/config-loader.js';
+import { type ConfigSchema, configDefaults, loadConfig } from '../common/config-loader.js';
 
 const count = (min: number, max: number, byDefault: number) =>
   ({ type: 'integer', minimum: min, maximum: max, default: byDefault }) as const;
@@ -25,7 +25,10 @@ export const KMS_CONFIG_SCHEMA = {
       type: 'object',
       additionalProperties: false,
       required: ['cert', 'key'],
-      properties: { cert: { type: 'string', minLength: 1 }, key: { type: 'string', minLength: 1 } },
+      properties: {
+        cert: { type: 'string', minLength: 1, file: true },
+        key: { type: 'string', minLength: 1, file: true },
+      },
     },
     kmeId: { type: 'string', minLength: 1, maxLength: 128, default: 'qkey-kms' },
     tokenTtl: {
@@ -79,7 +82,6 @@ export function loadKmsConfig(
     file: options.configFile ?? env.QKEY_KMS_CONFIG,
     env,
     overrides,
-    refine: (c: KmsConfig) => readableFiles({ 'tls.cert': c.tls?.cert, 'tls.key': c.tls?.key }),
   });
   return Object.freeze({ ...config, dataDir: resolve(config.dataDir) });
 }
