@@ -91,14 +91,16 @@ export class LoginLimiter {
     const t = this.now();
     const source = sourceKey(address);
     const pairKey = `${subject}\u0000${source}`;
+    // Looked up without being stored: a refused attempt adds no entries (a flood of made-up ids costs no memory).
+    const fresh = (): Counter => ({ failures: 0, inFlight: 0, lastFailureAt: t, blockedUntil: 0 });
+    const refusal =
+      this.gate(this.live(this.sources, source, t) ?? fresh(), this.settings.perSource, t, 'source') ??
+      this.gate(this.live(this.pairs, pairKey, t) ?? fresh(), this.settings.perSubjectSource, t, 'subject-source') ??
+      this.slowSuspect(this.live(this.subjects, subject, t) ?? fresh(), this.live(this.pairs, pairKey, t), t);
+    if (refusal) return refusal;
     const src = this.counter(this.sources, source, t);
     const pair = this.counter(this.pairs, pairKey, t);
     const subj = this.counter(this.subjects, subject, t);
-    const refusal =
-      this.gate(src, this.settings.perSource, t, 'source') ??
-      this.gate(pair, this.settings.perSubjectSource, t, 'subject-source') ??
-      this.slowSuspect(subj, pair, t);
-    if (refusal) return refusal;
     src.inFlight++;
     pair.inFlight++;
     let settled = false;
@@ -127,6 +129,11 @@ export class LoginLimiter {
       failed: () => settle('failed'),
       abandoned: () => settle('abandoned'),
     };
+  }
+
+  /** How many records are kept (each table is bounded; refused attempts add none). */
+  get tracked(): { sources: number; pairs: number; subjects: number } {
+    return { sources: this.sources.size, pairs: this.pairs.size, subjects: this.subjects.size };
   }
 
   /** Refuses early (before a challenge is issued) when an attempt from here would be refused anyway. */
@@ -172,8 +179,8 @@ export class LoginLimiter {
   }
 
   /** A subject under attack: sources that have failed for it share one attempt per second; others pass. */
-  private slowSuspect(subj: Counter, pair: Counter, t: number): Refusal | undefined {
-    if (subj.failures < this.settings.perSubject || pair.failures === 0) return undefined;
+  private slowSuspect(subj: Counter, pair: Counter | undefined, t: number): Refusal | undefined {
+    if (subj.failures < this.settings.perSubject || !pair || pair.failures === 0) return undefined;
     if (subj.blockedUntil > t)
       return { ok: false, scope: 'subject', retryAfterSeconds: seconds(subj.blockedUntil - t) };
     subj.blockedUntil = t + SUSPECT_INTERVAL_MS;

@@ -126,6 +126,14 @@ describe('LoginLimiter', () => {
     for (let i = 0; i < 5; i++) expect(fail('dev-2', '203.0.113.9')).toBe('failed');
   });
 
+  it('refused attempts store nothing: a blocked source spraying made-up ids costs no memory', () => {
+    const { l, fail } = limiter();
+    for (let i = 0; i < 50; i++) fail(`ghost-${i}`, '203.0.113.9');
+    const before = l.tracked;
+    for (let i = 0; i < 10_000; i++) expect(fail(`spray-${i}`, '203.0.113.9')).toBe('source 1');
+    expect(l.tracked).toEqual(before);
+  });
+
   it('forgets idle failure counters', () => {
     const { fail, advance } = limiter();
     for (let i = 0; i < 6; i++) fail('dev-3', '203.0.113.9');
