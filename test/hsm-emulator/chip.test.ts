@@ -75,7 +75,8 @@ describe('damaged and foreign files are refused, never reset', () => {
       writeFileSync(path, bytes);
       expect(chipCode(() => SecurityChip.open(path, TEST_PIN))).toBe(code);
     };
-    for (const n of [0, 3, 8, 30, 94, 95, good.length - 33, good.length - 1]) check(good.subarray(0, n), 'CHIP_ERR_TAMPERED');
+    for (const n of [0, 3, 8, 30, 94, 95, good.length - 33, good.length - 1])
+      check(good.subarray(0, n), 'CHIP_ERR_TAMPERED');
     check(Buffer.concat([good, Buffer.from([0])]), 'CHIP_ERR_TAMPERED');
     check(Buffer.from('{"not":"a chip"}'), 'CHIP_ERR_FOREIGN');
     check(Buffer.alloc(200, 0x41), 'CHIP_ERR_FOREIGN');
@@ -96,7 +97,7 @@ describe('damaged and foreign files are refused, never reset', () => {
     const seen = new Map<string, number>();
     for (let at = 0; at < good.length; at++) {
       const bad = Buffer.from(good);
-      bad[at]! ^= 1 << at % 8;
+      bad[at]! ^= 1 << (at % 8);
       writeFileSync(path, bad);
       for (const pin of [TEST_PIN, '0000']) {
         const code = chipCode(() => SecurityChip.open(path, pin));
@@ -133,7 +134,8 @@ describe('damaged and foreign files are refused, never reset', () => {
     const crash = () => {
       throw new Error('power cut');
     };
-    for (let i = 0; i < 2; i++) expect(() => SecurityChip.open(path, '0000', { pinCrashPoint: crash })).toThrow('power cut');
+    for (let i = 0; i < 2; i++)
+      expect(() => SecurityChip.open(path, '0000', { pinCrashPoint: crash })).toThrow('power cut');
     expect(readFileSync(path)[10]).toBe(2);
     expect(() => SecurityChip.open(path, '0000')).toThrow(/2 attempt\(s\) left/);
     // A correct PIN cut off mid-check also counts until the next correct PIN resets it.
