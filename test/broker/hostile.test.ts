@@ -381,6 +381,43 @@ describe('a device retransmitting a QoS 2 PUBLISH before PUBREL', () => {
   });
 });
 
+describe('two connections of one device at once', () => {
+  it('one wins, the other is closed; the plugin keeps one session and the device is served', async () => {
+    const chip = await sys.device('dev-race');
+    chip.beginSession();
+    const password = await sys.deviceToken(chip);
+    const before = sys.broker.plugin.sessions;
+    const attempts = await Promise.all(
+      Array.from({ length: 4 }, () =>
+        RawMqtt.connect(sys.mqttUrl, { clientId: 'dev-race', username: 'dev-race', password, clean: false }).catch(
+          () => undefined,
+        ),
+      ),
+    );
+    const alive = async () => {
+      const open = [];
+      for (const a of attempts) {
+        if (!a || a.returnCode !== 0 || a.raw.socket.destroyed) continue;
+        a.raw.send({ cmd: 'pingreq' } as never);
+        if (
+          await a.raw.next('pingresp', 2000).then(
+            () => true,
+            () => false,
+          )
+        )
+          open.push(a.raw);
+      }
+      return open;
+    };
+    expect(await alive()).toHaveLength(1);
+    for (const a of attempts) a?.raw.destroy();
+    await Promise.all(attempts.map((a) => a?.raw.closed));
+    for (let i = 0; i < 100 && sys.broker.plugin.sessions > before; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(sys.broker.plugin.sessions).toBeLessThanOrEqual(before);
+    await expectServes();
+  });
+});
+
 describe('hostile applications', () => {
   it('a PUBLISH with QoS 3, garbage before CONNECT, a CONNECT of another protocol: each connection ends alone', async () => {
     const app = await rawApp('app-qos3');
