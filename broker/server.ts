@@ -2,17 +2,20 @@
 // /healthz and /metrics. startBroker() is what `qkey broker` and the tests call.
 import type { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, type Server as NetServer } from 'node:net';
-import { createServer as createTlsServer } from 'node:tls';
+import { createServer as createTlsServer, type TLSSocket, type TlsOptions } from 'node:tls';
 import { Aedes } from 'aedes';
 import { pino, type Logger } from 'pino';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { createWebSocketStream, WebSocketServer } from 'ws';
-import type { BrokerConfig } from './config.js';
+import type { Duplex } from 'node:stream';
+import { type BrokerConfig, packetLimits } from './config.js';
+import { ClientCertificates } from './client-certificate.js';
 import { BrokerKmsSession, brokerSecret } from './credentials.js';
 import { createBoundedEmitter } from './mq-emitter.js';
+import { guardPackets, type InputRefusal } from './packet-guard.js';
 import { createQkeyPlugin, type QkeyPlugin } from './plugin.js';
 import { sm4GcmAddonStatus } from '../protocol/index.js';
 import { TokenAuthority } from './token-authority.js';
@@ -85,6 +88,12 @@ function createMetrics() {
     rotations: new Counter({
       name: 'broker_downlink_rotations_total',
       help: 'Downlink key rotations',
+      registers: [registry],
+    }),
+    inputRefused: new Counter({
+      name: 'broker_input_refused_total',
+      help: 'Connections closed for what they sent before Aedes parsed it, by reason',
+      labelNames: ['reason'],
       registers: [registry],
     }),
     sessionEvents: new Counter({
@@ -177,7 +186,9 @@ export async function startBroker(
   const tokens = new TokenAuthority(kms, { pollMs: config.revocationPollMs });
   await tokens.start();
   const m = createMetrics();
+  const certificates = config.clientCertificates ? new ClientCertificates(config.clientCertificates) : undefined;
   const plugin = createQkeyPlugin({
+    certificates,
     kms,
     tokens,
     topics: config.topics,
@@ -233,6 +244,34 @@ export async function startBroker(
     if (role) m.connections.dec({ role });
   });
 
+  const limits = packetLimits(config);
+  /** Every MQTT connection, whatever the transport: input bounds first, then Aedes. */
+  const serve = (stream: Duplex, source: string | undefined, tlsSocket?: TLSSocket, req?: IncomingMessage) => {
+    if (certificates && tlsSocket) certificates.record(stream, tlsSocket);
+    const connection: { client?: { connected: boolean } } = {};
+    guardPackets(
+      stream,
+      limits,
+      () => connection.client?.connected === true,
+      (reason: InputRefusal) => {
+        m.inputRefused.inc({ reason });
+        log.warn({ reason, source }, 'connection refused: input over its bounds');
+      },
+    );
+    connection.client = aedes.handle(stream, req);
+  };
+
+  /** TLS and WSS: the broker's certificate, and with mutual TLS the client CA, required of every client. */
+  const tlsOptions = (l: { cert?: string; key?: string }): TlsOptions => ({
+    cert: readFileSync(l.cert!),
+    key: readFileSync(l.key!),
+    ...(config.clientCertificates && {
+      ca: readFileSync(config.clientCertificates.ca),
+      requestCert: true,
+      rejectUnauthorized: true,
+    }),
+  });
+
   const servers: Array<NetServer | HttpServer> = [];
   const wsServers: WebSocketServer[] = [];
   const urls: RunningBroker['urls'] = {};
@@ -241,19 +280,16 @@ export async function startBroker(
     if (config.mqtt) {
       const s = createNetServer((socket) => {
         coalesceWrites(socket);
-        aedes.handle(socket);
+        serve(socket, socket.remoteAddress);
       });
       servers.push(s);
       urls.mqtt = `mqtt://${host}:${await listen(s, config.mqtt.port, config.host)}`;
     }
     if (config.tls) {
-      const s = createTlsServer(
-        { cert: readFileSync(config.tls.cert!), key: readFileSync(config.tls.key!) },
-        (socket) => {
-          coalesceWrites(socket);
-          aedes.handle(socket);
-        },
-      );
+      const s = createTlsServer(tlsOptions(config.tls), (socket) => {
+        coalesceWrites(socket);
+        serve(socket, socket.remoteAddress, socket);
+      });
       servers.push(s);
       urls.mqtts = `mqtts://${host}:${await listen(s, config.tls.port, config.host)}`;
     }
@@ -262,13 +298,19 @@ export async function startBroker(
       ['wss', config.wss],
     ] as const) {
       if (!l) continue;
-      const http =
-        kind === 'ws'
-          ? createHttpServer()
-          : createHttpsServer({ cert: readFileSync(l.cert!), key: readFileSync(l.key!) });
-      const wss = new WebSocketServer({ server: http });
-      // The upgrade request goes along: it carries the peer's address for the logs.
-      wss.on('connection', (socket, req) => aedes.handle(createWebSocketStream(socket), req));
+      const http = kind === 'ws' ? createHttpServer() : createHttpsServer(tlsOptions(l));
+      // The upgrade request goes along to Aedes: it carries the peer's address for the logs.
+      // A WebSocket message is buffered whole before it reaches the MQTT stream: ws refuses one larger than the
+      // largest packet at its frame header (close code 1009), before buffering it.
+      const wss = new WebSocketServer({ server: http, maxPayload: limits.maxPacketSize });
+      wss.on('connection', (socket, req) =>
+        serve(
+          createWebSocketStream(socket),
+          req.socket.remoteAddress,
+          kind === 'wss' ? (req.socket as TLSSocket) : undefined,
+          req,
+        ),
+      );
       servers.push(http);
       wsServers.push(wss);
       urls[kind] = `${kind}://${host}:${await listen(http, l.port, config.host)}`;

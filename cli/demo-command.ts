@@ -13,6 +13,7 @@ import { FillingMachine } from '../hsm-emulator/filling-machine.js';
 import { Qrng } from '../hsm-emulator/qrng.js';
 import { KmsClient, KmsHttpError } from '../kms-api/client.js';
 import { loadKmsConfig } from '../key-service/config.js';
+import { ensureDataDir } from '../key-service/data-dir.js';
 import { lockDataDir } from '../key-service/lock.js';
 import { readSecretFile, writeSecretFile } from '../common/secret-file.js';
 import { startKms } from '../key-service/server.js';
@@ -71,6 +72,8 @@ export async function runDemoCommand(argv: string[], io: CliIo): Promise<number>
     { env: {} },
   );
   const dataDir = kmsConfig.dataDir;
+  // The demo keeps its own key service: created on the first run, reused (and checked for damage) afterwards.
+  for (const item of ensureDataDir(dataDir)) io.out(`qkey demo: created ${item}`);
   const logDir = join(dataDir, 'logs');
   mkdirSync(logDir, { recursive: true, mode: 0o700 });
   const release = lockDataDir(dataDir);

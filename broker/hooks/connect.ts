@@ -1,8 +1,11 @@
 // The CONNECT hooks: preConnect notes what authenticate needs from the packet; authenticate runs the named steps
-// below: token, principal, client-id ownership, will, the device's key session, then the state the other hooks use.
+// below: credentials (token, or with mutual TLS its certificate), principal, client-id ownership, certificate
+// identity, will, the device's key session, then the state the other hooks use.
 import { randomUUID } from 'node:crypto';
 import type { AuthenticateError, Client, ConnectPacket, PublishPacket } from 'aedes';
+import { KmsHttpError } from '../../kms-api/client.js';
 import { isProtocolError, parseEnvelope, TokenError, type TokenClaims } from '../../protocol/index.js';
+import { type CertificateIdentity, certificateMismatch } from '../client-certificate.js';
 import { DeviceSessionKeys } from '../session-keys.js';
 import { downlinkOwner, mayPublish, type Principal } from '../topic-policy.js';
 import type { ClientState, DeviceWill, PluginContext } from './context.js';
@@ -43,11 +46,11 @@ export async function authenticate(
   password: Buffer | undefined,
 ): Promise<void> {
   refuseEmptyPersistentId(ctx, client);
-  const claims = verifyToken(ctx, username, password);
+  const certificate = ctx.o.certificates?.of(client.conn);
+  const claims = verifyCredentials(ctx, username, password, certificate);
   const principal = principalOf(claims);
   claimClientId(ctx, client, principal);
-  // A certificate-identity check for mutually authenticated listeners belongs here, between the client id and the
-  // will: the certificate must name this principal.
+  matchCertificate(certificate, principal);
   const will = checkWill(ctx, client, principal);
   const keys = principal.role === 'device' ? await openKeySession(ctx, principal.id) : undefined;
   if (client.closed || client.conn.destroyed) {
@@ -74,20 +77,42 @@ function refuseEmptyPersistentId(ctx: PluginContext, client: Client): void {
     throw authError(2, 'identifier rejected: empty client id with clean session off [MQTT-3.1.3-8]');
 }
 
-function verifyToken(ctx: PluginContext, username: string | undefined, password: Buffer | undefined): TokenClaims {
-  if (!username || !password) throw authError(4, 'bad user name or password: a token is required');
-  let claims;
-  try {
-    claims = ctx.o.tokens.verify(password.toString('utf8'));
-  } catch (err) {
-    if (err instanceof TokenError) throw authError(4, `bad user name or password: ${err.code}`);
-    throw err;
+type Credentials = Pick<TokenClaims, 'sub' | 'role' | 'iat' | 'acl'>;
+
+/** The token, or (mutual TLS, when the policy lets a certificate replace a device's token) the certificate alone. */
+function verifyCredentials(
+  ctx: PluginContext,
+  username: string | undefined,
+  password: Buffer | undefined,
+  certificate: CertificateIdentity | undefined,
+): Credentials {
+  const certificateAlone = !password && certificate && ctx.o.certificates?.policy.tokenRequired === false;
+  if (!username || (!password && !certificateAlone))
+    throw authError(4, 'bad user name or password: a token is required');
+  let claims: Credentials;
+  if (certificateAlone) {
+    // A device identified by its certificate alone (policy); revoked at the key service since it was issued: 5.
+    if (ctx.o.tokens.isRevoked(username, certificate.notBefore)) throw authError(5, 'not authorized: revoked');
+    claims = { sub: username, role: 'device', iat: certificate.notBefore };
+  } else {
+    try {
+      claims = ctx.o.tokens.verify(password!.toString('utf8'));
+    } catch (err) {
+      if (err instanceof TokenError) throw authError(4, `bad user name or password: ${err.code}`);
+      throw err;
+    }
   }
   if (claims.sub !== username) throw authError(4, 'bad user name or password: the username is not the token subject');
   return claims;
 }
 
-function principalOf(claims: TokenClaims): Principal {
+/** With mutual TLS, the certificate must name this principal (its single subject CN). */
+function matchCertificate(certificate: CertificateIdentity | undefined, principal: Principal): void {
+  const mismatch = certificateMismatch(certificate, principal.id);
+  if (mismatch) throw authError(5, `not authorized: ${mismatch}`);
+}
+
+function principalOf(claims: Credentials): Principal {
   if (claims.role === 'device') return { role: 'device', id: claims.sub };
   if (claims.role === 'app') {
     return { role: 'app', id: claims.sub, publish: claims.acl?.publish ?? [], subscribe: claims.acl?.subscribe ?? [] };
@@ -151,6 +176,9 @@ async function openKeySession(ctx: PluginContext, deviceId: string): Promise<Dev
     await keys.start();
   } catch (err) {
     await keys.close();
+    // A certificate alone may name a device the key service does not know: that is no one to connect as.
+    if (err instanceof KmsHttpError && err.code === 'KMS_ERR_UNKNOWN_DEVICE')
+      throw authError(5, 'not authorized: unknown device');
     throw authError(3, `server unavailable: ${(err as Error).message}`);
   }
   return keys;

@@ -1,5 +1,6 @@
 // What the plugin's hooks share: the options, each authenticated client's state, the counters /metrics reads and
 // the small helpers every hook uses. One object per plugin, passed to each hook.
+import type { ClientCertificates } from '../client-certificate.js';
 import type { Client } from 'aedes';
 import type { KmsClient } from '../../kms-api/client.js';
 import { DEFAULT_MAX_PAYLOAD, type ParsedEnvelope } from '../../protocol/index.js';
@@ -63,6 +64,8 @@ export interface QkeyPluginOptions {
   /** Level of the per-connection log lines (connected, disconnected). */
   connectionLogLevel?: 'info' | 'debug';
   events?: PluginEvents;
+  /** Mutual TLS: connections' certificate identities and whether a certificate alone may replace a device token. */
+  certificates?: ClientCertificates;
   log?: PluginLog;
 }
 

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
-import { removeDir, startTestKms, tempDir } from '../helpers/kms.js';
+import { newKmsDir, removeDir, startTestKms, tempDir } from '../helpers/kms.js';
 import { spawnQkey } from '../helpers/process.js';
 import { nextMessage, startTestSystem, systemOn } from '../helpers/system.js';
 
@@ -33,7 +33,7 @@ const sealed = (chip: SecurityChip, text: string) =>
 
 describe('key service outage', () => {
   it('connected sessions carry on, new connects get CONNACK 3, and everything recovers by itself', async () => {
-    const dataDir = tempDir();
+    const dataDir = newKmsDir();
     let kms = await startTestKms({}, dataDir);
     const port = Number(new URL(kms.url).port);
     const sys = await systemOn(kms);
