@@ -1,6 +1,7 @@
 // An outsider's attacks on the key service that are not about one route's spelling or login limits: a revoked
 // broker still claiming, hostile bodies, request targets and headers, and what its answers and logs carry.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { createKmsMetrics, POOL_CENSUS_INTERVAL_MS } from '../../key-service/metrics.js';
 import { KmsHttpError, type KmsClient } from '../../kms-api/client.js';
 import { keyIdFor } from '../../protocol/index.js';
 import { brokerClient, provisionDevice, removeDir, startTestKms, type TestKms } from '../helpers/kms.js';
@@ -34,5 +35,39 @@ describe('a revoked broker', () => {
     // Nothing was claimed for it after the revocation.
     const keys = await t.admin.request<{ keys: Array<{ state: string }> }>('GET', '/api/v1/admin/devices/dev-rb/keys');
     expect(keys.keys.filter((k) => k.state === 'claimed')).toHaveLength(1);
+  });
+});
+
+describe('an outsider scraping /metrics', () => {
+  it('as fast as it can does not make the key service count its key table once per scrape', async () => {
+    await provisionDevice(t.admin, 'dev-scrape', 2, 3);
+    const store = t.kms.context.store;
+    const keyCounts = vi.spyOn(store, 'keyCounts');
+    const allPools = vi.spyOn(store, 'allPools');
+    try {
+      const scrapes = await Promise.all(
+        Array.from({ length: 20 }, () => fetch(`${t.url}/metrics`).then((r) => r.text())),
+      );
+      for (const text of scrapes) expect(text).toMatch(/^kms_keys\{direction="down",state="filled"\} \d+$/m);
+      // Each recount reads every key row on the event loop; 20 anonymous scrapes get at most one.
+      expect(keyCounts.mock.calls.length).toBeLessThanOrEqual(1);
+      expect(allPools.mock.calls.length).toBeLessThanOrEqual(1);
+    } finally {
+      keyCounts.mockRestore();
+      allPools.mockRestore();
+    }
+  });
+
+  it('still sees the pools change once the census interval has passed', async () => {
+    const store = t.kms.context.store;
+    let clock = 0;
+    const metrics = createKmsMetrics(store, 16, () => clock);
+    const filledDown = async () =>
+      Number(/^kms_keys\{direction="down",state="filled"\} (\d+)$/m.exec(await metrics.registry.metrics())?.[1] ?? 0);
+    const before = await filledDown();
+    await provisionDevice(t.admin, 'dev-census', 1, 2);
+    expect(await filledDown()).toBe(before);
+    clock += POOL_CENSUS_INTERVAL_MS;
+    expect(await filledDown()).toBe(before + 2);
   });
 });
