@@ -1,10 +1,14 @@
 // An outsider's attacks on the key service that are not about one route's spelling or login limits: a revoked
 // broker still claiming, hostile bodies, request targets and headers, and what its answers and logs carry.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { chmodSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createKmsMetrics, POOL_CENSUS_INTERVAL_MS } from '../../key-service/metrics.js';
+import { loadAdminToken } from '../../key-service/secrets.js';
+import { readSecretFile } from '../../common/secret-file.js';
 import { KmsHttpError, type KmsClient } from '../../kms-api/client.js';
 import { keyIdFor } from '../../protocol/index.js';
-import { brokerClient, provisionDevice, removeDir, startTestKms, type TestKms } from '../helpers/kms.js';
+import { brokerClient, provisionDevice, removeDir, startTestKms, tempDir, type TestKms } from '../helpers/kms.js';
 
 let t: TestKms;
 
@@ -69,5 +73,32 @@ describe('an outsider scraping /metrics', () => {
     expect(await filledDown()).toBe(before);
     clock += POOL_CENSUS_INTERVAL_MS;
     expect(await filledDown()).toBe(before + 2);
+  });
+});
+
+describe('a secret file others can read', () => {
+  it('is refused, not used: an admin token restored or copied with mode 0644 does not open the admin API', () => {
+    const dir = tempDir();
+    try {
+      const token = loadAdminToken(dir);
+      expect(loadAdminToken(dir)).toBe(token);
+      for (const mode of [0o644, 0o640, 0o604]) {
+        chmodSync(join(dir, 'admin-token'), mode);
+        expect(() => loadAdminToken(dir), mode.toString(8)).toThrow(/admin-token must be readable by its owner only/);
+        expect(() => readSecretFile(join(dir, 'admin-token'))).toThrow(/chmod 600/);
+      }
+    } finally {
+      removeDir(dir);
+    }
+  });
+
+  it('an empty admin-token file is refused with advice, not a crash on creating it again', () => {
+    const dir = tempDir();
+    try {
+      writeFileSync(join(dir, 'admin-token'), '', { mode: 0o600 });
+      expect(() => loadAdminToken(dir)).toThrow(/admin-token is empty; delete it/);
+    } finally {
+      removeDir(dir);
+    }
   });
 });
