@@ -102,3 +102,23 @@ describe('a secret file others can read', () => {
     }
   });
 });
+
+describe('large bodies from anyone', () => {
+  it('are refused unread on the public routes (413), where a legitimate body is a few hundred bytes', async () => {
+    const padded = (body: object) => JSON.stringify({ ...body, pad: 'A'.repeat(64 * 1024) });
+    for (const [path, body] of [
+      ['/api/v1/auth/challenge', { device_id: 'dev-big' }],
+      ['/api/v1/auth/token', { grant_type: 'client_credentials', client_id: 'app-big', client_secret: 'x' }],
+    ] as const) {
+      const r = await fetch(`${t.url}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: padded(body),
+      });
+      expect(r.status, path).toBe(413);
+      expect(((await r.json()) as { code: string }).code).toBe('KMS_ERR_TOO_LARGE');
+    }
+    // A real login body still fits.
+    expect((await t.anon.challenge('dev-big')).challenge).toHaveLength(44);
+  });
+});
