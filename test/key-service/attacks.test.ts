@@ -122,3 +122,58 @@ describe('large bodies from anyone', () => {
     expect((await t.anon.challenge('dev-big')).challenge).toHaveLength(44);
   });
 });
+
+describe('a broker reaching for keys that are not its to take', () => {
+  it("names another device's uplink key under its own SAE id: refused, and that key stays claimable by its device", async () => {
+    await provisionDevice(t.admin, 'dev-own', 2, 1);
+    await provisionDevice(t.admin, 'dev-other', 2, 1);
+    const broker = await brokerClient(t, 'broker-cross');
+    const foreign = keyIdFor('dev-other', 0);
+    const e = await broker.decKeys('dev-own', [foreign]).then(
+      () => undefined,
+      (err: KmsHttpError) => err,
+    );
+    expect(e?.code).toBe('KMS_ERR_KEY_UNAVAILABLE');
+    expect(e?.details).toEqual([{ key_ID: foreign, reason: 'unknown' }]);
+    expect((await broker.decKeys('dev-other', [foreign])).keys[0]!.key_ID).toBe(foreign);
+  });
+
+  it("retires another broker's claimed key: nothing changes for the broker that holds it", async () => {
+    await provisionDevice(t.admin, 'dev-retire', 1, 1);
+    const holder = await brokerClient(t, 'broker-holder');
+    const thief = await brokerClient(t, 'broker-thief');
+    const id = keyIdFor('dev-retire', 0);
+    await holder.decKeys('dev-retire', [id]);
+    expect(await thief.request('POST', '/api/v1/keys/dev-retire/retire', { key_IDs: [{ key_ID: id }] })).toEqual({
+      retired: 0,
+    });
+    const keys = await t.admin.request<{ keys: Array<{ key_ID: string; state: string; claimed_by: string }> }>(
+      'GET',
+      '/api/v1/admin/devices/dev-retire/keys',
+    );
+    expect(keys.keys.find((k) => k.key_ID === id)).toMatchObject({ state: 'claimed', claimed_by: 'broker-holder' });
+  });
+
+  it('asks for a device whose id differs from another only in case: each keeps its own keys', async () => {
+    await provisionDevice(t.admin, 'Dev-Case', 1, 1);
+    await provisionDevice(t.admin, 'dev-case', 1, 1);
+    const broker = await brokerClient(t, 'broker-case');
+    expect((await broker.encKeys('Dev-Case', 1)).keys[0]!.key_ID).toBe(keyIdFor('Dev-Case', 1));
+    expect((await broker.status('dev-case')).stored_key_count).toBe(1);
+    expect(await outcome(broker.encKeys('Dev-Case', 1))).toBe('503 KMS_ERR_POOL_EMPTY');
+  });
+});
+
+describe('hostile input', () => {
+  it('a body nested 100,000 levels deep gets 400, and the service keeps answering', async () => {
+    const depth = 100_000;
+    const r = await fetch(`${t.url}/api/v1/admin/devices`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: 'Bearer test-admin-token' },
+      body: `{"device_id":${'['.repeat(depth)}${']'.repeat(depth)}}`,
+    });
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as { code: string }).code).toBe('KMS_ERR_BAD_REQUEST');
+    expect((await fetch(`${t.url}/healthz`)).status).toBe(200);
+  });
+});
