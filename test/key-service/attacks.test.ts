@@ -165,6 +165,20 @@ describe('a broker reaching for keys that are not its to take', () => {
 });
 
 describe('hostile input', () => {
+  it('a session id of any size in enc_keys extensions is bounded as in dec_keys (it is stored with every key)', async () => {
+    await provisionDevice(t.admin, 'dev-session', 1, 2);
+    const broker = await brokerClient(t, 'broker-session');
+    for (const ext of ['extension_mandatory', 'extension_optional']) {
+      const body = { number: 1, [ext]: [{ qkey_session_id: 'x'.repeat(129) }] };
+      expect(await outcome(broker.request('POST', '/api/v1/keys/dev-session/enc_keys', body)), ext).toBe(
+        '400 KMS_ERR_BAD_REQUEST',
+      );
+    }
+    const ok = { number: 1, extension_mandatory: [{ qkey_session_id: 's'.repeat(128) }] };
+    expect(await outcome(broker.request('POST', '/api/v1/keys/dev-session/enc_keys', ok))).toBe('OK');
+    expect((await broker.status('dev-session')).stored_key_count).toBe(1);
+  });
+
   it('a body nested 100,000 levels deep gets 400, and the service keeps answering', async () => {
     const depth = 100_000;
     const r = await fetch(`${t.url}/api/v1/admin/devices`, {
