@@ -3,6 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { HEADERS_TIMEOUT_MS, REQUEST_TIMEOUT_MS } from '../../key-service/app.js';
 import { createKmsMetrics, POOL_CENSUS_INTERVAL_MS } from '../../key-service/metrics.js';
 import { loadAdminToken } from '../../key-service/secrets.js';
 import { readSecretFile } from '../../common/secret-file.js';
@@ -161,6 +162,18 @@ describe('a broker reaching for keys that are not its to take', () => {
     expect((await broker.encKeys('Dev-Case', 1)).keys[0]!.key_ID).toBe(keyIdFor('Dev-Case', 1));
     expect((await broker.status('dev-case')).stored_key_count).toBe(1);
     expect(await outcome(broker.encKeys('Dev-Case', 1))).toBe('503 KMS_ERR_POOL_EMPTY');
+  });
+});
+
+describe('connections that never finish their request', () => {
+  it('are bounded in time: headers within 10 s, the whole request within 30 s', () => {
+    const server = t.kms.app.server;
+    // Node's defaults under fastify are no request limit and no socket timeout: a stalled body held forever.
+    expect(server.requestTimeout).toBe(REQUEST_TIMEOUT_MS);
+    expect(server.headersTimeout).toBe(HEADERS_TIMEOUT_MS);
+    expect(REQUEST_TIMEOUT_MS).toBeGreaterThan(0);
+    expect(HEADERS_TIMEOUT_MS).toBeGreaterThan(0);
+    expect(HEADERS_TIMEOUT_MS).toBeLessThanOrEqual(REQUEST_TIMEOUT_MS);
   });
 });
 
