@@ -1,11 +1,12 @@
 // An outsider's attacks on the key service that are not about one route's spelling or login limits: a revoked
 // broker still claiming, hostile bodies, request targets and headers, and what its answers and logs carry.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { HEADERS_TIMEOUT_MS, REQUEST_TIMEOUT_MS } from '../../key-service/app.js';
 import { createKmsMetrics, POOL_CENSUS_INTERVAL_MS } from '../../key-service/metrics.js';
 import { loadAdminToken } from '../../key-service/secrets.js';
+import { rotateMasterKey } from '../../key-service/master-key.js';
 import { readSecretFile } from '../../common/secret-file.js';
 import { KmsHttpError, type KmsClient } from '../../kms-api/client.js';
 import { keyIdFor } from '../../protocol/index.js';
@@ -202,5 +203,28 @@ describe('hostile input', () => {
     expect(r.status).toBe(400);
     expect(((await r.json()) as { code: string }).code).toBe('KMS_ERR_BAD_REQUEST');
     expect((await fetch(`${t.url}/healthz`)).status).toBe(200);
+  });
+});
+
+describe('a data folder holding a master key newer than its database', () => {
+  it('starts without deleting that key (an older kms.db restored by mistake must not destroy the newer one)', async () => {
+    let kms = await startTestKms();
+    const dir = kms.dataDir;
+    try {
+      await kms.stop();
+      // The master key of a newer copy of this database (rotated once), set aside while an older kms.db is back.
+      const newer = join(dir, 'master-key.v2');
+      writeFileSync(newer, `${'ab'.repeat(16)}\n`, { mode: 0o600 });
+      kms = await startTestKms({}, dir);
+      expect(readFileSync(newer, 'utf8')).toBe(`${'ab'.repeat(16)}\n`);
+      // A rotation from here takes a version above every key file, and overwrites none.
+      const r = rotateMasterKey(kms.kms.context.store.db, dir);
+      expect(r).toMatchObject({ from: 1, to: 3 });
+      expect(readFileSync(newer, 'utf8')).toBe(`${'ab'.repeat(16)}\n`);
+      expect(existsSync(join(dir, 'master-key.v1'))).toBe(false);
+    } finally {
+      await kms.stop();
+      removeDir(dir);
+    }
   });
 });
