@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { HEADERS_TIMEOUT_MS, REQUEST_TIMEOUT_MS } from '../../key-service/app.js';
 import { createKmsMetrics, POOL_CENSUS_INTERVAL_MS } from '../../key-service/metrics.js';
 import { loadAdminToken } from '../../key-service/secrets.js';
+import { issueToken } from '../../key-service/context.js';
 import { rotateMasterKey } from '../../key-service/master-key.js';
 import { readSecretFile } from '../../common/secret-file.js';
 import { KmsHttpError, type KmsClient } from '../../kms-api/client.js';
@@ -126,6 +127,21 @@ describe('large bodies from anyone', () => {
 });
 
 describe('a broker reaching for keys that are not its to take', () => {
+  it('presents a token another key service issued for a broker id registered here: 401, nothing claimed', async () => {
+    await provisionDevice(t.admin, 'dev-foreign', 1, 1);
+    await t.admin.registerBroker('broker-twin');
+    const other = await startTestKms();
+    try {
+      await other.admin.registerBroker('broker-twin');
+      const foreign = issueToken(other.kms.context, 'broker', 'broker-twin').token;
+      expect(await outcome(t.anon.withToken(foreign).encKeys('dev-foreign', 1))).toBe('401 KMS_ERR_UNAUTHORIZED');
+    } finally {
+      await other.stop();
+      removeDir(other.dataDir);
+    }
+    expect((await (await brokerClient(t, 'broker-foreign-check')).status('dev-foreign')).stored_key_count).toBe(1);
+  });
+
   it("names another device's uplink key under its own SAE id: refused, and that key stays claimable by its device", async () => {
     await provisionDevice(t.admin, 'dev-own', 2, 1);
     await provisionDevice(t.admin, 'dev-other', 2, 1);
