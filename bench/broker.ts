@@ -64,7 +64,7 @@ async function appClient(url: string, secure: boolean, id: string): Promise<Mqtt
     subscribe: ['devices/+/up/#'],
   });
   const { access_token } = await admin.clientToken(id, s);
-  return mqtt.connectAsync(url, { clientId: id, username: id, password: access_token, reconnectPeriod: 0 });
+  return mqtt.connectAsync(url, { clientId: `${id}/bench`, username: id, password: access_token, reconnectPeriod: 0 });
 }
 
 /** Device-to-application messages per second: `MESSAGES` publishes (pre-sealed for QKey) until the app has them all. */

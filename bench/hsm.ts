@@ -8,6 +8,7 @@ import { HealthTests } from '../hsm-emulator/health-tests.js';
 import { Qrng } from '../hsm-emulator/qrng.js';
 import { loadKmsConfig } from '../key-service/config.js';
 import { KmsClient } from '../kms-api/client.js';
+import { initDataDir } from '../key-service/data-dir.js';
 import { startKms } from '../key-service/server.js';
 import { EnvelopeKey, sealEnvelope } from '../protocol/index.js';
 import { formatBytesPerSecond, formatRate, median, table } from './_measure.js';
@@ -51,6 +52,7 @@ try {
   );
 
   // 2. Fill: keys per second into chip + key service, beside registering the same batches in the key service alone.
+  initDataDir(join(dir, 'kms'), { adminToken: 'bench' });
   const kms = await startKms(
     loadKmsConfig({ port: 0, dataDir: join(dir, 'kms'), logLevel: 'warn', adminToken: 'bench' }, { env: {} }),
   );

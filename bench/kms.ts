@@ -36,10 +36,14 @@ async function startServer(name: string, claimBatchMax: number, keys: number): P
   const dir = mkdtempSync(join(tmpdir(), `qkey-bench-kms-${name}-`));
   const config = join(dir, 'config.json');
   writeFileSync(config, JSON.stringify({ claimBatchMax, logLevel: 'warn', maxKeysPerRequest: 64 }));
-  const proc = spawn(process.execPath, [BIN, 'kms', '--port', '0', '--data', join(dir, 'data'), '--config', config], {
-    env: { ...process.env, QKEY_ADMIN_TOKEN: ADMIN },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  const proc = spawn(
+    process.execPath,
+    [BIN, 'kms', '--init', '--port', '0', '--data', join(dir, 'data'), '--config', config],
+    {
+      env: { ...process.env, QKEY_ADMIN_TOKEN: ADMIN },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
     proc.stdout!.on('data', (c: Buffer) => {

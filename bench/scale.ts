@@ -127,7 +127,7 @@ const brokerCpu = String(cpus - 1);
 const othersCpus = cpus > 2 ? `0-${cpus - 2}` : '0';
 pin(process.pid, othersCpus);
 
-const kms = await start(['kms', '--port', '0', '--data', dir], /listening on (\S+)/);
+const kms = await start(['kms', '--init', '--port', '0', '--data', dir], /listening on (\S+)/);
 pin(kms.pid, othersCpus);
 writeFileSync(join(dir, 'broker.json'), JSON.stringify({ revocationPollMs: 2000 }));
 const broker = await start(
@@ -337,7 +337,7 @@ try {
 
   const { client_secret } = await admin.registerApp('scale-app');
   const app = await LeanMqttClient.connect(mqttUrl, {
-    clientId: 'scale-app',
+    clientId: 'scale-app/0',
     username: 'scale-app',
     password: (await admin.clientToken('scale-app', client_secret)).access_token,
   });

@@ -1,134 +1,156 @@
-// Broker configuration: defaults, then a JSON config file, then QKEY_BROKER_* environment, then CLI flags.
-import { readFileSync } from 'node:fs';
+// Broker configuration: one JSON Schema gives the keys, their types, ranges, defaults and environment variables;
+// defaults < JSON config file < QKEY_BROKER_* environment < CLI flags, validated as a whole (common/config-loader.ts).
 import { resolve } from 'node:path';
+import type { FromSchema } from 'json-schema-to-ts';
+import { type ConfigSchema, configDefaults, loadConfig } from '../common/config-loader.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
-import { DEFAULT_ROTATION, type RotationLimits } from './session-keys.js';
-import { DEFAULT_TOPICS, type TopicTemplates } from './topic-policy.js';
+import { DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD, MAX_PAYLOAD_LIMIT } from '../protocol/index.js';
+import type { PacketLimits } from './packet-guard.js';
 
-export interface ListenerConfig {
-  port: number;
-  /** PEM file paths; required for tls and wss. */
-  cert?: string;
-  key?: string;
+/** [MQTT-2.2.3] the largest Remaining Length MQTT can encode. */
+const MAX_REMAINING_LENGTH = 268_435_455;
+const PORT = { type: 'integer', minimum: 0, maximum: 65535 } as const;
+const count = (min: number, max: number, byDefault: number) =>
+  ({ type: 'integer', minimum: min, maximum: max, default: byDefault }) as const;
+/** A listener without TLS; null (or "off" from a flag or the environment) turns it off. */
+const plain = {
+  type: ['object', 'null'],
+  additionalProperties: false,
+  required: ['port'],
+  properties: { port: PORT },
+} as const;
+/** A TLS listener: certificate and private key are PEM files, as in the key service's `tls`. */
+const secure = {
+  type: ['object', 'null'],
+  additionalProperties: false,
+  required: ['port', 'cert', 'key'],
+  properties: {
+    port: PORT,
+    cert: { type: 'string', minLength: 1, file: true },
+    key: { type: 'string', minLength: 1, file: true },
+  },
+  default: null,
+} as const;
+const topic = { type: 'string', minLength: 1, maxLength: 1024, pattern: '\\{id\\}' } as const;
+
+/**
+ * Every key of the broker's configuration, one per line: add a key here and it is validated, typed, given its
+ * default and (with `env`) read from the environment. README "Configuration" lists them.
+ */
+export const BROKER_CONFIG_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    host: { type: 'string', minLength: 1, default: '127.0.0.1', env: 'QKEY_BROKER_HOST' },
+    mqtt: { ...plain, properties: { port: { ...PORT, env: 'QKEY_BROKER_PORT' } }, default: { port: 1883 } },
+    tls: secure,
+    ws: { ...plain, default: null },
+    wss: secure,
+    /** Mutual TLS on the tls and wss listeners (client-certificate.ts): the CA, and whether a token is still needed. */
+    clientCertificates: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      required: ['ca'],
+      properties: {
+        ca: { type: 'string', minLength: 1, file: true },
+        tokenRequired: { type: 'boolean', default: true },
+      },
+      default: null,
+    },
+    http: { ...plain, default: { port: 9090 } },
+    kmsUrl: {
+      type: 'string',
+      pattern: '^https?://',
+      default: `http://127.0.0.1:${KMS_DEFAULTS.port}`,
+      env: 'QKEY_KMS_URL',
+    },
+    brokerId: {
+      type: 'string',
+      pattern: '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$',
+      default: 'qkey-broker',
+      env: 'QKEY_BROKER_ID',
+    },
+    brokerSecret: { type: 'string', minLength: 1, maxLength: 256, writeOnly: true, env: 'QKEY_BROKER_SECRET' },
+    dataDir: { type: 'string', minLength: 1, default: './data', env: 'QKEY_KMS_DATA' },
+    topics: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        uplink: { ...topic, default: 'devices/{id}/up/#' },
+        downlink: { ...topic, default: 'devices/{id}/down/#' },
+      },
+    },
+    rotation: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        messages: count(1, 2 ** 32, 10_000),
+        bytes: count(1, 2 ** 40, 16 * 1024 * 1024),
+        seconds: count(1, 86_400 * 30, 3600),
+      },
+    },
+    maxPayload: count(1, 268_435_455, 256 * 1024), // [MQTT-2.2.3] the largest packet MQTT can encode
+    /** Largest MQTT packet once CONNECT is accepted; when absent, derived from maxPayload (see packetLimits). */
+    maxPacketSize: { type: 'integer', minimum: 1, maximum: MAX_REMAINING_LENGTH + 5 },
+    /** Bytes a connection may send before its CONNECT is accepted (the CONNECT with its will, and what follows). */
+    maxPreConnectBytes: count(1, MAX_REMAINING_LENGTH + 5, 16 * 1024),
+    /** Topic filters in one SUBSCRIBE or UNSUBSCRIBE; more closes the connection. */
+    maxTopicFiltersPerPacket: count(1, MAX_REMAINING_LENGTH + 5, 32),
+    /** Largest plaintext a device can receive: applications' publishes and wills into its downlink space above it are refused. */
+    maxDownlinkPayload: count(1, MAX_PAYLOAD_LIMIT, DEFAULT_MAX_PAYLOAD),
+    /** Subscriptions one client may hold; SUBACK 0x80 for each filter beyond. */
+    maxSubscriptionsPerClient: count(1, 10_000_000, 1000),
+    /** Level of the per-connection log lines (client connected, client disconnected). */
+    connectionLogLevel: { enum: ['info', 'debug'], default: 'info' },
+    concurrency: count(1, 1_000_000, 2000),
+    revocationPollMs: count(100, 3_600_000, 1000),
+    logLevel: {
+      enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+      default: 'info',
+      env: 'QKEY_BROKER_LOG_LEVEL',
+    },
+    semiSpaceMiB: count(0, 1024, 128),
+  },
+} as const satisfies ConfigSchema;
+
+export type BrokerConfig = FromSchema<typeof BROKER_CONFIG_SCHEMA>;
+/** What a config file, the environment or flags may set: any key, each optional. */
+export type BrokerOverrides = FromSchema<typeof BROKER_CONFIG_SCHEMA, { keepDefaultedPropertiesOptional: true }>;
+export type ListenerConfig = NonNullable<BrokerConfig['tls']> | NonNullable<BrokerConfig['mqtt']>;
+
+export const BROKER_DEFAULTS: Readonly<BrokerConfig> = configDefaults<BrokerConfig>(BROKER_CONFIG_SCHEMA);
+
+/** The packet-guard's bounds; the largest packet defaults to the largest PUBLISH carrying a sealed maxPayload. */
+export function packetLimits(c: Readonly<BrokerConfig>): PacketLimits {
+  const derived = 5 + 2 + 65_535 + 2 + ENVELOPE_OVERHEAD + c.maxPayload; // fixed header, topic, packet id, envelope
+  return {
+    maxPacketSize: c.maxPacketSize ?? Math.min(derived, MAX_REMAINING_LENGTH + 5),
+    maxPreConnectBytes: c.maxPreConnectBytes,
+    maxTopicFiltersPerPacket: c.maxTopicFiltersPerPacket,
+  };
 }
 
-export interface BrokerConfig {
-  host: string;
-  /** MQTT over TCP; null turns it off. */
-  mqtt: ListenerConfig | null;
-  tls: ListenerConfig | null;
-  ws: ListenerConfig | null;
-  wss: ListenerConfig | null;
-  /** HTTP for /healthz and /metrics; null turns it off. */
-  http: { port: number } | null;
-  kmsUrl: string;
-  /** This broker's id at the key service (its SAE id). */
-  brokerId: string;
-  /** Its client secret; when absent, read from or registered into `<dataDir>/broker-<id>.secret`. */
-  brokerSecret?: string;
-  /** Key-service data folder: where the admin token is found for first-run self-registration. */
-  dataDir: string;
-  topics: TopicTemplates;
-  rotation: RotationLimits;
-  maxPayload: number;
-  /**
-   * Messages Aedes routes at once before later ones wait in its queue (Aedes' `concurrency`, default 100 there).
-   * A message holds its slot until every subscriber's write has completed, at least one event-loop turn, so
-   * this bounds messages per turn: 10,000 devices at one message a second need more than Aedes' 100.
-   */
-  concurrency: number;
-  revocationPollMs: number;
-  logLevel: string;
-  /**
-   * V8 young-generation semi-space for the broker, in MiB (what node --max-semi-space-size sets): `qkey broker`
-   * runs the broker on a thread with this limit (see thread.ts). 0 runs it on the main thread with V8's default.
-   */
-  semiSpaceMiB: number;
+/** Checks across keys, after each key passed the schema. */
+function refine(c: BrokerConfig): string[] {
+  const problems: string[] = [];
+  if (!c.mqtt && !c.tls && !c.ws && !c.wss)
+    problems.push('"mqtt", "tls", "ws" and "wss" are all off: at least one MQTT listener must be on');
+  return problems;
 }
 
-export const BROKER_DEFAULTS: Readonly<BrokerConfig> = Object.freeze({
-  host: '127.0.0.1',
-  mqtt: { port: 1883 },
-  tls: null,
-  ws: null,
-  wss: null,
-  http: { port: 9090 },
-  kmsUrl: `http://127.0.0.1:${KMS_DEFAULTS.port}`,
-  brokerId: 'qkey-broker',
-  dataDir: './data',
-  topics: DEFAULT_TOPICS,
-  rotation: DEFAULT_ROTATION,
-  maxPayload: 256 * 1024,
-  concurrency: 2000,
-  revocationPollMs: 1000,
-  logLevel: 'info',
-  semiSpaceMiB: 128,
-});
-
-export type BrokerOverrides = Partial<BrokerConfig>;
-
-function fromEnv(env: NodeJS.ProcessEnv): BrokerOverrides {
-  const o: BrokerOverrides = {};
-  if (env.QKEY_BROKER_HOST) o.host = env.QKEY_BROKER_HOST;
-  if (env.QKEY_BROKER_PORT) o.mqtt = { port: Number(env.QKEY_BROKER_PORT) };
-  if (env.QKEY_KMS_URL) o.kmsUrl = env.QKEY_KMS_URL;
-  if (env.QKEY_BROKER_ID) o.brokerId = env.QKEY_BROKER_ID;
-  if (env.QKEY_BROKER_SECRET) o.brokerSecret = env.QKEY_BROKER_SECRET;
-  if (env.QKEY_KMS_DATA) o.dataDir = env.QKEY_KMS_DATA;
-  if (env.QKEY_BROKER_LOG_LEVEL) o.logLevel = env.QKEY_BROKER_LOG_LEVEL;
-  return o;
-}
-
-function check(c: BrokerConfig): BrokerConfig {
-  for (const [name, l] of [
-    ['mqtt', c.mqtt],
-    ['tls', c.tls],
-    ['ws', c.ws],
-    ['wss', c.wss],
-    ['http', c.http],
-  ] as const) {
-    if (l && !(Number.isInteger(l.port) && l.port >= 0 && l.port <= 65535))
-      throw new Error(`config: ${name}.port must be 0..65535`);
-  }
-  for (const [name, l] of [
-    ['tls', c.tls],
-    ['wss', c.wss],
-  ] as const) {
-    if (l && (!l.cert || !l.key)) throw new Error(`config: ${name} needs cert and key files`);
-  }
-  if (!c.mqtt && !c.tls && !c.ws && !c.wss) throw new Error('config: at least one MQTT listener must be on');
-  for (const [k, v] of Object.entries(c.rotation))
-    if (!(v > 0)) throw new Error(`config: rotation.${k} must be positive`);
-  if (!(Number.isInteger(c.concurrency) && c.concurrency >= 1))
-    throw new Error('config: concurrency must be a positive integer');
-  if (!(Number.isInteger(c.semiSpaceMiB) && c.semiSpaceMiB >= 0 && c.semiSpaceMiB <= 1024))
-    throw new Error('config: semiSpaceMiB must be an integer from 0 to 1024');
-  if (!c.topics.uplink.includes('{id}') || !c.topics.downlink.includes('{id}'))
-    throw new Error('config: topic templates need {id}');
-  return c;
-}
-
+/** Defaults < config file (`configFile` or QKEY_BROKER_CONFIG) < environment < `overrides` (CLI flags). */
 export function loadBrokerConfig(
   overrides: BrokerOverrides = {},
   options: { configFile?: string | undefined; env?: NodeJS.ProcessEnv } = {},
 ): Readonly<BrokerConfig> {
   const env = options.env ?? process.env;
-  const file = options.configFile ?? env.QKEY_BROKER_CONFIG;
-  let fileConfig: BrokerOverrides = {};
-  if (file) {
-    try {
-      fileConfig = JSON.parse(readFileSync(file, 'utf8')) as BrokerOverrides;
-    } catch (err) {
-      throw new Error(`config: cannot read ${file}: ${(err as Error).message}`);
-    }
-  }
-  const merged = {
-    ...BROKER_DEFAULTS,
-    ...fileConfig,
-    ...fromEnv(env),
-    ...Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)),
-  } as BrokerConfig;
-  merged.rotation = { ...DEFAULT_ROTATION, ...fileConfig.rotation, ...overrides.rotation };
-  merged.topics = { ...DEFAULT_TOPICS, ...fileConfig.topics, ...overrides.topics };
-  return Object.freeze({ ...check(merged), dataDir: resolve(merged.dataDir) });
+  const config = loadConfig<BrokerConfig>(BROKER_CONFIG_SCHEMA, {
+    file: options.configFile ?? env.QKEY_BROKER_CONFIG,
+    env,
+    overrides,
+    refine,
+  });
+  return Object.freeze({ ...config, dataDir: resolve(config.dataDir) });
 }

@@ -1,55 +1,137 @@
 // The QKey plugin for Aedes: token authentication, topic ACLs, uplink envelope opening and per-device downlink
 // sealing, as Aedes hooks. Usable on any Aedes instance: createQkeyPlugin(options).attach(aedes). Each hook lives
-// in its own file under hooks/; this file only wires them to Aedes.
-import type { Aedes, AuthenticateError, Client } from 'aedes';
-import { authenticate, preConnect } from './hooks/connect.js';
-import { PluginContext, type QkeyPluginOptions } from './hooks/context.js';
+// in its own file under hooks/; this file wires them to Aedes, each behind a guard: a hook that throws drops the
+// message or the client in hand, is logged and counted, and never reaches Aedes' own code.
+import type { Aedes, AuthenticateError, Client, Subscription } from 'aedes';
+import { authenticate, ClosedDuringAuthentication, preConnect } from './hooks/connect.js';
+import { PluginContext, type PluginCounters, type QkeyPluginOptions } from './hooks/context.js';
 import { authorizeForward } from './hooks/forward.js';
-import { disconnectSubject, release } from './hooks/lifecycle.js';
+import { disconnectSubject, noteEnd, release } from './hooks/lifecycle.js';
 import { authorizePublish } from './hooks/publish.js';
-import { authorizeSubscribe } from './hooks/subscribe.js';
+import { authorizeSubscribe, unsubscribed } from './hooks/subscribe.js';
 import { DEFAULT_ROTATION } from './session-keys.js';
 import { DEFAULT_TOPICS, type Principal } from './topic-policy.js';
 
-export type { PluginEvents, QkeyPluginOptions, RejectReason } from './hooks/context.js';
+export { APP_CLIENT_ID_SEPARATOR } from './hooks/connect.js';
+export type {
+  ConnectAttempt,
+  DownlinkOutcome,
+  HookName,
+  PluginCounters,
+  PluginEvents,
+  QkeyPluginOptions,
+  RejectReason,
+  UplinkOutcome,
+} from './hooks/context.js';
 
 export class QkeyPlugin {
   private readonly ctx: PluginContext;
 
   constructor(options: QkeyPluginOptions) {
     this.ctx = new PluginContext(options, { topics: DEFAULT_TOPICS, rotation: DEFAULT_ROTATION });
-    options.tokens.onRevoked((subject) => disconnectSubject(this.ctx, subject));
+    options.tokens.onRevoked((subject) => this.guarded('lifecycle', null, () => disconnectSubject(this.ctx, subject)));
   }
 
-  /** Installs the hooks on an Aedes instance and follows client disconnects to release session keys. */
+  /** Installs the hooks on an Aedes instance and follows the end of each connection to release its session. */
   attach(aedes: Aedes): void {
     const ctx = this.ctx;
     aedes.preConnect = (client, packet, cb) => {
-      preConnect(ctx, client, packet);
-      cb(null, true);
+      const err = this.guarded('preConnect', client, () => preConnect(ctx, client, packet));
+      cb(err ?? null, !err);
     };
     aedes.authenticate = (client, username, password, cb) => {
-      authenticate(ctx, client, username, password).then(
-        () => cb(null, true),
-        (err: AuthenticateError) => {
-          ctx.o.events?.authFailed?.(err.returnCode ?? 5, err.message);
-          cb(err, false);
-        },
-      );
+      authenticate(ctx, client, username, password)
+        .then(
+          () => this.connected(client, cb),
+          (err: unknown) => this.refused(client, username, err, cb),
+        )
+        // What throws from here on ran in Aedes after the answer: logged and counted, never an unhandled rejection.
+        .catch((err: unknown) => ctx.hookFailed('authenticate', client, err));
     };
     aedes.authorizePublish = (client, packet, cb) => authorizePublish(ctx, client, packet, cb);
-    aedes.authorizeSubscribe = (client, sub, cb) => cb(null, authorizeSubscribe(ctx, client, sub));
-    aedes.authorizeForward = (client, packet) => authorizeForward(ctx, client, packet);
-    aedes.on('clientDisconnect', (client) => void release(ctx, client));
-    aedes.on('clientError', (client) => void release(ctx, client));
+    aedes.authorizeSubscribe = (client, sub, cb) => {
+      let granted: Subscription | null = null;
+      this.guarded('subscribe', client, () => (granted = authorizeSubscribe(ctx, client, sub)));
+      cb(null, granted);
+    };
+    aedes.authorizeForward = (client, packet) => {
+      try {
+        return authorizeForward(ctx, client, packet);
+      } catch (err) {
+        ctx.hookFailed('forward', client, err);
+        return null;
+      }
+    };
+    aedes.on('unsubscribe', (filters, client) =>
+      this.guarded('subscribe', client, () => unsubscribed(ctx, client, filters)),
+    );
+    aedes.on('clientError', (client, err) => noteEnd(ctx, client, `error: ${err?.message}`));
+    aedes.on('keepaliveTimeout', (client) => noteEnd(ctx, client, 'keepalive timeout'));
   }
 
   principalOf(client: Client): Principal | undefined {
     return this.ctx.states.get(client)?.principal;
   }
 
+  /** Authenticated clients whose state the plugin holds. */
+  get sessions(): number {
+    return this.ctx.states.size;
+  }
+
+  /** Counters of the per-message paths, read by /metrics. */
+  get counters(): Readonly<PluginCounters> {
+    return this.ctx.counters;
+  }
+
   async close(): Promise<void> {
     await Promise.all([...this.ctx.states.keys()].map((c) => release(this.ctx, c)));
+  }
+
+  private connected(client: Client, cb: (err: AuthenticateError | null, success: boolean | null) => void): void {
+    const state = this.ctx.states.get(client);
+    if (state) {
+      const taken = (client as unknown as { broker: { clients: Record<string, Client> } }).broker.clients[client.id];
+      if (taken && taken !== client) noteEnd(this.ctx, taken, 'taken over by a new connection [MQTT-3.1.4-2]');
+      this.ctx.logConnection(
+        { client: client.id, role: state.principal.role, principal: state.principal.id, source: state.source },
+        'client connected',
+      );
+    }
+    cb(null, true);
+  }
+
+  private refused(
+    client: Client,
+    username: string | undefined,
+    err: unknown,
+    cb: (err: AuthenticateError | null, success: boolean | null) => void,
+  ): void {
+    if (err instanceof ClosedDuringAuthentication) {
+      this.ctx.logConnection({ client: client.id, source: this.ctx.sourceOf(client) }, err.message);
+      return cb(err as AuthenticateError, false);
+    }
+    let refusal = err as AuthenticateError;
+    if (!(err instanceof Error) || refusal.returnCode === undefined) {
+      // Not a refusal but a failure of the hook itself: refused as the server being unavailable.
+      refusal = this.ctx.hookFailed('authenticate', client, err) as AuthenticateError;
+      refusal.returnCode = 3;
+    }
+    this.ctx.o.events?.authFailed?.(refusal.returnCode ?? 5, refusal.message, {
+      clientId: client.id,
+      username,
+      source: this.ctx.sourceOf(client),
+    });
+    cb(refusal, false);
+  }
+
+  /** Runs one step of a hook; a throw is logged and counted and comes back as the error. */
+  private guarded(hook: 'preConnect' | 'subscribe' | 'lifecycle', client: Client | null, step: () => unknown) {
+    try {
+      step();
+      return undefined;
+    } catch (err) {
+      return this.ctx.hookFailed(hook, client, err);
+    }
   }
 }
 

@@ -123,9 +123,10 @@ export class DeviceSessionKeys {
 
   /**
    * Seals a downlink payload for this device; synchronous (Aedes' authorizeForward cannot wait). Returns undefined
-   * when the session holds no usable downlink key: the message is then not delivered to this device.
+   * when the session holds no usable downlink key: the message is then not delivered to this device. Throws
+   * PROTO_ERR_TOO_LARGE above `maxPayload` (default: the envelope's default limit).
    */
-  sealDownlink(payload: Uint8Array, topic: string): Uint8Array | undefined {
+  sealDownlink(payload: Uint8Array, topic: string, maxPayload?: number): Uint8Array | undefined {
     const cur = this.current;
     if (!cur) {
       this.onEvent({ kind: 'downlink-unavailable' });
@@ -148,6 +149,7 @@ export class DeviceSessionKeys {
       deviceId: this.deviceId,
       topic,
       direction: 'down',
+      maxPayload,
     });
     k.seq++;
     k.bytes += payload.length;

@@ -23,6 +23,7 @@ export class TokenAuthority {
   private cursor = 0;
   private timer: NodeJS.Timeout | undefined;
   private readonly listeners: RevokedListener[] = [];
+  private readonly healthListeners: Array<(healthy: boolean) => void> = [];
   private readonly pollMs: number;
   private readonly now: () => number;
   feedHealthy = false;
@@ -50,6 +51,11 @@ export class TokenAuthority {
 
   onRevoked(listener: RevokedListener): void {
     this.listeners.push(listener);
+  }
+
+  /** Called after each poll of the feed with whether the key service answered. */
+  onFeedHealth(listener: (healthy: boolean) => void): void {
+    this.healthListeners.push(listener);
   }
 
   /** Verifies `token`; throws TokenError (TOKEN_ERR_*) if it is malformed, forged, expired or revoked. */
@@ -102,6 +108,13 @@ export class TokenAuthority {
       this.feedHealthy = true;
     } catch {
       this.feedHealthy = false;
+    }
+    for (const l of this.healthListeners) {
+      try {
+        l(this.feedHealthy);
+      } catch {
+        // a listener's failure must not stop the feed
+      }
     }
   }
 }

@@ -58,31 +58,37 @@ export async function runBrokerCommand(argv: string[], io: CliIo): Promise<numbe
       return EXIT_OK;
     }
     configFile = values.config;
-    const tlsFiles = values.cert && values.key ? { cert: values.cert, key: values.key } : {};
-    const listener = (v: string | undefined, flag: string, needsCert = false) => {
+    const plain = (v: string | undefined, flag: string) => {
       if (v === undefined) return undefined;
       const p = port(v, flag);
-      if (p !== null && needsCert && !values.cert) throw new UsageError(`--${flag} needs --cert and --key`);
-      return p === null ? null : { port: p, ...tlsFiles };
+      return p === null ? null : { port: p };
+    };
+    const secure = (v: string | undefined, flag: string) => {
+      if (v === undefined) return undefined;
+      const p = port(v, flag);
+      if (p === null) return null;
+      if (!values.cert || !values.key) throw new UsageError(`--${flag} needs --cert and --key`);
+      return { port: p, cert: values.cert, key: values.key };
     };
     overrides = {
       ...(values.host ? { host: values.host } : {}),
       ...(values.kms ? { kmsUrl: values.kms } : {}),
       ...(values['broker-id'] ? { brokerId: values['broker-id'] } : {}),
       ...(values.data ? { dataDir: values.data } : {}),
-      ...(values['log-level'] ? { logLevel: values['log-level'] } : {}),
+      // Checked with every other source against the schema (loadBrokerConfig), which names what is allowed.
+      ...(values['log-level'] ? { logLevel: values['log-level'] as BrokerOverrides['logLevel'] } : {}),
     };
     if (values['semi-space'] !== undefined) {
       if (!/^\d+$/.test(values['semi-space'])) throw new UsageError('--semi-space must be a whole number of MiB');
       overrides.semiSpaceMiB = Number(values['semi-space']);
     }
-    const mqttL = listener(values.port, 'port');
+    const mqttL = plain(values.port, 'port');
     if (mqttL !== undefined) overrides.mqtt = mqttL;
-    const tls = listener(values['tls-port'], 'tls-port', true);
+    const tls = secure(values['tls-port'], 'tls-port');
     if (tls !== undefined) overrides.tls = tls;
-    const ws = listener(values['ws-port'], 'ws-port');
+    const ws = plain(values['ws-port'], 'ws-port');
     if (ws !== undefined) overrides.ws = ws;
-    const wss = listener(values['wss-port'], 'wss-port', true);
+    const wss = secure(values['wss-port'], 'wss-port');
     if (wss !== undefined) overrides.wss = wss;
     if (values['http-port'] !== undefined) {
       const p = port(values['http-port'], 'http-port');

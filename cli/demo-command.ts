@@ -13,6 +13,7 @@ import { FillingMachine } from '../hsm-emulator/filling-machine.js';
 import { Qrng } from '../hsm-emulator/qrng.js';
 import { KmsClient, KmsHttpError } from '../kms-api/client.js';
 import { loadKmsConfig } from '../key-service/config.js';
+import { ensureDataDir } from '../key-service/data-dir.js';
 import { lockDataDir } from '../key-service/lock.js';
 import { readSecretFile, writeSecretFile } from '../common/secret-file.js';
 import { startKms } from '../key-service/server.js';
@@ -71,6 +72,8 @@ export async function runDemoCommand(argv: string[], io: CliIo): Promise<number>
     { env: {} },
   );
   const dataDir = kmsConfig.dataDir;
+  // The demo keeps its own key service: created on the first run, reused (and checked for damage) afterwards.
+  for (const item of ensureDataDir(dataDir)) io.out(`qkey demo: created ${item}`);
   const logDir = join(dataDir, 'logs');
   mkdirSync(logDir, { recursive: true, mode: 0o700 });
   const release = lockDataDir(dataDir);
@@ -166,13 +169,13 @@ export async function runDemoCommand(argv: string[], io: CliIo): Promise<number>
       const { hostname, port } = new URL(broker.urls.mqtt!);
       io.out(`\nConnect your own client (app token valid ${expires_in / 60} min; telemetry arrives as plaintext):`);
       io.out(
-        `  mosquitto_sub -h ${hostname} -p ${port} -i demo-guest -u demo-guest -P '${access_token}' -t 'devices/+/up/#' -v`,
+        `  mosquitto_sub -h ${hostname} -p ${port} -i demo-guest/1 -u demo-guest -P '${access_token}' -t 'devices/+/up/#' -v`,
       );
       io.out(
-        `  mosquitto_pub -h ${hostname} -p ${port} -i demo-guest -u demo-guest -P '${access_token}' -t devices/${devices[0]!.id}/down/cmd -q 1 -m hello`,
+        `  mosquitto_pub -h ${hostname} -p ${port} -i demo-guest/1 -u demo-guest -P '${access_token}' -t devices/${devices[0]!.id}/down/cmd -q 1 -m hello`,
       );
       io.out(
-        `  mqtt.js: mqtt.connect('${broker.urls.mqtt}', { clientId: 'demo-guest', username: 'demo-guest', password: '<the token above>' })`,
+        `  mqtt.js: mqtt.connect('${broker.urls.mqtt}', { clientId: 'demo-guest/1', username: 'demo-guest', password: '<the token above>' })`,
       );
       io.out(`Ctrl-C stops the demo.\n`);
     }

@@ -18,8 +18,8 @@ import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, parseUint, requireFlag, 
 
 export const ENVELOPE_USAGE = `Usage:
   qkey envelope seal --key <hex> --key-index <n> --seq <n> --device <id> --topic <topic>
-                     --direction up|down [--suite <id>] --payload-hex <hex>
-  qkey envelope open --key <hex> --device <id> --topic <topic> --direction up|down
+                     --direction up|down|will [--suite <id>] --payload-hex <hex>
+  qkey envelope open --key <hex> --device <id> --topic <topic> --direction up|down|will
                      --envelope-hex <hex> [--suite <id>]
 
 seal prints the envelope as hex; open prints the payload as hex.
@@ -28,7 +28,7 @@ seal prints the envelope as hex; open prints the payload as hex.
   --seq <n>            sequence number (0..${MAX_SEQ}); open checks it if given
   --device <id>        device id (MQTT client id), bound into the AAD
   --topic <topic>      MQTT topic the envelope travels on, bound into the AAD
-  --direction up|down  up = device to broker, down = broker to device
+  --direction up|down|will  up = device to broker, down = broker to device, will = a device will
   --suite <id>         1 or SM4-GCM (default), 2 or SM4-CTR-HMAC-SM3; open accepts only this suite if given
   --backend <name>     auto (default), native (OpenSSL) or portable (sm-crypto)
 Exit status: 0 ok, 1 the envelope was refused (the reason names the error code), 2 usage error.`;
@@ -48,8 +48,8 @@ const OPTIONS = {
 } as const;
 
 function parseDirection(value: string | undefined): Direction {
-  if (value === 'up' || value === 'down') return value;
-  throw new UsageError('--direction must be up or down');
+  if (value === 'up' || value === 'down' || value === 'will') return value;
+  throw new UsageError('--direction must be up, down or will');
 }
 
 function parseBackend(value: string): BackendChoice {

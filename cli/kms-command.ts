@@ -1,9 +1,9 @@
-// `qkey kms`: run the key service; `qkey kms rotate-master-key`: rewrap every stored key under a new master key.
+// `qkey kms`: run the key service; `qkey kms init`: create a new one; `qkey kms rotate-master-key`: rewrap every
+// stored key under a new master key.
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { DB_FILE } from '../key-service/app.js';
 import { type KmsOverrides, loadKmsConfig } from '../key-service/config.js';
-import { openDatabase } from '../key-service/db.js';
+import { checkDataDir, ensureDataDir, initDataDir, openDataDir } from '../key-service/data-dir.js';
 import { lockDataDir } from '../key-service/lock.js';
 import { rotateMasterKey } from '../key-service/master-key.js';
 import { ADMIN_TOKEN_FILE } from '../common/admin-token.js';
@@ -11,10 +11,14 @@ import { startKms } from '../key-service/server.js';
 import { type CliIo, EXIT_OK, EXIT_USAGE, UsageError } from './io.js';
 
 export const KMS_USAGE = `Usage:
-  qkey kms [--host <addr>] [--port <n>] [--data <dir>] [--config <file>] [--log-level <level>]
+  qkey kms init [--data <dir>] [--config <file>]
+  qkey kms [--init] [--host <addr>] [--port <n>] [--data <dir>] [--config <file>] [--log-level <level>]
   qkey kms rotate-master-key [--data <dir>] [--config <file>]
 
-Runs the key-management service (ETSI GS QKD 014 key delivery, login, admin API) until Ctrl-C.
+init creates a new key service in the data folder (master key, database, admin token) and prints what it
+created; it never touches a folder that already holds one. Then qkey kms runs it (ETSI GS QKD 014 key delivery,
+login, admin API) until Ctrl-C; it refuses a missing, empty or damaged data folder and says what is missing.
+  --init              create the key service first if the data folder holds none yet (as init does)
   --host <addr>       listen address (default 127.0.0.1; env QKEY_KMS_HOST)
   --port <n>          TCP port, 0 for any free one (default 7070; env QKEY_KMS_PORT)
   --data <dir>        database, master key and admin token folder (default ./data; env QKEY_KMS_DATA)
@@ -28,6 +32,7 @@ const OPTIONS = {
   data: { type: 'string' },
   config: { type: 'string' },
   'log-level': { type: 'string' },
+  init: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -39,7 +44,8 @@ function overridesFrom(values: { host?: string; port?: string; data?: string; 'l
     o.port = Number(values.port);
   }
   if (values.data !== undefined) o.dataDir = values.data;
-  if (values['log-level'] !== undefined) o.logLevel = values['log-level'];
+  // Checked with every other source against the schema (loadKmsConfig), which names what is allowed.
+  if (values['log-level'] !== undefined) o.logLevel = values['log-level'] as KmsOverrides['logLevel'];
   return o;
 }
 
@@ -59,7 +65,7 @@ export async function runKmsCommand(argv: string[], io: CliIo): Promise<number> 
   let overrides: KmsOverrides;
   try {
     overrides = overridesFrom(values);
-    if (positionals.length > 1 || (positionals[0] && positionals[0] !== 'rotate-master-key')) {
+    if (positionals.length > 1 || (positionals[0] && !['init', 'rotate-master-key'].includes(positionals[0]))) {
       throw new UsageError(`unknown action ${JSON.stringify(positionals.join(' '))}`);
     }
   } catch (err) {
@@ -67,11 +73,23 @@ export async function runKmsCommand(argv: string[], io: CliIo): Promise<number> 
     return EXIT_USAGE;
   }
   const config = loadKmsConfig(overrides, { configFile: values.config });
+  if (positionals[0] === 'init') {
+    const created = initDataDir(config.dataDir, { adminToken: config.adminToken });
+    io.out(`qkey kms init: created a new key service in ${config.dataDir}:`);
+    for (const item of created) io.out(`  ${item}`);
+    io.out('Back up the folder as a whole: the database is useless without its master key.');
+    return EXIT_OK;
+  }
+  if (values.init) {
+    for (const item of ensureDataDir(config.dataDir, { adminToken: config.adminToken }))
+      io.out(`qkey kms: created ${item}`);
+  }
+  checkDataDir(config.dataDir);
   const release = lockDataDir(config.dataDir);
 
   if (positionals[0] === 'rotate-master-key') {
     try {
-      const db = openDatabase(join(config.dataDir, DB_FILE));
+      const db = openDataDir(config.dataDir);
       try {
         const r = rotateMasterKey(db, config.dataDir);
         io.out(

@@ -5,6 +5,7 @@ import { type BrokerOverrides, loadBrokerConfig } from '../broker/config.js';
 import { type RunningBroker, startBroker } from '../broker/server.js';
 import { KmsClient } from '../kms-api/client.js';
 import { type KmsOverrides, loadKmsConfig } from '../key-service/config.js';
+import { ensureDataDir } from '../key-service/data-dir.js';
 import { type RunningKms, startKms } from '../key-service/server.js';
 
 export interface LocalSystem {
@@ -21,6 +22,7 @@ export async function startLocalSystem(
   options: { kms?: KmsOverrides; broker?: BrokerOverrides; brokerId?: string } = {},
 ): Promise<LocalSystem> {
   const adminToken = randomBytes(16).toString('hex');
+  ensureDataDir(dataDir, { adminToken });
   const kms = await startKms(
     loadKmsConfig({ port: 0, dataDir, logLevel: 'error', adminToken, ...options.kms }, { env: {} }),
   );

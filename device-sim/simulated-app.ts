@@ -10,7 +10,7 @@ export class SimulatedApp {
   static async connect(brokerUrl: string, kmsUrl: string, appId: string, secret: string): Promise<SimulatedApp> {
     const { access_token } = await new KmsClient(kmsUrl).clientToken(appId, secret);
     const client = await mqtt.connectAsync(brokerUrl, {
-      clientId: appId,
+      clientId: `${appId}/sim`,
       username: appId,
       password: access_token,
       reconnectPeriod: 0,

@@ -1,5 +1,6 @@
-// A simulated terminal: its emulated security chip logs in, connects over MQTT, publishes sealed telemetry and
-// opens the commands it receives. One session (fresh uplink key) per connection, as a real terminal would.
+// A simulated terminal: its emulated security chip logs in, connects over MQTT (with a will the chip sealed, if
+// any), publishes sealed telemetry and opens the commands it receives. One session (fresh uplink key) per
+// connection, as a real terminal would.
 import mqtt, { type MqttClient } from 'mqtt';
 import type { SecurityChip } from '../hsm-emulator/chip.js';
 import { KmsClient } from '../kms-api/client.js';
@@ -17,6 +18,8 @@ export interface SimulatedDeviceOptions {
   qos?: 0 | 1;
   onCommand?: (command: string) => void;
   onError?: (kind: string, err: Error) => void;
+  /** A will in the device's uplink space: sealed by the chip at each CONNECT, opened by the broker if published. */
+  will?: { topic: string; payload: Uint8Array; qos?: 0 | 1 | 2; retain?: boolean };
 }
 
 export class SimulatedDevice {
@@ -45,12 +48,21 @@ export class SimulatedDevice {
     const { access_token } = await kms.deviceToken(this.id, challenge, mac);
     this.chip.beginSession();
     this.stats.sessions++;
+    const will = this.o.will;
     const client = await mqtt.connectAsync(this.o.brokerUrl, {
       clientId: this.id,
       username: this.id,
       password: access_token,
       reconnectPeriod: 0,
       clean: true,
+      ...(will && {
+        will: {
+          topic: will.topic,
+          payload: Buffer.from(this.chip.sealWill(will.payload, will.topic)),
+          qos: will.qos ?? 0,
+          retain: will.retain ?? false,
+        },
+      }),
     });
     client.on('message', (topic, payload) => {
       try {

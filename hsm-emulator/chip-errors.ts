@@ -13,6 +13,7 @@ export const CHIP_ERRORS = {
   CHIP_ERR_UNKNOWN_KEY: 'the envelope names a key this chip does not hold',
   CHIP_ERR_NO_LOGIN_KEY: 'the chip has no login key yet: fill it first',
   CHIP_ERR_FILL: 'fill batch conflicts with the keys in the chip',
+  CHIP_ERR_WILL: 'a will is sealed once per session, before its first message',
 } as const;
 
 export type ChipErrorCode = keyof typeof CHIP_ERRORS;

@@ -87,7 +87,14 @@ const unhex = (s: string) => Uint8Array.from(Buffer.from(s, 'hex'));
 export class SecurityChip {
   private readonly rotation: RotationPolicy;
   private readonly suite: SuiteId;
-  private session: { id: string; key: EnvelopeKey; index: number; seq: number; bytes: number } | null = null;
+  private session: {
+    id: string;
+    key: EnvelopeKey;
+    index: number;
+    seq: number;
+    bytes: number;
+    willSealed?: boolean;
+  } | null = null;
   private readonly downKeys = new Map<number, { key: EnvelopeKey; replay: ReplayWindow }>();
 
   private constructor(
@@ -277,6 +284,29 @@ export class SecurityChip {
     cur.seq++;
     cur.bytes += payload.length;
     return envelope;
+  }
+
+  /**
+   * Seals the will of the connection this session is about to make (docs/PROTOCOL.md §9): direction will, sequence
+   * number 0, under the session's first uplink key, so the will commits to that key. Once per session: a second
+   * will under the same key and nonce would reuse the nonce. Empty payloads are returned unchanged.
+   */
+  sealWill(payload: Uint8Array, topic: string): Uint8Array {
+    if (isPassthroughPayload(payload)) return payload;
+    const s = this.session;
+    if (!s) throw new ChipError('CHIP_ERR_NO_SESSION');
+    if (s.willSealed || s.seq > 0)
+      throw new ChipError('CHIP_ERR_WILL', 'the will is sealed once, before the first message');
+    s.willSealed = true;
+    return sealEnvelope(payload, {
+      key: s.key,
+      keyIndex: s.index,
+      seq: 0,
+      suite: this.suite,
+      deviceId: this.state.deviceId,
+      topic,
+      direction: 'will',
+    });
   }
 
   /** Opens a downlink envelope for `topic` with the downlink key it names; replays are refused. */

@@ -1,7 +1,6 @@
 // Builds the key service (store, claim queue, routes) as a fastify app that does not listen; server.ts listens.
 import { readFileSync } from 'node:fs';
 import type { ServerOptions as HttpsServerOptions } from 'node:https';
-import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { callerGroup, refuseUngroupedRoutes } from './access.js';
@@ -9,9 +8,11 @@ import { canonicalUrl } from './canonical-url.js';
 import { ClaimQueue } from './claims.js';
 import type { KmsConfig } from './config.js';
 import type { KmsContext } from './context.js';
-import { type Db, openDatabase } from './db.js';
+import { openDataDir } from './data-dir.js';
+import type { Db } from './db.js';
 import { KMS_ERRORS, KmsError, type KmsErrorCode } from './errors.js';
-import { ChallengeBook, FailureLimiter } from './login.js';
+import { ChallengeBook } from './login.js';
+import { LoginLimiter } from './login-limits.js';
 import { loadMasterKey } from './master-key.js';
 import { createKmsMetrics } from './metrics.js';
 import { adminRoutes } from './routes/admin.js';
@@ -22,7 +23,7 @@ import { revocationRoutes } from './routes/revocations.js';
 import { loadAdminToken, loadSigningKey } from './secrets.js';
 import { KeyStore } from './store.js';
 
-export const DB_FILE = 'kms.db';
+export { DB_FILE } from './data-dir.js';
 
 /** Longest time a request may take to arrive, headers and body (Node checks every 30 s, so up to 30 s more). */
 export const REQUEST_TIMEOUT_MS = 30_000;
@@ -50,13 +51,16 @@ export interface Kms {
 export interface BuildOptions {
   /** Where logs go (default: stdout); tests pass a capture stream. */
   logStream?: Writable;
+  /** The clock login limits and challenges run on (default Date.now); tests pass a controllable one. */
+  clock?: () => number;
 }
 
 /** TLS server options; with a client CA, clients are asked for a certificate, which identifies a broker. */
 function httpsOptions(tls: NonNullable<KmsConfig['tls']>): HttpsServerOptions {
   return {
-    cert: tls.cert,
-    key: tls.key,
+    // PEM files, as in the broker's configuration (checked readable when the configuration was loaded).
+    cert: readFileSync(tls.cert),
+    key: readFileSync(tls.key),
     ...(tls.ca
       ? {
           ca: readFileSync(tls.ca),
@@ -73,7 +77,7 @@ function errorBody(code: KmsErrorCode, message: string, details: Array<Record<st
 }
 
 export async function buildKms(config: Readonly<KmsConfig>, options: BuildOptions = {}): Promise<Kms> {
-  const db = openDatabase(join(config.dataDir, DB_FILE));
+  const db = openDataDir(config.dataDir);
   try {
     return build(db, config, options);
   } catch (err) {
@@ -102,8 +106,13 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     claims,
     signing: loadSigningKey(db, master),
     adminToken: loadAdminToken(config.dataDir, config.adminToken),
-    challenges: new ChallengeBook(config.challengeTtl * 1000),
-    limiter: new FailureLimiter(config.loginLimits.windowSeconds * 1000),
+    challenges: new ChallengeBook(
+      config.challengeTtl * 1000,
+      config.loginLimits.openChallengesPerSource,
+      config.loginLimits.maxOpenChallenges,
+      options.clock,
+    ),
+    limiter: new LoginLimiter(config.loginLimits, options.clock),
     metrics,
   };
 
@@ -120,6 +129,9 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     // Every spelling of a route's path reaches that route (and its group's credential check), or nothing does.
     rewriteUrl: (req) => canonicalUrl(req.url ?? '/'),
     routerOptions: { caseSensitive: false },
+    // The source address login limits key on: the peer's, unless it is a listed proxy (then X-Forwarded-For's
+    // right-most address not itself a listed proxy). Never `true`: anyone could then choose their address.
+    trustProxy: config.trustProxy.length ? [...config.trustProxy] : false,
     ...(config.tls ? { https: httpsOptions(config.tls) } : {}),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });

@@ -1,101 +1,80 @@
-// Key-service configuration: defaults, then a JSON config file, then QKEY_KMS_* environment, then CLI flags.
-import { readFileSync } from 'node:fs';
+// Key-service configuration: one JSON Schema gives the keys, their types, ranges, defaults and environment variables;
+// defaults < JSON config file < QKEY_KMS_* environment < CLI flags, validated as a whole (common/config-loader.ts).
 import { resolve } from 'node:path';
+import type { FromSchema } from 'json-schema-to-ts';
+import { type ConfigSchema, configDefaults, loadConfig } from '../common/config-loader.js';
 
-export interface KmsConfig {
-  /** Address to listen on; loopback by default. */
-  host: string;
-  /** TCP port; 0 picks a free one. */
-  port: number;
-  /** Folder for the SQLite database, the master key and the admin token. */
-  dataDir: string;
-  /** Identity of this key service in ETSI GS QKD 014 status responses (source_KME_ID). */
-  kmeId: string;
-  /** Token lifetimes in seconds, per role. */
-  tokenTtl: { device: number; app: number; broker: number };
-  /** How long a login challenge may be answered, in seconds. */
-  challengeTtl: number;
-  /** A device pool with fewer unused keys than this is reported low. */
-  lowWater: number;
-  /** ETSI 014 max_key_per_request. */
-  maxKeysPerRequest: number;
-  /** Failed logins allowed per device and per source address within the window. */
-  loginLimits: { perDevice: number; perSource: number; windowSeconds: number };
-  /** Most claim requests committed in one transaction. */
-  claimBatchMax: number;
-  /** Largest accepted HTTP body, bytes (a fill batch of 4096 keys is about 300 KiB). */
-  bodyLimit: number;
-  /** pino log level. */
-  logLevel: string;
-  /** Admin bearer token; when absent one is created in `<dataDir>/admin-token`. */
-  adminToken?: string;
-  /** TLS certificate and key files (PEM); plain HTTP when absent. */
-  tls?: {
-    cert: string;
-    key: string;
-    /** CA certificates (PEM file) that issue client certificates: clients are asked for one (ETSI GS QKD 014). */
-    ca?: string;
-    /** Refuse, at the TLS handshake, every client without a certificate from `ca` (default: certificates optional). */
-    requireClientCert?: boolean;
-  };
-}
+const count = (min: number, max: number, byDefault: number) =>
+  ({ type: 'integer', minimum: min, maximum: max, default: byDefault }) as const;
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
-export const KMS_DEFAULTS: Readonly<KmsConfig> = Object.freeze({
-  host: '127.0.0.1',
-  port: 7070,
-  dataDir: './data',
-  kmeId: 'qkey-kms',
-  tokenTtl: Object.freeze({ device: 600, app: 3600, broker: 3600 }),
-  challengeTtl: 60,
-  lowWater: 16,
-  maxKeysPerRequest: 16,
-  loginLimits: Object.freeze({ perDevice: 5, perSource: 50, windowSeconds: 300 }),
-  claimBatchMax: 512,
-  bodyLimit: 1024 * 1024,
-  logLevel: 'info',
-});
+/**
+ * Every key of the key service's configuration, one per line: add a key here and it is validated, typed, given its
+ * default and (with `env`) read from the environment. README "Configuration" lists them.
+ */
+export const KMS_CONFIG_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    host: { type: 'string', minLength: 1, default: '127.0.0.1', env: 'QKEY_KMS_HOST' },
+    port: { type: 'integer', minimum: 0, maximum: 65535, default: 7070, env: 'QKEY_KMS_PORT' },
+    dataDir: { type: 'string', minLength: 1, default: './data', env: 'QKEY_KMS_DATA' },
+    logLevel: { enum: LOG_LEVELS, default: 'info', env: 'QKEY_KMS_LOG_LEVEL' },
+    adminToken: { type: 'string', minLength: 1, maxLength: 512, writeOnly: true, env: 'QKEY_ADMIN_TOKEN' },
+    tls: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['cert', 'key'],
+      properties: {
+        cert: { type: 'string', minLength: 1, file: true },
+        key: { type: 'string', minLength: 1, file: true },
+        /** CA certificates (PEM file) that issue client certificates: clients are asked for one (ETSI GS QKD 014). */
+        ca: { type: 'string', minLength: 1, file: true },
+        /** Refuse, at the TLS handshake, every client without a certificate from `ca` (default: optional). */
+        requireClientCert: { type: 'boolean', default: false },
+      },
+    },
+    kmeId: { type: 'string', minLength: 1, maxLength: 128, default: 'qkey-kms' },
+    tokenTtl: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        device: count(10, 2_592_000, 600),
+        app: count(10, 2_592_000, 3600),
+        broker: count(10, 2_592_000, 3600),
+      },
+    },
+    challengeTtl: count(5, 3600, 60),
+    loginLimits: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        perSource: count(1, 1_000_000, 100),
+        perSubjectSource: count(1, 1_000_000, 10),
+        perSubject: count(1, 100_000_000, 1000),
+        maxBackoffSeconds: count(1, 86_400, 900),
+        forgetSeconds: count(1, 2_592_000, 3600),
+        challengeRate: count(1, 100_000, 10),
+        challengeBurst: count(1, 1_000_000, 100),
+        openChallengesPerSource: count(1, 100_000, 100),
+        maxOpenChallenges: count(1, 10_000_000, 100_000),
+      },
+    },
+    trustProxy: { type: 'array', maxItems: 64, items: { type: 'string', minLength: 1 }, default: [] },
+    lowWater: count(0, 1_000_000, 16),
+    maxKeysPerRequest: count(1, 1024, 16),
+    claimBatchMax: count(1, 100_000, 512),
+    bodyLimit: count(1024, 64 * 1024 * 1024, 1024 * 1024),
+  },
+} as const satisfies ConfigSchema;
 
-export type KmsOverrides = Partial<Omit<KmsConfig, 'tokenTtl' | 'loginLimits'>> & {
-  tokenTtl?: Partial<KmsConfig['tokenTtl']>;
-  loginLimits?: Partial<KmsConfig['loginLimits']>;
-};
+export type KmsConfig = FromSchema<typeof KMS_CONFIG_SCHEMA>;
+/** What a config file, the environment or flags may set: any key, each optional. */
+export type KmsOverrides = FromSchema<typeof KMS_CONFIG_SCHEMA, { keepDefaultedPropertiesOptional: true }>;
 
-function fromEnv(env: NodeJS.ProcessEnv): KmsOverrides {
-  const out: KmsOverrides = {};
-  if (env.QKEY_KMS_HOST) out.host = env.QKEY_KMS_HOST;
-  if (env.QKEY_KMS_PORT) out.port = Number(env.QKEY_KMS_PORT);
-  if (env.QKEY_KMS_DATA) out.dataDir = env.QKEY_KMS_DATA;
-  if (env.QKEY_KMS_LOG_LEVEL) out.logLevel = env.QKEY_KMS_LOG_LEVEL;
-  if (env.QKEY_ADMIN_TOKEN) out.adminToken = env.QKEY_ADMIN_TOKEN;
-  return out;
-}
-
-function merge(base: KmsConfig, o: KmsOverrides): KmsConfig {
-  return {
-    ...base,
-    ...Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)),
-    tokenTtl: { ...base.tokenTtl, ...o.tokenTtl },
-    loginLimits: { ...base.loginLimits, ...o.loginLimits },
-  } as KmsConfig;
-}
-
-function check(c: KmsConfig): KmsConfig {
-  const int = (v: number, name: string, min: number, max: number) => {
-    if (!Number.isInteger(v) || v < min || v > max)
-      throw new Error(`config: ${name} must be an integer in [${min}, ${max}]`);
-  };
-  int(c.port, 'port', 0, 65535);
-  int(c.challengeTtl, 'challengeTtl', 5, 3600);
-  int(c.lowWater, 'lowWater', 0, 1_000_000);
-  int(c.maxKeysPerRequest, 'maxKeysPerRequest', 1, 1024);
-  int(c.claimBatchMax, 'claimBatchMax', 1, 100_000);
-  int(c.bodyLimit, 'bodyLimit', 1024, 64 * 1024 * 1024);
-  for (const [role, ttl] of Object.entries(c.tokenTtl)) int(ttl, `tokenTtl.${role}`, 10, 86_400 * 30);
-  for (const [k, v] of Object.entries(c.loginLimits)) int(v, `loginLimits.${k}`, 1, 1_000_000);
-  if (typeof c.dataDir !== 'string' || c.dataDir === '') throw new Error('config: dataDir must be a path');
-  if (c.tls?.requireClientCert && !c.tls.ca) throw new Error('config: tls.requireClientCert needs tls.ca');
-  return c;
-}
+export const KMS_DEFAULTS: Readonly<KmsConfig> = configDefaults<KmsConfig>(KMS_CONFIG_SCHEMA);
 
 /** Defaults < config file (`configFile` or QKEY_KMS_CONFIG) < environment < `overrides` (CLI flags). */
 export function loadKmsConfig(
@@ -103,15 +82,11 @@ export function loadKmsConfig(
   options: { configFile?: string | undefined; env?: NodeJS.ProcessEnv } = {},
 ): Readonly<KmsConfig> {
   const env = options.env ?? process.env;
-  const file = options.configFile ?? env.QKEY_KMS_CONFIG;
-  let fileConfig: KmsOverrides = {};
-  if (file) {
-    try {
-      fileConfig = JSON.parse(readFileSync(file, 'utf8')) as KmsOverrides;
-    } catch (err) {
-      throw new Error(`config: cannot read ${file}: ${(err as Error).message}`);
-    }
-  }
-  const config = check(merge(merge(merge({ ...KMS_DEFAULTS } as KmsConfig, fileConfig), fromEnv(env)), overrides));
+  const config = loadConfig<KmsConfig>(KMS_CONFIG_SCHEMA, {
+    file: options.configFile ?? env.QKEY_KMS_CONFIG,
+    env,
+    overrides,
+    refine: (c: KmsConfig) => (c.tls?.requireClientCert && !c.tls.ca ? ['tls.requireClientCert needs tls.ca'] : []),
+  });
   return Object.freeze({ ...config, dataDir: resolve(config.dataDir) });
 }

@@ -3,7 +3,8 @@ import { randomUUID } from 'node:crypto';
 import { type AppAcl, signToken, type TokenClaims, type TokenRole } from '../protocol/index.js';
 import type { ClaimQueue } from './claims.js';
 import type { KmsConfig } from './config.js';
-import type { ChallengeBook, FailureLimiter } from './login.js';
+import type { ChallengeBook } from './login.js';
+import type { LoginLimiter } from './login-limits.js';
 import type { KmsMetrics } from './metrics.js';
 import type { SigningKey } from './secrets.js';
 import type { KeyStore } from './store.js';
@@ -15,7 +16,7 @@ export interface KmsContext {
   signing: SigningKey;
   adminToken: string;
   challenges: ChallengeBook;
-  limiter: FailureLimiter;
+  limiter: LoginLimiter;
   metrics: KmsMetrics;
 }
 

@@ -1,14 +1,34 @@
 // Opens the key store: SQLite in WAL mode with synchronous=FULL (claims must survive power loss), then migrates.
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { chmodSync, closeSync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { MIGRATIONS } from './migrations.js';
 
 export type Db = Database.Database;
 
-export function openDatabase(file: string): Db {
-  if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
-  const db = new Database(file);
+/**
+ * Opens `file`: a new database only with `create` (the file must not exist yet; it is made 0600 before SQLite
+ * writes to it, and its WAL and SHM files take that mode), else an existing one with a schema, never an empty one.
+ */
+export function openDatabase(file: string, { create }: { create: boolean }): Db {
+  if (create && file !== ':memory:') {
+    closeSync(openSync(file, 'wx', 0o600));
+    chmodSync(file, 0o600);
+  }
+  const db = new Database(file, { fileMustExist: file !== ':memory:' });
+  try {
+    prepare(db, create);
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+  return db;
+}
+
+function prepare(db: Db, create: boolean): void {
+  // Read before anything writes: a database of another application is refused unchanged.
+  if (!create && db.pragma('user_version', { simple: true }) === 0) {
+    throw Object.assign(new Error('the database has no schema'), { code: 'KMS_DB_EMPTY_SCHEMA' });
+  }
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');
   db.pragma('foreign_keys = ON');
@@ -19,7 +39,6 @@ export function openDatabase(file: string): Db {
   db.pragma('cache_size = -65536');
   db.pragma('mmap_size = 268435456');
   migrate(db);
-  return db;
 }
 
 export function migrate(db: Db): number {

@@ -13,7 +13,7 @@ export const KMS_ERRORS = {
   KMS_ERR_NOT_FOUND: { status: 404, message: 'no such resource' },
   KMS_ERR_CONFLICT: { status: 409, message: 'conflicts with existing state' },
   KMS_ERR_TOO_LARGE: { status: 413, message: 'request body too large' },
-  KMS_ERR_RATE_LIMITED: { status: 429, message: 'too many failed attempts; retry later' },
+  KMS_ERR_RATE_LIMITED: { status: 429, message: 'too many requests or failed attempts; retry later' },
   KMS_ERR_INTERNAL: { status: 500, message: 'internal error' },
   KMS_ERR_POOL_EMPTY: { status: 503, message: 'no unused keys left in the pool' },
   KMS_ERR_UNAVAILABLE: { status: 503, message: 'key store temporarily unavailable' },

@@ -1,5 +1,5 @@
 // One key service per data folder: a lock file holding the owner's pid; a lock left by a dead process is taken over.
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 
 const LOCK_FILE = 'kms.lock';
@@ -13,9 +13,11 @@ function alive(pid: number): boolean {
   }
 }
 
-/** Takes the data folder's lock or throws naming the process that holds it. Returns the release function. */
+/**
+ * Takes the data folder's lock or throws naming the process that holds it. Returns the release function. The
+ * folder must exist: taking a lock never creates a data folder (data-dir.ts does, on an explicit init).
+ */
 export function lockDataDir(dataDir: string): () => void {
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const path = join(dataDir, LOCK_FILE);
   for (let attempt = 0; attempt < 2; attempt++) {
     try {

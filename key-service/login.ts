@@ -1,60 +1,75 @@
-// Device login state: single-use challenges bound to a device, and limits on failed attempts.
+// Device login challenges: single-use, bound to a device, expiring; each source address holds a bounded share.
 import { randomBytes } from 'node:crypto';
 import { LOGIN_CHALLENGE_LENGTH } from '../protocol/index.js';
+import { sourceKey } from './login-limits.js';
 
-/** Outstanding challenges, each usable once, by the device it was issued to, before it expires. */
+interface OpenChallenge {
+  deviceId: string;
+  source: string;
+  expiresAt: number;
+}
+
+/**
+ * Outstanding challenges, each usable once, by the device it was issued to, before it expires. A source that
+ * asks for more than its share evicts its own oldest challenge, never another source's; when the whole book is
+ * full of unexpired challenges, new ones are refused rather than evicting anyone's.
+ */
 export class ChallengeBook {
-  private readonly open = new Map<string, { deviceId: string; expiresAt: number }>();
+  /** In issue order, which is also expiry order (one TTL for all). */
+  private readonly open = new Map<string, OpenChallenge>();
+  private readonly bySource = new Map<string, Set<string>>();
 
   constructor(
     private readonly ttlMs: number,
+    private readonly perSource: number,
     private readonly maxOpen = 100_000,
+    private readonly now: () => number = Date.now,
   ) {}
 
-  issue(deviceId: string, now = Date.now()): { challenge: Buffer; expiresAt: number } {
-    if (this.open.size >= this.maxOpen) this.sweep(now);
-    if (this.open.size >= this.maxOpen) this.open.delete(this.open.keys().next().value as string);
+  /** A fresh challenge for `deviceId`, or undefined when the book is full. */
+  issue(deviceId: string, address: string): { challenge: Buffer; expiresAt: number } | undefined {
+    const t = this.now();
+    const source = sourceKey(address);
+    this.expire(t);
+    const mine = this.bySource.get(source);
+    if (mine && mine.size >= this.perSource) this.remove(mine.values().next().value as string);
+    else if (this.open.size >= this.maxOpen) return undefined;
     const challenge = randomBytes(LOGIN_CHALLENGE_LENGTH);
-    const expiresAt = now + this.ttlMs;
-    this.open.set(challenge.toString('base64'), { deviceId, expiresAt });
+    const key = challenge.toString('base64');
+    const expiresAt = t + this.ttlMs;
+    this.open.set(key, { deviceId, source, expiresAt });
+    let set = this.bySource.get(source);
+    if (!set) this.bySource.set(source, (set = new Set()));
+    set.add(key);
     return { challenge, expiresAt };
   }
 
   /** Consumes the challenge; true only if it was open, unexpired and issued to `deviceId`. */
-  take(deviceId: string, challengeB64: string, now = Date.now()): boolean {
+  take(deviceId: string, challengeB64: string): boolean {
     const entry = this.open.get(challengeB64);
     if (!entry) return false;
-    this.open.delete(challengeB64);
-    return entry.deviceId === deviceId && entry.expiresAt > now;
+    this.remove(challengeB64);
+    return entry.deviceId === deviceId && entry.expiresAt > this.now();
   }
 
-  private sweep(now: number): void {
-    for (const [k, v] of this.open) if (v.expiresAt <= now) this.open.delete(k);
-  }
-}
-
-/** Counts failures per key (device id, source address) in fixed windows; blocks a key past its limit. */
-export class FailureLimiter {
-  private readonly counts = new Map<string, { n: number; resetAt: number }>();
-
-  constructor(private readonly windowMs: number) {}
-
-  /** Seconds to wait if `key` has used up `limit` failures in this window, else undefined. */
-  blocked(key: string, limit: number, now = Date.now()): number | undefined {
-    const c = this.counts.get(key);
-    if (!c || c.resetAt <= now) return undefined;
-    return c.n >= limit ? Math.ceil((c.resetAt - now) / 1000) : undefined;
+  get size(): number {
+    return this.open.size;
   }
 
-  fail(key: string, now = Date.now()): void {
-    const c = this.counts.get(key);
-    if (!c || c.resetAt <= now) {
-      if (this.counts.size > 100_000) this.sweep(now);
-      this.counts.set(key, { n: 1, resetAt: now + this.windowMs });
-    } else c.n++;
+  /** Drops expired challenges from the front: amortised O(1) per issue. */
+  private expire(t: number): void {
+    for (const [key, entry] of this.open) {
+      if (entry.expiresAt > t) return;
+      this.remove(key);
+    }
   }
 
-  private sweep(now: number): void {
-    for (const [k, v] of this.counts) if (v.resetAt <= now) this.counts.delete(k);
+  private remove(key: string): void {
+    const entry = this.open.get(key);
+    if (!entry) return;
+    this.open.delete(key);
+    const set = this.bySource.get(entry.source);
+    set?.delete(key);
+    if (set?.size === 0) this.bySource.delete(entry.source);
   }
 }

@@ -7,6 +7,8 @@ import type { Db } from './db.js';
 import { writeSecretFile } from '../common/secret-file.js';
 
 const FILE_PREFIX = 'master-key.v';
+/** The file name of master key version `version`. */
+export const MASTER_KEY_FILE = (version: number) => `${FILE_PREFIX}${version}`;
 const WRAP_VERSION = 0x01;
 /** version (1) | KEK version (4) | nonce (12) | ciphertext (n) | tag (16). */
 const WRAP_OVERHEAD = 1 + 4 + 12 + 16;
@@ -108,17 +110,22 @@ function removeSupersededKeyFiles(dir: string, active: number): void {
   for (const v of keyFileVersions(dir)) if (v < active) rmSync(fileFor(dir, v));
 }
 
+/** Creates master key version 1 in a new key store (`qkey kms init`); never overwrites a key file. */
+export function createMasterKey(db: Db, dir: string): MasterKey {
+  if (activeVersion(db) !== undefined) throw new Error('the key store already has a master key');
+  const key = randomBytes(16);
+  writeKeyFile(fileFor(dir, 1), key);
+  db.prepare(`INSERT INTO meta (name, value) VALUES ('kek_version', ?)`).run('1');
+  return MasterKey.fromBytes(1, key);
+}
+
 /**
- * Loads the active master key from `<dir>/master-key.v<N>`, creating version 1 on first run.
- * The database records which version is active; the files record nothing else.
+ * Loads the active master key from `<dir>/master-key.v<N>`. The database records which version is active; the
+ * files record nothing else.
  */
 export function loadMasterKey(db: Db, dir: string): MasterKey {
-  let version = activeVersion(db);
-  if (version === undefined) {
-    version = 1;
-    if (!existsSync(fileFor(dir, version))) writeKeyFile(fileFor(dir, version), randomBytes(16));
-    db.prepare(`INSERT INTO meta (name, value) VALUES ('kek_version', ?)`).run(String(version));
-  }
+  const version = activeVersion(db);
+  if (version === undefined) throw new Error('the key store records no master key version');
   const path = fileFor(dir, version);
   if (!existsSync(path)) throw new Error(`master key ${path} is missing; the key store cannot be opened without it`);
   // Read (and checked) first: a start that fails on its own key file deletes nothing.

@@ -1,5 +1,10 @@
 // GHASH (NIST SP 800-38D §6.4) with Shoup's 8-bit tables: a 4 KiB table per hash key, built once per key.
 //
+// NOT CONSTANT-TIME: every multiplication indexes the table by bytes of the secret-dependent hash state, so cache
+// timing can leak information about H and the data. This is the fallback for runtimes without the native addon
+// (protocol/native/sm4_gcm.c, GHASH on PCLMULQDQ without secret-indexed memory access); see "Constant-time where it
+// matters" in docs/ARCHITECTURE.md.
+//
 // Field elements are 128-bit blocks held as four big-endian 32-bit words (w0 = bytes 0..3). In GCM's
 // bit order the first bit of the block is the coefficient of x^0, so multiplying by x is a right shift
 // and the reduction polynomial x^128 + x^7 + x^2 + x + 1 becomes XOR of 0xE1 into the top byte.

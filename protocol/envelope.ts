@@ -18,9 +18,10 @@ export const MAX_KEY_INDEX = 0xffffffff;
 export const MAX_SEQ = 0xffffffff;
 const MAX_FIELD_BYTES = 0xffff;
 
-export type Direction = 'up' | 'down';
-/** §3: direction codes; they also keep the nonces of the two directions apart. */
-export const DIRECTION_CODES: Readonly<Record<Direction, number>> = { up: 0x01, down: 0x02 };
+/** §2: `up` device to broker, `down` broker to device, `will` a device's will sealed at CONNECT (§9). */
+export type Direction = 'up' | 'down' | 'will';
+/** §3: direction codes; they also keep the nonces of the directions apart under one key. */
+export const DIRECTION_CODES: Readonly<Record<Direction, number>> = { up: 0x01, down: 0x02, will: 0x03 };
 
 export interface EnvelopeHeader {
   version: number;
@@ -144,8 +145,8 @@ function maxPayloadOf(ctx: { maxPayload?: number | undefined }): number {
 }
 
 function directionCode(direction: Direction): number {
-  const code = DIRECTION_CODES[direction];
-  if (code === undefined) throw new ArgumentError("direction must be 'up' or 'down'");
+  const code = Object.hasOwn(DIRECTION_CODES, direction) ? DIRECTION_CODES[direction] : undefined;
+  if (code === undefined) throw new ArgumentError("direction must be 'up', 'down' or 'will'");
   return code;
 }
 

@@ -1,11 +1,15 @@
-// The CONNECT hooks: preConnect notes what authenticate needs from the packet; authenticate checks the token, the
-// client id and the principal, then opens a device's key session before CONNACK.
+// The CONNECT hooks: preConnect notes what authenticate needs from the packet; authenticate runs the named steps
+// below: credentials (token, or with mutual TLS its certificate), principal, client-id ownership, certificate
+// identity, will, the device's key session, then the state the other hooks use.
 import { randomUUID } from 'node:crypto';
-import type { AuthenticateError, Client, ConnectPacket } from 'aedes';
-import { TokenError } from '../../protocol/index.js';
+import type { AuthenticateError, Client, ConnectPacket, PublishPacket } from 'aedes';
+import { KmsHttpError } from '../../kms-api/client.js';
+import { isProtocolError, parseEnvelope, TokenError, type TokenClaims } from '../../protocol/index.js';
+import { type CertificateIdentity, certificateMismatch } from '../client-certificate.js';
 import { DeviceSessionKeys } from '../session-keys.js';
-import type { Principal } from '../topic-policy.js';
-import type { ClientState, PluginContext } from './context.js';
+import { downlinkOwner, mayPublish, type Principal } from '../topic-policy.js';
+import type { ClientState, DeviceWill, PluginContext } from './context.js';
+import { watchConnection } from './lifecycle.js';
 
 export function authError(returnCode: 2 | 3 | 4 | 5, message: string): AuthenticateError {
   const err = new Error(message) as AuthenticateError;
@@ -13,8 +17,26 @@ export function authError(returnCode: 2 | 3 | 4 | 5, message: string): Authentic
   return err;
 }
 
+/** The connection closed while the broker was authenticating it: nothing to answer, nothing to keep. */
+export class ClosedDuringAuthentication extends Error {
+  constructor() {
+    super('the connection closed during authentication');
+    this.name = 'ClosedDuringAuthentication';
+  }
+}
+
+/**
+ * The client-id rule: a device connects with its device id; an application with `<appId>/<anything>`. Device ids
+ * never contain '/', so the two namespaces cannot overlap and no principal can name another's connection or
+ * persistent session. An application that sends an empty client id (clean session) is given `<appId>/<uuid>`.
+ */
+export const APP_CLIENT_ID_SEPARATOR = '/';
+
 export function preConnect(ctx: PluginContext, client: Client, packet: ConnectPacket): void {
-  if (!packet.clientId && packet.clean === false) ctx.emptyIdPersistent.add(client);
+  if (!packet.clientId) {
+    ctx.emptyId.add(client);
+    if (packet.clean === false) ctx.emptyIdPersistent.add(client);
+  }
 }
 
 export async function authenticate(
@@ -23,48 +45,141 @@ export async function authenticate(
   username: string | undefined,
   password: Buffer | undefined,
 ): Promise<void> {
+  refuseEmptyPersistentId(ctx, client);
+  const certificate = ctx.o.certificates?.of(client.conn);
+  const claims = verifyCredentials(ctx, username, password, certificate);
+  const principal = principalOf(claims);
+  claimClientId(ctx, client, principal);
+  matchCertificate(certificate, principal);
+  const will = checkWill(ctx, client, principal);
+  const keys = principal.role === 'device' ? await openKeySession(ctx, principal.id) : undefined;
+  if (client.closed || client.conn.destroyed) {
+    // Aedes drops a client that closed during authenticate without a word: retire what it claimed, keep nothing.
+    await keys?.close();
+    throw new ClosedDuringAuthentication();
+  }
+  const state: ClientState = {
+    principal,
+    iat: claims.iat,
+    subscriptions: new Set(),
+    source: ctx.sourceOf(client),
+    ...(keys && { keys }),
+    ...(will && { will }),
+  };
+  ctx.states.set(client, state);
+  watchConnection(ctx, client);
+  ctx.o.events?.connected?.(principal);
+}
+
+/** [MQTT-3.1.3-8] */
+function refuseEmptyPersistentId(ctx: PluginContext, client: Client): void {
   if (ctx.emptyIdPersistent.has(client))
     throw authError(2, 'identifier rejected: empty client id with clean session off [MQTT-3.1.3-8]');
-  if (!username || !password) throw authError(4, 'bad user name or password: a token is required');
-  let claims;
-  try {
-    claims = ctx.o.tokens.verify(password.toString('utf8'));
-  } catch (err) {
-    if (err instanceof TokenError) throw authError(4, `bad user name or password: ${err.code}`);
-    throw err;
+}
+
+type Credentials = Pick<TokenClaims, 'sub' | 'role' | 'iat' | 'acl'>;
+
+/** The token, or (mutual TLS, when the policy lets a certificate replace a device's token) the certificate alone. */
+function verifyCredentials(
+  ctx: PluginContext,
+  username: string | undefined,
+  password: Buffer | undefined,
+  certificate: CertificateIdentity | undefined,
+): Credentials {
+  const certificateAlone = !password && certificate && ctx.o.certificates?.policy.tokenRequired === false;
+  if (!username || (!password && !certificateAlone))
+    throw authError(4, 'bad user name or password: a token is required');
+  let claims: Credentials;
+  if (certificateAlone) {
+    // A device identified by its certificate alone (policy); revoked at the key service since it was issued: 5.
+    if (ctx.o.tokens.isRevoked(username, certificate.notBefore)) throw authError(5, 'not authorized: revoked');
+    claims = { sub: username, role: 'device', iat: certificate.notBefore };
+  } else {
+    try {
+      claims = ctx.o.tokens.verify(password!.toString('utf8'));
+    } catch (err) {
+      if (err instanceof TokenError) throw authError(4, `bad user name or password: ${err.code}`);
+      throw err;
+    }
   }
   if (claims.sub !== username) throw authError(4, 'bad user name or password: the username is not the token subject');
-  let principal: Principal;
-  if (claims.role === 'device') {
-    // Device id = username = client id, so topic permissions and the envelope AAD name one identity.
-    if (client.id !== username)
-      throw authError(5, 'not authorized: a device connects with client id = username = device id');
-    principal = { role: 'device', id: claims.sub };
-  } else if (claims.role === 'app') {
-    principal = {
-      role: 'app',
-      id: claims.sub,
-      publish: claims.acl?.publish ?? [],
-      subscribe: claims.acl?.subscribe ?? [],
-    };
-  } else {
-    throw authError(5, 'not authorized: broker tokens cannot connect as MQTT clients');
+  return claims;
+}
+
+/** With mutual TLS, the certificate must name this principal (its single subject CN). */
+function matchCertificate(certificate: CertificateIdentity | undefined, principal: Principal): void {
+  const mismatch = certificateMismatch(certificate, principal.id);
+  if (mismatch) throw authError(5, `not authorized: ${mismatch}`);
+}
+
+function principalOf(claims: Credentials): Principal {
+  if (claims.role === 'device') return { role: 'device', id: claims.sub };
+  if (claims.role === 'app') {
+    return { role: 'app', id: claims.sub, publish: claims.acl?.publish ?? [], subscribe: claims.acl?.subscribe ?? [] };
   }
-  const state: ClientState = { principal, iat: claims.iat };
+  throw authError(5, 'not authorized: broker tokens cannot connect as MQTT clients');
+}
+
+/**
+ * The client id must lie in the principal's own namespace (see APP_CLIENT_ID_SEPARATOR). CONNACK 5, not 2: the
+ * identifier is well-formed MQTT and another principal may use it; these credentials are not authorized to.
+ */
+function claimClientId(ctx: PluginContext, client: Client, principal: Principal): void {
   if (principal.role === 'device') {
-    const deviceId = principal.id;
-    const keys = new DeviceSessionKeys(ctx.o.kms, deviceId, randomUUID(), ctx.rotation, (e) =>
-      ctx.o.events?.session?.(deviceId, e),
-    );
-    try {
-      // Aedes' authorizeForward is synchronous: the first downlink keys must be here before CONNACK.
-      await keys.start();
-    } catch (err) {
-      await keys.close();
-      throw authError(3, `server unavailable: ${(err as Error).message}`);
-    }
-    state.keys = keys;
+    // Device id = username = client id, so topic permissions and the envelope AAD name one identity.
+    if (client.id !== principal.id)
+      throw authError(5, 'not authorized: a device connects with client id = username = device id');
+    return;
   }
-  ctx.states.set(client, state);
-  ctx.o.events?.connected?.(principal);
+  const prefix = `${principal.id}${APP_CLIENT_ID_SEPARATOR}`;
+  if (ctx.emptyId.has(client)) {
+    // [MQTT-3.1.3-6] the server assigns an id; Aedes' own choice would lie outside the application's namespace.
+    (client as { id: string }).id = `${prefix}${randomUUID()}`;
+    return;
+  }
+  if (!(client.id.length > prefix.length && client.id.startsWith(prefix)))
+    throw authError(5, `not authorized: an application's client id is ${prefix}<name>`);
+}
+
+/**
+ * A will is checked when it is given, not when it is due: its topic must be one the principal may publish to, and
+ * its payload must fit. A device's will is an envelope (direction will, sequence number 0) whose header names this
+ * connection's uplink key; the key is claimed only if the will has to be published.
+ */
+function checkWill(ctx: PluginContext, client: Client, principal: Principal): DeviceWill | undefined {
+  const will = (client as unknown as { _will?: PublishPacket | null })._will;
+  if (!will) return undefined;
+  if (!mayPublish(principal, will.topic, ctx.topics)) throw authError(5, 'not authorized: will topic not permitted');
+  const payload = will.payload as Buffer;
+  if (principal.role === 'app') {
+    if (payload.length > ctx.maxDownlinkPayload && downlinkOwner(ctx.topics, will.topic) !== undefined)
+      throw authError(5, `not authorized: will payload exceeds ${ctx.maxDownlinkPayload} bytes`);
+    return undefined;
+  }
+  if (payload.length === 0) return undefined; // passes unsealed, as any empty payload
+  try {
+    const parsed = parseEnvelope(payload, ctx.parseOptions);
+    if (parsed.seq !== 0) throw authError(5, 'not authorized: a device will is sealed with sequence number 0');
+    return { parsed };
+  } catch (err) {
+    if (isProtocolError(err)) throw authError(5, `not authorized: will envelope refused (${err.code})`);
+    throw err;
+  }
+}
+
+async function openKeySession(ctx: PluginContext, deviceId: string): Promise<DeviceSessionKeys> {
+  const keys = new DeviceSessionKeys(ctx.o.kms, deviceId, randomUUID(), ctx.rotation, (e) =>
+    ctx.o.events?.session?.(deviceId, e),
+  );
+  try {
+    // Aedes' authorizeForward is synchronous: the first downlink keys must be here before CONNACK.
+    await keys.start();
+  } catch (err) {
+    await keys.close();
+    // A certificate alone may name a device the key service does not know: that is no one to connect as.
+    if (err instanceof KmsHttpError && err.code === 'KMS_ERR_UNKNOWN_DEVICE')
+      throw authError(5, 'not authorized: unknown device');
+    throw authError(3, `server unavailable: ${(err as Error).message}`);
+  }
+  return keys;
 }

@@ -1,21 +1,49 @@
-// What the plugin's hooks share: the options, each authenticated client's state and the small helpers every hook
-// uses. One object per plugin, passed to each hook.
+// What the plugin's hooks share: the options, each authenticated client's state, the counters /metrics reads and
+// the small helpers every hook uses. One object per plugin, passed to each hook.
+import type { ClientCertificates } from '../client-certificate.js';
 import type { Client } from 'aedes';
 import type { KmsClient } from '../../kms-api/client.js';
+import { DEFAULT_MAX_PAYLOAD, type ParsedEnvelope } from '../../protocol/index.js';
 import type { DeviceSessionKeys, RotationLimits, SessionEvent } from '../session-keys.js';
 import type { TokenAuthority } from '../token-authority.js';
 import type { Principal, TopicTemplates } from '../topic-policy.js';
 
-/** Why an uplink publish was refused; each is a metric label. */
+/** Why a publish was refused; each is a metric label. */
 export type RejectReason =
-  'acl' | 'plaintext' | 'malformed' | 'replay' | 'forged' | 'foreign_key' | 'kms_unavailable' | 'too_large';
+  'acl' | 'plaintext' | 'malformed' | 'replay' | 'forged' | 'foreign_key' | 'kms_unavailable' | 'too_large' | 'error';
+
+/** What became of a device's uplink publish: `opened`, or why it was refused. */
+export type UplinkOutcome = 'opened' | RejectReason;
+
+/** What became of one delivery to a device. */
+export type DownlinkOutcome = 'sealed' | 'resealed' | 'dropped_no_key' | 'dropped_too_large' | 'dropped_error';
+
+/** The hooks, as named in logs and in broker_hook_errors_total. */
+export type HookName = 'preConnect' | 'authenticate' | 'publish' | 'will' | 'subscribe' | 'forward' | 'lifecycle';
+
+/** Who tried to connect, for the log line of a refused CONNECT: never the token. */
+export interface ConnectAttempt {
+  clientId: string;
+  username: string | undefined;
+  source: string | undefined;
+}
 
 export interface PluginEvents {
   rejected?: (reason: RejectReason, clientId: string, topic: string) => void;
   connected?: (principal: Principal) => void;
-  authFailed?: (returnCode: number, reason: string) => void;
-  downlink?: (outcome: 'sealed' | 'dropped_no_key' | 'resealed') => void;
+  authFailed?: (returnCode: number, reason: string, attempt: ConnectAttempt) => void;
+  downlink?: (outcome: DownlinkOutcome) => void;
   session?: (deviceId: string, event: SessionEvent) => void;
+  subscribeRefused?: (reason: 'acl' | 'limit') => void;
+  will?: (outcome: 'published' | 'refused') => void;
+  hookError?: (hook: HookName) => void;
+}
+
+export interface PluginLog {
+  debug(obj: object, msg: string): void;
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
 }
 
 export interface QkeyPluginOptions {
@@ -26,14 +54,52 @@ export interface QkeyPluginOptions {
   rotation?: RotationLimits;
   /** Largest uplink payload after opening, bytes. */
   maxPayload?: number;
+  /**
+   * Largest plaintext a device can receive, bytes: applications' publishes (live, retained, queued, wills) into a
+   * device's downlink space are refused above it when they are published, never accepted and dropped later.
+   */
+  maxDownlinkPayload?: number;
+  /** Subscriptions one client may hold at once; SUBACK 0x80 for filters beyond it. */
+  maxSubscriptionsPerClient?: number;
+  /** Level of the per-connection log lines (connected, disconnected). */
+  connectionLogLevel?: 'info' | 'debug';
   events?: PluginEvents;
-  log?: { info(obj: object, msg: string): void; warn(obj: object, msg: string): void };
+  /** Mutual TLS: connections' certificate identities and whether a certificate alone may replace a device token. */
+  certificates?: ClientCertificates;
+  log?: PluginLog;
+}
+
+/** A device will's envelope, read (not opened) at CONNECT: its key is this connection's uplink key. */
+export interface DeviceWill {
+  parsed: ParsedEnvelope;
 }
 
 export interface ClientState {
   principal: Principal;
   iat: number;
   keys?: DeviceSessionKeys;
+  /** The will's envelope header when the device sent a sealed will. */
+  will?: DeviceWill;
+  /** Opening and publishing the will: session keys are released only after it. */
+  willSettled?: Promise<void>;
+  /** The connection closed before Aedes handed over the will: release when the will hook is done. */
+  releaseAfterWill?: boolean;
+  /** Releases the state anyway if Aedes never hands the will over. */
+  handoverTimer?: NodeJS.Timeout;
+  /** The subscription filters granted and held (bounded by maxSubscriptionsPerClient). */
+  subscriptions: Set<string>;
+  /** Why the connection ended, when the broker knows better than "closed" (error, keepalive, revoked, takeover). */
+  endReason?: string;
+  source: string | undefined;
+}
+
+/** Plain counters for the per-message paths (cheaper than a labelled prom-client inc); /metrics reads them. */
+export interface PluginCounters {
+  uplink: Record<UplinkOutcome, number>;
+  /** Envelope bytes of opened uplink messages. */
+  uplinkBytes: number;
+  /** Envelope bytes sealed for deliveries to devices. */
+  downlinkBytes: number;
 }
 
 export type PublishCallback = (err: Error | null) => void;
@@ -41,10 +107,14 @@ export type PublishCallback = (err: Error | null) => void;
 /** Nested synchronous authorizePublish callbacks allowed before the next one is deferred to a new tick. */
 const MAX_SYNC_DEPTH = 32;
 
+export const DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT = 1000;
+
 export class PluginContext {
   readonly states = new Map<Client, ClientState>();
   /** [MQTT-3.1.3-8] clients whose CONNECT had an empty client id with clean session off. */
   readonly emptyIdPersistent = new WeakSet<Client>();
+  /** Clients whose CONNECT had an empty client id: the broker assigns one in the principal's namespace. */
+  readonly emptyId = new WeakSet<Client>();
   /**
    * Sealed downlink payload -> its plaintext. Aedes stores the packet authorizeForward returned for in-flight and
    * queued QoS 1/2 messages and passes that stored packet through authorizeForward again after a reconnect; this
@@ -54,6 +124,24 @@ export class PluginContext {
   readonly topics: TopicTemplates;
   readonly rotation: RotationLimits;
   readonly parseOptions: { maxPayload?: number };
+  readonly maxDownlinkPayload: number;
+  readonly maxSubscriptions: number;
+  readonly counters: PluginCounters = {
+    uplink: {
+      opened: 0,
+      acl: 0,
+      plaintext: 0,
+      malformed: 0,
+      replay: 0,
+      forged: 0,
+      foreign_key: 0,
+      kms_unavailable: 0,
+      too_large: 0,
+      error: 0,
+    },
+    uplinkBytes: 0,
+    downlinkBytes: 0,
+  };
   /** authorizePublish callbacks running on the current stack (see callBack). */
   private callbackDepth = 0;
 
@@ -64,6 +152,8 @@ export class PluginContext {
     this.topics = o.topics ?? defaults.topics;
     this.rotation = o.rotation ?? defaults.rotation;
     this.parseOptions = o.maxPayload === undefined ? {} : { maxPayload: o.maxPayload };
+    this.maxDownlinkPayload = o.maxDownlinkPayload ?? DEFAULT_MAX_PAYLOAD;
+    this.maxSubscriptions = o.maxSubscriptionsPerClient ?? DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT;
   }
 
   /**
@@ -79,5 +169,29 @@ export class PluginContext {
     } finally {
       this.callbackDepth--;
     }
+  }
+
+  /** A hook threw: the message or client in hand is dropped, the reason logged and counted; the broker carries on. */
+  hookFailed(hook: HookName, client: Client | null, err: unknown): Error {
+    const reason = err instanceof Error ? err.message : String(err);
+    this.o.events?.hookError?.(hook);
+    this.o.log?.error({ hook, client: client?.id, reason }, 'hook failed; dropped');
+    return new Error(`${hook} hook failed: ${reason}`);
+  }
+
+  /** The peer's address as the listener saw it (TCP and TLS sockets; WebSocket through the upgrade request). */
+  sourceOf(client: Client): string | undefined {
+    const c = client as Client & {
+      conn?: { remoteAddress?: string; remotePort?: number };
+      req?: { socket?: { remoteAddress?: string; remotePort?: number } };
+    };
+    const s = c.conn?.remoteAddress !== undefined ? c.conn : c.req?.socket;
+    if (!s?.remoteAddress) return undefined;
+    return s.remotePort === undefined ? s.remoteAddress : `${s.remoteAddress}:${s.remotePort}`;
+  }
+
+  logConnection(obj: object, msg: string): void {
+    if (this.o.connectionLogLevel === 'debug') this.o.log?.debug(obj, msg);
+    else this.o.log?.info(obj, msg);
   }
 }

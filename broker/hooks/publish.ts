@@ -1,5 +1,6 @@
-// The PUBLISH hook: topic permission, then for a device the envelope opened under its uplink key, so that what is
-// retained, queued and forwarded is plaintext. Any refusal closes the connection and is counted by reason.
+// The PUBLISH hook: topic permission; for an application the size a receiving device can take; for a device the
+// envelope opened under its uplink key, so that what is retained, queued and forwarded is plaintext. Any refusal
+// closes the connection and is counted by reason; a hook failure drops the message the same way.
 import type { Client, PublishPacket } from 'aedes';
 import {
   type EnvelopeKey,
@@ -11,8 +12,9 @@ import {
   type ReplayWindow,
 } from '../../protocol/index.js';
 import { UplinkKeyError } from '../session-keys.js';
-import { mayPublish } from '../topic-policy.js';
-import type { PluginContext, PublishCallback, RejectReason } from './context.js';
+import { downlinkOwner, mayPublish } from '../topic-policy.js';
+import type { ClientState, PluginContext, PublishCallback, RejectReason } from './context.js';
+import { authorizeWill, isWillOf } from './will.js';
 
 const PROTOCOL_REASONS: Partial<Record<ProtocolErrorCode, RejectReason>> = {
   PROTO_ERR_TRUNCATED: 'malformed',
@@ -23,9 +25,13 @@ const PROTOCOL_REASONS: Partial<Record<ProtocolErrorCode, RejectReason>> = {
   PROTO_ERR_TAG: 'forged',
 };
 
+/** What the synchronous part decided: allow (null), refuse (an Error), or the answer once a key is claimed. */
+type Verdict = Error | null | Promise<Error | null>;
+
 /**
  * Opens the envelope without waiting when the session already holds its key (the common case), and after the
- * claim otherwise. Runs for every uplink message: no closures are allocated on the common path.
+ * claim otherwise. Runs for every uplink message: no closures are allocated on the common path. The callback is
+ * called outside the guarded part: what Aedes does next on this stack is not this hook's failure.
  */
 export function authorizePublish(
   ctx: PluginContext,
@@ -35,68 +41,113 @@ export function authorizePublish(
 ): void {
   const state = client ? ctx.states.get(client) : undefined;
   if (!client || !state) return ctx.callBack(callback, new Error('not authorized: unauthenticated publish'));
+  if (isWillOf(client, packet)) return authorizeWill(ctx, client, state, packet, callback);
+  let verdict: Verdict;
+  try {
+    verdict = decide(ctx, client, state, packet);
+  } catch (err) {
+    verdict = failed(ctx, client, state, err);
+  }
+  if (verdict instanceof Promise) {
+    verdict
+      .then(
+        (v) => ctx.callBack(callback, v),
+        (err: unknown) => ctx.callBack(callback, failed(ctx, client, state, err)),
+      )
+      // Aedes' own work after the answer runs on this stack: a throw there must not become an unhandled rejection.
+      .catch((err: unknown) => ctx.hookFailed('publish', client, err));
+  } else ctx.callBack(callback, verdict);
+}
+
+function decide(ctx: PluginContext, client: Client, state: ClientState, packet: PublishPacket): Verdict {
   if (!mayPublish(state.principal, packet.topic, ctx.topics))
-    return refuse(ctx, client, packet, callback, 'acl', 'topic not permitted');
-  if (state.principal.role !== 'device') return ctx.callBack(callback, null);
+    return refuse(ctx, client, state, packet, 'acl', 'topic not permitted');
   const payload = packet.payload as Buffer;
+  if (state.principal.role !== 'device') return checkDownlinkSize(ctx, client, state, packet, payload.length);
   // The empty payload passes: MQTT's retained-message delete marker.
-  if (payload.length === 0) return ctx.callBack(callback, null);
+  if (payload.length === 0) return null;
   let parsed: ParsedEnvelope;
   try {
     parsed = parseEnvelope(payload, ctx.parseOptions);
   } catch (err) {
-    if (!isProtocolError(err)) return ctx.callBack(callback, err as Error);
+    if (!isProtocolError(err)) throw err;
     const reason = err.code === 'PROTO_ERR_TRUNCATED' ? 'plaintext' : (PROTOCOL_REASONS[err.code] ?? 'malformed');
-    return refuse(ctx, client, packet, callback, reason, err.code);
+    return refuse(ctx, client, state, packet, reason, err.code);
   }
   const keys = state.keys!;
   const ready = keys.readyUplinkKey(parsed.keyIndex);
-  if (ready) return openUplink(ctx, client, state.principal.id, packet, parsed, ready, callback);
-  keys.uplinkKey(parsed.keyIndex).then(
-    (uplink) => openUplink(ctx, client, state.principal.id, packet, parsed, uplink, callback),
+  if (ready) return openUplink(ctx, client, state, packet, parsed, ready);
+  return keys.uplinkKey(parsed.keyIndex).then(
+    (uplink) => openUplink(ctx, client, state, packet, parsed, uplink),
     (err: unknown) => {
-      if (err instanceof UplinkKeyError) refuse(ctx, client, packet, callback, err.reason, err.message);
-      else ctx.callBack(callback, err as Error);
+      if (err instanceof UplinkKeyError) return refuse(ctx, client, state, packet, err.reason, err.message);
+      throw err;
     },
   );
+}
+
+/**
+ * An application's message into a device's downlink space is refused now if no device could take it: accepted, it
+ * would be retained or queued only to fail when sealed for the device.
+ */
+function checkDownlinkSize(
+  ctx: PluginContext,
+  client: Client,
+  state: ClientState,
+  packet: PublishPacket,
+  length: number,
+): Error | null {
+  if (length <= ctx.maxDownlinkPayload || downlinkOwner(ctx.topics, packet.topic) === undefined) return null;
+  return refuse(ctx, client, state, packet, 'too_large', `${length} > ${ctx.maxDownlinkPayload} bytes`);
 }
 
 function openUplink(
   ctx: PluginContext,
   client: Client,
-  deviceId: string,
+  state: ClientState,
   packet: PublishPacket,
   parsed: ParsedEnvelope,
   uplink: { key: EnvelopeKey; replay: ReplayWindow },
-  callback: PublishCallback,
-): void {
+): Error | null {
   let opened;
   try {
     opened = openEnvelope(parsed, {
       key: uplink.key,
-      deviceId,
+      deviceId: state.principal.id,
       topic: packet.topic,
       direction: 'up',
       replay: uplink.replay,
     });
   } catch (err) {
-    if (!isProtocolError(err)) return ctx.callBack(callback, err as Error);
-    return refuse(ctx, client, packet, callback, PROTOCOL_REASONS[err.code] ?? 'forged', err.code);
+    if (!isProtocolError(err)) throw err;
+    return refuse(ctx, client, state, packet, PROTOCOL_REASONS[err.code] ?? 'forged', err.code);
   }
+  ctx.counters.uplink.opened++;
+  ctx.counters.uplinkBytes += (packet.payload as Buffer).length;
   // What is retained, queued and forwarded from here on is the plaintext: applications receive plaintext.
   packet.payload = Buffer.from(opened.payload.buffer, opened.payload.byteOffset, opened.payload.byteLength);
-  ctx.callBack(callback, null);
+  return null;
 }
 
 function refuse(
   ctx: PluginContext,
   client: Client,
+  state: ClientState,
   packet: PublishPacket,
-  callback: PublishCallback,
   reason: RejectReason,
   detail: string,
-): void {
+): Error {
+  if (state.principal.role === 'device') ctx.counters.uplink[reason]++;
   ctx.o.events?.rejected?.(reason, client.id, packet.topic);
-  ctx.o.log?.warn({ client: client.id, topic: packet.topic, reason }, 'publish refused');
-  ctx.callBack(callback, new Error(`publish refused (${reason}): ${detail}`));
+  ctx.o.log?.warn(
+    { client: client.id, role: state.principal.role, topic: packet.topic, reason, detail },
+    'publish refused',
+  );
+  return new Error(`publish refused (${reason}): ${detail}`);
+}
+
+function failed(ctx: PluginContext, client: Client, state: ClientState, err: unknown): Error {
+  if (state.principal.role === 'device') ctx.counters.uplink.error++;
+  ctx.o.events?.rejected?.('error', client.id, '');
+  return ctx.hookFailed('publish', client, err);
 }

@@ -5,11 +5,20 @@
 //
 // Side channels: with AES-NI nothing here indexes memory by secret data; the table-driven rounds do, as
 // OpenSSL's generic C SM4 does. See docs/ARCHITECTURE.md, "Cryptography".
+//
+// The broker loads this from a worker thread, and every thread that loads it runs init(): the shared tables and
+// CPU flags are set exactly once per process (pthread_once / InitOnceExecuteOnce), keys are externals carrying a
+// type tag so that no other external can be taken for one, and every Node-API call's status is checked.
 #define NAPI_VERSION 8
 #include <node_api.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _WIN32
+#include <windows.h>
+#else
+#include <pthread.h>
+#endif
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define QK_X86_SIMD 1 // PCLMULQDQ and AES-NI code paths, used when the CPU has them
@@ -67,7 +76,7 @@ static inline void store_be32(uint8_t *p, uint32_t v) {
   p[3] = (uint8_t)v;
 }
 
-static void init_tables(void) {
+static void init_round_tables(void) {
   for (int i = 0; i < 256; i++) {
     uint32_t b = (uint32_t)SBOX[i] << 24;
     // GB/T 32907-2016 §6.2 (c): L(B) = B ^ (B <<< 2) ^ (B <<< 10) ^ (B <<< 18) ^ (B <<< 24).
@@ -354,16 +363,83 @@ QK_TARGET static void gcm_ghash(const gcm_key *k, const uint8_t *aad, size_t aad
 }
 #endif
 
+// ---- One-time initialisation, shared by every thread that loads the addon. ----
+
+static void init_once(void) {
+  init_round_tables();
+#ifdef QK_X86_SIMD
+  __builtin_cpu_init();
+  has_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("ssse3");
+  has_aesni = __builtin_cpu_supports("aes") && __builtin_cpu_supports("ssse3") && !getenv("QKEY_SM4GCM_NO_AESNI");
+#endif
+}
+
+#ifdef _WIN32
+static INIT_ONCE init_guard = INIT_ONCE_STATIC_INIT;
+static BOOL CALLBACK init_once_win(PINIT_ONCE once, PVOID param, PVOID *ctx) {
+  (void)once, (void)param, (void)ctx;
+  init_once();
+  return TRUE;
+}
+static int run_init_once(void) { return InitOnceExecuteOnce(&init_guard, init_once_win, NULL, NULL) ? 0 : -1; }
+#else
+static pthread_once_t init_guard = PTHREAD_ONCE_INIT;
+static int run_init_once(void) { return pthread_once(&init_guard, init_once); }
+#endif
+
 // ---- Node-API glue: argument checks here are a backstop; protocol/sm4-gcm-addon.ts validates first. ----
 
-static napi_value throw_type(napi_env env, const char *msg) {
-  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+/** Marks the externals this file creates as SM4-GCM keys (random; napi_check_object_type_tag compares it). */
+static const napi_type_tag GCM_KEY_TAG = {0x5d2c8a0f3b6e4174ULL, 0x9e1f7c35a4d2b860ULL};
+
+/**
+ * Throws an error unless one is pending already. Throwing can only fail when an exception is pending, which is
+ * then the one the caller sees, so its status needs no further handling.
+ */
+static napi_value throw_error(napi_env env, const char *code, const char *msg) {
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return NULL;
+  if (napi_throw_error(env, code, msg) != napi_ok) return NULL;
   return NULL;
 }
 
-static napi_value throw_unavailable(napi_env env) {
-  napi_throw_error(env, "ERR_UNAVAILABLE", "SM4-GCM needs PCLMULQDQ, which this CPU or build lacks");
+static napi_value throw_type(napi_env env, const char *msg) {
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return NULL;
+  if (napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg) != napi_ok) return NULL;
   return NULL;
+}
+
+/** For a failed Node-API call: its own message, read before any other call replaces it. */
+static napi_value throw_napi_failure(napi_env env) {
+  const napi_extended_error_info *info = NULL;
+  const char *msg = "Node-API call failed";
+  if (napi_get_last_error_info(env, &info) == napi_ok && info && info->error_message) msg = info->error_message;
+  return throw_error(env, "ERR_NAPI", msg);
+}
+
+/** Every napi_* call in a function returning napi_value goes through this: a failure throws and returns. */
+#define NAPI_CHECK(env, call)                                                                                    \
+  do {                                                                                                           \
+    if ((call) != napi_ok) return throw_napi_failure(env);                                                       \
+  } while (0)
+
+static napi_value throw_unavailable(napi_env env) {
+  return throw_error(env, "ERR_UNAVAILABLE", "SM4-GCM needs PCLMULQDQ, which this CPU or build lacks");
+}
+
+/** The arguments of a call, exactly `want` of them, or NULL with a TypeError thrown. */
+static int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+    throw_napi_failure(env);
+    return 0;
+  }
+  if (argc < want) {
+    throw_type(env, "missing arguments");
+    return 0;
+  }
+  return 1;
 }
 
 static int get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
@@ -378,16 +454,28 @@ static int get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
   return 1;
 }
 
+// Whether two byte ranges overlap other than exactly in place (in place is fine: each block is read before the same
+// block is written). A shifted overlap would overwrite input before it is read.
+static int overlap_differs(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len) {
+  if (a == b || a_len == 0 || b_len == 0) return 0;
+  uintptr_t a0 = (uintptr_t)a, b0 = (uintptr_t)b;
+  return a0 < b0 + b_len && b0 < a0 + a_len;
+}
+
 static void finalize_key(napi_env env, void *data, void *hint) {
   (void)env, (void)hint;
   wipe(data, sizeof(gcm_key));
   free(data);
 }
 
+// A live key created by this file, or NULL: an external from anywhere else fails the type tag check and is never
+// dereferenced.
 static gcm_key *get_key(napi_env env, napi_value v) {
   void *data = NULL;
   napi_valuetype t;
+  bool tagged = false;
   if (napi_typeof(env, v, &t) != napi_ok || t != napi_external) return NULL;
+  if (napi_check_object_type_tag(env, v, &GCM_KEY_TAG, &tagged) != napi_ok || !tagged) return NULL;
   if (napi_get_value_external(env, v, &data) != napi_ok) return NULL;
   gcm_key *k = (gcm_key *)data;
   return k && k->live ? k : NULL;
@@ -395,47 +483,47 @@ static gcm_key *get_key(napi_env env, napi_value v) {
 
 // createKey(key: Uint8Array(16)) -> an external holding the round keys and H, wiped when collected.
 static napi_value create_key(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
   uint8_t *key;
   size_t len;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || !get_bytes(env, argv[0], &key, &len) || len != 16) return throw_type(env, "key must be 16 bytes");
+  if (!get_args(env, info, 1, argv)) return NULL;
+  if (!get_bytes(env, argv[0], &key, &len) || len != 16) return throw_type(env, "key must be 16 bytes");
   gcm_key *k = (gcm_key *)calloc(1, sizeof(gcm_key));
-  if (!k) {
-    napi_throw_error(env, "ERR_MEMORY", "out of memory");
-    return NULL;
-  }
+  if (!k) return throw_error(env, "ERR_MEMORY", "out of memory");
   sm4_key_schedule(key, k->rk);
   memset(k->h, 0, 16);
   sm4_block(k->rk, k->h, k->h);
   k->live = 1;
   napi_value out;
   if (napi_create_external(env, k, finalize_key, NULL, &out) != napi_ok) {
+    napi_value failure = throw_napi_failure(env);
     finalize_key(env, k, NULL);
-    return NULL;
+    return failure;
+  }
+  // The external owns k from here: the finalizer wipes and frees it even if tagging fails.
+  if (napi_type_tag_object(env, out, &GCM_KEY_TAG) != napi_ok) {
+    k->live = 0;
+    return throw_napi_failure(env);
   }
   return out;
 }
 
 // destroyKey(k): wipes the key now; any later use throws.
 static napi_value destroy_key(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  gcm_key *k = argc < 1 ? NULL : get_key(env, argv[0]);
+  if (!get_args(env, info, 1, argv)) return NULL;
+  gcm_key *k = get_key(env, argv[0]);
   if (k) wipe(k, sizeof(gcm_key));
   return NULL;
 }
 
 // encryptBlocks(k, blocks, out): SM4-ECB over whole blocks, for the known-answer tests of the cipher alone.
 static napi_value encrypt_blocks(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
   uint8_t *in, *out;
   size_t in_len, out_len;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  gcm_key *k = argc < 3 ? NULL : get_key(env, argv[0]);
+  if (!get_args(env, info, 3, argv)) return NULL;
+  gcm_key *k = get_key(env, argv[0]);
   if (!k) return throw_type(env, "not a live SM4-GCM key");
   if (!get_bytes(env, argv[1], &in, &in_len) || !get_bytes(env, argv[2], &out, &out_len) || in_len % 16 != 0 ||
       out_len < in_len)
@@ -448,19 +536,20 @@ static napi_value encrypt_blocks(napi_env env, napi_callback_info info) {
 static napi_value seal(napi_env env, napi_callback_info info) {
   if (!has_clmul) return throw_unavailable(env);
 #ifdef QK_X86_SIMD
-  size_t argc = 6;
   napi_value argv[6];
   uint8_t *nonce, *aad, *pt, *out;
   size_t nonce_len, aad_len, pt_len, out_len;
   uint32_t offset;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  gcm_key *k = argc < 6 ? NULL : get_key(env, argv[0]);
+  if (!get_args(env, info, 6, argv)) return NULL;
+  gcm_key *k = get_key(env, argv[0]);
   if (!k) return throw_type(env, "not a live SM4-GCM key");
   if (!get_bytes(env, argv[1], &nonce, &nonce_len) || nonce_len != 12) return throw_type(env, "nonce must be 12 bytes");
   if (!get_bytes(env, argv[2], &aad, &aad_len) || !get_bytes(env, argv[3], &pt, &pt_len) ||
       !get_bytes(env, argv[4], &out, &out_len) || napi_get_value_uint32(env, argv[5], &offset) != napi_ok)
     return throw_type(env, "aad, plaintext and out must be Uint8Arrays and offset a number");
   if ((uint64_t)offset + pt_len + 16 > out_len) return throw_type(env, "out is too small for ciphertext and tag");
+  if (overlap_differs(pt, pt_len, out + offset, pt_len + 16))
+    return throw_type(env, "plaintext and out overlap at different offsets");
   uint8_t ek_j0[16], *tag = out + offset + pt_len;
   gcm_ctr(k, nonce, pt, out + offset, pt_len, ek_j0, NULL, NULL);
   gcm_ghash(k, aad, aad_len, out + offset, pt_len, tag);
@@ -491,12 +580,11 @@ static napi_value open_(napi_env env, napi_callback_info info) {
   if (!has_clmul) return throw_unavailable(env);
   napi_value result = NULL;
 #ifdef QK_X86_SIMD
-  size_t argc = 6;
   napi_value argv[6];
   uint8_t *nonce, *aad, *ct, *tag, *out;
   size_t nonce_len, aad_len, ct_len, tag_len, out_len;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  gcm_key *k = argc < 6 ? NULL : get_key(env, argv[0]);
+  if (!get_args(env, info, 6, argv)) return NULL;
+  gcm_key *k = get_key(env, argv[0]);
   if (!k) return throw_type(env, "not a live SM4-GCM key");
   if (!get_bytes(env, argv[1], &nonce, &nonce_len) || nonce_len != 12) return throw_type(env, "nonce must be 12 bytes");
   if (!get_bytes(env, argv[4], &tag, &tag_len) || tag_len != 16) return throw_type(env, "tag must be 16 bytes");
@@ -504,6 +592,7 @@ static napi_value open_(napi_env env, napi_callback_info info) {
       !get_bytes(env, argv[5], &out, &out_len))
     return throw_type(env, "aad, ciphertext and out must be Uint8Arrays");
   if (out_len < ct_len) return throw_type(env, "out is too small for the plaintext");
+  if (overlap_differs(ct, ct_len, out, ct_len)) return throw_type(env, "ciphertext and out overlap at different offsets");
   struct tag_check check;
   uint8_t ek_j0[16];
   gcm_ghash(k, aad, aad_len, ct, ct_len, check.s);
@@ -511,18 +600,14 @@ static napi_value open_(napi_env env, napi_callback_info info) {
   int ok = gcm_ctr(k, nonce, ct, out, ct_len, ek_j0, tag_matches, &check);
   wipe(ek_j0, sizeof ek_j0);
   wipe(check.s, sizeof check.s);
-  napi_get_boolean(env, ok, &result);
+  NAPI_CHECK(env, napi_get_boolean(env, ok, &result));
 #endif
   return result;
 }
 
 static napi_value init(napi_env env, napi_value exports) {
-  init_tables();
-#ifdef QK_X86_SIMD
-  __builtin_cpu_init();
-  has_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("ssse3");
-  has_aesni = __builtin_cpu_supports("aes") && __builtin_cpu_supports("ssse3") && !getenv("QKEY_SM4GCM_NO_AESNI");
-#endif
+  // Each thread that loads the addon gets here; the tables and CPU flags are written once, before any reader.
+  if (run_init_once() != 0) return throw_error(env, "ERR_INIT", "SM4-GCM one-time initialisation failed");
   napi_property_descriptor props[] = {
       {"createKey", NULL, create_key, NULL, NULL, NULL, napi_default, NULL},
       {"destroyKey", NULL, destroy_key, NULL, NULL, NULL, napi_default, NULL},
@@ -530,12 +615,12 @@ static napi_value init(napi_env env, napi_value exports) {
       {"seal", NULL, seal, NULL, NULL, NULL, napi_default, NULL},
       {"open", NULL, open_, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  NAPI_CHECK(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   napi_value gcm, sm4;
-  napi_get_boolean(env, has_clmul, &gcm);
-  napi_set_named_property(env, exports, "gcm", gcm);
-  napi_create_string_utf8(env, has_aesni ? "aesni" : "tables", NAPI_AUTO_LENGTH, &sm4);
-  napi_set_named_property(env, exports, "sm4", sm4);
+  NAPI_CHECK(env, napi_get_boolean(env, has_clmul, &gcm));
+  NAPI_CHECK(env, napi_set_named_property(env, exports, "gcm", gcm));
+  NAPI_CHECK(env, napi_create_string_utf8(env, has_aesni ? "aesni" : "tables", NAPI_AUTO_LENGTH, &sm4));
+  NAPI_CHECK(env, napi_set_named_property(env, exports, "sm4", sm4));
   return exports;
 }
 

@@ -167,3 +167,70 @@ describe('metrics', () => {
     }
   });
 });
+
+describe('observability', () => {
+  const lines = () =>
+    sys
+      .logs()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+  it('a refused CONNECT is logged at warn with client id, principal, reason and source; never the token', async () => {
+    const chip = await sys.device('dev-logged');
+    const token = await sys.deviceToken(chip);
+    expect(await connackCode({ clientId: 'dev-logged', username: 'dev-logged', password: `${token}x` })).toBe(4);
+    const line = lines().find((l) => l.msg === 'connect refused' && l.client === 'dev-logged');
+    expect(line).toMatchObject({ level: 40, principal: 'dev-logged', returnCode: 4 });
+    expect(line!.reason).toMatch(/TOKEN_ERR_/);
+    expect(line!.source).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect(sys.logs()).not.toContain(token);
+  });
+
+  it('connects and disconnects are logged at info with the reason the connection ended', async () => {
+    const chip = await sys.device('dev-lifecycle');
+    const dev = await sys.connectDevice(chip);
+    await dev.endAsync();
+    await vi.waitFor(() =>
+      expect(lines().find((l) => l.msg === 'client disconnected' && l.client === 'dev-lifecycle')).toMatchObject({
+        level: 30,
+        role: 'device',
+        reason: 'disconnect',
+      }),
+    );
+    expect(lines().find((l) => l.msg === 'client connected' && l.client === 'dev-lifecycle')).toMatchObject({
+      level: 30,
+      principal: 'dev-lifecycle',
+    });
+  });
+
+  it('/metrics counts uplink messages by outcome, envelope bytes each way, and whether the key service is up', async () => {
+    const metric = async (name: string) => {
+      const text = await (await fetch(`${sys.broker.urls.http}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+      return line ? Number(line.split(' ')[1]) : 0;
+    };
+    const opened = await metric('broker_uplink_total{outcome="opened"}');
+    const up = await metric('broker_payload_bytes_total{direction="up"}');
+    const down = await metric('broker_payload_bytes_total{direction="down"}');
+    const chip = await sys.device('dev-counted');
+    const dev = await sys.connectDevice(chip);
+    await dev.subscribeAsync('devices/dev-counted/down/#', { qos: 1 });
+    const app = await sys.connectApp('app-counted');
+    await app.subscribeAsync('devices/dev-counted/up/#', { qos: 1 });
+    const topic = 'devices/dev-counted/up/t';
+    const envelope = Buffer.from(chip.sealUplink(Buffer.from('12345'), topic));
+    await dev.publishAsync(topic, envelope, { qos: 1 });
+    const got = new Promise((r) => dev.once('message', r));
+    await app.publishAsync('devices/dev-counted/down/cmd', 'abc', { qos: 1 });
+    await got;
+    expect(await metric('broker_uplink_total{outcome="opened"}')).toBe(opened + 1);
+    expect(await metric('broker_payload_bytes_total{direction="up"}')).toBe(up + envelope.length);
+    expect(await metric('broker_payload_bytes_total{direction="down"}')).toBe(down + 3 + 26);
+    expect(await metric('broker_kms_up')).toBe(1);
+    dev.publish(topic, Buffer.from('plain'), { qos: 1 });
+    await closed(dev);
+    expect(await metric('broker_uplink_total{outcome="plaintext"}')).toBeGreaterThanOrEqual(1);
+    await app.endAsync();
+  });
+});

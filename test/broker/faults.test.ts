@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
-import { removeDir, startTestKms, tempDir } from '../helpers/kms.js';
+import { newKmsDir, removeDir, startTestKms, tempDir } from '../helpers/kms.js';
 import { spawnQkey } from '../helpers/process.js';
 import { nextMessage, startTestSystem, systemOn } from '../helpers/system.js';
 
@@ -33,7 +33,7 @@ const sealed = (chip: SecurityChip, text: string) =>
 
 describe('key service outage', () => {
   it('connected sessions carry on, new connects get CONNACK 3, and everything recovers by itself', async () => {
-    const dataDir = tempDir();
+    const dataDir = newKmsDir();
     let kms = await startTestKms({}, dataDir);
     const port = Number(new URL(kms.url).port);
     const sys = await systemOn(kms);
@@ -66,10 +66,18 @@ describe('key service outage', () => {
       );
     expect(refused).toBe(3);
     await eventually(async () => expect((await fetch(`${sys.broker.urls.http}/healthz`)).status).toBe(503));
+    const kmsUp = async () =>
+      /^broker_kms_up (\d)/m.exec(await (await fetch(`${sys.broker.urls.http}/metrics`)).text())?.[1];
+    expect(await kmsUp()).toBe('0');
+    // One line when the key service goes away, however many polls fail.
+    await new Promise((r) => setTimeout(r, 500));
+    expect(sys.logs().match(/"msg":"key service unreachable"/g)).toHaveLength(1);
 
     kms = await startTestKms({ port }, dataDir);
     // The next revocation-feed poll (every 200 ms here) marks the key service reachable again.
     await eventually(async () => expect((await fetch(`${sys.broker.urls.http}/healthz`)).status).toBe(200));
+    expect(await kmsUp()).toBe('1');
+    expect(sys.logs().match(/"msg":"key service reachable again"/g)).toHaveLength(1);
     const back = await mqtt.connectAsync(sys.mqttUrl, {
       clientId: 'dev-latecomer',
       username: 'dev-latecomer',
@@ -161,7 +169,12 @@ describe('listeners', () => {
       const got = nextMessage(app);
       await dev.publishAsync(topic(chip.deviceId), sealed(chip, url), { qos: 1 });
       expect((await got).payload.toString()).toBe(url);
+      const sessions = sys.broker.plugin.sessions;
       await dev.endAsync();
+      // The session is released when its connection closes, on every kind of listener.
+      await eventually(async () => expect(sys.broker.plugin.sessions).toBe(sessions - 1));
     }
+    // The WebSocket listeners pass the upgrade request along: the peer's address is logged.
+    expect(sys.logs()).toMatch(/"client":"dev-ws","role":"device","principal":"dev-ws","source":"127\.0\.0\.1:\d+"/);
   });
 });

@@ -22,7 +22,9 @@ describe('qkey broker arguments', () => {
   it('refuses a semi-space outside 0..1024 MiB as a configuration error, before starting anything', async () => {
     const r = await run('broker', '--semi-space', '5000');
     expect(r.code).toBe(1);
-    expect(r.err).toMatch(/semiSpaceMiB must be an integer from 0 to 1024/);
+    expect(r.err).toMatch(
+      /CONFIG_ERR_INVALID: "semiSpaceMiB" = 5000 \(from a command-line flag.*expected an integer from 0 to 1024/,
+    );
   });
 
   it('lists --semi-space in its help', async () => {

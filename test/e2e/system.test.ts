@@ -25,7 +25,7 @@ afterAll(async () => {
 
 it('50 devices for 20 s: no loss at QoS 1, no corruption, every key claimed at most once, attacks refused', async () => {
   const env = { QKEY_ADMIN_TOKEN: 'e2e-admin', QKEY_KMS_LOG_LEVEL: 'warn', QKEY_BROKER_LOG_LEVEL: 'warn' };
-  const kms = await spawnQkey(['kms', '--port', '0', '--data', dir], /qkey kms listening on (\S+)/, env);
+  const kms = await spawnQkey(['kms', '--init', '--port', '0', '--data', dir], /qkey kms listening on (\S+)/, env);
   stops.push(() => kms.stop());
   const config = join(dir, 'broker.json');
   writeFileSync(

@@ -4,7 +4,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import type { BuildOptions } from '../../key-service/app.js';
 import { type KmsOverrides, loadKmsConfig } from '../../key-service/config.js';
+import { initDataDir } from '../../key-service/data-dir.js';
 import { KmsClient } from '../../kms-api/client.js';
 import { type RunningKms, startKms } from '../../key-service/server.js';
 
@@ -22,7 +24,19 @@ export function tempDir(prefix = 'qkey-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }
 
-export async function startTestKms(overrides: KmsOverrides = {}, dataDir = tempDir()): Promise<TestKms> {
+/** A temp folder initialised as a new key service (as `qkey kms init` does); starting never creates one. */
+export function newKmsDir(): string {
+  const dir = tempDir();
+  initDataDir(dir);
+  return dir;
+}
+
+/** Starts a key service on `dataDir`, which must hold one already (default: a new one from newKmsDir()). */
+export async function startTestKms(
+  overrides: KmsOverrides = {},
+  dataDir = newKmsDir(),
+  options: BuildOptions = {},
+): Promise<TestKms> {
   const chunks: string[] = [];
   const logStream = new Writable({
     write(chunk, _enc, cb) {
@@ -34,7 +48,7 @@ export async function startTestKms(overrides: KmsOverrides = {}, dataDir = tempD
     { port: 0, dataDir, logLevel: 'info', adminToken: 'test-admin-token', ...overrides },
     { env: {} },
   );
-  const kms = await startKms(config, { logStream });
+  const kms = await startKms(config, { logStream, ...options });
   return {
     url: kms.url,
     dataDir,

@@ -115,7 +115,7 @@ export async function systemOn(kms: TestKms, overrides: BrokerOverrides = {}): P
       const { access_token } = await kms.anon.clientToken(appId, secret);
       return track(
         await mqtt.connectAsync(broker.urls.mqtt!, {
-          clientId: appId,
+          clientId: `${appId}/test`,
           username: appId,
           password: access_token,
           reconnectPeriod: 0,

@@ -118,6 +118,30 @@ describe('sessions and sealing', () => {
     expect(reopened.status()).toMatchObject({ uplinkKeys: 0, downlinkKeys: 1, sessions: 4 });
   });
 
+  it("seals one will per session at seq 0 under the session's uplink key, opened only as a will of that topic", () => {
+    const { chip } = chipFor('dev-will');
+    const { keys } = fillLocally(chip, 2, 0);
+    const topic = 'devices/dev-will/up/status';
+    expect(chipCode(() => chip.sealWill(enc.encode('gone'), topic))).toBe('CHIP_ERR_NO_SESSION');
+    const { keyIndex } = chip.beginSession();
+    const will = chip.sealWill(enc.encode('gone'), topic);
+    expect(parseEnvelope(will)).toMatchObject({ keyIndex, seq: 0 });
+    const key = new EnvelopeKey(keys.get(keyIndex)!.key);
+    const open = (direction: 'up' | 'will', t = topic) =>
+      openEnvelope(will, { key, deviceId: 'dev-will', topic: t, direction }).payload;
+    expect(new TextDecoder().decode(open('will'))).toBe('gone');
+    expect(() => open('up')).toThrow(ProtocolError);
+    expect(() => open('will', 'devices/dev-will/up/other')).toThrow(ProtocolError);
+    // A second will under the same key and nonce would reuse the nonce.
+    expect(chipCode(() => chip.sealWill(enc.encode('again'), topic))).toBe('CHIP_ERR_WILL');
+    // Telemetry under the same key starts at seq 0 too; the direction keeps the nonces apart.
+    expect(parseEnvelope(chip.sealUplink(enc.encode('t'), topic))).toMatchObject({ keyIndex, seq: 0 });
+    chip.beginSession();
+    chip.sealUplink(enc.encode('t'), topic);
+    expect(chipCode(() => chip.sealWill(enc.encode('late'), topic))).toBe('CHIP_ERR_WILL');
+    expect(chip.sealWill(new Uint8Array(0), topic)).toHaveLength(0);
+  });
+
   it('rotates to the next key after the message limit, and passes empty payloads through', () => {
     const { chip } = chipFor('dev-rot', { rotation: { messages: 3 } });
     fillLocally(chip, 3, 0);

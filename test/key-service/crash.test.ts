@@ -14,7 +14,7 @@ const UP = 400;
 const DOWN = 400;
 
 it('SIGKILL mid-stream: every delivered key stays claimed, none is delivered again, claiming resumes', async () => {
-  let kms = await spawnQkey(['kms', '--port', '0', '--data', dir], READY, env);
+  let kms = await spawnQkey(['kms', '--init', '--port', '0', '--data', dir], READY, env);
   let admin = new KmsClient(kms.ready, { token: 'crash-admin' });
   await provisionDevice(admin, 'dev-crash', UP, DOWN);
   const { client_secret } = await admin.registerBroker('broker-crash');

@@ -8,14 +8,14 @@ import { openDatabase } from '../../key-service/db.js';
 import { rotateMasterKey } from '../../key-service/master-key.js';
 import { MIGRATIONS } from '../../key-service/migrations.js';
 import { keyIdFor, loginProof } from '../../protocol/index.js';
-import { provisionDevice, removeDir, startTestKms, tempDir, type TestKms } from '../helpers/kms.js';
+import { newKmsDir, provisionDevice, removeDir, startTestKms, tempDir, type TestKms } from '../helpers/kms.js';
 
 const cleanup: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f();
 });
 
-async function kmsIn(dir = tempDir(), overrides = {}): Promise<TestKms> {
+async function kmsIn(dir = newKmsDir(), overrides = {}): Promise<TestKms> {
   const t = await startTestKms(overrides, dir);
   cleanup.push(() => t.stop());
   return t;
@@ -31,7 +31,7 @@ function storeFiles(dir: string): Buffer {
 
 describe('key material at rest', () => {
   it('no raw key appears in the database, its WAL or its shared memory, in binary, hex or base64', async () => {
-    const dir = tempDir();
+    const dir = newKmsDir();
     cleanup.push(() => removeDir(dir));
     const t = await kmsIn(dir);
     const dev = await provisionDevice(t.admin, 'dev-rest', 20, 20);
@@ -51,7 +51,7 @@ describe('key material at rest', () => {
   });
 
   it('creates the master key and admin token readable by the owner only', async () => {
-    const dir = tempDir();
+    const dir = newKmsDir();
     cleanup.push(() => removeDir(dir));
     await kmsIn(dir, { adminToken: undefined });
     for (const f of ['master-key.v1', 'admin-token']) expect(statSync(join(dir, f)).mode & 0o777).toBe(0o600);
@@ -59,7 +59,7 @@ describe('key material at rest', () => {
   });
 
   it('refuses to start without its master key, or with a master key others can read', async () => {
-    const dir = tempDir();
+    const dir = newKmsDir();
     cleanup.push(() => removeDir(dir));
     const t = await startTestKms({}, dir);
     await t.stop();
@@ -67,11 +67,11 @@ describe('key material at rest', () => {
     chmodSync(file, 0o644);
     await expect(startTestKms({}, dir)).rejects.toThrow(/chmod 600/);
     removeDir(file);
-    await expect(startTestKms({}, dir)).rejects.toThrow(/master key .* is missing/);
+    await expect(startTestKms({}, dir)).rejects.toThrow(/KMS_DATA_ERR_NO_MASTER_KEY/);
   });
 
   it('rotate-master-key rewraps every key; keys, login keys and tokens keep working, the old key file is gone', async () => {
-    const dir = tempDir();
+    const dir = newKmsDir();
     cleanup.push(() => removeDir(dir));
     let t = await startTestKms({}, dir);
     const { client_secret } = await t.admin.registerBroker('broker-rot');
@@ -81,7 +81,7 @@ describe('key material at rest', () => {
     await broker.decKeys('dev-rot', [keyIdFor('dev-rot', 0)]);
     await t.stop();
     const before = storeFiles(dir);
-    const db = openDatabase(join(dir, DB_FILE));
+    const db = openDatabase(join(dir, DB_FILE), { create: false });
     const r = rotateMasterKey(db, dir);
     db.close();
     expect(r).toMatchObject({ from: 1, to: 2 });
@@ -105,19 +105,19 @@ describe('migrations', () => {
     const dir = tempDir();
     cleanup.push(() => removeDir(dir));
     const file = join(dir, DB_FILE);
-    openDatabase(file).close();
+    openDatabase(file, { create: true }).close();
     const raw = new Database(file);
     expect(raw.pragma('user_version', { simple: true })).toBe(MIGRATIONS.length);
     expect(raw.pragma('journal_mode', { simple: true })).toBe('wal');
     raw.pragma(`user_version = ${MIGRATIONS.length + 1}`);
     raw.close();
-    expect(() => openDatabase(file)).toThrow(/newer than this build/);
+    expect(() => openDatabase(file, { create: false })).toThrow(/newer than this build/);
   });
 });
 
 describe('logs', () => {
   it('carry no key material, tokens, MACs or client secrets through a whole provisioning, login and claim flow', async () => {
-    const dir = tempDir();
+    const dir = newKmsDir();
     cleanup.push(() => removeDir(dir));
     const t = await kmsIn(dir, { logLevel: 'debug' });
     const { client_secret } = await t.admin.registerBroker('broker-log');

@@ -1,0 +1,66 @@
+// The will hook: Aedes asks authorizePublish whether a closing client's will may be published [MQTT-3.1.2-8]. An
+// application's will is plaintext and was checked at CONNECT; a device's will is opened here under the connection's
+// uplink key (direction will, sequence number 0), claimed now if no message claimed it before.
+import type { Client, PublishPacket } from 'aedes';
+import { isProtocolError, openEnvelope } from '../../protocol/index.js';
+import { UplinkKeyError } from '../session-keys.js';
+import { mayPublish } from '../topic-policy.js';
+import type { ClientState, PluginContext, PublishCallback } from './context.js';
+import { release } from './lifecycle.js';
+
+/** True when `packet` is the will Aedes is about to publish for `client` (the very object it stored at CONNECT). */
+export function isWillOf(client: Client, packet: PublishPacket): boolean {
+  return (client as unknown as { will?: unknown }).will === packet;
+}
+
+export function authorizeWill(
+  ctx: PluginContext,
+  client: Client,
+  state: ClientState,
+  packet: PublishPacket,
+  callback: PublishCallback,
+): void {
+  const settled = settleWill(ctx, state, packet).then(
+    () => {
+      ctx.o.events?.will?.('published');
+      callback(null);
+    },
+    (err: unknown) => {
+      const reason = err instanceof Error ? err.message : String(err);
+      ctx.o.events?.will?.('refused');
+      ctx.o.log?.warn({ client: client.id, topic: packet.topic, reason }, 'will refused');
+      callback(new Error(`will refused: ${reason}`));
+    },
+  );
+  state.willSettled = settled
+    .catch((err: unknown) => void ctx.hookFailed('will', client, err))
+    .finally(() => {
+      if (state.releaseAfterWill) void release(ctx, client);
+    });
+}
+
+async function settleWill(ctx: PluginContext, state: ClientState, packet: PublishPacket): Promise<void> {
+  if (!mayPublish(state.principal, packet.topic, ctx.topics)) throw new Error('acl: will topic not permitted');
+  const will = state.will;
+  if (state.principal.role !== 'device' || !will) return;
+  let uplink;
+  try {
+    uplink = await state.keys!.uplinkKey(will.parsed.keyIndex);
+  } catch (err) {
+    if (err instanceof UplinkKeyError) throw new Error(`${err.reason}: ${err.message}`);
+    throw err;
+  }
+  try {
+    const opened = openEnvelope(will.parsed, {
+      key: uplink.key,
+      deviceId: state.principal.id,
+      topic: packet.topic,
+      direction: 'will',
+      ...ctx.parseOptions,
+    });
+    packet.payload = Buffer.from(opened.payload.buffer, opened.payload.byteOffset, opened.payload.byteLength);
+  } catch (err) {
+    if (isProtocolError(err)) throw new Error(`forged: ${err.code}`);
+    throw err;
+  }
+}
