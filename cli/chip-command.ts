@@ -8,7 +8,7 @@ import { KmsClient, KmsHttpError, KmsUnreachableError } from '../kms-api/client.
 import { KMS_DEFAULTS } from '../key-service/config.js';
 import { adminTokenFrom, DEFAULT_KMS_URL } from './admin-command.js';
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './io.js';
-import { readPin } from './pin.js';
+import { readNewPin, readPin } from './pin.js';
 
 export const CHIP_USAGE = `Usage: qkey chip <command> --chip <file> [options]
 
@@ -24,7 +24,7 @@ Commands:
   --kms <url>     key service (default ${DEFAULT_KMS_URL}; env QKEY_KMS_URL)
   --token <t>     admin token for fill (env QKEY_ADMIN_TOKEN; default: <data>/admin-token)
   --data <dir>    the key service's data folder, to find the admin token (default ./data)
-The PIN comes from QKEY_CHIP_PIN, or a prompt on the terminal.`;
+The PIN comes from QKEY_CHIP_PIN, or a prompt on the terminal (init asks twice).`;
 
 const OPTIONS = {
   chip: { type: 'string' },
@@ -65,7 +65,7 @@ export async function runChipCommand(argv: string[], io: CliIo): Promise<number>
     switch (action) {
       case 'init': {
         if (!values.device) throw new UsageError('missing --device <id>');
-        const pin = await readPin('New chip PIN: ');
+        const pin = await readNewPin();
         const chip = SecurityChip.create(path, {
           deviceId: values.device,
           pin,

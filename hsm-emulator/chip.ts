@@ -15,11 +15,11 @@ import {
 import { ChipError } from './chip-errors.js';
 import {
   DEFAULT_KDF_ITERATIONS,
-  decryptBody,
   MAX_PIN_ATTEMPTS,
-  newPinMaterial,
+  newSealingMaterial,
+  openBody,
   readSealedFile,
-  unlock,
+  type SealingMaterial,
   writeAttempts,
   writeSealedFile,
 } from './chip-file.js';
@@ -34,7 +34,7 @@ interface StoredKey {
 
 /** What the sealed file holds (hex strings for key bytes). */
 interface ChipState {
-  v: 1;
+  v: 2;
   deviceId: string;
   serial: string | null;
   loginKey: string | null;
@@ -61,6 +61,8 @@ export interface ChipOptions {
   suite?: SuiteId;
   /** Test hook: called at named points so tests can simulate a crash there by throwing. */
   crashPoint?: (point: 'after-reserve' | 'after-take-key') => void;
+  /** Test hook: called after the PIN attempt is counted on disk and before the PIN is checked. */
+  pinCrashPoint?: () => void;
 }
 
 export interface FillBatch {
@@ -100,11 +102,12 @@ export class SecurityChip {
   private constructor(
     readonly path: string,
     private state: ChipState,
-    private readonly sealing: { kdfSalt: Buffer; iterations: number; pinCheck: Buffer; pinKey: Buffer },
+    private readonly sealing: SealingMaterial,
     private readonly options: ChipOptions,
   ) {
     this.rotation = { messages: 10_000, bytes: 16 * 1024 * 1024, ...options.rotation };
     this.suite = options.suite ?? SUITE_SM4_GCM;
+    this.persist(); // a fresh file salt, and the failed-attempt count back to 0
   }
 
   /** Personalises a new, empty chip for `deviceId`, protected by `pin`. Refuses to overwrite a chip file. */
@@ -115,10 +118,9 @@ export class SecurityChip {
   ): SecurityChip {
     if (existsSync(path)) throw new ChipError('CHIP_ERR_EXISTS', `a chip file already exists at ${path}`);
     if (init.pin.length < 4) throw new RangeError('the PIN must have at least 4 characters');
-    const iterations = init.kdfIterations ?? DEFAULT_KDF_ITERATIONS;
-    const { kdfSalt, pinKey, pinCheck } = newPinMaterial(init.pin, iterations);
+    const sealing = newSealingMaterial(init.pin, init.kdfIterations ?? DEFAULT_KDF_ITERATIONS);
     const state: ChipState = {
-      v: 1,
+      v: 2,
       deviceId: init.deviceId,
       serial: init.serial ?? null,
       loginKey: null,
@@ -130,48 +132,43 @@ export class SecurityChip {
       batches: [],
       sessions: 0,
     };
-    const chip = new SecurityChip(path, state, { kdfSalt, iterations, pinCheck, pinKey }, options);
-    chip.persist();
-    return chip;
+    return new SecurityChip(path, state, sealing, options);
   }
 
   /**
-   * Opens a chip with its PIN. A wrong PIN counts against MAX_PIN_ATTEMPTS and then locks the chip; a truncated,
-   * tampered or foreign file is refused with its own error, never reset.
+   * Opens a chip with its PIN. The file's MAC is checked first: damage anywhere is CHIP_ERR_TAMPERED and costs no
+   * attempt. The attempt is then counted on disk before the PIN is checked, so stopping the chip once a wrong PIN
+   * is noticed cannot save it; a correct PIN resets the count. Five wrong PINs lock the chip for good.
    */
   static open(path: string, pin: string, options: ChipOptions & { expectDevice?: string } = {}): SecurityChip {
     const file = readSealedFile(path);
     if (file.attempts >= MAX_PIN_ATTEMPTS) throw new ChipError('CHIP_ERR_LOCKED');
-    const pinKey = unlock(file, pin);
-    if (!pinKey) {
-      const attempts = file.attempts + 1;
-      writeAttempts(path, attempts);
+    const attempts = file.attempts + 1;
+    writeAttempts(path, file, attempts);
+    options.pinCrashPoint?.();
+    const opened = openBody(file, pin);
+    if (!opened) {
       if (attempts >= MAX_PIN_ATTEMPTS) throw new ChipError('CHIP_ERR_LOCKED', 'wrong PIN; the chip is now locked');
       throw new ChipError(
         'CHIP_ERR_PIN',
         `wrong PIN; ${MAX_PIN_ATTEMPTS - attempts} attempt(s) left before the chip locks`,
       );
     }
-    const body = decryptBody(file, pinKey);
+    const { pinKey, body } = opened;
     let state: ChipState;
     try {
       state = JSON.parse(body.toString('utf8')) as ChipState;
     } finally {
       body.fill(0);
     }
-    if (state.v !== 1 || typeof state.deviceId !== 'string')
+    if (state.v !== 2 || typeof state.deviceId !== 'string')
       throw new ChipError('CHIP_ERR_CORRUPT', 'unexpected chip state');
+    const sealing = { kdfSalt: Buffer.from(file.kdfSalt), iterations: file.iterations, pinKey };
     if (options.expectDevice !== undefined && options.expectDevice !== state.deviceId) {
+      new SecurityChip(path, state, sealing, options).close(); // the right PIN still resets the count
       throw new ChipError('CHIP_ERR_FOREIGN', `this chip belongs to ${state.deviceId}, not ${options.expectDevice}`);
     }
-    const chip = new SecurityChip(
-      path,
-      state,
-      { kdfSalt: Buffer.from(file.kdfSalt), iterations: file.iterations, pinCheck: Buffer.from(file.pinCheck), pinKey },
-      options,
-    );
-    if (file.attempts > 0) chip.persist(); // a correct PIN resets the counter
-    return chip;
+    return new SecurityChip(path, state, sealing, options);
   }
 
   get deviceId(): string {

@@ -31,7 +31,7 @@ export const KMS_CONFIG_SCHEMA = {
         /** CA certificates (PEM file) that issue client certificates: clients are asked for one (ETSI GS QKD 014). */
         ca: { type: 'string', minLength: 1, file: true },
         /** Refuse, at the TLS handshake, every client without a certificate from `ca` (default: optional). */
-        requireClientCert: { type: 'boolean', default: false },
+        requireClientCert: { type: 'boolean' },
       },
     },
     kmeId: { type: 'string', minLength: 1, maxLength: 128, default: 'qkey-kms' },

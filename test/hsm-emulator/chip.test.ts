@@ -66,7 +66,7 @@ describe('PIN', () => {
 });
 
 describe('damaged and foreign files are refused, never reset', () => {
-  it('tampered body, truncated file, trailing bytes, foreign file, other device, missing file', () => {
+  it('truncated file, trailing bytes, foreign file, other device, missing file, existing file', () => {
     const { chip, path } = chipFor('dev-tamper');
     fillLocally(chip, 2, 2);
     chip.close();
@@ -75,23 +75,89 @@ describe('damaged and foreign files are refused, never reset', () => {
       writeFileSync(path, bytes);
       expect(chipCode(() => SecurityChip.open(path, TEST_PIN))).toBe(code);
     };
-    const flipped = Buffer.from(good);
-    flipped[good.length - 40]! ^= 1;
-    check(flipped, 'CHIP_ERR_TAMPERED');
-    check(good.subarray(0, good.length - 1), 'CHIP_ERR_CORRUPT');
-    check(good.subarray(0, 30), 'CHIP_ERR_CORRUPT');
-    check(Buffer.concat([good, Buffer.from([0])]), 'CHIP_ERR_CORRUPT');
+    for (const n of [0, 3, 8, 30, 94, 95, good.length - 33, good.length - 1])
+      check(good.subarray(0, n), 'CHIP_ERR_TAMPERED');
+    check(Buffer.concat([good, Buffer.from([0])]), 'CHIP_ERR_TAMPERED');
     check(Buffer.from('{"not":"a chip"}'), 'CHIP_ERR_FOREIGN');
-    const fileSalt = Buffer.from(good);
-    fileSalt[50]! ^= 1; // authenticated header field
-    check(fileSalt, 'CHIP_ERR_TAMPERED');
-    check(good, 'OK' as ChipErrorCode);
+    check(Buffer.alloc(200, 0x41), 'CHIP_ERR_FOREIGN');
+    writeFileSync(path, good);
     expect(chipCode(() => SecurityChip.open(path, TEST_PIN, { expectDevice: 'dev-other' }))).toBe('CHIP_ERR_FOREIGN');
-    expect(readFileSync(path).equals(good)).toBe(true);
+    expect(chipCode(() => SecurityChip.open(path, TEST_PIN))).toBe('OK');
     expect(chipCode(() => SecurityChip.open(join(tempDir(), 'none.chip'), TEST_PIN))).toBe('CHIP_ERR_NOT_FOUND');
     expect(chipCode(() => SecurityChip.create(path, { deviceId: 'x', pin: TEST_PIN, kdfIterations: FAST_KDF }))).toBe(
       'CHIP_ERR_EXISTS',
     );
+  });
+
+  it('a flipped bit at every byte position reads as tampered, costs no attempt and leaves the file as it was', () => {
+    const { chip, path } = chipFor('dev-flip');
+    fillLocally(chip, 2, 2);
+    chip.close();
+    const good = readFileSync(path);
+    const seen = new Map<string, number>();
+    for (let at = 0; at < good.length; at++) {
+      const bad = Buffer.from(good);
+      bad[at]! ^= 1 << (at % 8);
+      writeFileSync(path, bad);
+      for (const pin of [TEST_PIN, '0000']) {
+        const code = chipCode(() => SecurityChip.open(path, pin));
+        seen.set(code, (seen.get(code) ?? 0) + 1);
+        if (code !== 'CHIP_ERR_TAMPERED') throw new Error(`flip at byte ${at} with PIN ${pin} read as ${code}`);
+      }
+      expect(readFileSync(path).equals(bad)).toBe(true); // no attempt was written
+    }
+    expect([...seen.keys()]).toEqual(['CHIP_ERR_TAMPERED']);
+    writeFileSync(path, good);
+    // Not one attempt was spent on all those damaged files.
+    expect(() => SecurityChip.open(path, '0000')).toThrow(/4 attempt\(s\) left/);
+    SecurityChip.open(path, TEST_PIN).close();
+  }, 120_000);
+
+  it('an edited failed-attempt counter is tampering, not a reset: a locked chip stays locked', () => {
+    const { chip, path } = chipFor('dev-counter');
+    chip.close();
+    for (let i = 0; i < 5; i++) chipCode(() => SecurityChip.open(path, '0000'));
+    expect(chipCode(() => SecurityChip.open(path, TEST_PIN))).toBe('CHIP_ERR_LOCKED');
+    const locked = readFileSync(path);
+    expect(locked[10]).toBe(5);
+    for (const value of [0, 1, 4]) {
+      const edited = Buffer.from(locked);
+      edited[10] = value;
+      writeFileSync(path, edited);
+      expect(chipCode(() => SecurityChip.open(path, TEST_PIN))).toBe('CHIP_ERR_TAMPERED');
+    }
+  });
+
+  it('the attempt is on disk before the PIN is checked: stopping the chip mid-check does not save it', () => {
+    const { chip, path } = chipFor('dev-count-first');
+    chip.close();
+    const crash = () => {
+      throw new Error('power cut');
+    };
+    for (let i = 0; i < 2; i++)
+      expect(() => SecurityChip.open(path, '0000', { pinCrashPoint: crash })).toThrow('power cut');
+    expect(readFileSync(path)[10]).toBe(2);
+    expect(() => SecurityChip.open(path, '0000')).toThrow(/2 attempt\(s\) left/);
+    // A correct PIN cut off mid-check also counts until the next correct PIN resets it.
+    expect(() => SecurityChip.open(path, TEST_PIN, { pinCrashPoint: crash })).toThrow('power cut');
+    expect(readFileSync(path)[10]).toBe(4);
+    SecurityChip.open(path, TEST_PIN).close();
+    expect(readFileSync(path)[10]).toBe(0);
+  });
+
+  it('an older or unknown file format is refused with a clear error', () => {
+    const { chip, path } = chipFor('dev-format');
+    chip.close();
+    const good = readFileSync(path);
+    const v1 = Buffer.concat([Buffer.from('QKCHIP01'), Buffer.from([1, 0]), Buffer.alloc(100)]);
+    writeFileSync(path, v1);
+    expect(() => SecurityChip.open(path, TEST_PIN)).toThrow(/format 1 is not supported/);
+    expect(chipCode(() => SecurityChip.open(path, TEST_PIN))).toBe('CHIP_ERR_FORMAT');
+    const v3 = Buffer.from(good);
+    v3[8] = 3;
+    v3[9] = 0xfc;
+    writeFileSync(path, v3);
+    expect(() => SecurityChip.open(path, TEST_PIN)).toThrow(/format 3 is not supported by this release/);
   });
 });
 

@@ -7,7 +7,7 @@ import { callerGroup, CALLER_ROLES, type CallerRole } from '../../key-service/ac
 import { buildKms, type Kms } from '../../key-service/app.js';
 import { loadKmsConfig } from '../../key-service/config.js';
 import { issueToken } from '../../key-service/context.js';
-import { removeDir, tempDir } from '../helpers/kms.js';
+import { newKmsDir, removeDir } from '../helpers/kms.js';
 
 interface WalkedRoute {
   method: string;
@@ -30,7 +30,7 @@ function config(dir: string) {
 }
 
 beforeAll(async () => {
-  dataDir = tempDir();
+  dataDir = newKmsDir();
   kms = await buildKms(config(dataDir));
   // Fastify's own route table, as each route is added, with the role its group gave it.
   kms.app.addHook('onRoute', (r: RouteOptions) => void seen.push(r));
@@ -233,7 +233,7 @@ describe('credentials an outsider might bend', () => {
 
 describe('a route outside every caller group', () => {
   async function refusal(addRoute: (kms: Kms) => void): Promise<unknown> {
-    const dir = tempDir();
+    const dir = newKmsDir();
     const other = await buildKms(config(dir));
     try {
       addRoute(other);
@@ -273,7 +273,7 @@ describe('a route outside every caller group', () => {
   });
 
   it('starts when the same route is registered in a group, and the group checks its callers', async () => {
-    const dir = tempDir();
+    const dir = newKmsDir();
     const other = await buildKms(config(dir));
     try {
       other.app.register(

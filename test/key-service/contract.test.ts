@@ -4,14 +4,14 @@ import type { RouteOptions } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildKms, type Kms } from '../../key-service/app.js';
 import { loadKmsConfig } from '../../key-service/config.js';
-import { removeDir, tempDir } from '../helpers/kms.js';
+import { newKmsDir, removeDir } from '../helpers/kms.js';
 
 let kms: Kms;
 let dataDir: string;
 const seen: RouteOptions[] = [];
 
 beforeAll(async () => {
-  dataDir = tempDir();
+  dataDir = newKmsDir();
   kms = await buildKms(
     loadKmsConfig({ port: 0, dataDir, logLevel: 'silent', adminToken: 'test-admin-token' }, { env: {} }),
   );

@@ -3,11 +3,12 @@
 // revoked ones, and certificates on routes of other roles get 401.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadKmsConfig } from '../../key-service/config.js';
+import { initDataDir } from '../../key-service/data-dir.js';
 import { startKms, type RunningKms } from '../../key-service/server.js';
 import { keyIdFor } from '../../protocol/index.js';
 import { runQkey } from '../helpers/cli.js';
@@ -94,15 +95,17 @@ function call(
 }
 
 async function startTlsKms(extra: { requireClientCert?: boolean } = {}): Promise<RunningKms> {
+  const dataDir = join(dir, extra.requireClientCert ? 'data-required' : 'data');
+  if (!existsSync(dataDir)) initDataDir(dataDir);
   const config = loadKmsConfig(
     {
       port: 0,
-      dataDir: join(dir, extra.requireClientCert ? 'data-required' : 'data'),
+      dataDir,
       logLevel: 'silent',
       adminToken: ADMIN_TOKEN,
       tls: {
-        cert: readFileSync(join(dir, 'server.pem'), 'utf8'),
-        key: readFileSync(join(dir, 'server.key'), 'utf8'),
+        cert: join(dir, 'server.pem'),
+        key: join(dir, 'server.key'),
         ca: join(dir, 'ca.pem'),
         ...extra,
       },
