@@ -137,6 +137,8 @@ function refine(c: BrokerConfig): string[] {
   const problems: string[] = [];
   if (!c.mqtt && !c.tls && !c.ws && !c.wss)
     problems.push('"mqtt", "tls", "ws" and "wss" are all off: at least one MQTT listener must be on');
+  if (c.clientCertificates && !c.tls && !c.wss)
+    problems.push('"clientCertificates" needs a tls or wss listener: client certificates come with TLS');
   return problems;
 }
 

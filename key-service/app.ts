@@ -25,6 +25,11 @@ import { KeyStore } from './store.js';
 
 export { DB_FILE } from './data-dir.js';
 
+/** Longest time a request may take to arrive, headers and body (Node checks every 30 s, so up to 30 s more). */
+export const REQUEST_TIMEOUT_MS = 30_000;
+/** Longest time a request's headers may take to arrive. */
+export const HEADERS_TIMEOUT_MS = 10_000;
+
 /** Log fields that could carry secrets; pino replaces them with "[redacted]". */
 export const REDACT_PATHS = [
   'req.headers.authorization',
@@ -118,6 +123,9 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       ...(options.logStream ? { stream: options.logStream } : {}),
     },
     bodyLimit: config.bodyLimit,
+    // A request that stalls after its headers (a slow or never-sent body) must not hold its connection forever:
+    // fastify's default is no limit, so a few thousand such connections from anyone used up the process's files.
+    requestTimeout: REQUEST_TIMEOUT_MS,
     // Every spelling of a route's path reaches that route (and its group's credential check), or nothing does.
     rewriteUrl: (req) => canonicalUrl(req.url ?? '/'),
     routerOptions: { caseSensitive: false },
@@ -167,6 +175,8 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
         ),
       );
   });
+
+  app.server.headersTimeout = HEADERS_TIMEOUT_MS;
 
   // Who may call a route is decided by the group it is registered in, never by its URL.
   refuseUngroupedRoutes(app);

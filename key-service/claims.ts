@@ -39,6 +39,12 @@ export interface ClaimStats {
   onClaim?: (kind: 'dec' | 'enc', result: 'ok' | 'refused' | 'error', keys: number) => void;
 }
 
+/** Device and broker states read in one claim transaction. */
+interface StatesSeen {
+  devices: Map<string, 'active' | 'revoked' | undefined>;
+  brokers: Map<string, boolean>;
+}
+
 type Claimed = { rowid: number; key_ID: string; key_index: number; wrapped: Buffer };
 type Outcome = { ok: true; rows: Claimed[] } | { ok: false; error: KmsError };
 
@@ -59,9 +65,8 @@ export class ClaimQueue {
     private readonly maxBatch: number,
     private readonly stats: ClaimStats = {},
   ) {
-    this.applyInSavepoint = store.db.transaction(
-      (r: ClaimRequest, now: number, devices: Map<string, 'active' | 'revoked' | undefined>) =>
-        this.apply(r, now, devices),
+    this.applyInSavepoint = store.db.transaction((r: ClaimRequest, now: number, seen: StatesSeen) =>
+      this.apply(r, now, seen),
     );
   }
 
@@ -89,13 +94,13 @@ export class ClaimQueue {
     const started = process.hrtime.bigint();
     let outcomes: Outcome[];
     try {
-      const devices = new Map<string, 'active' | 'revoked' | undefined>();
+      const seen: StatesSeen = { devices: new Map(), brokers: new Map() };
       outcomes = this.store.db.transaction(() => {
         const now = Date.now();
         // Each request runs in its own savepoint: a refused one rolls back alone, the batch commits together.
         return batch.map((p): Outcome => {
           try {
-            return { ok: true, rows: this.applyInSavepoint(p.request, now, devices) };
+            return { ok: true, rows: this.applyInSavepoint(p.request, now, seen) };
           } catch (err) {
             if (err instanceof KmsError) return { ok: false, error: err };
             throw err;
@@ -135,10 +140,15 @@ export class ClaimQueue {
   }
 
   /** Claims one request's keys or throws a KmsError (its savepoint then rolls back: all or nothing). */
-  private apply(r: ClaimRequest, now: number, devices: Map<string, 'active' | 'revoked' | undefined>): Claimed[] {
-    // Device state cannot change inside this transaction, so one lookup per device per batch is enough.
-    if (!devices.has(r.deviceId)) devices.set(r.deviceId, this.store.deviceState(r.deviceId));
-    const state = devices.get(r.deviceId);
+  private apply(r: ClaimRequest, now: number, seen: StatesSeen): Claimed[] {
+    // Device and broker states cannot change inside this transaction: one lookup of each per batch is enough.
+    // The claimer is checked here, in the claim's own transaction, not only when its request was authenticated:
+    // a broker revoked a moment ago (its token or certificate still trusted for a second) claims nothing.
+    if (!seen.brokers.has(r.brokerId)) seen.brokers.set(r.brokerId, this.store.isActiveBroker(r.brokerId));
+    if (!seen.brokers.get(r.brokerId))
+      throw new KmsError('KMS_ERR_UNAUTHORIZED', 'broker is not registered or was revoked');
+    if (!seen.devices.has(r.deviceId)) seen.devices.set(r.deviceId, this.store.deviceState(r.deviceId));
+    const state = seen.devices.get(r.deviceId);
     if (!state) throw new KmsError('KMS_ERR_UNKNOWN_DEVICE', undefined, { details: [{ SAE_ID: r.deviceId }] });
     if (state !== 'active') throw new KmsError('KMS_ERR_DEVICE_REVOKED');
     let rows: Claimed[];

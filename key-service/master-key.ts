@@ -93,11 +93,21 @@ function activeVersion(db: Db): number | undefined {
   return row ? Number(row.value) : undefined;
 }
 
-/** Removes key files left by a rotation that crashed before or after its commit. */
-function removeStaleKeyFiles(dir: string, active: number): void {
-  for (const name of readdirSync(dir)) {
-    if (name.startsWith(FILE_PREFIX) && Number(name.slice(FILE_PREFIX.length)) !== active) rmSync(join(dir, name));
-  }
+/** The versions of the master-key files in `dir`. */
+function keyFileVersions(dir: string): number[] {
+  return readdirSync(dir)
+    .filter((name) => name.startsWith(FILE_PREFIX))
+    .map((name) => Number(name.slice(FILE_PREFIX.length)))
+    .filter((v) => Number.isInteger(v) && v > 0);
+}
+
+/**
+ * Removes key files older than the active version: a rotation that crashed after its commit left them. A newer
+ * file is never removed: it may be the master key of a newer copy of the database (say, an older kms.db restored
+ * by mistake), and deleting it would make that database unreadable for good.
+ */
+function removeSupersededKeyFiles(dir: string, active: number): void {
+  for (const v of keyFileVersions(dir)) if (v < active) rmSync(fileFor(dir, v));
 }
 
 /** Creates master key version 1 in a new key store (`qkey kms init`); never overwrites a key file. */
@@ -118,8 +128,10 @@ export function loadMasterKey(db: Db, dir: string): MasterKey {
   if (version === undefined) throw new Error('the key store records no master key version');
   const path = fileFor(dir, version);
   if (!existsSync(path)) throw new Error(`master key ${path} is missing; the key store cannot be opened without it`);
-  removeStaleKeyFiles(dir, version);
-  return MasterKey.fromBytes(version, readKeyFile(path));
+  // Read (and checked) first: a start that fails on its own key file deletes nothing.
+  const master = MasterKey.fromBytes(version, readKeyFile(path));
+  removeSupersededKeyFiles(dir, version);
+  return master;
 }
 
 /** The wrapped columns, with the item name each was wrapped under. */
@@ -145,7 +157,8 @@ const WRAPPED_COLUMNS = [
  */
 export function rotateMasterKey(db: Db, dir: string): { from: number; to: number; rewrapped: number } {
   const current = loadMasterKey(db, dir);
-  const nextVersion = current.version + 1;
+  // Above every key file present, so a newer file kept by loadMasterKey is never overwritten or reused.
+  const nextVersion = Math.max(current.version, ...keyFileVersions(dir)) + 1;
   const nextBytes = randomBytes(16);
   writeKeyFile(fileFor(dir, nextVersion), nextBytes);
   const next = MasterKey.fromBytes(nextVersion, nextBytes);

@@ -2,7 +2,33 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { KeyStore } from './store.js';
 
-export function createKmsMetrics(store: KeyStore, lowWater: number) {
+/**
+ * How often the pool gauges may recount the key table. /metrics answers anyone, and a recount reads every key row
+ * (400 ms of the event loop at 300,000 keys): counted at most once per interval, a scrape costs the same at any rate.
+ */
+export const POOL_CENSUS_INTERVAL_MS = 10_000;
+
+interface PoolCensus {
+  keys: ReturnType<KeyStore['keyCounts']>;
+  pools: ReturnType<KeyStore['allPools']>;
+}
+
+/** The key store's counts for the gauges, recounted only when the last count is older than the interval. */
+function poolCensus(store: KeyStore, now: () => number): () => PoolCensus {
+  let at = -Infinity;
+  let last: PoolCensus = { keys: [], pools: [] };
+  return () => {
+    const t = now();
+    if (t - at >= POOL_CENSUS_INTERVAL_MS) {
+      last = { keys: store.keyCounts(), pools: store.allPools() };
+      at = t;
+    }
+    return last;
+  };
+}
+
+export function createKmsMetrics(store: KeyStore, lowWater: number, now: () => number = Date.now) {
+  const census = poolCensus(store, now);
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'kms_' });
   const claims = new Counter({
@@ -47,7 +73,7 @@ export function createKmsMetrics(store: KeyStore, lowWater: number) {
     registers: [registry],
     collect() {
       this.reset();
-      for (const r of store.keyCounts()) this.set({ direction: r.direction, state: r.state }, r.n);
+      for (const r of census().keys) this.set({ direction: r.direction, state: r.state }, r.n);
     },
   });
   new Gauge({
@@ -58,7 +84,7 @@ export function createKmsMetrics(store: KeyStore, lowWater: number) {
     collect() {
       let up = 0;
       let down = 0;
-      for (const p of store.allPools()) {
+      for (const p of census().pools) {
         if (p.up < lowWater) up++;
         if (p.down < lowWater) down++;
       }

@@ -50,7 +50,8 @@ export function loadAdminToken(dataDir: string, configured?: string): string {
   if (configured) return configured;
   const path = join(dataDir, ADMIN_TOKEN_FILE);
   const existing = readSecretFile(path);
-  if (existing) return existing;
+  if (existing === '') throw new Error(`${path} is empty; delete it to have a new admin token created`);
+  if (existing !== undefined) return existing;
   const token = randomBytes(32).toString('base64url');
   writeSecretFile(path, token);
   return token;

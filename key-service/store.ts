@@ -189,6 +189,7 @@ export class KeyStore {
         `SELECT client_id FROM clients WHERE role = ? AND state = 'active' AND (cert_fingerprint = ? OR cert_subject = ?)`,
       ),
       revokeClient: p(`UPDATE clients SET state = 'revoked', revoked_at = ? WHERE client_id = ? AND state = 'active'`),
+      activeBroker: p(`SELECT 1 FROM clients WHERE client_id = ? AND role = 'broker' AND state = 'active'`),
     };
   }
 
@@ -497,6 +498,11 @@ export class KeyStore {
     if (!row || row.state !== 'active' || !timingSafeEqual(hash, row.secret_hash)) return undefined;
     const { secret_hash: _h, secret_salt: _s, ...client } = row;
     return client;
+  }
+
+  /** True while `brokerId` is a registered broker that has not been revoked. */
+  isActiveBroker(brokerId: string): boolean {
+    return this.s.activeBroker!.get(brokerId) !== undefined;
   }
 
   client(clientId: string): ClientRow | undefined {

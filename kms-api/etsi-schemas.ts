@@ -5,6 +5,8 @@ import { errorResponses, idSchema, uuidSchema } from './common-schemas.js';
 
 /** Our extension carrying the claiming broker session (ETSI 014 §6.2 extension parameters). */
 export const SESSION_EXTENSION = 'qkey_session_id';
+/** A broker session id, as recorded with each key it claims and in the audit log (also inside extension objects). */
+export const sessionIdSchema = { type: 'string', minLength: 1, maxLength: 128 } as const;
 
 export const saeParams = {
   type: 'object',
@@ -132,7 +134,7 @@ export const decKeysBody = {
     key_IDs_extension: {
       type: 'object',
       additionalProperties: false,
-      properties: { [SESSION_EXTENSION]: { type: 'string', minLength: 1, maxLength: 128 } },
+      properties: { [SESSION_EXTENSION]: sessionIdSchema },
     },
   },
 } as const;

@@ -193,9 +193,12 @@ async function openKeySession(ctx: PluginContext, deviceId: string, suite: Suite
     await keys.start();
   } catch (err) {
     await keys.close();
-    // A certificate alone may name a device the key service does not know: that is no one to connect as.
+    // A certificate alone may name a device the key service does not know, or one it has revoked since the feed was
+    // last polled: no one to connect as, not a server fault.
     if (err instanceof KmsHttpError && err.code === 'KMS_ERR_UNKNOWN_DEVICE')
       throw authError(5, 'not authorized: unknown device');
+    if (err instanceof KmsHttpError && err.code === 'KMS_ERR_DEVICE_REVOKED')
+      throw authError(5, 'not authorized: revoked');
     throw authError(3, `server unavailable: ${(err as Error).message}`);
   }
   return keys;

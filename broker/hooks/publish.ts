@@ -44,7 +44,8 @@ export function authorizePublish(
   if (isWillOf(client, packet)) return authorizeWill(ctx, client, state, packet, callback);
   let verdict: Verdict;
   try {
-    verdict = decide(ctx, client, state, packet);
+    verdict =
+      packet.qos === 2 && packet.dup ? retransmitted(ctx, client, state, packet) : decide(ctx, client, state, packet);
   } catch (err) {
     verdict = failed(ctx, client, state, err);
   }
@@ -84,6 +85,26 @@ function decide(ctx: PluginContext, client: Client, state: ClientState, packet: 
       throw err;
     },
   );
+}
+
+/**
+ * [MQTT-4.3.3-2] A QoS 2 PUBLISH whose packet identifier still awaits PUBREL (a retransmission, perhaps on a new
+ * connection of the session) is answered with PUBREC and not published again: Aedes does that from its incoming
+ * store. It is let through unopened: its envelope was opened, and its sequence number used, the first time, so
+ * opening it again would refuse it as a replay and close the connection of a client that follows the spec.
+ */
+function retransmitted(ctx: PluginContext, client: Client, state: ClientState, packet: PublishPacket): Verdict {
+  if (!mayPublish(state.principal, packet.topic, ctx.topics)) return decide(ctx, client, state, packet);
+  const incoming = (client as unknown as { broker: { persistence: IncomingStore } }).broker.persistence;
+  return incoming.incomingGetPacket(client, packet).then(
+    () => null,
+    () => decide(ctx, client, state, packet),
+  );
+}
+
+interface IncomingStore {
+  /** Resolves with the stored QoS 2 packet of this identifier; rejects when there is none. */
+  incomingGetPacket(client: Client, packet: PublishPacket): Promise<unknown>;
 }
 
 /**

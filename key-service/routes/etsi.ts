@@ -21,6 +21,13 @@ function container(keys: DeliveredKey[]) {
   return out;
 }
 
+/** A session id found in an extension object (open by ETSI 014's design) has the bounds the schemas give it. */
+function boundedSession(value: string): string {
+  if (value.length < wire.sessionIdSchema.minLength || value.length > wire.sessionIdSchema.maxLength)
+    throw new KmsError('KMS_ERR_BAD_REQUEST', `${wire.SESSION_EXTENSION} must have 1 to 128 characters`);
+  return value;
+}
+
 /** ETSI 014 §6.2: mandatory extensions this KME does not support make the request fail. */
 function sessionFromExtensions(
   mandatory: Array<Record<string, unknown>> | undefined,
@@ -34,11 +41,12 @@ function sessionFromExtensions(
           details: [{ extension_mandatory_unsupported: { [name]: value } }],
         });
       }
-      session = value;
+      session = boundedSession(value);
     }
   }
   for (const ext of optional ?? [])
-    if (typeof ext[wire.SESSION_EXTENSION] === 'string') session ??= ext[wire.SESSION_EXTENSION] as string;
+    if (typeof ext[wire.SESSION_EXTENSION] === 'string')
+      session ??= boundedSession(ext[wire.SESSION_EXTENSION] as string);
   return session;
 }
 

@@ -2,7 +2,7 @@
 // listeners: the right certificate, another device's, one naming two subjects, none, one from an untrusted CA, and
 // the policy that lets a certificate replace the token, both ways.
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -164,7 +164,7 @@ describe('mutual TLS, token required (the default)', () => {
   it("an application's certificate must name the application", async () => {
     const { client_secret } = await sys.kms.admin.registerApp('app-mtls', { subscribe: ['devices/+/up/#'] });
     const { access_token } = await sys.kms.anon.clientToken('app-mtls', client_secret);
-    const app = { clientId: 'app-mtls', username: 'app-mtls', password: access_token };
+    const app = { clientId: 'app-mtls/console', username: 'app-mtls', password: access_token };
     expect(await attempt(sys.broker.urls.mqtts!, { ...app, ...tls('app') })).toBe('connected');
     expect(await attempt(sys.broker.urls.mqtts!, { ...app, ...tls('dev-a') })).toBe('connack 5');
   });
@@ -200,9 +200,9 @@ describe('mutual TLS, a certificate may replace the token (tokenRequired: false)
   });
 
   it('a certificate alone connects devices only: an application certificate without its token is refused', async () => {
-    expect(await attempt(sys.broker.urls.mqtts!, { clientId: 'app-mtls', username: 'app-mtls', ...tls('app') })).toBe(
-      'connack 5',
-    );
+    expect(
+      await attempt(sys.broker.urls.mqtts!, { clientId: 'app-mtls/console', username: 'app-mtls', ...tls('app') }),
+    ).toBe('connack 5');
   });
 
   it('the certificate alone cannot connect another device', async () => {
@@ -250,21 +250,27 @@ describe('mutual TLS, a certificate may replace the token (tokenRequired: false)
 
 describe('client certificate configuration and identity', () => {
   it('needs a CA file, a boolean policy and a TLS or WSS listener; the token stays required by default', () => {
-    const tlsListener = { port: 0, cert: 'c.pem', key: 'k.pem' };
+    const pem = (name: string) => {
+      const path = join(dir, `config-${name}.pem`);
+      writeFileSync(path, '-----BEGIN CERTIFICATE-----\n');
+      return path;
+    };
+    const ca = pem('ca');
+    const tlsListener = { port: 0, cert: pem('cert'), key: pem('key') };
     expect(() =>
       loadBrokerConfig({ clientCertificates: { ca: '', tokenRequired: true }, tls: tlsListener }, { env: {} }),
-    ).toThrow(/ca must be a PEM file/);
+    ).toThrow(/"clientCertificates.ca" = "" .* expected a non-empty string/);
     expect(() =>
-      loadBrokerConfig(
-        { clientCertificates: { ca: 'ca.pem', tokenRequired: 'no' as never }, tls: tlsListener },
-        { env: {} },
-      ),
-    ).toThrow(/tokenRequired/);
-    expect(() => loadBrokerConfig({ clientCertificates: { ca: 'ca.pem', tokenRequired: true } }, { env: {} })).toThrow(
+      loadBrokerConfig({ clientCertificates: { ca: join(dir, 'missing.pem') }, tls: tlsListener }, { env: {} }),
+    ).toThrow(/"clientCertificates.ca" = ".*missing.pem": cannot read that file/);
+    expect(() =>
+      loadBrokerConfig({ clientCertificates: { ca, tokenRequired: 'no' as never }, tls: tlsListener }, { env: {} }),
+    ).toThrow(/"clientCertificates.tokenRequired"/);
+    expect(() => loadBrokerConfig({ clientCertificates: { ca, tokenRequired: true } }, { env: {} })).toThrow(
       /needs a tls or wss listener/,
     );
-    const c = loadBrokerConfig({ clientCertificates: { ca: 'ca.pem' } as never, tls: tlsListener }, { env: {} });
-    expect(c.clientCertificates).toEqual({ ca: 'ca.pem', tokenRequired: true });
+    const c = loadBrokerConfig({ clientCertificates: { ca } as never, tls: tlsListener }, { env: {} });
+    expect(c.clientCertificates).toEqual({ ca, tokenRequired: true });
   });
 
   it('a connection with a certificate may only be the principal its certificate names', () => {

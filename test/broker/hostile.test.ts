@@ -305,6 +305,117 @@ describe('hostile devices', () => {
     raw.destroy();
     await expectServes();
   });
+
+  it('a persistent session cannot grow past maxSubscriptionsPerClient by reconnecting: stored filters count', async () => {
+    const chip = await sys.device('dev-subs-persist');
+    const subscribe = async (raw: RawMqtt, round: number) => {
+      raw.send({
+        cmd: 'subscribe',
+        messageId: 1,
+        subscriptions: Array.from({ length: MAX_SUBSCRIPTIONS }, (_, i) => ({
+          topic: `devices/dev-subs-persist/down/${round}/${i}`,
+          qos: 1,
+        })),
+      } as never);
+      return ((await raw.next('suback')) as { granted: number[] }).granted;
+    };
+    const first = await rawDevice(chip, { clean: false });
+    expect(await subscribe(first, 0)).toEqual(Array(MAX_SUBSCRIPTIONS).fill(1));
+    first.send({ cmd: 'disconnect' } as never);
+    await first.closedWithin();
+    // The session keeps its filters; a new connection of it must not get a fresh allowance on top of them.
+    const second = await rawDevice(chip, { clean: false });
+    expect(await subscribe(second, 1)).toEqual(Array(MAX_SUBSCRIPTIONS).fill(0x80));
+    // Unsubscribing a stored filter frees its place.
+    second.send({ cmd: 'unsubscribe', messageId: 2, unsubscriptions: ['devices/dev-subs-persist/down/0/0'] } as never);
+    await second.next('unsuback');
+    expect((await subscribe(second, 2)).filter((g) => g === 1)).toHaveLength(1);
+    second.destroy();
+    await expectServes();
+  });
+});
+
+describe('a device retransmitting a QoS 2 PUBLISH before PUBREL', () => {
+  it('gets PUBREC again and stays connected; the message is delivered once [MQTT-4.3.3-2]', async () => {
+    const chip = await sys.device('dev-q2-dup');
+    const raw = await rawDevice(chip);
+    const topic = 'devices/dev-q2-dup/up/t';
+    const envelope = Buffer.from(chip.sealUplink(Buffer.from('once'), topic));
+    let deliveries = 0;
+    const count = (t: string) => t === topic && deliveries++;
+    watcher.on('message', count);
+    const publish = (dup: boolean) =>
+      raw.send({ cmd: 'publish', topic, payload: envelope, qos: 2, retain: false, dup, messageId: 9 });
+    publish(false);
+    expect(((await raw.next('pubrec')) as { messageId: number }).messageId).toBe(9);
+    // The PUBREC was lost on the way (as far as the device knows): the same packet again, DUP set.
+    raw.received.length = 0;
+    publish(true);
+    expect(((await raw.next('pubrec')) as { messageId: number }).messageId).toBe(9);
+    raw.send({ cmd: 'pubrel', messageId: 9 } as never);
+    await raw.next('pubcomp');
+    raw.send({ cmd: 'pingreq' } as never);
+    await raw.next('pingresp');
+    watcher.off('message', count);
+    expect(deliveries).toBe(1);
+    raw.destroy();
+    await expectServes();
+  });
+
+  it('on a new connection of its persistent session: PUBREC, not a replay refusal [MQTT-4.4.0-1]', async () => {
+    const chip = await sys.device('dev-q2-resume');
+    const topic = 'devices/dev-q2-resume/up/t';
+    const first = await rawDevice(chip, { clean: false });
+    const envelope = Buffer.from(chip.sealUplink(Buffer.from('once'), topic));
+    first.send({ cmd: 'publish', topic, payload: envelope, qos: 2, retain: false, dup: false, messageId: 4 });
+    await first.next('pubrec');
+    first.reset(); // the device never saw the PUBREC
+    await first.closed;
+    const second = await rawDevice(chip, { clean: false });
+    second.send({ cmd: 'publish', topic, payload: envelope, qos: 2, retain: false, dup: true, messageId: 4 });
+    expect(((await second.next('pubrec')) as { messageId: number }).messageId).toBe(4);
+    second.send({ cmd: 'pubrel', messageId: 4 } as never);
+    await second.next('pubcomp');
+    second.destroy();
+    await expectServes();
+  });
+});
+
+describe('two connections of one device at once', () => {
+  it('one wins, the other is closed; the plugin keeps one session and the device is served', async () => {
+    const chip = await sys.device('dev-race');
+    chip.beginSession();
+    const password = await sys.deviceToken(chip);
+    const before = sys.broker.plugin.sessions;
+    const attempts = await Promise.all(
+      Array.from({ length: 4 }, () =>
+        RawMqtt.connect(sys.mqttUrl, { clientId: 'dev-race', username: 'dev-race', password, clean: false }).catch(
+          () => undefined,
+        ),
+      ),
+    );
+    const alive = async () => {
+      const open = [];
+      for (const a of attempts) {
+        if (!a || a.returnCode !== 0 || a.raw.socket.destroyed) continue;
+        a.raw.send({ cmd: 'pingreq' } as never);
+        if (
+          await a.raw.next('pingresp', 2000).then(
+            () => true,
+            () => false,
+          )
+        )
+          open.push(a.raw);
+      }
+      return open;
+    };
+    expect(await alive()).toHaveLength(1);
+    for (const a of attempts) a?.raw.destroy();
+    await Promise.all(attempts.map((a) => a?.raw.closed));
+    for (let i = 0; i < 100 && sys.broker.plugin.sessions > before; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(sys.broker.plugin.sessions).toBeLessThanOrEqual(before);
+    await expectServes();
+  });
 });
 
 describe('hostile applications', () => {

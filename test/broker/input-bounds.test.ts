@@ -110,7 +110,7 @@ async function appConnect(appId: string, extra: Record<string, unknown> = {}): P
     cmd: 'connect',
     protocolId: 'MQTT',
     protocolVersion: 4,
-    clientId: appId,
+    clientId: `${appId}/bounds`,
     clean: true,
     keepalive: 60,
     username: appId,
