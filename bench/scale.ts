@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { BROKER_DEFAULTS } from '../broker/config.js';
+import { SINGLE_HOST_LOGIN_LIMITS } from '../device-sim/local-system.js';
 import { DeliveryLedger, percentile } from '../device-sim/stats.js';
 import { KmsClient } from '../kms-api/client.js';
 import { ENVELOPE_OVERHEAD, EnvelopeKey, loginProof, SUITE_SM4_GCM, sealEnvelope } from '../protocol/index.js';
@@ -127,7 +128,12 @@ const brokerCpu = String(cpus - 1);
 const othersCpus = cpus > 2 ? `0-${cpus - 2}` : '0';
 pin(process.pid, othersCpus);
 
-const kms = await start(['kms', '--init', '--port', '0', '--data', dir], /listening on (\S+)/);
+// Every simulated device logs in from this host: the key service gets single-host login limits.
+writeFileSync(join(dir, 'kms.json'), JSON.stringify({ loginLimits: SINGLE_HOST_LOGIN_LIMITS }));
+const kms = await start(
+  ['kms', '--init', '--port', '0', '--data', dir, '--config', join(dir, 'kms.json')],
+  /listening on (\S+)/,
+);
 pin(kms.pid, othersCpus);
 writeFileSync(join(dir, 'broker.json'), JSON.stringify({ revocationPollMs: 2000 }));
 const broker = await start(

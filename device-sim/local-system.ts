@@ -17,6 +17,16 @@ export interface LocalSystem {
   close(): Promise<void>;
 }
 
+/**
+ * Login limits for a system whose devices all log in from this one host (simulations, benchmarks): the per-source
+ * challenge rate that protects a public key service would turn a single-host load generator away.
+ */
+export const SINGLE_HOST_LOGIN_LIMITS = Object.freeze({
+  challengeRate: 100_000,
+  challengeBurst: 1_000_000,
+  openChallengesPerSource: 100_000,
+});
+
 export async function startLocalSystem(
   dataDir: string,
   options: { kms?: KmsOverrides; broker?: BrokerOverrides; brokerId?: string } = {},
@@ -24,7 +34,10 @@ export async function startLocalSystem(
   const adminToken = randomBytes(16).toString('hex');
   ensureDataDir(dataDir, { adminToken });
   const kms = await startKms(
-    loadKmsConfig({ port: 0, dataDir, logLevel: 'error', adminToken, ...options.kms }, { env: {} }),
+    loadKmsConfig(
+      { port: 0, dataDir, logLevel: 'error', adminToken, loginLimits: SINGLE_HOST_LOGIN_LIMITS, ...options.kms },
+      { env: {} },
+    ),
   );
   const admin = new KmsClient(kms.url, { token: adminToken });
   const brokerId = options.brokerId ?? 'local-broker';

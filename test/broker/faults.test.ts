@@ -1,13 +1,12 @@
 // Faults: the key service going away and coming back, and the broker being killed; plus the TLS, WebSocket and
 // secure WebSocket listeners.
-import { execFileSync } from 'node:child_process';
-import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
 import { newKmsDir, removeDir, startTestKms, tempDir } from '../helpers/kms.js';
 import { spawnQkey } from '../helpers/process.js';
 import { nextMessage, startTestSystem, systemOn } from '../helpers/system.js';
+import { selfSignedLoopbackCert } from '../helpers/certificates.js';
 
 const cleanup: Array<() => Promise<void> | void> = [];
 afterAll(async () => {
@@ -126,31 +125,7 @@ describe('listeners', () => {
   it('MQTT over TLS, WebSocket and secure WebSocket carry the same protected traffic', async () => {
     const dir = tempDir('qkey-tls-');
     cleanup.push(() => removeDir(dir));
-    const cert = join(dir, 'cert.pem');
-    const key = join(dir, 'key.pem');
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:P-256',
-        '-nodes',
-        '-days',
-        '1',
-        '-subj',
-        '/CN=127.0.0.1',
-        '-addext',
-        'subjectAltName=IP:127.0.0.1',
-        '-keyout',
-        key,
-        '-out',
-        cert,
-      ],
-      { stdio: 'ignore' },
-    );
+    const { cert, key } = selfSignedLoopbackCert(dir);
     const sys = await startTestSystem({ tls: { port: 0, cert, key }, ws: { port: 0 }, wss: { port: 0, cert, key } });
     cleanup.push(() => sys.stop());
     const app = await sys.connectApp('app-listeners');

@@ -1,9 +1,7 @@
 // Bounded input on a running broker, driven by raw packets as a hostile client would send them: oversized and
 // malformed headers before and after CONNECT, byte-at-a-time delivery, SUBSCRIBE with 10,000 filters, over TCP, TLS
 // and WebSocket; memory stays bounded while many sockets try.
-import { execFileSync } from 'node:child_process';
 import { connect as netConnect } from 'node:net';
-import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import mqttPacket from 'mqtt-packet';
@@ -11,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createWebSocketStream, WebSocket } from 'ws';
 import { removeDir, tempDir } from '../helpers/kms.js';
 import { nextMessage, startTestSystem, type TestSystem } from '../helpers/system.js';
+import { selfSignedLoopbackCert } from '../helpers/certificates.js';
 
 const MAX_PACKET = 128 * 1024;
 const MAX_PRE_CONNECT = 2048;
@@ -23,20 +22,7 @@ let sys: TestSystem;
 let certDir: string;
 beforeAll(async () => {
   certDir = tempDir('qkey-bounds-');
-  const cert = join(certDir, 'cert.pem');
-  const key = join(certDir, 'key.pem');
-  execFileSync(
-    'openssl',
-    ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1'].concat([
-      '-subj',
-      '/CN=127.0.0.1',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-    ]),
-    { stdio: 'ignore' },
-  );
+  const { cert, key } = selfSignedLoopbackCert(certDir);
   sys = await startTestSystem({
     maxPacketSize: MAX_PACKET,
     maxPreConnectBytes: MAX_PRE_CONNECT,

@@ -1,6 +1,5 @@
 // Key-service configuration: defaults, precedence, TLS as PEM file paths, and refusals naming the key, where its value
 // came from and what is allowed: unknown keys, wrong types, out-of-range values, from a file, the environment or flags.
-import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { get } from 'node:https';
 import { join } from 'node:path';
@@ -8,6 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { KMS_DEFAULTS, loadKmsConfig } from '../../key-service/config.js';
 import { runQkey } from '../helpers/cli.js';
 import { removeDir, startTestKms, tempDir } from '../helpers/kms.js';
+import { selfSignedLoopbackCert } from '../helpers/certificates.js';
 
 const dir = tempDir('qkey-kms-config-');
 afterAll(() => removeDir(dir));
@@ -54,25 +54,7 @@ describe('loadKmsConfig', () => {
   });
 
   it('serves HTTPS from those PEM files', async () => {
-    const cert = join(dir, 'cert.pem');
-    const key = join(dir, 'key.pem');
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:P-256',
-        '-nodes',
-        '-days',
-        '1',
-        '-subj',
-        '/CN=127.0.0.1',
-      ].concat(['-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', cert]),
-      { stdio: 'ignore' },
-    );
+    const { cert, key } = selfSignedLoopbackCert(dir);
     const t = await startTestKms({ tls: { cert, key } });
     try {
       expect(t.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
