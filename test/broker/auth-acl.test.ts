@@ -6,6 +6,7 @@ import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { PER_CONNECTION_DEFAULT_METRICS } from '../../broker/server.js';
 import { closed, startTestSystem, type TestSystem } from '../helpers/system.js';
+import { fixedHeader } from '../helpers/raw-mqtt.js';
 
 let sys: TestSystem;
 beforeAll(async () => {
@@ -65,14 +66,7 @@ describe('CONNECT', () => {
       str(Buffer.from('dev-empty-id')),
       str(Buffer.from(token)),
     ]);
-    const length: number[] = [];
-    for (let n = body.length; ;) {
-      const byte = n % 128;
-      n = Math.floor(n / 128);
-      length.push(n > 0 ? byte | 0x80 : byte);
-      if (n === 0) break;
-    }
-    socket.write(Buffer.concat([Buffer.from([0x10, ...length]), body]));
+    socket.write(Buffer.concat([fixedHeader(0x10, body.length), body]));
     expect(await connack).toBe(2);
     socket.destroy();
   });

@@ -4,7 +4,7 @@ import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
 import { DEFAULT_MAX_PAYLOAD } from '../../protocol/index.js';
-import { RawMqtt } from '../helpers/raw-mqtt.js';
+import { fixedHeader, RawMqtt } from '../helpers/raw-mqtt.js';
 import { nextMessage, startTestSystem, type TestSystem } from '../helpers/system.js';
 
 let sys: TestSystem;
@@ -469,12 +469,5 @@ function publishBytes(topic: string, payload: Buffer, qos: 0 | 1 | 2): Buffer {
   const t = Buffer.from(topic);
   const id = qos > 0 ? Buffer.from([0x00, 0x01]) : Buffer.alloc(0);
   const body = Buffer.concat([Buffer.from([t.length >> 8, t.length & 0xff]), t, id, payload]);
-  const length: number[] = [];
-  for (let n = body.length; ;) {
-    const byte = n % 128;
-    n = Math.floor(n / 128);
-    length.push(n > 0 ? byte | 0x80 : byte);
-    if (n === 0) break;
-  }
-  return Buffer.concat([Buffer.from([0x30 | (qos << 1), ...length]), body]);
+  return Buffer.concat([fixedHeader(0x30 | (qos << 1), body.length), body]);
 }

@@ -92,3 +92,15 @@ export class RawMqtt {
     this.socket.resetAndDestroy();
   }
 }
+
+/** A fixed header written by hand: `first` byte, then the body's length as MQTT's Remaining Length [MQTT-2.2.3]. */
+export function fixedHeader(first: number, bodyLength: number): Buffer {
+  const length: number[] = [];
+  for (let n = bodyLength; ;) {
+    const byte = n % 128;
+    n = Math.floor(n / 128);
+    length.push(n > 0 ? byte | 0x80 : byte);
+    if (n === 0) break;
+  }
+  return Buffer.from([first, ...length]);
+}
