@@ -50,7 +50,9 @@ describe('fill', () => {
 
     const { keyIndex } = chip.beginSession();
     const env = chip.sealUplink(new TextEncoder().encode('21.5'), 'devices/dev-fm/up/t');
-    const delivered = await broker.decKeys('dev-fm', [keyIdFor('dev-fm', keyIndex)]);
+    // The broker claims the key with the chip's envelope as its proof of use (docs/KMS-API.md).
+    const proof = { envelope: env, topic: 'devices/dev-fm/up/t', direction: 'up' as const };
+    const delivered = await broker.decKeys('dev-fm', [keyIdFor('dev-fm', keyIndex)], undefined, [proof]);
     const key = new EnvelopeKey(Buffer.from(delivered.keys[0]!.key, 'base64'));
     expect(
       new TextDecoder().decode(
