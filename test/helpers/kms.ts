@@ -111,6 +111,8 @@ export interface ProofOptions {
   seq?: number;
   payload?: Uint8Array;
   suite?: SuiteId;
+  /** Largest payload sealEnvelope accepts; default DEFAULT_MAX_PAYLOAD. */
+  maxPayload?: number;
   /** The device id bound into the AAD; default: the device's own. */
   sealedBy?: string;
 }
@@ -130,6 +132,7 @@ export function proofFor(deviceId: string, keyIndex: number, key: Uint8Array, op
     topic,
     direction,
     ...(options.suite === undefined ? {} : { suite: options.suite }),
+    ...(options.maxPayload === undefined ? {} : { maxPayload: options.maxPayload }),
   });
   return { envelope, topic, direction };
 }
