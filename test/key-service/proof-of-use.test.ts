@@ -458,10 +458,16 @@ describe('claims with proofs, many at once', () => {
 });
 
 describe('what refusals leave behind', () => {
-  it('the audit log records claims, not refused attempts, and no envelope', async () => {
+  it('refused attempts are counted in metrics; the audit log records the claim only', async () => {
     const dev = await provision('dev-audit-proof', 2, 1);
+    const refusedCount = async () => {
+      const text = await (await fetch(`${t.url}/metrics`)).text();
+      return Number(/^kms_claim_requests_total\{api="dec_keys",result="refused"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+    };
+    const before = await refusedCount();
     await refusal(dec(dev, [0], [tampered(uplinkProof(dev, 0))]));
     await refusal(broker.decKeys(dev.deviceId, [keyId(dev, 1)]));
+    expect((await refusedCount()) - before).toBe(2);
     await dec(dev, [1], [uplinkProof(dev, 1)]);
     const { entries } = await t.admin.audit({ device_id: dev.deviceId });
     expect(entries.map((e) => e.action)).toEqual([
