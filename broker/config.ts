@@ -93,7 +93,7 @@ export const BROKER_CONFIG_SCHEMA = {
         seconds: count(1, 86_400 * 30, 3600),
       },
     },
-    maxPayload: count(1, 268_435_455, 256 * 1024), // [MQTT-2.2.3] the largest packet MQTT can encode
+    maxPayload: count(1, MAX_PAYLOAD_LIMIT, DEFAULT_MAX_PAYLOAD), // docs/PROTOCOL.md §6
     /** Largest MQTT packet once CONNECT is accepted; when absent, derived from maxPayload (see packetLimits). */
     maxPacketSize: { type: 'integer', minimum: 1, maximum: MAX_REMAINING_LENGTH + 5 },
     /** Bytes a connection may send before its CONNECT is accepted (the CONNECT with its will, and what follows). */

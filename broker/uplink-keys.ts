@@ -4,7 +4,7 @@ import { type KmsClient, KmsHttpError, type UplinkProof } from '../kms-api/clien
 import { EnvelopeKey, keyIdFor, ReplayWindow, SUITE_SM4_GCM } from '../protocol/index.js';
 
 /** Why an uplink key could not be had; each is a refusal reason the device is told (docs/PROTOCOL.md §9.4). */
-export type UplinkKeyRefusal = 'kms_unavailable' | 'key_spent' | 'foreign_key' | 'forged' | 'revoked';
+export type UplinkKeyRefusal = 'kms_unavailable' | 'key_spent' | 'foreign_key' | 'forged' | 'revoked' | 'error';
 
 export class UplinkKeyError extends Error {
   constructor(
@@ -22,8 +22,11 @@ export interface HeldUplinkKey {
   readonly keyId: string;
   readonly key: EnvelopeKey;
   readonly replay: ReplayWindow;
-  /** The will sealed under this key (sequence number 0, direction will) was published: it is never published again. */
-  willPublished: boolean;
+  /**
+   * The will sealed under this key (sequence number 0, direction will) was published, or discarded by a clean
+   * DISCONNECT [MQTT-3.14.4-3]: it is never published again, so a replayed CONNECT carrying it is refused.
+   */
+  willSpent: boolean;
 }
 
 interface DeviceKeys {
@@ -156,7 +159,7 @@ export class UplinkKeys {
     const key = new EnvelopeKey(raw);
     raw.fill(0);
     key.suite(SUITE_SM4_GCM); // the key schedule is built once, here, not on the message's path
-    return { index, keyId, key, replay: new ReplayWindow(), willPublished: false };
+    return { index, keyId, key, replay: new ReplayWindow(), willSpent: false };
   }
 
   /** Holds a newly claimed key and retires the device's older ones. */
@@ -206,8 +209,10 @@ function refusalOf(err: unknown, deviceId: string, index: number): UplinkKeyErro
   const reasons = err.details.map((d) => (d as { reason?: unknown }).reason);
   if (reasons.includes('proof_failed'))
     return new UplinkKeyError('forged', `the envelope naming uplink key ${index} does not open under it`);
-  if (reasons.includes('claimed') || reasons.includes('retired'))
+  if (reasons.includes('claimed') || reasons.includes('retired') || reasons.includes('superseded'))
     return new UplinkKeyError('key_spent', `uplink key ${index} of ${deviceId} was used in another session`);
+  if (reasons.includes('unknown') || reasons.includes('not an uplink key'))
+    return new UplinkKeyError('foreign_key', `uplink key ${index} is not an uplink key of ${deviceId}`);
   if (err.status >= 500) return new UplinkKeyError('kms_unavailable', `key service error: ${err.code}`);
-  return new UplinkKeyError('foreign_key', `uplink key ${index} of ${deviceId} is not available (${err.code})`);
+  return new UplinkKeyError('error', `the key service refused the claim of uplink key ${index} (${err.code})`);
 }

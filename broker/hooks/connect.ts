@@ -207,7 +207,8 @@ async function claimWillKey(client: Client, keys: DeviceSessionKeys, will: Devic
       topic: packet.topic,
       direction: 'will',
     });
-    if (held.willPublished) throw authError(5, 'not authorized: this will was published already (replayed CONNECT)');
+    if (held.willSpent)
+      throw authError(5, 'not authorized: this will was published or discarded already (replayed CONNECT)');
     return unpin;
   } catch (err) {
     unpin();

@@ -148,7 +148,7 @@ export function etsiRoutes(app: RouteScope, ctx: KmsContext): void {
     return container(keys);
   };
 
-  app.post(`${prefix}/dec_keys`, { schema: wire.decKeysPostRoute }, (req) =>
+  app.post(`${prefix}/dec_keys`, { schema: wire.decKeysPostRoute, bodyLimit: wire.DEC_KEYS_BODY_LIMIT }, (req) =>
     dec(
       req,
       req.params.SAE_ID,

@@ -6,7 +6,7 @@ import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KmsHttpError, type KmsClient, type UplinkProof } from '../../kms-api/client.js';
 import { PROOF_ENVELOPE_MAX_BASE64 } from '../../kms-api/etsi-schemas.js';
-import { DEFAULT_MAX_PAYLOAD, keyIdFor, sealEnvelope, SUITE_SM4_CTR_HMAC_SM3 } from '../../protocol/index.js';
+import { keyIdFor, MAX_PAYLOAD_LIMIT, sealEnvelope, SUITE_SM4_CTR_HMAC_SM3 } from '../../protocol/index.js';
 import {
   brokerClient,
   proofFor,
@@ -177,8 +177,17 @@ describe('the proof must be for this key, this device, this topic and this direc
     const relabelled = proofFor(dev.deviceId, 1, dev.keys.get(0)!.key);
     await refusedThenClaimable(dev, 1, dec(dev, [1], [relabelled]), 'proof_failed');
     expect((await states(dev)).get(0)).toBe('filled');
-    await claimsWithItsOwnProof(dev, 1);
     await claimsWithItsOwnProof(dev, 0);
+    await claimsWithItsOwnProof(dev, 1);
+  });
+
+  it('a key below one already claimed is superseded: a held-back envelope cannot be claimed after the chip moved on', async () => {
+    const dev = await provision('dev-superseded', 3, 1);
+    // The network (or an attacker) held back the only envelope of key 0; the chip went on to key 1.
+    const heldBack = uplinkProof(dev, 0);
+    await claimsWithItsOwnProof(dev, 1);
+    await refusedThenClaimable(dev, 0, dec(dev, [0], [heldBack]), 'superseded');
+    await claimsWithItsOwnProof(dev, 2);
   });
 
   it('the right key with the wrong topic, device or direction: proof_failed', async () => {
@@ -249,14 +258,11 @@ describe('what a proof may be', () => {
     expect(r.keys[0]!.key).toBe(b64(dev.keys.get(0)!.key));
   });
 
-  it('an envelope of the largest default payload is accepted; one byte more is refused by size (400)', async () => {
+  it("an envelope of the protocol's largest payload is accepted; one byte more is refused by size (400)", async () => {
     const dev = await provision('dev-big-proof', 1, 1);
-    const largest = uplinkProof(dev, 0, { payload: randomBytes(DEFAULT_MAX_PAYLOAD) });
+    const largest = uplinkProof(dev, 0, { payload: randomBytes(MAX_PAYLOAD_LIMIT), maxPayload: MAX_PAYLOAD_LIMIT });
     expect(b64(largest.envelope).length).toBe(PROOF_ENVELOPE_MAX_BASE64);
-    const over = uplinkProof(dev, 0, {
-      payload: randomBytes(DEFAULT_MAX_PAYLOAD + 1),
-      maxPayload: DEFAULT_MAX_PAYLOAD + 1,
-    });
+    const over = { ...largest, envelope: Buffer.concat([largest.envelope, Buffer.alloc(3)]) };
     const e = await refusal(
       broker.request(
         'POST',
@@ -396,8 +402,10 @@ describe('bodies too large for any proof', () => {
   });
 
   it('a body of many maximum-size proofs beyond bodyLimit is 413 KMS_ERR_TOO_LARGE', async () => {
-    const dev = await provision('dev-huge', 4, 1);
-    const proofs = [0, 1, 2, 3].map((i) => uplinkProof(dev, i, { payload: randomBytes(DEFAULT_MAX_PAYLOAD) }));
+    const dev = await provision('dev-huge', 2, 1);
+    const proofs = [0, 1].map((i) =>
+      uplinkProof(dev, i, { payload: randomBytes(MAX_PAYLOAD_LIMIT), maxPayload: MAX_PAYLOAD_LIMIT }),
+    );
     const e = await refusal(
       broker.request(
         'POST',
