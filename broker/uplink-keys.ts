@@ -32,14 +32,21 @@ export interface HeldUplinkKey {
 interface DeviceKeys {
   /** Claimed keys by index. */
   held: Map<number, HeldUplinkKey>;
-  /** Claims in flight by index: two messages naming one new key share one claim. */
-  claiming: Map<number, Promise<HeldUplinkKey>>;
+  /** Claims in flight by index, with the envelope each proves with: the same envelope twice shares one claim. */
+  claiming: Map<number, { claim: Promise<HeldUplinkKey>; envelope: Uint8Array }>;
   /** Highest index the device has been seen using here; a chip never goes back to a lower one (§9.1). */
   highest: number;
   /** Indices named by the wills of open connections (count per index): kept until those connections end. */
   pinned: Map<number, number>;
   connections: number;
   lingerTimer: NodeJS.Timeout | undefined;
+}
+
+/** Uplink claims one device may have in flight at this broker (an honest chip has one new key at a time). */
+export const MAX_CLAIMS_IN_FLIGHT = 2;
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
 }
 
 /** How long a device's keys stay held after its last connection to this broker ended (a reconnect continues them). */
@@ -110,19 +117,33 @@ export class UplinkKeys {
     if (held) return Promise.resolve(held);
     if (index < d.highest && !d.pinned.has(index))
       return Promise.reject(new UplinkKeyError('key_spent', `uplink key ${index} is older than one in use`));
-    let pending = d.claiming.get(index);
-    if (!pending) {
-      pending = this.claimFromKms(deviceId, index, proof, sessionId).then(
-        (key) => this.adopt(deviceId, key),
-        (err: unknown) => {
-          throw refusalOf(err, deviceId, index);
-        },
-      );
-      d.claiming.set(index, pending);
-      const done = () => d.claiming.delete(index);
-      pending.then(done, done);
+    const pending = d.claiming.get(index);
+    if (pending) {
+      // Another envelope's claim of this key is in flight. If that envelope was forged, this one still gets its
+      // own chance: a forgery must not take an honest message down with it.
+      if (sameBytes(pending.envelope, proof.envelope)) return pending.claim;
+      return pending.claim.catch((err: unknown) => {
+        if (err instanceof UplinkKeyError && err.reason === 'forged')
+          return this.claim(deviceId, index, proof, sessionId);
+        throw err;
+      });
     }
-    return pending;
+    // An honest chip has one new key at a time in flight; many at once are an envelope flood naming made-up
+    // indices, each of which would cost the key service a request before the first refusal closes the connection.
+    if (d.claiming.size >= MAX_CLAIMS_IN_FLIGHT)
+      return Promise.reject(
+        new UplinkKeyError('error', `more than ${MAX_CLAIMS_IN_FLIGHT} uplink keys claimed at once`),
+      );
+    const claim = this.claimFromKms(deviceId, index, proof, sessionId).then(
+      (key) => this.adopt(deviceId, key),
+      (err: unknown) => {
+        throw refusalOf(err, deviceId, index);
+      },
+    );
+    d.claiming.set(index, { claim, envelope: proof.envelope });
+    const done = () => d.claiming.delete(index);
+    claim.then(done, done);
+    return claim;
   }
 
   /** Retires every held key (broker shutdown). */
