@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import {
+  assertDeviceId,
   chooseSuite,
   EnvelopeKey,
   isPassthroughPayload,
@@ -156,6 +157,7 @@ export class SecurityChip {
     options: ChipOptions = {},
   ): SecurityChip {
     if (existsSync(path)) throw new ChipError('CHIP_ERR_EXISTS', `a chip file already exists at ${path}`);
+    assertDeviceId(init.deviceId); // docs/PROTOCOL.md §14: a chip is personalised only for an id the system accepts
     if (init.pin.length < 4) throw new RangeError('the PIN must have at least 4 characters');
     const suites = [...new Set(init.suites ?? ALL_SUITES)].sort();
     if (suites.length === 0 || suites.some((s) => !ALL_SUITES.includes(s)))
