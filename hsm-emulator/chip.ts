@@ -78,6 +78,12 @@ export interface RotationPolicy {
   bytes: number;
 }
 
+/** docs/PROTOCOL.md §17: the chip moves to its next uplink key after this many messages or payload bytes. */
+export const DEFAULT_UPLINK_ROTATION: Readonly<RotationPolicy> = Object.freeze({
+  messages: 10_000,
+  bytes: 16 * 1024 * 1024,
+});
+
 export interface ChipOptions {
   rotation?: Partial<RotationPolicy>;
   suite?: SuiteId;
@@ -136,7 +142,7 @@ export class SecurityChip {
     private readonly sealing: SealingMaterial,
     private readonly options: ChipOptions,
   ) {
-    this.rotation = { messages: 10_000, bytes: 16 * 1024 * 1024, ...options.rotation };
+    this.rotation = { ...DEFAULT_UPLINK_ROTATION, ...options.rotation };
     this.suite = options.suite ?? chooseSuite(state.suites) ?? SUITE_SM4_GCM;
     this.persist(); // a fresh file salt, and the failed-attempt count back to 0
   }
