@@ -78,6 +78,18 @@ describe('the key service (device registration)', () => {
     expect((await sys.kms.admin.device('case-1')).device_id).toBe('case-1');
   });
 
+  it.each(invalid.filter((v) => v.id !== '').map((v) => [label(v), v] as const))(
+    "in a path, %s is never found: 400 (404 with a '/', which splits the path)",
+    async (_, v) => {
+      const status = await sys.kms.admin.device(v.id).then(
+        () => 200,
+        (err: unknown) => (err instanceof KmsHttpError ? err.status : err),
+      );
+      // A '/' (sent as %2F) is read as a path separator (key-service/canonical-url.ts): no such route.
+      expect(status).toBe(v.id.includes('/') ? 404 : 400);
+    },
+  );
+
   it.each(invalid.map((v) => [label(v), v] as const))('login challenge for %s: 400', async (_, v) => {
     const status = await sys.kms.anon.challenge(v.id).then(
       () => 200,
