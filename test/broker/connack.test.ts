@@ -6,10 +6,10 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions } from 'mqtt';
 import type { Packet } from 'mqtt-packet';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { DeviceSessionKeys } from '../../broker/session-keys.js';
+import { afterAll, afterEach, beforeAll, describe, expect, it, type MockInstance, vi } from 'vitest';
 import { TokenAuthority } from '../../broker/token-authority.js';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
+import { KmsClient, KmsHttpError } from '../../kms-api/client.js';
 import { removeDir, tempDir } from '../helpers/kms.js';
 import { fixedHeader, RawMqtt } from '../helpers/raw-mqtt.js';
 import { startTestSystem, type TestSystem } from '../helpers/system.js';
@@ -64,8 +64,10 @@ beforeAll(async () => {
   });
   chip = await sys.device('dev-connack', 64, 16);
 });
-afterAll(async () => {
+afterEach(() => {
   vi.restoreAllMocks();
+});
+afterAll(async () => {
   await sys?.stop();
   removeDir(dir);
 });
@@ -128,6 +130,34 @@ async function eventually(check: () => Promise<number>, want: number): Promise<n
     got = await check();
   }
   return got;
+}
+
+/** Runs `attempt` with a fault armed on `spy` (a once-only implementation) and checks the fault was reached. */
+async function withFault(spy: MockInstance, attempt: () => Promise<number>): Promise<number> {
+  const code = await attempt();
+  expect(spy, 'the fault was reached').toHaveBeenCalled();
+  return code;
+}
+
+let queueChip: SecurityChip | undefined;
+/** A device whose persistent session holds a queued QoS 1 command; its next CONNECT (clean session 0). */
+async function queuedSession(): Promise<Connect> {
+  const q = (queueChip ??= await sys.device('dev-connack-queue', 8, 8));
+  q.beginSession();
+  const first = { clientId: q.deviceId, username: q.deviceId, password: await sys.deviceToken(q), clean: false };
+  const { raw: r, returnCode } = await RawMqtt.connect(sys.mqttUrl, first);
+  expect(returnCode).toBe(0);
+  r.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'devices/dev-connack-queue/down/#', qos: 1 }] });
+  await r.next('suback');
+  r.send({ cmd: 'disconnect' });
+  await r.closed;
+  const app = await sys.connectApp(`app-connack-queue-${Math.random().toString(36).slice(2, 8)}`, {
+    publish: ['devices/+/down/#'],
+  });
+  await app.publishAsync('devices/dev-connack-queue/down/cmd', 'queued', { qos: 1 });
+  await app.endAsync();
+  q.beginSession();
+  return { ...first, password: await sys.deviceToken(q) };
 }
 
 const connectPacket = (over: Record<string, unknown>): Packet =>
@@ -240,28 +270,60 @@ const scenarios: Record<string, () => Promise<number>> = {
     // newer key service. The broker's verifier is made to return one.
     const connect = await device();
     const verify = TokenAuthority.prototype.verify;
-    vi.spyOn(TokenAuthority.prototype, 'verify').mockImplementationOnce(function (this: TokenAuthority, token) {
+    const spy = vi.spyOn(TokenAuthority.prototype, 'verify').mockImplementationOnce(function (
+      this: TokenAuthority,
+      token,
+    ) {
       return { ...verify.call(this, token), suites: [3] };
     });
-    return raw(connect);
+    return withFault(spy, () => raw(connect));
   },
-  "the key service, asked while the device's key session opened, does not know the device or has revoked it":
+  'a certificate replaces the token and the key service, asked once (a status read), does not know the device or has revoked it':
     async () => {
       // Only a certificate alone can name a device the key service never issued a token for.
       const options = { clientId: 'dev-connack-unknown', username: 'dev-connack-unknown' };
       return tls('dev-unknown', options);
     },
-  "the broker could not reach the key service while it opened the device's key session": async () => {
-    const connect = await device();
-    vi.spyOn(DeviceSessionKeys.prototype, 'start').mockRejectedValueOnce(new Error('fetch failed'));
-    return raw(connect);
+  'a certificate replaces the token and the key service cannot be reached to confirm the device': async () => {
+    chip.beginSession();
+    const options = { clientId: chip.deviceId, username: chip.deviceId };
+    expect(await tls('dev-ok', options)).toBe(0);
+    const spy = vi.spyOn(KmsClient.prototype, 'status').mockRejectedValueOnce(new Error('fetch failed'));
+    return withFault(spy, () => tls('dev-ok', options));
   },
+  "the will's key cannot be claimed for it: the will does not open as a will of its topic, its key was spent by another session, the device is revoked, or this will was published already (a replayed CONNECT; §9.5)":
+    async () => {
+      const connect = await device();
+      const sealedFor = 'devices/dev-connack/up/elsewhere';
+      const payload = Buffer.from(chip.sealWill(Buffer.from('gone'), sealedFor));
+      return raw({ ...connect, will: { topic: 'devices/dev-connack/up/will', payload } });
+    },
+  "the key service cannot be reached to claim the will's key (§9.5)": async () => {
+    const connect = await device();
+    const topic = 'devices/dev-connack/up/will';
+    const will = { topic, payload: Buffer.from(chip.sealWill(Buffer.from('gone'), topic)) };
+    const spy = vi.spyOn(KmsClient.prototype, 'decKeys').mockRejectedValueOnce(new Error('fetch failed'));
+    return withFault(spy, () => raw({ ...connect, will }));
+  },
+  'the session is persistent, has commands queued, and the key service, asked for its first downlink key, has revoked the device (§9.2)':
+    async () => {
+      const connect = await queuedSession();
+      const revoked = new KmsHttpError(403, 'KMS_ERR_DEVICE_REVOKED', 'the device is revoked');
+      const spy = vi.spyOn(KmsClient.prototype, 'encKeys').mockRejectedValueOnce(revoked);
+      return withFault(spy, () => raw(connect));
+    },
+  'the session is persistent, has commands queued, and the key service cannot be reached for its first downlink key (§9.2)':
+    async () => {
+      const connect = await queuedSession();
+      const spy = vi.spyOn(KmsClient.prototype, 'encKeys').mockRejectedValueOnce(new Error('fetch failed'));
+      return withFault(spy, () => raw(connect));
+    },
   "the broker's own CONNECT handling failed (a fault, logged and counted)": async () => {
     const connect = await device();
-    vi.spyOn(TokenAuthority.prototype, 'verify').mockImplementationOnce(() => {
+    const spy = vi.spyOn(TokenAuthority.prototype, 'verify').mockImplementationOnce(() => {
       throw new Error('an unexpected fault');
     });
-    return raw(connect);
+    return withFault(spy, () => raw(connect));
   },
   'none of the above: the CONNECT is accepted': async () => raw(await device()),
 };
