@@ -199,6 +199,7 @@ export class ClaimQueue {
     for (const row of rows) {
       // The state guard in the UPDATE makes a double claim impossible even if validation above were wrong.
       if (!this.store.markClaimed(row.rowid, r.brokerId, r.sessionId, now)) {
+        for (const x of rows) x.key?.fill(0);
         throw new KmsError('KMS_ERR_KEY_UNAVAILABLE', undefined, {
           details: [{ key_ID: row.key_ID, reason: 'claimed' }],
         });
