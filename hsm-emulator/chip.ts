@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import {
+  assertDeviceId,
   chooseSuite,
   EnvelopeKey,
   isPassthroughPayload,
@@ -79,6 +80,12 @@ export interface RotationPolicy {
   bytes: number;
 }
 
+/** docs/PROTOCOL.md §17: the chip moves to its next uplink key after this many messages or payload bytes. */
+export const DEFAULT_UPLINK_ROTATION: Readonly<RotationPolicy> = Object.freeze({
+  messages: 10_000,
+  bytes: 16 * 1024 * 1024,
+});
+
 export interface ChipOptions {
   rotation?: Partial<RotationPolicy>;
   suite?: SuiteId;
@@ -140,7 +147,7 @@ export class SecurityChip {
     private readonly sealing: SealingMaterial,
     private readonly options: ChipOptions,
   ) {
-    this.rotation = { messages: 10_000, bytes: 16 * 1024 * 1024, ...options.rotation };
+    this.rotation = { ...DEFAULT_UPLINK_ROTATION, ...options.rotation };
     this.suite = options.suite ?? chooseSuite(state.suites) ?? SUITE_SM4_GCM;
     this.persist(); // a fresh file salt, and the failed-attempt count back to 0
   }
@@ -161,6 +168,7 @@ export class SecurityChip {
     options: ChipOptions = {},
   ): SecurityChip {
     if (existsSync(path)) throw new ChipError('CHIP_ERR_EXISTS', `a chip file already exists at ${path}`);
+    assertDeviceId(init.deviceId); // docs/PROTOCOL.md §14: a chip is personalised only for an id the system accepts
     if (init.pin.length < 4) throw new RangeError('the PIN must have at least 4 characters');
     const suites = [...new Set(init.suites ?? ALL_SUITES)].sort();
     if (suites.length === 0 || suites.some((s) => !ALL_SUITES.includes(s)))
