@@ -105,6 +105,7 @@ export const BROKER_CONFIG_SCHEMA = {
     /** Subscriptions one client may hold; SUBACK 0x80 for each filter beyond. */
     maxSubscriptionsPerClient: count(1, 10_000_000, 1000),
     uplinkKeyLingerSeconds: count(0, 86_400, 120),
+    maxDownlinkClaimsPerMinute: count(1, 1_000_000, 20),
     /** Level of the per-connection log lines (client connected, client disconnected). */
     connectionLogLevel: { enum: ['info', 'debug'], default: 'info' },
     concurrency: count(1, 1_000_000, 2000),

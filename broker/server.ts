@@ -201,6 +201,7 @@ export async function startBroker(
     maxDownlinkPayload: config.maxDownlinkPayload,
     maxSubscriptionsPerClient: config.maxSubscriptionsPerClient,
     uplinkKeyLingerSeconds: config.uplinkKeyLingerSeconds,
+    maxDownlinkClaimsPerMinute: config.maxDownlinkClaimsPerMinute,
     connectionLogLevel: config.connectionLogLevel,
     log,
     events: {

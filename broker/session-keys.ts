@@ -3,6 +3,7 @@
 // without ever making delivery wait once the first one is here.
 import type { KmsClient, UplinkProof } from '../kms-api/client.js';
 import { EnvelopeKey, MAX_SEQ, SUITE_SM4_GCM, type SuiteId, sealEnvelope } from '../protocol/index.js';
+import type { ClaimBudget } from './claim-budget.js';
 import type { HeldUplinkKey, UplinkKeys } from './uplink-keys.js';
 
 export interface RotationLimits {
@@ -49,6 +50,8 @@ export class DeviceSessionKeys {
   private closed = false;
   /** The suite downlink is sealed in: one the device's chip supports (its token says which, docs/PROTOCOL.md §20). */
   downlinkSuite: SuiteId = SUITE_SM4_GCM;
+  /** The device's budget of downlink claims at this broker, shared by its connections (none: unlimited). */
+  downlinkBudget: ClaimBudget | undefined;
 
   constructor(
     private readonly kms: KmsClient,
@@ -208,6 +211,8 @@ export class DeviceSessionKeys {
   }
 
   private async claimDownlink(n: number): Promise<DownlinkKey[]> {
+    if (this.downlinkBudget && !this.downlinkBudget.take(this.deviceId))
+      throw new Error(`the downlink claim budget of ${this.deviceId} is spent for now (maxDownlinkClaimsPerMinute)`);
     const { keys } = await this.kms.encKeys(this.deviceId, n, this.sessionId);
     return keys.map((k) => {
       this.claimed.push(k.key_ID);

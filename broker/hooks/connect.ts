@@ -234,6 +234,7 @@ function openKeySession(ctx: PluginContext, client: Client, principal: Principal
     ctx.o.events?.session?.(principal.id, e),
   );
   keys.downlinkSuite = suite;
+  keys.downlinkBudget = ctx.downlinkBudget;
   holdDeliveriesForKey(ctx, client, principal, keys);
   return keys;
 }

@@ -5,6 +5,7 @@ import type { Client } from 'aedes';
 import type { KmsClient } from '../../kms-api/client.js';
 import { DEFAULT_MAX_PAYLOAD, type ParsedEnvelope } from '../../protocol/index.js';
 import type { DeviceSessionKeys, RotationLimits, SessionEvent } from '../session-keys.js';
+import { ClaimBudget } from '../claim-budget.js';
 import { DEFAULT_UPLINK_LINGER_SECONDS, UplinkKeys } from '../uplink-keys.js';
 import type { TokenAuthority } from '../token-authority.js';
 import type { Principal, TopicTemplates } from '../topic-policy.js';
@@ -80,6 +81,11 @@ export interface QkeyPluginOptions {
    * reconnect (an MQTT library's, or a QoS 1 resend) continues under them (docs/PROTOCOL.md §9.1).
    */
   uplinkKeyLingerSeconds?: number;
+  /**
+   * Downlink keys one device may claim per minute at this broker (sustained, and the burst): every connection that
+   * receives a command claims one, so this bounds how fast a stolen token can drain a device's downlink pool.
+   */
+  maxDownlinkClaimsPerMinute?: number;
   /** Level of the per-connection log lines (connected, disconnected). */
   connectionLogLevel?: 'info' | 'debug';
   events?: PluginEvents;
@@ -129,6 +135,7 @@ export type PublishCallback = (err: Error | null) => void;
 const MAX_SYNC_DEPTH = 32;
 
 export const DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT = 1000;
+export const DEFAULT_DOWNLINK_CLAIMS_PER_MINUTE = 20;
 
 export class PluginContext {
   readonly states = new Map<Client, ClientState>();
@@ -149,6 +156,7 @@ export class PluginContext {
   readonly maxSubscriptions: number;
   /** The uplink keys this broker holds, per device, across that device's connections. */
   readonly uplinks: UplinkKeys;
+  readonly downlinkBudget: ClaimBudget;
   readonly counters: PluginCounters = {
     uplink: {
       opened: 0,
@@ -180,6 +188,7 @@ export class PluginContext {
     this.parseOptions = o.maxPayload === undefined ? {} : { maxPayload: o.maxPayload };
     this.maxDownlinkPayload = o.maxDownlinkPayload ?? DEFAULT_MAX_PAYLOAD;
     this.maxSubscriptions = o.maxSubscriptionsPerClient ?? DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT;
+    this.downlinkBudget = new ClaimBudget(o.maxDownlinkClaimsPerMinute ?? DEFAULT_DOWNLINK_CLAIMS_PER_MINUTE);
     this.uplinks = new UplinkKeys(o.kms, (o.uplinkKeyLingerSeconds ?? DEFAULT_UPLINK_LINGER_SECONDS) * 1000);
   }
 
