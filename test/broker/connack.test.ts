@@ -312,7 +312,7 @@ const scenarios: Record<string, () => Promise<number>> = {
       const spy = vi.spyOn(KmsClient.prototype, 'encKeys').mockRejectedValueOnce(revoked);
       return withFault(spy, () => raw(connect));
     },
-  'the session is persistent, has commands queued, and the key service cannot be reached for its first downlink key (§9.2)':
+  'the session is persistent, has commands queued, and the key service cannot be reached for its first downlink key, or the device has used up its downlink claims for the minute (`maxDownlinkClaimsPerMinute`) (§9.2)':
     async () => {
       const connect = await queuedSession();
       const spy = vi.spyOn(KmsClient.prototype, 'encKeys').mockRejectedValueOnce(new Error('fetch failed'));
