@@ -63,7 +63,7 @@ describe('loadBrokerConfig', () => {
     [{ logLevel: 'verbose' }, /"logLevel" = "verbose" .* expected one of "fatal", "error", "warn", "info"/],
     // out of range
     [{ revocationPollMs: 0 }, /"revocationPollMs" = 0 .* expected an integer from 100 to 3600000/],
-    [{ maxPayload: -1 }, /"maxPayload" = -1 .* expected an integer from 1 to 268435455/],
+    [{ maxPayload: -1 }, /"maxPayload" = -1 .* expected an integer from 1 to 16777216/],
     [{ mqtt: { port: 70000 } }, /"mqtt.port" = 70000 .* expected an integer from 0 to 65535/],
     [{ rotation: { messages: 0 } }, /"rotation.messages" = 0 .* expected an integer from 1 to/],
     [{ semiSpaceMiB: 2048 }, /"semiSpaceMiB" = 2048 .* expected an integer from 0 to 1024/],
