@@ -61,6 +61,12 @@ export interface QkeyPluginOptions {
   maxDownlinkPayload?: number;
   /** Subscriptions one client may hold at once; SUBACK 0x80 for filters beyond it. */
   maxSubscriptionsPerClient?: number;
+  /**
+   * QoS 1/2 messages one persistent session's queue may hold (waiting or unacknowledged), and their payload bytes;
+   * a new message beyond either is dropped for that client (queue-bound.ts). 0: no maximum. Default 1000, 16 MiB.
+   */
+  maxQueuedMessages?: number;
+  maxQueuedBytes?: number;
   /** Level of the per-connection log lines (connected, disconnected). */
   connectionLogLevel?: 'info' | 'debug';
   events?: PluginEvents;
