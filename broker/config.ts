@@ -79,6 +79,8 @@ export const BROKER_CONFIG_SCHEMA = {
       properties: {
         uplink: { ...topic, default: 'devices/{id}/up/#' },
         downlink: { ...topic, default: 'devices/{id}/down/#' },
+        // A topic name, not a filter: no wildcards [MQTT-4.7.3-2].
+        status: { ...topic, pattern: '^[^+#]*\\{id\\}[^+#]*$', default: 'devices/{id}/status' },
       },
     },
     rotation: {
@@ -106,6 +108,7 @@ export const BROKER_CONFIG_SCHEMA = {
     maxQueuedMessages: count(0, 10_000_000, 1000),
     /** Payload bytes one persistent session's queue holds; a message that would cross it is dropped. 0: no maximum. */
     maxQueuedBytes: count(0, 2 ** 40, 16 * 1024 * 1024),
+    uplinkKeyLingerSeconds: count(0, 86_400, 120),
     /** Level of the per-connection log lines (client connected, client disconnected). */
     connectionLogLevel: { enum: ['info', 'debug'], default: 'info' },
     concurrency: count(1, 1_000_000, 2000),

@@ -224,6 +224,7 @@ export async function startBroker(
     maxSubscriptionsPerClient: config.maxSubscriptionsPerClient,
     maxQueuedMessages: config.maxQueuedMessages,
     maxQueuedBytes: config.maxQueuedBytes,
+    uplinkKeyLingerSeconds: config.uplinkKeyLingerSeconds,
     connectionLogLevel: config.connectionLogLevel,
     log,
     events: {

@@ -3,17 +3,21 @@
 // closes the connection and is counted by reason; a hook failure drops the message the same way.
 import type { Client, PublishPacket } from 'aedes';
 import {
-  type EnvelopeKey,
   isProtocolError,
   openEnvelope,
   type ParsedEnvelope,
   parseEnvelope,
   type ProtocolErrorCode,
-  type ReplayWindow,
 } from '../../protocol/index.js';
-import { UplinkKeyError } from '../session-keys.js';
-import { downlinkOwner, mayPublish } from '../topic-policy.js';
-import type { ClientState, PluginContext, PublishCallback, RejectReason } from './context.js';
+import { type HeldUplinkKey, UplinkKeyError } from '../uplink-keys.js';
+import { deviceFilter, downlinkOwner, mayPublish } from '../topic-policy.js';
+import {
+  type ClientState,
+  DROPPED_PAYLOAD,
+  type PluginContext,
+  type PublishCallback,
+  type RejectReason,
+} from './context.js';
 import { authorizeWill, isWillOf } from './will.js';
 
 const PROTOCOL_REASONS: Partial<Record<ProtocolErrorCode, RejectReason>> = {
@@ -44,8 +48,7 @@ export function authorizePublish(
   if (isWillOf(client, packet)) return authorizeWill(ctx, client, state, packet, callback);
   let verdict: Verdict;
   try {
-    verdict =
-      packet.qos === 2 && packet.dup ? retransmitted(ctx, client, state, packet) : decide(ctx, client, state, packet);
+    verdict = decide(ctx, client, state, packet);
   } catch (err) {
     verdict = failed(ctx, client, state, err);
   }
@@ -78,33 +81,15 @@ function decide(ctx: PluginContext, client: Client, state: ClientState, packet: 
   const keys = state.keys!;
   const ready = keys.readyUplinkKey(parsed.keyIndex);
   if (ready) return openUplink(ctx, client, state, packet, parsed, ready);
-  return keys.uplinkKey(parsed.keyIndex).then(
+  // §9.1: the first envelope naming a key claims it, and is itself the proof that the device used that key.
+  return keys.uplinkKey(parsed.keyIndex, { envelope: payload, topic: packet.topic, direction: 'up' }).then(
     (uplink) => openUplink(ctx, client, state, packet, parsed, uplink),
     (err: unknown) => {
-      if (err instanceof UplinkKeyError) return refuse(ctx, client, state, packet, err.reason, err.message);
+      if (err instanceof UplinkKeyError)
+        return refuse(ctx, client, state, packet, err.reason, err.message, parsed.keyIndex);
       throw err;
     },
   );
-}
-
-/**
- * [MQTT-4.3.3-2] A QoS 2 PUBLISH whose packet identifier still awaits PUBREL (a retransmission, perhaps on a new
- * connection of the session) is answered with PUBREC and not published again: Aedes does that from its incoming
- * store. It is let through unopened: its envelope was opened, and its sequence number used, the first time, so
- * opening it again would refuse it as a replay and close the connection of a client that follows the spec.
- */
-function retransmitted(ctx: PluginContext, client: Client, state: ClientState, packet: PublishPacket): Verdict {
-  if (!mayPublish(state.principal, packet.topic, ctx.topics)) return decide(ctx, client, state, packet);
-  const incoming = (client as unknown as { broker: { persistence: IncomingStore } }).broker.persistence;
-  return incoming.incomingGetPacket(client, packet).then(
-    () => null,
-    () => decide(ctx, client, state, packet),
-  );
-}
-
-interface IncomingStore {
-  /** Resolves with the stored QoS 2 packet of this identifier; rejects when there is none. */
-  incomingGetPacket(client: Client, packet: PublishPacket): Promise<unknown>;
 }
 
 /**
@@ -117,7 +102,7 @@ function checkDownlinkSize(
   state: ClientState,
   packet: PublishPacket,
   length: number,
-): Error | null {
+): Verdict {
   if (length <= ctx.maxDownlinkPayload || downlinkOwner(ctx.topics, packet.topic) === undefined) return null;
   return refuse(ctx, client, state, packet, 'too_large', `${length} > ${ctx.maxDownlinkPayload} bytes`);
 }
@@ -128,8 +113,9 @@ function openUplink(
   state: ClientState,
   packet: PublishPacket,
   parsed: ParsedEnvelope,
-  uplink: { key: EnvelopeKey; replay: ReplayWindow },
-): Error | null {
+  uplink: HeldUplinkKey,
+): Verdict {
+  if (retransmission(packet, parsed, uplink)) return acknowledgeDuplicate(ctx, client, packet);
   let opened;
   try {
     opened = openEnvelope(parsed, {
@@ -141,12 +127,49 @@ function openUplink(
     });
   } catch (err) {
     if (!isProtocolError(err)) throw err;
-    return refuse(ctx, client, state, packet, PROTOCOL_REASONS[err.code] ?? 'forged', err.code);
+    return refuse(ctx, client, state, packet, PROTOCOL_REASONS[err.code] ?? 'forged', err.code, parsed.keyIndex);
   }
   ctx.counters.uplink.opened++;
   ctx.counters.uplinkBytes += (packet.payload as Buffer).length;
   // What is retained, queued and forwarded from here on is the plaintext: applications receive plaintext.
   packet.payload = Buffer.from(opened.payload.buffer, opened.payload.byteOffset, opened.payload.byteLength);
+  return null;
+}
+
+/**
+ * Refuses the message; the connection is then closed (MQTT 3.1.1 has no negative acknowledgement of a PUBLISH).
+ * A device is first told why on its status topic (docs/PROTOCOL.md §9.4), so that it can tell a spent key (begin
+ * a new session) from a fault of its own.
+ */
+/**
+ * [MQTT-4.3.2-1, MQTT-4.3.3-2] A QoS 1 or 2 PUBLISH sent again with DUP set after its acknowledgement was lost
+ * (perhaps on a new connection that continues the held key, docs/PROTOCOL.md §9.1) carries an envelope this key
+ * already accepted, and passed on. Decided by the envelope's own sequence number, never by the packet identifier:
+ * a payload is never let through unopened.
+ */
+function retransmission(packet: PublishPacket, parsed: ParsedEnvelope, uplink: HeldUplinkKey): boolean {
+  return packet.qos > 0 && packet.dup && uplink.replay.seen(parsed.seq);
+}
+
+/** [MQTT-3.4.1] PUBACK (0x40) or [MQTT-3.5.1] PUBREC (0x50): remaining length 2, the packet identifier. */
+function acknowledgement(qos: 1 | 2, messageId: number): Buffer {
+  return Buffer.from([qos === 1 ? 0x40 : 0x50, 0x02, messageId >> 8, messageId & 0xff]);
+}
+
+/**
+ * A retransmission is acknowledged and dropped: not refused (that would close an honest connection whose
+ * acknowledgement was lost), and not passed on again (DUP is an unauthenticated header bit: a replay must not
+ * deliver a message twice). The broker sends the PUBACK or PUBREC itself (the PUBREL that follows a PUBREC is
+ * answered by Aedes with PUBCOMP whether or not it stored the packet); the packet then goes on as QoS 0, not
+ * retained, with the payload DROPPED_PAYLOAD, which the forward hook delivers to no one, so Aedes neither
+ * acknowledges, stores nor delivers it.
+ */
+function acknowledgeDuplicate(ctx: PluginContext, client: Client, packet: PublishPacket): null {
+  client.conn.write(acknowledgement(packet.qos as 1 | 2, packet.messageId!));
+  packet.qos = 0;
+  packet.retain = false;
+  packet.payload = DROPPED_PAYLOAD;
+  ctx.counters.uplink.duplicate++;
   return null;
 }
 
@@ -157,14 +180,48 @@ function refuse(
   packet: PublishPacket,
   reason: RejectReason,
   detail: string,
-): Error {
+  keyIndex?: number,
+): Error | Promise<Error> {
   if (state.principal.role === 'device') ctx.counters.uplink[reason]++;
   ctx.o.events?.rejected?.(reason, client.id, packet.topic);
   ctx.o.log?.warn(
     { client: client.id, role: state.principal.role, topic: packet.topic, reason, detail },
     'publish refused',
   );
-  return new Error(`publish refused (${reason}): ${detail}`);
+  const err = new Error(`publish refused (${reason}): ${detail}`);
+  if (state.principal.role !== 'device') return err;
+  return tellDevice(client, deviceFilter(ctx.topics.status, state.principal.id), {
+    reason,
+    topic: packet.topic,
+    ...(keyIndex !== undefined && { key_index: keyIndex }),
+  }).then(() => err);
+}
+
+/** Longest wait for a status notice to be written before the refused connection is closed anyway. */
+const STATUS_NOTICE_MS = 1000;
+
+/** Publishes a status notice (QoS 0, not retained, plaintext JSON) and resolves once it went out or timed out. */
+function tellDevice(client: Client, topic: string, notice: StatusNotice): Promise<void> {
+  const broker = (client as unknown as { broker: StatusPublisher }).broker;
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, STATUS_NOTICE_MS);
+    const payload = Buffer.from(JSON.stringify(notice));
+    broker.publish({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }, () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+/** docs/PROTOCOL.md §9.4: what the broker tells a device when it refuses one of its messages. */
+export interface StatusNotice {
+  reason: RejectReason;
+  topic: string;
+  key_index?: number;
+}
+
+interface StatusPublisher {
+  publish(packet: PublishPacket, done: (err?: Error) => void): void;
 }
 
 function failed(ctx: PluginContext, client: Client, state: ClientState, err: unknown): Error {
