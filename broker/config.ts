@@ -104,6 +104,10 @@ export const BROKER_CONFIG_SCHEMA = {
     maxDownlinkPayload: count(1, MAX_PAYLOAD_LIMIT, DEFAULT_MAX_PAYLOAD),
     /** Subscriptions one client may hold; SUBACK 0x80 for each filter beyond. */
     maxSubscriptionsPerClient: count(1, 10_000_000, 1000),
+    /** QoS 1/2 messages one persistent session's queue holds (waiting or unacknowledged); newer ones dropped. 0: no maximum. */
+    maxQueuedMessages: count(0, 10_000_000, 1000),
+    /** Payload bytes one persistent session's queue holds; a message that would cross it is dropped. 0: no maximum. */
+    maxQueuedBytes: count(0, 2 ** 40, 16 * 1024 * 1024),
     uplinkKeyLingerSeconds: count(0, 86_400, 120),
     maxDownlinkClaimsPerMinute: count(1, 1_000_000, 20),
     /** Level of the per-connection log lines (client connected, client disconnected). */
@@ -143,6 +147,11 @@ function refine(c: BrokerConfig): string[] {
     problems.push('"mqtt", "tls", "ws" and "wss" are all off: at least one MQTT listener must be on');
   if (c.clientCertificates && !c.tls && !c.wss)
     problems.push('"clientCertificates" needs a tls or wss listener: client certificates come with TLS');
+  const largest = Math.max(c.maxPayload, c.maxDownlinkPayload);
+  if (c.maxQueuedBytes > 0 && c.maxQueuedBytes < largest)
+    problems.push(
+      `"maxQueuedBytes" (${c.maxQueuedBytes}) is below the largest payload (${largest}, maxPayload or maxDownlinkPayload): such a message could never be queued for a persistent session`,
+    );
   return problems;
 }
 

@@ -9,6 +9,7 @@ import { authorizeForward } from './hooks/forward.js';
 import { disconnectSubject, noteEnd, release } from './hooks/lifecycle.js';
 import { authorizePublish } from './hooks/publish.js';
 import { authorizeSubscribe, unsubscribed } from './hooks/subscribe.js';
+import { QueueBound } from './queue-bound.js';
 import { DEFAULT_ROTATION } from './session-keys.js';
 import { DEFAULT_TOPICS, type Principal } from './topic-policy.js';
 
@@ -26,13 +27,26 @@ export type {
 
 export class QkeyPlugin {
   private readonly ctx: PluginContext;
+  /** The bound on each persistent session's queue; /metrics reads its counters. */
+  readonly queues: QueueBound;
 
   constructor(options: QkeyPluginOptions) {
     this.ctx = new PluginContext(options, { topics: DEFAULT_TOPICS, rotation: DEFAULT_ROTATION });
+    const ctx = this.ctx;
+    this.queues = new QueueBound({
+      maxMessages: options.maxQueuedMessages,
+      maxBytes: options.maxQueuedBytes,
+      log: options.log,
+      // A device's delivered copy carries the sealed payload; the queue holds the plaintext.
+      storedPayload: (payload) => ctx.plaintextOf.get(payload) ?? payload,
+    });
     options.tokens.onRevoked((subject) => this.guarded('lifecycle', null, () => disconnectSubject(this.ctx, subject)));
   }
 
-  /** Installs the hooks on an Aedes instance and follows the end of each connection to release its session. */
+  /**
+   * Installs the hooks on an Aedes instance, bounds its persistent sessions' queues, and follows the end of each
+   * connection to release its session.
+   */
   attach(aedes: Aedes): void {
     const ctx = this.ctx;
     aedes.preConnect = (client, packet, cb) => {
@@ -67,6 +81,8 @@ export class QkeyPlugin {
     );
     aedes.on('clientError', (client, err) => noteEnd(ctx, client, `error: ${err?.message}`));
     aedes.on('keepaliveTimeout', (client) => noteEnd(ctx, client, 'keepalive timeout'));
+    // Last: it wraps the persistence and the forward hook installed above.
+    this.queues.attach(aedes);
   }
 
   principalOf(client: Client): Principal | undefined {

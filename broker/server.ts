@@ -159,6 +159,32 @@ function exposePluginCounters(registry: Registry, plugin: QkeyPlugin): void {
       sync(this, 'bytes.down', plugin.counters.downlinkBytes, { direction: 'down' });
     },
   });
+  const queues = plugin.queues;
+  new Counter({
+    name: 'broker_queue_dropped_total',
+    help: 'QoS 1/2 messages dropped for a persistent session whose queue was at its bound, by bound: messages or bytes',
+    labelNames: ['reason'],
+    registers: [registry],
+    collect() {
+      for (const [reason, n] of Object.entries(queues.dropped)) sync(this, `queue.${reason}`, n, { reason });
+    },
+  });
+  new Gauge({
+    name: 'broker_queued_messages',
+    help: "QoS 1/2 messages held in persistent sessions' queues (waiting or unacknowledged)",
+    registers: [registry],
+    collect() {
+      this.set(queues.total.messages);
+    },
+  });
+  new Gauge({
+    name: 'broker_queued_bytes',
+    help: "Payload bytes held in persistent sessions' queues",
+    registers: [registry],
+    collect() {
+      this.set(queues.total.bytes);
+    },
+  });
 }
 
 /** broker_kms_up follows the revocation feed; one log line when the key service goes away, one when it is back. */
@@ -200,6 +226,8 @@ export async function startBroker(
     maxPayload: config.maxPayload,
     maxDownlinkPayload: config.maxDownlinkPayload,
     maxSubscriptionsPerClient: config.maxSubscriptionsPerClient,
+    maxQueuedMessages: config.maxQueuedMessages,
+    maxQueuedBytes: config.maxQueuedBytes,
     uplinkKeyLingerSeconds: config.uplinkKeyLingerSeconds,
     maxDownlinkClaimsPerMinute: config.maxDownlinkClaimsPerMinute,
     connectionLogLevel: config.connectionLogLevel,

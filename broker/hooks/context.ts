@@ -77,6 +77,12 @@ export interface QkeyPluginOptions {
   /** Subscriptions one client may hold at once; SUBACK 0x80 for filters beyond it. */
   maxSubscriptionsPerClient?: number;
   /**
+   * QoS 1/2 messages one persistent session's queue may hold (waiting or unacknowledged), and their payload bytes;
+   * a new message beyond either is dropped for that client (queue-bound.ts). 0: no maximum. Default 1000, 16 MiB.
+   */
+  maxQueuedMessages?: number;
+  maxQueuedBytes?: number;
+  /**
    * Seconds the uplink keys of a device stay held after its last connection to this broker ended, so that a
    * reconnect (an MQTT library's, or a QoS 1 resend) continues under them (docs/PROTOCOL.md §9.1).
    */

@@ -26,6 +26,8 @@ describe('loadBrokerConfig', () => {
     expect(c.tls).toBeNull();
     expect(c.rotation).toEqual({ messages: 10_000, bytes: 16 * 1024 * 1024, seconds: 3600 });
     expect(Object.isFrozen(c.rotation)).toBe(true);
+    // Mosquitto's max_queued_messages default; a byte bound so that large payloads cannot multiply it.
+    expect([c.maxQueuedMessages, c.maxQueuedBytes]).toEqual([1000, 16 * 1024 * 1024]);
   });
 
   it('derives the packet bound from maxPayload unless it is set: the largest sealed PUBLISH', () => {
@@ -70,6 +72,8 @@ describe('loadBrokerConfig', () => {
     [{ maxDownlinkPayload: 0 }, /"maxDownlinkPayload" = 0 .* expected an integer from 1 to 16777216/],
     [{ maxDownlinkPayload: 16 * 1024 * 1024 + 1 }, /"maxDownlinkPayload" = 16777217 .* expected an integer from 1/],
     [{ maxSubscriptionsPerClient: 0 }, /"maxSubscriptionsPerClient" = 0 .* expected an integer from 1/],
+    [{ maxQueuedMessages: -1 }, /"maxQueuedMessages" = -1 .* expected an integer from 0 to 10000000/],
+    [{ maxQueuedBytes: 1.5 }, /"maxQueuedBytes" = 1.5 .* expected an integer from 0/],
     [{ connectionLogLevel: 'trace' }, /"connectionLogLevel" = "trace" .* expected one of "info", "debug"/],
     [{ maxPacketSize: 0 }, /"maxPacketSize" = 0 .* expected an integer from 1/],
     [{ maxPreConnectBytes: 1.5 }, /"maxPreConnectBytes" = 1.5 .* expected an integer from 1/],
@@ -81,6 +85,7 @@ describe('loadBrokerConfig', () => {
     ],
     // across keys
     [{ mqtt: null, tls: null, ws: null, wss: null }, /at least one MQTT listener must be on/],
+    [{ maxQueuedBytes: 1024 }, /"maxQueuedBytes" \(1024\) is below the largest payload \(262144/],
     [
       { tls: { port: 8883, cert: '/nonexistent/cert.pem', key: '/nonexistent/key.pem' } },
       /"tls.cert" = "\/nonexistent\/cert.pem": cannot read that file \(ENOENT\)/,

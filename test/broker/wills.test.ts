@@ -1,15 +1,11 @@
 // Wills per [MQTT-3.1.2-8]: published when the connection ends in any way but a clean DISCONNECT (keepalive expiry,
 // TCP reset, protocol error, revocation, takeover), for applications (plaintext) and devices (sealed by the chip,
 // opened by the broker); the endings Mosquitto also has are compared with Mosquitto run by the test.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SimulatedDevice } from '../../device-sim/simulated-device.js';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
-import { removeDir, tempDir } from '../helpers/kms.js';
+import { type Mosquitto, startMosquitto } from '../helpers/mosquitto.js';
 import { RawMqtt } from '../helpers/raw-mqtt.js';
 import { nextMessage, startTestSystem, type TestSystem } from '../helpers/system.js';
 
@@ -80,34 +76,19 @@ async function willPublished(
 }
 
 describe('Mosquitto, the reference', () => {
-  let mosquitto: ChildProcess | undefined;
+  let mosquitto: Mosquitto;
   let url = '';
-  let dir = '';
   let watcher: MqttClient;
-  const bin = existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : 'mosquitto';
 
   beforeAll(async () => {
-    dir = tempDir('qkey-mosquitto-');
-    const port = await freePort();
-    const conf = join(dir, 'mosquitto.conf');
-    writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\n`);
-    mosquitto = spawn(bin, ['-c', conf], { stdio: 'ignore' });
-    url = `mqtt://127.0.0.1:${port}`;
-    for (let i = 0; ; i++) {
-      try {
-        watcher = await mqtt.connectAsync(url, { reconnectPeriod: 0, connectTimeout: 1000 });
-        break;
-      } catch (err) {
-        if (i > 50) throw err;
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    }
+    mosquitto = await startMosquitto();
+    url = mosquitto.url;
+    watcher = await mqtt.connectAsync(url, { reconnectPeriod: 0 });
     await watcher.subscribeAsync('wills/#', { qos: 1 });
   });
   afterAll(async () => {
     await watcher?.endAsync(true);
-    mosquitto?.kill();
-    removeDir(dir);
+    await mosquitto?.stop();
   });
 
   const expected: Record<Ending, boolean> = {
@@ -368,14 +349,3 @@ describe('QKey broker', () => {
     expect(returnCode).toBe(5);
   });
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
-}

@@ -1,0 +1,319 @@
+// Bounds each persistent session's queue of QoS 1/2 messages (Aedes' outgoing store) by messages and payload bytes,
+// as Mosquitto's max_queued_messages and max_queued_bytes do: beyond the bound a new message for that client is
+// dropped (never an older one), counted, and logged once per burst. Wraps any Aedes persistence.
+import type { Aedes, AedesPublishPacket, Client } from 'aedes';
+
+export interface QueueLimits {
+  /** Entries one client's queue may hold, delivered-but-unacknowledged ones included; 0: no maximum. */
+  maxMessages: number;
+  /** Payload bytes of the messages one client's queue holds; 0: no maximum. */
+  maxBytes: number;
+}
+
+export const DEFAULT_QUEUE_LIMITS: Readonly<QueueLimits> = { maxMessages: 1000, maxBytes: 16 * 1024 * 1024 };
+
+/** Which bound a dropped message would have crossed; a metric label. */
+export type QueueDropReason = 'messages' | 'bytes';
+
+export interface QueueLog {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+}
+
+export interface QueueBoundOptions extends Partial<QueueLimits> {
+  log?: QueueLog;
+  /**
+   * The payload Aedes stored for a packet it hands to outgoingUpdate, when a forward hook replaced the payload of
+   * the delivered copy (the QKey plugin seals it): the bytes released at PUBREC are the stored ones. Default: as is.
+   */
+  storedPayload?: (payload: Buffer) => Buffer;
+}
+
+/** One queue entry as Aedes hands it over: a PUBLISH, or the PUBREL that replaces a QoS 2 PUBLISH at PUBREC. */
+interface QueuedPacket {
+  cmd: string;
+  messageId?: number;
+  brokerId?: string | null;
+  brokerCounter?: number;
+  payload?: Buffer | string;
+}
+
+/** The part of Aedes' persistence interface (aedes-persistence) whose results the bound follows. */
+interface OutgoingStore {
+  outgoingEnqueue(sub: { clientId: string }, packet: QueuedPacket): Promise<unknown>;
+  outgoingEnqueueCombi(subs: Array<{ clientId: string }>, packet: QueuedPacket): Promise<unknown>;
+  outgoingUpdate(client: { id: string }, packet: QueuedPacket): Promise<unknown>;
+  outgoingClearMessageId(client: { id: string }, packet: QueuedPacket): Promise<QueuedPacket | undefined>;
+}
+
+/** Keys of dropped messages remembered per connected client, oldest forgotten first. */
+const RECENT_DROPS = 1024;
+const WRAPPED = Symbol('qkey.queueBound');
+
+/** One client's queue as the bound sees it: what the persistence said it stored and removed. */
+class Ledger {
+  messages = 0;
+  bytes = 0;
+  /** Payload bytes of the entry that carries each packet identifier, released when it turns into a PUBREL. */
+  byMessageId: Map<number, number> | undefined;
+  /** Messages dropped in the current burst; 0 when not dropping. */
+  dropped = 0;
+  /** Messages dropped while the client was connected: their live delivery must not go out (see wasDropped). */
+  recent: Set<string> | undefined;
+}
+
+export class QueueBound {
+  readonly limits: Readonly<QueueLimits>;
+  /** Messages dropped, by the bound they would have crossed; /metrics reads them. */
+  readonly dropped: Record<QueueDropReason, number> = { messages: 0, bytes: 0 };
+  /** Entries and payload bytes held in all clients' queues. */
+  readonly total = { messages: 0, bytes: 0 };
+  private readonly ledgers = new Map<string, Ledger>();
+  private readonly storedPayload: (payload: Buffer) => Buffer;
+  private clients: Record<string, unknown> = {};
+
+  constructor(private readonly o: QueueBoundOptions = {}) {
+    this.limits = {
+      maxMessages: o.maxMessages ?? DEFAULT_QUEUE_LIMITS.maxMessages,
+      maxBytes: o.maxBytes ?? DEFAULT_QUEUE_LIMITS.maxBytes,
+    };
+    this.storedPayload = o.storedPayload ?? ((p) => p);
+  }
+
+  /**
+   * Wraps the instance's persistence (now, or when aedes.listen() sets it) and its authorizeForward, which must
+   * already be installed: a live delivery of a message dropped for that client is not sent.
+   */
+  attach(aedes: Aedes): void {
+    const broker = aedes as unknown as { persistence?: object; clients: Record<string, unknown> };
+    this.clients = broker.clients;
+    if (broker.persistence) broker.persistence = this.wrap(broker.persistence);
+    else {
+      let wrapped: object | undefined;
+      Object.defineProperty(broker, 'persistence', {
+        configurable: true,
+        enumerable: true,
+        get: () => wrapped,
+        set: (p: object | undefined) => (wrapped = p && this.wrap(p)),
+      });
+    }
+    const forward = aedes.authorizeForward;
+    aedes.authorizeForward = (client, packet) =>
+      this.wasDropped(client, packet) ? null : forward.call(aedes, client, packet);
+  }
+
+  /** What one client's queue holds, as the persistence reported it. */
+  queued(clientId: string): { messages: number; bytes: number } {
+    const l = this.ledgers.get(clientId);
+    return { messages: l?.messages ?? 0, bytes: l?.bytes ?? 0 };
+  }
+
+  /** A persistence whose outgoing queue is bounded; every other call goes to `inner` unchanged. */
+  wrap<P extends object>(inner: P): P {
+    if ((inner as { [WRAPPED]?: boolean })[WRAPPED]) return inner;
+    const store = inner as unknown as OutgoingStore;
+    const own: Record<PropertyKey, unknown> = {
+      [WRAPPED]: true,
+      outgoingEnqueue: (sub: { clientId: string }, packet: QueuedPacket) =>
+        this.enqueue(store, [sub], packet, (kept) => store.outgoingEnqueue(kept[0]!, packet)),
+      outgoingEnqueueCombi: (subs: Array<{ clientId: string }>, packet: QueuedPacket) =>
+        this.enqueue(store, subs, packet, (kept) => store.outgoingEnqueueCombi(kept, packet)),
+      outgoingUpdate: (client: { id: string }, packet: QueuedPacket) => this.update(store, client, packet),
+      outgoingClearMessageId: (client: { id: string }, packet: QueuedPacket) => this.clear(store, client, packet),
+    };
+    const bound = new Map<PropertyKey, [unknown, unknown]>();
+    return new Proxy(inner, {
+      get(target, prop) {
+        if (Object.hasOwn(own, prop)) return own[prop];
+        const value: unknown = Reflect.get(target, prop, target);
+        if (typeof value !== 'function') return value;
+        // Methods run on the persistence itself (the memory store keeps its state in private fields).
+        const cached = bound.get(prop);
+        if (cached?.[0] === value) return cached[1];
+        const b = (value as (...a: unknown[]) => unknown).bind(target);
+        bound.set(prop, [value, b]);
+        return b;
+      },
+    });
+  }
+
+  /**
+   * Admits each subscription's copy if its client's queue has room, synchronously (so concurrent publishes cannot
+   * both take the last place), then stores the admitted ones; what the persistence refuses is given back. The
+   * persistence is called even when nothing is admitted: a message must take as many turns here as the one before
+   * it, or it would overtake it, and Aedes drops a message that reaches a client after a later one as a duplicate.
+   */
+  private async enqueue(
+    store: OutgoingStore,
+    subs: Array<{ clientId: string }>,
+    packet: QueuedPacket,
+    put: (kept: Array<{ clientId: string }>) => Promise<unknown>,
+  ): Promise<void> {
+    const bytes = bytesOf(packet.payload);
+    const kept = subs.length === 0 ? subs : this.admit(subs, packet, bytes);
+    if (kept.length === 0) {
+      await store.outgoingEnqueueCombi(kept, packet);
+      return;
+    }
+    try {
+      await put(kept);
+    } catch (err) {
+      for (const s of kept) this.release(s.clientId, 1, bytes);
+      throw err;
+    }
+  }
+
+  /**
+   * A client named k times (overlapping filters: Aedes stores one copy per filter) takes k places, all or none:
+   * a copy stored without its twin would let Aedes' clearing of the twin remove another message.
+   */
+  private admit(subs: Array<{ clientId: string }>, packet: QueuedPacket, bytes: number) {
+    const copies = subs.length > 1 ? countCopies(subs) : undefined;
+    const decided = copies && copies.size < subs.length ? new Map<string, boolean>() : undefined;
+    let kept: Array<{ clientId: string }> | undefined;
+    for (let i = 0; i < subs.length; i++) {
+      const id = subs[i]!.clientId;
+      let fits = decided?.get(id);
+      if (fits === undefined) {
+        fits = this.reserve(id, copies?.get(id) ?? 1, bytes, packet);
+        decided?.set(id, fits);
+      }
+      if (!fits) kept ??= subs.slice(0, i);
+      else kept?.push(subs[i]!);
+    }
+    return kept ?? subs;
+  }
+
+  private reserve(clientId: string, copies: number, bytes: number, packet: QueuedPacket): boolean {
+    const l = this.ledgers.get(clientId);
+    const messages = (l?.messages ?? 0) + copies;
+    const total = (l?.bytes ?? 0) + copies * bytes;
+    const { maxMessages, maxBytes } = this.limits;
+    const over =
+      maxMessages > 0 && messages > maxMessages ? 'messages' : maxBytes > 0 && total > maxBytes ? 'bytes' : undefined;
+    if (over) {
+      this.drop(clientId, l ?? this.ledger(clientId), over, packet);
+      return false;
+    }
+    const ledger = l ?? this.ledger(clientId);
+    ledger.messages = messages;
+    ledger.bytes = total;
+    this.total.messages += copies;
+    this.total.bytes += copies * bytes;
+    if (ledger.dropped > 0 && this.belowHalf(ledger)) this.endBurst(clientId, ledger);
+    return true;
+  }
+
+  /** The first drop of a burst is logged at warn; the rest are counted until the queue is at most half full. */
+  private drop(clientId: string, l: Ledger, reason: QueueDropReason, packet: QueuedPacket): void {
+    this.dropped[reason]++;
+    if (l.dropped++ === 0)
+      this.o.log?.warn(
+        {
+          client: clientId,
+          reason,
+          queued: l.messages,
+          queuedBytes: l.bytes,
+          maxQueuedMessages: this.limits.maxMessages,
+          maxQueuedBytes: this.limits.maxBytes,
+        },
+        'queue full: new messages for this client are dropped',
+      );
+    // Aedes delivers to a connected client after storing: that delivery must not go out (wasDropped).
+    if (this.clients[clientId] === undefined) return;
+    l.recent ??= new Set();
+    l.recent.add(keyOf(packet));
+    if (l.recent.size > RECENT_DROPS) l.recent.delete(l.recent.values().next().value!);
+  }
+
+  private endBurst(clientId: string, l: Ledger): void {
+    this.o.log?.info({ client: clientId, dropped: l.dropped, queued: l.messages }, 'queue accepting again');
+    l.dropped = 0;
+  }
+
+  private belowHalf(l: Ledger): boolean {
+    const { maxMessages, maxBytes } = this.limits;
+    return (maxMessages === 0 || l.messages * 2 <= maxMessages) && (maxBytes === 0 || l.bytes * 2 <= maxBytes);
+  }
+
+  /** A packet identifier assigned to a PUBLISH entry, or the entry turned into a PUBREL (its payload is gone). */
+  private async update(store: OutgoingStore, client: { id: string }, packet: QueuedPacket): Promise<unknown> {
+    const result = await store.outgoingUpdate(client, packet);
+    const l = this.ledgers.get(client.id);
+    if (!l || typeof packet.messageId !== 'number') return result;
+    if (packet.cmd === 'pubrel') {
+      const bytes = l.byMessageId?.get(packet.messageId);
+      if (bytes !== undefined) {
+        l.byMessageId!.delete(packet.messageId);
+        this.release(client.id, 0, bytes);
+      }
+    } else if (packet.cmd === 'publish' && packet.payload !== undefined) {
+      l.byMessageId ??= new Map();
+      const p = packet.payload;
+      l.byMessageId.set(packet.messageId, bytesOf(typeof p === 'string' ? p : this.storedPayload(p)));
+    }
+    return result;
+  }
+
+  /** The entry the persistence removed, if any, leaves the ledger; a message dropped here was never stored. */
+  private async clear(
+    store: OutgoingStore,
+    client: { id: string },
+    packet: QueuedPacket,
+  ): Promise<QueuedPacket | undefined> {
+    // Aedes clears a live delivery it did not send by its key, without a packet identifier: for a message this
+    // bound dropped there is nothing to clear, and the persistence would remove another entry without one.
+    if (packet.messageId === undefined && this.ledgers.get(client.id)?.recent?.has(keyOf(packet))) return undefined;
+    const removed = await store.outgoingClearMessageId(client, packet);
+    if (!removed) return removed;
+    let bytes = 0;
+    if (removed.cmd === 'publish') {
+      bytes = bytesOf(removed.payload);
+      if (typeof removed.messageId === 'number') this.ledgers.get(client.id)?.byMessageId?.delete(removed.messageId);
+    }
+    this.release(client.id, 1, bytes);
+    return removed;
+  }
+
+  private release(clientId: string, messages: number, bytes: number): void {
+    const l = this.ledgers.get(clientId);
+    if (!l) return;
+    const m = Math.min(messages, l.messages);
+    // An empty queue holds no bytes: whatever an identifier collision left over is given back here.
+    const b = l.messages - m === 0 ? l.bytes : Math.min(bytes, l.bytes);
+    l.messages -= m;
+    l.bytes -= b;
+    this.total.messages -= m;
+    this.total.bytes -= b;
+    if (l.dropped > 0 && this.belowHalf(l)) this.endBurst(clientId, l);
+    if (l.messages === 0 && l.dropped === 0) this.ledgers.delete(clientId);
+  }
+
+  /** Whether this live delivery is of a message dropped for this client (so not in its queue). */
+  private wasDropped(client: Client, packet: AedesPublishPacket): boolean {
+    if (client.clean !== false || packet.messageId !== undefined) return false;
+    const recent = this.ledgers.get(client.id)?.recent;
+    return recent !== undefined && recent.has(keyOf(packet as QueuedPacket));
+  }
+
+  private ledger(clientId: string): Ledger {
+    const l = new Ledger();
+    this.ledgers.set(clientId, l);
+    return l;
+  }
+}
+
+/** Aedes identifies a message across its copies by the broker that created it and that broker's counter. */
+function keyOf(packet: QueuedPacket): string {
+  return `${packet.brokerId ?? ''}\n${packet.brokerCounter ?? ''}`;
+}
+
+function bytesOf(payload: Buffer | string | undefined): number {
+  return payload === undefined ? 0 : typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;
+}
+
+function countCopies(subs: Array<{ clientId: string }>): Map<string, number> {
+  const copies = new Map<string, number>();
+  for (const s of subs) copies.set(s.clientId, (copies.get(s.clientId) ?? 0) + 1);
+  return copies;
+}
