@@ -83,6 +83,8 @@ export function etsiRoutes(app: RouteScope, ctx: KmsContext): void {
 
   app.get(`${prefix}/status`, { schema: wire.statusRoute }, async (req) => {
     const device = ctx.store.requireDevice(req.params.SAE_ID);
+    // A revoked device has no keys to report, and a broker asking (a certificate-only CONNECT) must learn it now.
+    if (device.state !== 'active') throw new KmsError('KMS_ERR_DEVICE_REVOKED');
     const pool = ctx.store.pool(device.device_id);
     return {
       source_KME_ID: ctx.config.kmeId,
