@@ -1,0 +1,532 @@
+// Model-based test of the key agreement (issue #14, docs/PROTOCOL.md §9): random sequences of connects, publishes,
+// network and power losses, broker and key-service restarts, intruders with the device's token, replayed and forged
+// envelopes and library reconnects, run against the real chip emulator, brokers and key service. After every step:
+// no key serves two sessions, no (key, seq) repeats, keys are spent only within the bound; at the end of every
+// sequence the honest device's next session is accepted on each broker.
+//
+// QKEY_MODEL_RUNS sets the number of sequences; QKEY_MODEL_SEED and QKEY_MODEL_PATH replay a reported failure.
+import fc from 'fast-check';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { parseEnvelope } from '../../protocol/index.js';
+import {
+  type Connection,
+  type CrashPoint,
+  ModelDevice,
+  PowerLoss,
+  type PublishOutcome,
+} from '../helpers/model-device.js';
+import { type BrokerName, BROKERS, ModelWorld } from '../helpers/model-world.js';
+
+const RUNS = Number(process.env.QKEY_MODEL_RUNS ?? 300);
+const MAX_COMMANDS = Number(process.env.QKEY_MODEL_MAX_COMMANDS ?? 12);
+/** Uplink keys one sequence can take: two per step (a refusal and the new session after it), two probes. */
+const KEYS_PER_SEQUENCE = 2 * MAX_COMMANDS + 2;
+const UP_KEYS = 4 * KEYS_PER_SEQUENCE;
+const DOWN_KEYS = 4 * KEYS_PER_SEQUENCE;
+
+/** The documented bound (docs/PROTOCOL.md §9): what one broker session may claim. */
+const LEGACY = process.env.QKEY_MODEL_LEGACY === '1';
+const BOUND = {
+  /** Uplink keys per broker session: the key of its first envelope, plus rotations (none in these sequences). */
+  uplinkPerSession: LEGACY ? 2 : 1,
+  /** Downlink keys per broker session that carried a command (plus a prefetch near rotation, not reached here). */
+  downlinkPerSession: LEGACY ? 2 : 1,
+  /** Uplink keys are claimed only once the device used them. */
+  claimOnUse: !LEGACY,
+};
+
+interface Model {
+  steps: number;
+}
+
+interface Real {
+  world: ModelWorld;
+  device: ModelDevice;
+  /** What happened so far, printed with a failure. */
+  trace: string[];
+}
+
+type Cmd = fc.AsyncCommand<Model, Real>;
+
+let world: ModelWorld;
+let runs = 0;
+let devices = 0;
+let current: ModelDevice | undefined;
+const served = new WeakMap<ModelDevice, number>();
+
+/**
+ * A device serves sequences until its pool runs low or a sequence fails: a fill costs more than a whole sequence,
+ * and a device that has passed sequences (every connection closed, the chip reset in between) is a long-lived
+ * device, not a weaker starting point. QKEY_MODEL_FRESH=1 gives every sequence a new device.
+ */
+async function deviceForNextSequence(): Promise<ModelDevice> {
+  if (current && (process.env.QKEY_MODEL_FRESH === '1' || current.chip.status().uplinkKeys < KEYS_PER_SEQUENCE))
+    await retire(current);
+  if (current) {
+    await current.reset();
+    return current;
+  }
+  current = await ModelDevice.create(world, `model-${devices++}`, UP_KEYS, DOWN_KEYS);
+  served.set(current, 0);
+  return current;
+}
+
+async function retire(d: ModelDevice): Promise<void> {
+  if (current === d) current = undefined;
+  await d.close();
+}
+const timings: number[][] = [];
+beforeAll(async () => {
+  world = await ModelWorld.start();
+});
+afterAll(async () => {
+  if (current) await retire(current);
+  await world?.stop();
+});
+
+// --- the honest device ------------------------------------------------------------------------------------------
+
+/**
+ * The firmware's publish: on its connection if it has one (else a new connection, new chip session); on a refusal
+ * it reconnects with a new chip session and reseals, and that must be accepted. A refusal itself is allowed only
+ * on a library reconnect whose key another broker (or an earlier run of this one) already holds.
+ */
+async function publishHonestly(r: Real, broker: BrokerName, qos: 0 | 1): Promise<string> {
+  const d = r.device;
+  let c = d.current?.client.connected ? d.current : undefined;
+  const notes: string[] = [];
+  if (!c) {
+    c = await d.connectHonest(broker);
+    notes.push(`connected to ${broker}`);
+  }
+  const heldBefore = holderOf(r, d.chip.status().session?.keyIndex ?? undefined);
+  const first = await d.publish(c, qos);
+  if (first.kind === 'accepted') return [...notes, `accepted on ${c.kind} ${c.broker}`].join(', ');
+  notes.push(`${c.kind} connection on ${c.broker}: ${describe(first)}`);
+  await r.world.settle(d.peers());
+  d.prune();
+  const retry = await d.connectHonest(c.broker);
+  const second = await d.publish(retry, qos);
+  if (second.kind !== 'accepted')
+    throw new Error(
+      `the honest device's new session was ${describe(second)} on ${retry.broker} after ${notes.join(', ')}`,
+    );
+  // A refusal is allowed only on a library reconnect whose session key is held elsewhere (another broker, or an
+  // earlier run of this one): the firmware's own new session, and a reconnect to the broker that holds the key,
+  // must be accepted (docs/PROTOCOL.md §9).
+  if (first.kind === 'refused' && !(c.kind === 'resumed' && heldBefore && !sameBroker(heldBefore, c, r)))
+    throw new Error(`a ${c.kind} session was refused: ${notes.join(', ')}`);
+  return [...notes, `new session accepted on ${retry.broker}`].join(', ');
+}
+
+function describe(o: PublishOutcome): string {
+  return o.kind === 'refused' && o.status ? `refused (${o.status})` : o.kind;
+}
+
+/** Where the key `index` was first accepted (broker and its run), if anywhere. */
+function holderOf(r: Real, index: number | undefined) {
+  if (index === undefined) return undefined;
+  return r.world.accepted.find((a) => a.deviceId === r.device.deviceId && a.keyIndex === index);
+}
+
+function sameBroker(h: { broker: BrokerName; generation: number }, c: Connection, r: Real): boolean {
+  return h.broker === c.broker && h.generation === r.world.generation(c.broker);
+}
+
+/** Ends with the device reset if a power loss was armed and hit; returns what happened. */
+async function withPowerLoss(r: Real, f: () => Promise<string>): Promise<string> {
+  try {
+    return await f();
+  } catch (err) {
+    if (err instanceof PowerLoss) return err.message;
+    throw err;
+  } finally {
+    r.device.disarm();
+  }
+}
+
+// --- commands ---------------------------------------------------------------------------------------------------
+
+abstract class Step implements Cmd {
+  check(): boolean {
+    return true;
+  }
+  async run(m: Model, r: Real): Promise<void> {
+    m.steps++;
+    const what = await this.act(r);
+    r.trace.push(`${this.toString()}: ${what}`);
+    await r.world.settle(r.device.peers());
+    r.device.prune();
+    checkInvariants(r);
+  }
+  abstract act(r: Real): Promise<string>;
+  abstract toString(): string;
+}
+
+class Connect extends Step {
+  constructor(readonly broker: BrokerName) {
+    super();
+  }
+  act(r: Real) {
+    return withPowerLoss(r, async () => (await r.device.connectHonest(this.broker), 'connected'));
+  }
+  toString() {
+    return `Connect(${this.broker})`;
+  }
+}
+
+class Publish extends Step {
+  constructor(
+    readonly broker: BrokerName,
+    readonly qos: 0 | 1,
+  ) {
+    super();
+  }
+  act(r: Real) {
+    return publishHonestly(r, this.broker, this.qos);
+  }
+  toString() {
+    return `Publish(${this.broker}, qos ${this.qos})`;
+  }
+}
+
+/** A power loss at a chip crash point during the firmware's next publish, or while idle. */
+class ChipPowerLoss extends Step {
+  constructor(
+    readonly point: CrashPoint | 'idle',
+    readonly broker: BrokerName,
+  ) {
+    super();
+  }
+  act(r: Real) {
+    if (this.point === 'idle') {
+      r.device.powerLoss();
+      return Promise.resolve('reset');
+    }
+    r.device.arm(this.point);
+    return withPowerLoss(r, () => publishHonestly(r, this.broker, 1));
+  }
+  toString() {
+    return `ChipPowerLoss(${this.point}, ${this.broker})`;
+  }
+}
+
+class Disconnect extends Step {
+  async act(r: Real) {
+    const c = r.device.current;
+    if (!c?.client.connected) return 'not connected';
+    await c.client.endAsync(false);
+    return `disconnected from ${c.broker}`;
+  }
+  toString() {
+    return 'Disconnect';
+  }
+}
+
+/** The network goes away after CONNACK: the socket dies, no DISCONNECT. */
+class NetworkLoss extends Step {
+  act(r: Real) {
+    const c = r.device.current;
+    if (!c?.client.connected) return Promise.resolve('not connected');
+    c.socket.destroy();
+    return Promise.resolve(`lost ${c.broker}`);
+  }
+  toString() {
+    return 'NetworkLoss';
+  }
+}
+
+/** The network goes away while the broker is authenticating the CONNECT (before CONNACK). */
+class LossBeforeConnack extends Step {
+  constructor(
+    readonly broker: BrokerName,
+    readonly newSession: boolean,
+  ) {
+    super();
+  }
+  act(r: Real) {
+    return withPowerLoss(r, async () => {
+      await r.device.connectLostBeforeConnack(this.broker, this.newSession);
+      return 'lost';
+    });
+  }
+  toString() {
+    return `LossBeforeConnack(${this.broker}, ${this.newSession ? 'new session' : 'no new session'})`;
+  }
+}
+
+/** The MQTT library reconnects by itself after a network loss: the chip's session goes on. */
+class LibraryReconnect extends Step {
+  constructor(readonly broker: BrokerName) {
+    super();
+  }
+  async act(r: Real) {
+    if (!r.device.hasChipSession) return 'no chip session';
+    r.device.current?.socket.destroy();
+    await r.world.settle(r.device.peers());
+    await r.device.reconnectResumed(this.broker);
+    return 'reconnected';
+  }
+  toString() {
+    return `LibraryReconnect(${this.broker})`;
+  }
+}
+
+class BrokerCrash extends Step {
+  constructor(readonly broker: BrokerName) {
+    super();
+  }
+  async act(r: Real) {
+    await r.world.restartBroker(this.broker);
+    return 'restarted';
+  }
+  toString() {
+    return `BrokerCrash(${this.broker})`;
+  }
+}
+
+class KmsRestart extends Step {
+  async act(r: Real) {
+    await r.world.restartKms();
+    return 'restarted';
+  }
+  toString() {
+    return 'KmsRestart';
+  }
+}
+
+/** The application sends a command to the device on its current connection. */
+class Command extends Step {
+  async act(r: Real) {
+    const c = r.device.current;
+    if (!c?.client.connected) return 'not connected';
+    return `command ${await r.device.command(c)} on ${c.broker}`;
+  }
+  toString() {
+    return 'Command';
+  }
+}
+
+type IntruderAct = 'stay' | 'leave' | 'replay' | 'forge-random' | 'forge-future';
+
+/** Someone else connects with the device's token (taking over its connection on that broker) and acts. */
+class Intruder extends Step {
+  constructor(
+    readonly broker: BrokerName,
+    readonly what: IntruderAct,
+    readonly pick: number,
+  ) {
+    super();
+  }
+  async act(r: Real) {
+    const d = r.device;
+    const c = await d.connectIntruder(this.broker);
+    const topic = `devices/${d.deviceId}/up/m`;
+    switch (this.what) {
+      case 'stay':
+        return 'connected';
+      case 'leave':
+        await c.client.endAsync(false);
+        return 'left';
+      case 'replay': {
+        if (d.sent.length === 0) return 'nothing to replay';
+        const s = d.sent[this.pick % d.sent.length]!;
+        const h = parseEnvelope(s.envelope);
+        const outcome = await d.inject(c, s.topic, s.envelope, 1);
+        return `replayed key ${h.keyIndex} seq ${h.seq}: ${outcome}`;
+      }
+      case 'forge-random': {
+        const outcome = await d.inject(c, topic, ModelDevice.forged(this.pick, this.pick * 7, 16).subarray(2), 0);
+        if (outcome !== 'refused') throw new Error('random bytes were accepted as an envelope');
+        return outcome;
+      }
+      case 'forge-future': {
+        const index = d.nextUplinkIndex + (this.pick % 3);
+        const outcome = await d.inject(c, topic, ModelDevice.forged(index, this.pick, 16), 1);
+        if (outcome !== 'refused') throw new Error(`a forged envelope naming key ${index} was accepted`);
+        return `forged key ${index}: ${outcome}`;
+      }
+    }
+  }
+  toString() {
+    return `Intruder(${this.broker}, ${this.what}, ${this.pick})`;
+  }
+}
+
+// --- checks -----------------------------------------------------------------------------------------------------
+
+/** What the checks have read so far of one device's records (they only grow), so each step reads only news. */
+interface Ledger {
+  acceptedRead: number;
+  accepted: Set<string>;
+  auditRead: number;
+  claimedBy: Map<number, string | null>;
+  perSession: Map<string, { up: number; down: number }>;
+}
+const ledgers = new WeakMap<ModelDevice, Ledger>();
+
+/** After every step: no key serves two sessions, no (key, seq) pair repeats, keys spent only within the bound. */
+function checkInvariants(r: Real): void {
+  const d = r.device;
+  const where = () => `\n  after: ${r.trace.join('\n         ')}`;
+  let l = ledgers.get(d);
+  if (!l) {
+    l = { acceptedRead: 0, accepted: new Set(), auditRead: 0, claimedBy: new Map(), perSession: new Map() };
+    ledgers.set(d, l);
+  }
+  // No (direction, key, seq) accepted twice, and only what the chip sealed.
+  const accepted = r.world.accepted;
+  for (; l.acceptedRead < accepted.length; l.acceptedRead++) {
+    const a = accepted[l.acceptedRead]!;
+    if (a.deviceId !== d.deviceId) continue;
+    const id = `${a.direction}/${a.keyIndex}/${a.seq}`;
+    if (l.accepted.has(id)) throw new Error(`(${id}) was accepted twice${where()}`);
+    l.accepted.add(id);
+    if (!d.sealed.has(id)) throw new Error(`(${id}) was accepted but the chip never sealed it${where()}`);
+  }
+  // Key service side: every key claimed once, by one session; uplink keys only once the device used them.
+  const { claims, last } = r.world.claimsSince(d.deviceId, l.auditRead);
+  l.auditRead = last;
+  for (const c of claims) {
+    for (const i of c.keyIndices) {
+      if (l.claimedBy.has(i)) throw new Error(`key ${i} was claimed twice${where()}`);
+      l.claimedBy.set(i, c.session);
+      if (BOUND.claimOnUse && c.kind === 'dec' && !d.sealedKeys.has(i))
+        throw new Error(`uplink key ${i} was claimed before the device used it${where()}`);
+    }
+    const session = `${c.actor}/${c.session}`;
+    const n = l.perSession.get(session) ?? { up: 0, down: 0 };
+    if (c.kind === 'dec') n.up += c.keyIndices.length;
+    else n.down += c.keyIndices.length;
+    l.perSession.set(session, n);
+    if (n.up > BOUND.uplinkPerSession)
+      throw new Error(`broker session ${session} claimed ${n.up} uplink keys${where()}`);
+    if (n.down > BOUND.downlinkPerSession)
+      throw new Error(`broker session ${session} claimed ${n.down} downlink keys${where()}`);
+  }
+  const downSessions = [...l.perSession.values()].filter((n) => n.down > 0).length;
+  if (BOUND.claimOnUse && downSessions > d.commanded.size)
+    throw new Error(
+      `${downSessions} broker sessions claimed downlink keys; ${d.commanded.size} connections had commands${where()}`,
+    );
+}
+
+/** The honest device's next session must be accepted (on the broker the sequence names). */
+async function probe(r: Real, brokers: readonly BrokerName[]): Promise<void> {
+  const d = r.device;
+  for (const broker of brokers) {
+    const c = await d.connectHonest(broker);
+    const outcome = await d.publish(c, 1);
+    r.trace.push(`probe ${broker}: ${outcome.kind}`);
+    if (outcome.kind !== 'accepted') {
+      throw new Error(
+        `the honest device's next session on ${broker} was ${describe(outcome)}\n  after: ${r.trace.join('\n         ')}`,
+      );
+    }
+    await r.world.settle(d.peers());
+    d.prune();
+    checkInvariants(r);
+  }
+}
+
+// --- the property -----------------------------------------------------------------------------------------------
+
+const broker = fc.constantFrom<BrokerName>(...BROKERS);
+/** QKEY_MODEL_ONLY=Connect,Publish,... narrows the steps drawn (to study one interaction). */
+const only = process.env.QKEY_MODEL_ONLY?.split(',');
+/** Each step with its weight: restarts cost ~100-250 ms each, so they are drawn less often than the rest. */
+const steps: Record<string, { weight: number; arbitrary: fc.Arbitrary<Cmd> }> = {
+  Connect: { weight: 2, arbitrary: broker.map((b) => new Connect(b)) },
+  Publish: {
+    weight: 4,
+    arbitrary: fc.tuple(broker, fc.constantFrom<0 | 1>(0, 1)).map(([b, q]) => new Publish(b, q)),
+  },
+  ChipPowerLoss: {
+    weight: 2,
+    arbitrary: fc
+      .tuple(fc.constantFrom<CrashPoint | 'idle'>('idle', 'after-take-key', 'after-reserve'), broker)
+      .map(([p, b]) => new ChipPowerLoss(p, b)),
+  },
+  Disconnect: { weight: 1, arbitrary: fc.constant(new Disconnect()) },
+  NetworkLoss: { weight: 2, arbitrary: fc.constant(new NetworkLoss()) },
+  LossBeforeConnack: {
+    weight: 2,
+    arbitrary: fc.tuple(broker, fc.boolean()).map(([b, s]) => new LossBeforeConnack(b, s)),
+  },
+  LibraryReconnect: { weight: 3, arbitrary: broker.map((b) => new LibraryReconnect(b)) },
+  BrokerCrash: { weight: 1, arbitrary: broker.map((b) => new BrokerCrash(b)) },
+  KmsRestart: { weight: 1, arbitrary: fc.constant(new KmsRestart()) },
+  Command: { weight: 2, arbitrary: fc.constant(new Command()) },
+  Intruder: {
+    weight: 3,
+    arbitrary: fc
+      .tuple(
+        broker,
+        fc.constantFrom<IntruderAct>('stay', 'leave', 'replay', 'forge-random', 'forge-future'),
+        fc.nat(1000),
+      )
+      .map(([b, w, p]) => new Intruder(b, w, p)),
+  },
+};
+const commands = fc.commands(
+  [
+    fc.oneof(
+      ...Object.entries(steps)
+        .filter(([name]) => !only || only.includes(name))
+        .map(([, s]) => s),
+    ),
+  ],
+  { maxCommands: MAX_COMMANDS },
+);
+
+function replayParameters(): fc.Parameters<[Iterable<Cmd>, BrokerName]> {
+  const seed = process.env.QKEY_MODEL_SEED;
+  const path = process.env.QKEY_MODEL_PATH;
+  return {
+    numRuns: RUNS,
+    ...(seed !== undefined && { seed: Number(seed) }),
+    ...(path !== undefined && { path }),
+  };
+}
+
+it(
+  `keeps the key agreement under ${RUNS} random sequences of faults and attacks`,
+  async () => {
+    const started = Date.now();
+    await fc.assert(
+      fc.asyncProperty(commands, broker, async (cmds, probeOn) => {
+        const t0 = performance.now();
+        const device = await deviceForNextSequence();
+        const real: Real = { world, device, trace: [] };
+        const t1 = performance.now();
+        let passed = false;
+        try {
+          await fc.asyncModelRun(async () => ({ model: { steps: 0 }, real }), cmds);
+          const t2 = performance.now();
+          await probe(real, [probeOn]);
+          const t3 = performance.now();
+          if (process.env.QKEY_MODEL_DEBUG) timings.push([t1 - t0, t2 - t1, t3 - t2, real.trace.length]);
+          passed = true;
+        } catch (err) {
+          if (err instanceof Error && served.get(device) !== 0)
+            err.message += `\n  (device ${device.deviceId} had passed ${served.get(device)} earlier sequences; QKEY_MODEL_FRESH=1 gives each sequence a new device)`;
+          throw err;
+        } finally {
+          runs++;
+          served.set(device, (served.get(device) ?? 0) + 1);
+          // A device that failed is never reused: the sequences fast-check tries while shrinking start clean.
+          if (!passed) await retire(device);
+        }
+      }),
+      replayParameters(),
+    );
+    if (process.env.QKEY_MODEL_DEBUG) {
+      const sum = (i: number) => timings.reduce((a, t) => a + (t[i] ?? 0), 0).toFixed(0);
+      console.log(`devices ${sum(0)} ms, steps ${sum(1)} ms (${sum(3)} steps), probes ${sum(2)} ms`);
+    }
+    // One line for the CI log: how many sequences, how long.
+    console.log(`key-agreement model: ${runs} sequences in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    expect(runs).toBeGreaterThanOrEqual(RUNS);
+  },
+  (RUNS * 2 + 60) * 1000,
+);

@@ -1,0 +1,441 @@
+// One device of the key-agreement model test: its chip file (filled by the real filling machine), the honest
+// firmware's connections, and what an attacker holding its token does. Records what the chip took and sealed.
+import { randomBytes } from 'node:crypto';
+import type { Socket } from 'node:net';
+import mqtt, { type MqttClient } from 'mqtt';
+import { ChipError } from '../../hsm-emulator/chip-errors.js';
+import { SecurityChip } from '../../hsm-emulator/chip.js';
+import { FillingMachine } from '../../hsm-emulator/filling-machine.js';
+import { Qrng } from '../../hsm-emulator/qrng.js';
+import { encodeHeader, parseEnvelope, SUITE_SM4_GCM, TAG_LENGTH } from '../../protocol/index.js';
+import { FAST_KDF, TEST_PIN } from './chip.js';
+import { removeDir } from './kms.js';
+import { type BrokerName, fastTempDir, type ModelWorld } from './model-world.js';
+import { RawMqtt } from './raw-mqtt.js';
+import { join } from 'node:path';
+
+export type CrashPoint = 'after-reserve' | 'after-take-key';
+
+/** A power loss the test injects at a chip crash point. */
+class PowerLoss extends Error {
+  constructor(readonly point: CrashPoint) {
+    super(`power loss at ${point}`);
+  }
+}
+
+export type ConnectionKind =
+  /** The firmware's connection, with a chip session begun for it. */
+  | 'honest'
+  /** The MQTT library reconnected by itself: the chip's session goes on (no beginSession). */
+  | 'resumed'
+  /** Someone else with the device's token (stolen, or a second instance of the firmware). */
+  | 'intruder';
+
+export interface Connection {
+  kind: ConnectionKind;
+  broker: BrokerName;
+  client: MqttClient;
+  socket: Socket;
+  /** The chip session (the device's count of beginSession calls) the connection was made in. */
+  chipSession: number;
+  /** Uplink key indices of the envelopes the broker accepted on this connection. */
+  acceptedKeys: Set<number>;
+  commands: number;
+}
+
+export type PublishOutcome =
+  | { kind: 'accepted' }
+  /** The broker closed the connection instead; the reason is its status message, when it sent one. */
+  | { kind: 'refused'; status: string | undefined }
+  /** The connection was gone before the message was sent. */
+  | { kind: 'not-connected' };
+
+/** How long to wait for an outcome that must come (a message, a close): a hang becomes a failure, not a timing. */
+export const WAIT_MS = 10_000;
+
+const qrng = new Qrng();
+
+export class ModelDevice {
+  chip: SecurityChip;
+  token = '';
+  /** beginSession calls so far (the chip's sessions as the harness counts them). */
+  session = 0;
+  /** The firmware's own connection, if it has one. */
+  current: Connection | undefined;
+  readonly connections: Connection[] = [];
+  /** Key index -> the chip session that took it. */
+  readonly takenBy = new Map<number, number>();
+  /** (direction, key index, seq) of every envelope the chip sealed. */
+  readonly sealed = new Set<string>();
+  /** Key indices the chip sealed under. */
+  readonly sealedKeys = new Set<number>();
+  /** Envelopes the device sent, for replays. */
+  readonly sent: Array<{ topic: string; envelope: Buffer }> = [];
+  /** Status messages (devices/{id}/status) the application saw, in order. */
+  readonly statuses: string[] = [];
+  /** Uplink key indices filled into the chip, lowest first. */
+  readonly uplinkIndices: number[] = [];
+  private lastTaken = -1;
+  private armed: CrashPoint | undefined;
+  private messages = 0;
+  private readonly stopListening: () => void;
+  private readonly arrived = new Set<string>();
+  private readonly waiters = new Map<string, () => void>();
+  private readonly commandWaiters = new Map<string, (err?: Error) => void>();
+  /** Connections that received at least one command (the only ones allowed a downlink key). */
+  readonly commanded = new Set<Connection>();
+
+  private constructor(
+    readonly world: ModelWorld,
+    readonly deviceId: string,
+    readonly dir: string,
+    readonly path: string,
+    chip: SecurityChip,
+  ) {
+    this.chip = chip;
+    this.stopListening = world.onAppMessage((topic, payload) => {
+      if (topic === `devices/${deviceId}/status`) this.statuses.push(payload.toString());
+      if (!topic.startsWith(`devices/${deviceId}/up/`)) return;
+      const text = payload.toString();
+      this.arrived.add(text);
+      this.waiters.get(text)?.();
+    });
+  }
+
+  /** A new device with a chip filled through the real filling machine (key service first, then the chip). */
+  static async create(world: ModelWorld, deviceId: string, up: number, down: number): Promise<ModelDevice> {
+    const dir = fastTempDir('qkey-model-chip-');
+    const path = join(dir, `${deviceId}.chip`);
+    const options = { crashPoint: (p: CrashPoint) => d.crashPoint(p) };
+    const chip = SecurityChip.create(path, { deviceId, pin: TEST_PIN, kdfIterations: FAST_KDF }, options);
+    const d: ModelDevice = new ModelDevice(world, deviceId, dir, path, chip);
+    const first = chip.status().nextKeyIndex;
+    await new FillingMachine(qrng, world.kms.admin).fill(chip, { up, down });
+    for (let i = 0; i < up; i++) d.uplinkIndices.push(first + i);
+    await d.login();
+    return d;
+  }
+
+  /** Logs in with the chip's login key (challenge-response); the token is reused across connections. */
+  async login(): Promise<void> {
+    const { challenge } = await this.world.kms.anon.challenge(this.deviceId);
+    const mac = Buffer.from(this.chip.loginProof(Buffer.from(challenge, 'base64'))).toString('base64');
+    this.token = (await this.world.kms.anon.deviceToken(this.deviceId, challenge, mac)).access_token;
+  }
+
+  get hasChipSession(): boolean {
+    return this.chip.status().session !== null;
+  }
+
+  /** The lowest uplink index the chip has not taken yet (what a forger would aim at). */
+  get nextUplinkIndex(): number {
+    return this.uplinkIndices.find((i) => i > this.lastTaken) ?? this.lastTaken + 1;
+  }
+
+  /** Arms a power loss at the chip's next crash point `point`. */
+  arm(point: CrashPoint): void {
+    this.armed = point;
+  }
+
+  disarm(): void {
+    this.armed = undefined;
+  }
+
+  /**
+   * Power loss: the device resets. Its connections die without DISCONNECT, the chip forgets its session, and the
+   * firmware reopens the chip file.
+   */
+  powerLoss(): void {
+    for (const c of this.connections) if (c.kind !== 'intruder') c.socket.destroy();
+    this.current = undefined;
+    this.armed = undefined;
+    const options = { crashPoint: (p: CrashPoint) => this.crashPoint(p) };
+    this.chip = SecurityChip.open(this.path, TEST_PIN, options);
+  }
+
+  /** The firmware's connect: a new chip session for every new connection (docs/PROTOCOL.md §9). */
+  async connectHonest(broker: BrokerName): Promise<Connection> {
+    this.beginSession();
+    const c = await this.open('honest', broker);
+    this.current = c;
+    return c;
+  }
+
+  /** An MQTT library's automatic reconnect: a new connection on which the chip's session simply goes on. */
+  async reconnectResumed(broker: BrokerName): Promise<Connection> {
+    const c = await this.open('resumed', broker);
+    this.current = c;
+    return c;
+  }
+
+  /** A CONNECT with the device's token whose network goes away while the broker is authenticating it. */
+  async connectLostBeforeConnack(broker: BrokerName, newSession: boolean): Promise<void> {
+    if (newSession) this.beginSession();
+    const raw = await RawMqtt.open(this.world.url(broker));
+    const started = this.world.nextAuthentication(broker);
+    raw.send({
+      cmd: 'connect',
+      protocolId: 'MQTT',
+      protocolVersion: 4,
+      clean: true,
+      keepalive: 30,
+      clientId: this.deviceId,
+      username: this.deviceId,
+      password: Buffer.from(this.token),
+    });
+    await started;
+    raw.destroy();
+    await raw.closed;
+  }
+
+  /** Connects as an intruder with the device's token (the broker hands it the device's client id). */
+  async connectIntruder(broker: BrokerName): Promise<Connection> {
+    return this.open('intruder', broker);
+  }
+
+  /** Seals one new message in the current chip session (the crash points of the chip apply). */
+  seal(topic: string): { text: string; envelope: Buffer } {
+    const text = `${this.deviceId}/m${this.messages++}`;
+    const envelope = Buffer.from(this.chipCall(() => this.chip.sealUplink(Buffer.from(text), topic)));
+    const h = parseEnvelope(envelope);
+    const id = `up/${h.keyIndex}/${h.seq}`;
+    if (this.sealed.has(id)) throw new Error(`the chip sealed (up, key ${h.keyIndex}, seq ${h.seq}) twice`);
+    this.sealed.add(id);
+    this.sealedKeys.add(h.keyIndex);
+    this.noteTaken();
+    return { text, envelope };
+  }
+
+  /**
+   * Publishes one sealed message on connection `c` and tells whether the application received it or the broker
+   * closed the connection instead.
+   */
+  async publish(c: Connection, qos: 0 | 1): Promise<PublishOutcome> {
+    if (!c.client.connected) return { kind: 'not-connected' };
+    const topic = `devices/${this.deviceId}/up/m`;
+    const { text, envelope } = this.seal(topic);
+    this.sent.push({ topic, envelope });
+    const statusesBefore = this.statuses.length;
+    const outcome = await this.race(text, c, () => c.client.publish(topic, envelope, { qos }));
+    if (outcome === 'accepted') {
+      c.acceptedKeys.add(parseEnvelope(envelope).keyIndex);
+      return { kind: 'accepted' };
+    }
+    return { kind: 'refused', status: this.statuses.slice(statusesBefore).join(' ') || undefined };
+  }
+
+  /**
+   * The application sends a command to the device on the broker of connection `c`; resolves with what the chip
+   * opened, or undefined if the connection closed first.
+   */
+  async command(c: Connection): Promise<'opened' | 'closed'> {
+    const text = `${this.deviceId}/c${this.messages++}`;
+    const outcome = await new Promise<'opened' | 'closed'>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`command ${text} never reached the device`)), WAIT_MS);
+      const done = (v: 'opened' | 'closed') => {
+        clearTimeout(timer);
+        this.commandWaiters.delete(text);
+        c.client.off('close', onClose);
+        resolve(v);
+      };
+      const onClose = () => done('closed');
+      this.commandWaiters.set(text, (err) => (err ? (clearTimeout(timer), reject(err)) : done('opened')));
+      c.client.once('close', onClose);
+      this.world.command(c.broker, `devices/${this.deviceId}/down/c`, Buffer.from(text)).catch(reject);
+    });
+    if (outcome === 'opened') {
+      c.commands++;
+      this.commanded.add(c);
+    }
+    return outcome;
+  }
+
+  /** A command arrived: the chip opens it (a replay or a key it does not hold is an error of the system). */
+  private received(topic: string, payload: Buffer): void {
+    let text: string;
+    try {
+      text = Buffer.from(this.chip.openDownlink(payload, topic)).toString();
+    } catch (err) {
+      for (const w of this.commandWaiters.values()) w(new Error(`the chip could not open a command: ${String(err)}`));
+      return;
+    }
+    this.commandWaiters.get(text)?.();
+  }
+
+  /** Sends bytes someone else made as a publish on connection `c`; resolves with what became of them. */
+  async inject(c: Connection, topic: string, payload: Buffer, qos: 0 | 1): Promise<'accepted' | 'refused'> {
+    const before = this.world.accepted.length;
+    c.client.publish(topic, payload, { qos });
+    // Refused: the broker closes the connection. Accepted: a PING round trip later the broker has passed it on.
+    const closed = this.closedPromise(c);
+    const pinged = this.pingPromise(c);
+    const which = await Promise.race([closed.then(() => 'closed' as const), pinged.then(() => 'pinged' as const)]);
+    if (which === 'closed') return 'refused';
+    await this.world.settle(this.peers());
+    if (!c.client.connected) return 'refused';
+    return this.world.accepted.length > before ? 'accepted' : 'refused';
+  }
+
+  /** An envelope with a well-formed header naming uplink key `keyIndex`, and random ciphertext and tag. */
+  static forged(keyIndex: number, seq: number, length: number): Buffer {
+    const header = encodeHeader({ suite: SUITE_SM4_GCM, keyIndex, seq });
+    return Buffer.concat([header, randomBytes(length + TAG_LENGTH)]);
+  }
+
+  /** Sockets of this device's connections by local port, for ModelWorld.settle. */
+  peers(): Map<number, { destroyed: boolean }> {
+    return new Map(this.connections.filter((c) => c.socket.localPort).map((c) => [c.socket.localPort!, c.socket]));
+  }
+
+  /** Drops connections that are closed on both sides from the bookkeeping. */
+  prune(): void {
+    for (let i = this.connections.length - 1; i >= 0; i--) {
+      const c = this.connections[i]!;
+      if (c.socket.destroyed && !c.client.connected) {
+        this.connections.splice(i, 1);
+        if (this.current === c) this.current = undefined;
+      }
+    }
+  }
+
+  /**
+   * Between sequences: every connection closed and the chip reopened without a session, as after a power cycle. The
+   * records (keys taken, envelopes sealed) stay: the invariants hold over the device's whole life.
+   */
+  async reset(): Promise<void> {
+    for (const c of this.connections) c.socket.destroy();
+    await this.world.settle(this.peers());
+    this.prune();
+    this.connections.length = 0;
+    this.powerLoss();
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.connections) c.socket.destroy();
+    await this.world.settle(this.peers());
+    this.connections.length = 0;
+    this.stopListening();
+    this.chip.close();
+    removeDir(this.dir);
+  }
+
+  private beginSession(): void {
+    this.session++;
+    this.chipCall(() => this.chip.beginSession());
+    this.noteTaken();
+  }
+
+  /** Records the key the chip's session holds now, if any, against the session. */
+  private noteTaken(): void {
+    const index = this.chip.status().session?.keyIndex;
+    if (index === undefined || index === null) return;
+    const by = this.takenBy.get(index);
+    if (by !== undefined && by !== this.session)
+      throw new Error(`the chip gave key ${index} to session ${this.session} after session ${by}`);
+    if (by === undefined && index <= this.lastTaken)
+      throw new Error(`the chip went back to key ${index} after key ${this.lastTaken}`);
+    this.takenBy.set(index, this.session);
+    this.lastTaken = Math.max(this.lastTaken, index);
+  }
+
+  private chipCall<T>(f: () => T): T {
+    try {
+      return f();
+    } catch (err) {
+      if (err instanceof PowerLoss) {
+        this.powerLoss();
+        throw err;
+      }
+      throw err;
+    }
+  }
+
+  private crashPoint(point: CrashPoint): void {
+    if (this.armed !== point) return;
+    this.armed = undefined;
+    throw new PowerLoss(point);
+  }
+
+  private async open(kind: ConnectionKind, broker: BrokerName): Promise<Connection> {
+    const client = mqtt.connect(this.world.url(broker), {
+      clientId: this.deviceId,
+      username: this.deviceId,
+      password: this.token,
+      reconnectPeriod: 0,
+      clean: true,
+      connectTimeout: WAIT_MS,
+    });
+    client.on('error', () => undefined);
+    await new Promise<void>((resolve, reject) => {
+      const onClose = () => reject(new Error(`${kind} connection to ${broker} closed before CONNACK`));
+      client.once('connect', () => {
+        client.off('close', onClose);
+        resolve();
+      });
+      client.once('close', onClose);
+    });
+    const c: Connection = {
+      kind,
+      broker,
+      client,
+      socket: client.stream as Socket,
+      chipSession: this.session,
+      acceptedKeys: new Set(),
+      commands: 0,
+    };
+    this.connections.push(c);
+    if (kind !== 'intruder') {
+      // The firmware listens for its commands and opens them in the chip.
+      client.on('message', (topic, payload) => this.received(topic, payload));
+      await client.subscribeAsync(`devices/${this.deviceId}/down/#`, { qos: 1 });
+    }
+    // Aedes closes the connection this one took over [MQTT-3.1.4-2]: wait until both ends saw it.
+    await this.world.settle(this.peers());
+    return c;
+  }
+
+  /** Waits for `text` at the application, or for the broker to close `c` first. */
+  private race(text: string, c: Connection, send: () => void): Promise<'accepted' | 'closed'> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`message ${text} neither arrived nor was its connection closed`)),
+        WAIT_MS,
+      );
+      const done = (v: 'accepted' | 'closed') => {
+        clearTimeout(timer);
+        this.waiters.delete(text);
+        c.client.off('close', onClose);
+        resolve(v);
+      };
+      const onClose = () => {
+        // A refusal can race the application's delivery of an earlier message, never of this one: a closed
+        // connection with the message delivered counts as delivered.
+        setImmediate(() => done(this.arrived.has(text) ? 'accepted' : 'closed'));
+      };
+      this.waiters.set(text, () => done('accepted'));
+      c.client.once('close', onClose);
+      send();
+    });
+  }
+
+  private closedPromise(c: Connection): Promise<void> {
+    return new Promise((resolve) => {
+      if (!c.client.connected) return resolve();
+      c.client.once('close', () => resolve());
+    });
+  }
+
+  /** A PINGREQ/PINGRESP round trip: the broker has handled what was sent before it. */
+  private pingPromise(c: Connection): Promise<void> {
+    return new Promise((resolve) => {
+      const client = c.client as unknown as { _sendPacket(p: object): void };
+      c.client.once('packetreceive', function on(p: { cmd: string }) {
+        if (p.cmd === 'pingresp') resolve();
+        else c.client.once('packetreceive', on);
+      });
+      client._sendPacket({ cmd: 'pingreq' });
+    });
+  }
+}
+
+export { PowerLoss, ChipError };
