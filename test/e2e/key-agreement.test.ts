@@ -22,7 +22,7 @@ const MAX_COMMANDS = Number(process.env.QKEY_MODEL_MAX_COMMANDS ?? 12);
 /** Uplink keys one sequence can take: two per step (a refusal and the new session after it), two probes. */
 const KEYS_PER_SEQUENCE = 2 * MAX_COMMANDS + 2;
 const UP_KEYS = 4 * KEYS_PER_SEQUENCE;
-const DOWN_KEYS = 4 * KEYS_PER_SEQUENCE;
+const DOWN_KEYS = 4 * KEYS_PER_SEQUENCE * (process.env.QKEY_MODEL_LEGACY === '1' ? 2 : 1);
 
 /** The documented bound (docs/PROTOCOL.md §9): what one broker session may claim. */
 const LEGACY = process.env.QKEY_MODEL_LEGACY === '1';
@@ -60,8 +60,7 @@ const served = new WeakMap<ModelDevice, number>();
  * device, not a weaker starting point. QKEY_MODEL_FRESH=1 gives every sequence a new device.
  */
 async function deviceForNextSequence(): Promise<ModelDevice> {
-  if (current && (process.env.QKEY_MODEL_FRESH === '1' || current.chip.status().uplinkKeys < KEYS_PER_SEQUENCE))
-    await retire(current);
+  if (current && (process.env.QKEY_MODEL_FRESH === '1' || runsLow(current))) await retire(current);
   if (current) {
     await current.reset();
     return current;
@@ -69,6 +68,16 @@ async function deviceForNextSequence(): Promise<ModelDevice> {
   current = await ModelDevice.create(world, `model-${devices++}`, UP_KEYS, DOWN_KEYS);
   served.set(current, 0);
   return current;
+}
+
+/** Fewer keys left, on the chip or at the key service, than one sequence may take. */
+function runsLow(d: ModelDevice): boolean {
+  const pool = world.pool(d.deviceId);
+  const chip = d.chip.status();
+  return (
+    Math.min(pool.up, chip.uplinkKeys) < KEYS_PER_SEQUENCE ||
+    Math.min(pool.down, chip.downlinkKeys) < KEYS_PER_SEQUENCE * (LEGACY ? 2 : 1)
+  );
 }
 
 async function retire(d: ModelDevice): Promise<void> {
@@ -164,14 +173,17 @@ abstract class Step implements Cmd {
 }
 
 class Connect extends Step {
-  constructor(readonly broker: BrokerName) {
+  constructor(
+    readonly broker: BrokerName,
+    readonly will: boolean,
+  ) {
     super();
   }
   act(r: Real) {
-    return withPowerLoss(r, async () => (await r.device.connectHonest(this.broker), 'connected'));
+    return withPowerLoss(r, async () => (await r.device.connectHonest(this.broker, this.will), 'connected'));
   }
   toString() {
-    return `Connect(${this.broker})`;
+    return `Connect(${this.broker}${this.will ? ', will' : ''})`;
   }
 }
 
@@ -434,31 +446,31 @@ async function probe(r: Real, brokers: readonly BrokerName[]): Promise<void> {
 const broker = fc.constantFrom<BrokerName>(...BROKERS);
 /** QKEY_MODEL_ONLY=Connect,Publish,... narrows the steps drawn (to study one interaction). */
 const only = process.env.QKEY_MODEL_ONLY?.split(',');
-/** Each step with its weight: restarts cost ~100-250 ms each, so they are drawn less often than the rest. */
+/** Each step with its weight: a restart costs as much as a whole sequence (~100-250 ms), so it is drawn rarely. */
 const steps: Record<string, { weight: number; arbitrary: fc.Arbitrary<Cmd> }> = {
-  Connect: { weight: 2, arbitrary: broker.map((b) => new Connect(b)) },
+  Connect: { weight: 4, arbitrary: fc.tuple(broker, fc.boolean()).map(([b, w]) => new Connect(b, w)) },
   Publish: {
-    weight: 4,
+    weight: 8,
     arbitrary: fc.tuple(broker, fc.constantFrom<0 | 1>(0, 1)).map(([b, q]) => new Publish(b, q)),
   },
   ChipPowerLoss: {
-    weight: 2,
+    weight: 4,
     arbitrary: fc
       .tuple(fc.constantFrom<CrashPoint | 'idle'>('idle', 'after-take-key', 'after-reserve'), broker)
       .map(([p, b]) => new ChipPowerLoss(p, b)),
   },
-  Disconnect: { weight: 1, arbitrary: fc.constant(new Disconnect()) },
-  NetworkLoss: { weight: 2, arbitrary: fc.constant(new NetworkLoss()) },
+  Disconnect: { weight: 2, arbitrary: fc.constant(new Disconnect()) },
+  NetworkLoss: { weight: 4, arbitrary: fc.constant(new NetworkLoss()) },
   LossBeforeConnack: {
-    weight: 2,
+    weight: 4,
     arbitrary: fc.tuple(broker, fc.boolean()).map(([b, s]) => new LossBeforeConnack(b, s)),
   },
-  LibraryReconnect: { weight: 3, arbitrary: broker.map((b) => new LibraryReconnect(b)) },
+  LibraryReconnect: { weight: 6, arbitrary: broker.map((b) => new LibraryReconnect(b)) },
   BrokerCrash: { weight: 1, arbitrary: broker.map((b) => new BrokerCrash(b)) },
   KmsRestart: { weight: 1, arbitrary: fc.constant(new KmsRestart()) },
-  Command: { weight: 2, arbitrary: fc.constant(new Command()) },
+  Command: { weight: 4, arbitrary: fc.constant(new Command()) },
   Intruder: {
-    weight: 3,
+    weight: 6,
     arbitrary: fc
       .tuple(
         broker,

@@ -2,8 +2,8 @@
 // firmware's connections, and what an attacker holding its token does. Records what the chip took and sealed.
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
+import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
-import { ChipError } from '../../hsm-emulator/chip-errors.js';
 import { SecurityChip } from '../../hsm-emulator/chip.js';
 import { FillingMachine } from '../../hsm-emulator/filling-machine.js';
 import { Qrng } from '../../hsm-emulator/qrng.js';
@@ -12,7 +12,6 @@ import { FAST_KDF, TEST_PIN } from './chip.js';
 import { removeDir } from './kms.js';
 import { type BrokerName, fastTempDir, type ModelWorld } from './model-world.js';
 import { RawMqtt } from './raw-mqtt.js';
-import { join } from 'node:path';
 
 export type CrashPoint = 'after-reserve' | 'after-take-key';
 
@@ -36,11 +35,8 @@ export interface Connection {
   broker: BrokerName;
   client: MqttClient;
   socket: Socket;
-  /** The chip session (the device's count of beginSession calls) the connection was made in. */
-  chipSession: number;
-  /** Uplink key indices of the envelopes the broker accepted on this connection. */
-  acceptedKeys: Set<number>;
-  commands: number;
+  /** Status notices (devices/{id}/status, docs/PROTOCOL.md §9.4) received on this connection. */
+  statuses: string[];
 }
 
 export type PublishOutcome =
@@ -71,11 +67,12 @@ export class ModelDevice {
   readonly sealedKeys = new Set<number>();
   /** Envelopes the device sent, for replays. */
   readonly sent: Array<{ topic: string; envelope: Buffer }> = [];
-  /** Status messages (devices/{id}/status) the application saw, in order. */
-  readonly statuses: string[] = [];
+
   /** Uplink key indices filled into the chip, lowest first. */
   readonly uplinkIndices: number[] = [];
   private lastTaken = -1;
+  /** The will of the chip session's connections, if it has one. */
+  private will: { topic: string; payload: Buffer } | undefined;
   private armed: CrashPoint | undefined;
   private messages = 0;
   private readonly stopListening: () => void;
@@ -94,7 +91,6 @@ export class ModelDevice {
   ) {
     this.chip = chip;
     this.stopListening = world.onAppMessage((topic, payload) => {
-      if (topic === `devices/${deviceId}/status`) this.statuses.push(payload.toString());
       if (!topic.startsWith(`devices/${deviceId}/up/`)) return;
       const text = payload.toString();
       this.arrived.add(text);
@@ -149,13 +145,18 @@ export class ModelDevice {
     for (const c of this.connections) if (c.kind !== 'intruder') c.socket.destroy();
     this.current = undefined;
     this.armed = undefined;
+    this.will = undefined;
     const options = { crashPoint: (p: CrashPoint) => this.crashPoint(p) };
     this.chip = SecurityChip.open(this.path, TEST_PIN, options);
   }
 
-  /** The firmware's connect: a new chip session for every new connection (docs/PROTOCOL.md §9). */
-  async connectHonest(broker: BrokerName): Promise<Connection> {
+  /**
+   * The firmware's connect: a new chip session for every new connection (docs/PROTOCOL.md §9), with a will sealed
+   * in that session if `will`.
+   */
+  async connectHonest(broker: BrokerName, will = false): Promise<Connection> {
     this.beginSession();
+    this.will = will ? this.sealWill() : undefined;
     const c = await this.open('honest', broker);
     this.current = c;
     return c;
@@ -193,6 +194,19 @@ export class ModelDevice {
     return this.open('intruder', broker);
   }
 
+  /** The session's will: sealed once, sent again unchanged by a library reconnect (it resends its CONNECT). */
+  private sealWill(): { topic: string; payload: Buffer } {
+    const topic = `devices/${this.deviceId}/up/will`;
+    const payload = Buffer.from(
+      this.chipCall(() => this.chip.sealWill(Buffer.from(`${this.deviceId}/w${this.messages++}`), topic)),
+    );
+    const h = parseEnvelope(payload);
+    this.sealed.add(`will/${h.keyIndex}/${h.seq}`);
+    this.sealedKeys.add(h.keyIndex);
+    this.noteTaken();
+    return { topic, payload };
+  }
+
   /** Seals one new message in the current chip session (the crash points of the chip apply). */
   seal(topic: string): { text: string; envelope: Buffer } {
     const text = `${this.deviceId}/m${this.messages++}`;
@@ -215,13 +229,10 @@ export class ModelDevice {
     const topic = `devices/${this.deviceId}/up/m`;
     const { text, envelope } = this.seal(topic);
     this.sent.push({ topic, envelope });
-    const statusesBefore = this.statuses.length;
+    const statusesBefore = c.statuses.length;
     const outcome = await this.race(text, c, () => c.client.publish(topic, envelope, { qos }));
-    if (outcome === 'accepted') {
-      c.acceptedKeys.add(parseEnvelope(envelope).keyIndex);
-      return { kind: 'accepted' };
-    }
-    return { kind: 'refused', status: this.statuses.slice(statusesBefore).join(' ') || undefined };
+    if (outcome === 'accepted') return { kind: 'accepted' };
+    return { kind: 'refused', status: c.statuses.slice(statusesBefore).join(' ') || undefined };
   }
 
   /**
@@ -243,10 +254,7 @@ export class ModelDevice {
       c.client.once('close', onClose);
       this.world.command(c.broker, `devices/${this.deviceId}/down/c`, Buffer.from(text)).catch(reject);
     });
-    if (outcome === 'opened') {
-      c.commands++;
-      this.commanded.add(c);
-    }
+    if (outcome === 'opened') this.commanded.add(c);
     return outcome;
   }
 
@@ -321,6 +329,7 @@ export class ModelDevice {
 
   private beginSession(): void {
     this.session++;
+    this.will = undefined;
     this.chipCall(() => this.chip.beginSession());
     this.noteTaken();
   }
@@ -364,6 +373,7 @@ export class ModelDevice {
       reconnectPeriod: 0,
       clean: true,
       connectTimeout: WAIT_MS,
+      ...(kind !== 'intruder' && this.will && { will: { ...this.will, qos: 1, retain: false } }),
     });
     client.on('error', () => undefined);
     await new Promise<void>((resolve, reject) => {
@@ -379,15 +389,17 @@ export class ModelDevice {
       broker,
       client,
       socket: client.stream as Socket,
-      chipSession: this.session,
-      acceptedKeys: new Set(),
-      commands: 0,
+      statuses: [],
     };
     this.connections.push(c);
     if (kind !== 'intruder') {
-      // The firmware listens for its commands and opens them in the chip.
-      client.on('message', (topic, payload) => this.received(topic, payload));
-      await client.subscribeAsync(`devices/${this.deviceId}/down/#`, { qos: 1 });
+      // The firmware listens for its commands (opened in the chip) and for the broker's reasons for refusing it.
+      const status = `devices/${this.deviceId}/status`;
+      client.on('message', (topic, payload) => {
+        if (topic === status) c.statuses.push(payload.toString());
+        else this.received(topic, payload);
+      });
+      await client.subscribeAsync([`devices/${this.deviceId}/down/#`, status], { qos: 1 });
     }
     // Aedes closes the connection this one took over [MQTT-3.1.4-2]: wait until both ends saw it.
     await this.world.settle(this.peers());
@@ -438,4 +450,4 @@ export class ModelDevice {
   }
 }
 
-export { PowerLoss, ChipError };
+export { PowerLoss };

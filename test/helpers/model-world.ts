@@ -78,9 +78,13 @@ export class ModelWorld {
   private readonly listeners = new Set<Listener>();
   private appSecret = '';
   private appToken: string | undefined;
+  /** Key id -> key index, per device (a device's keys do not change after its fill). */
+  private readonly keyIndices = new Map<string, Map<string, number>>();
   private kmsPort = 0;
   private readonly logLines: string[] = [];
-  private db: { db: Database.Database; claims: Database.Statement; keyIds: Database.Statement } | undefined;
+  private db:
+    | { db: Database.Database; claims: Database.Statement; keyIds: Database.Statement; pool: Database.Statement }
+    | undefined;
 
   private constructor(readonly dataDir: string) {}
 
@@ -132,11 +136,17 @@ export class ModelWorld {
     await this.slot(name).app.publishAsync(topic, payload, { qos: 1 });
   }
 
-  /** A broker crash: its listeners and every connection go away, then a new instance starts with the same id. */
+  /**
+   * A broker crash: from this moment it handles nothing more (no will is published, nothing is claimed), its
+   * connections die, and a new instance starts with the same id and no memory of the old one.
+   */
   async restartBroker(name: BrokerName): Promise<void> {
     const old = this.slot(name);
-    await old.app.endAsync(true).catch(() => undefined);
+    const aedes = old.running.aedes;
+    aedes.authenticate = (_client, _username, _password, cb) => cb(null, false);
+    aedes.authorizePublish = (_client, _packet, cb) => cb(new Error('crashed'));
     for (const s of old.streams.values()) s.destroy();
+    await old.app.endAsync(true).catch(() => undefined);
     await old.running.close();
     const next = await this.startBroker(name, old.brokerId, old.secret, old.generation + 1);
     this.slots.set(name, next);
@@ -163,6 +173,13 @@ export class ModelWorld {
         if (socket.destroyed && serverOpen) busy.push(`port ${port} still open at the broker`);
         if (!socket.destroyed && !serverOpen) busy.push(`port ${port} still open at the device`);
       }
+      for (const s of this.slots.values()) {
+        // The plugin releases a closed client's state once its will (if one is due) is settled.
+        const states = (s.running.plugin as unknown as { ctx: { states: Map<Client, unknown> } }).ctx.states;
+        for (const client of states.keys()) {
+          if (client.conn.destroyed) busy.push(`${s.name}: ${client.id} closed but not released`);
+        }
+      }
       if (busy.length === 0) {
         // Let the close listeners (the plugin releases the client's state on close) run.
         await new Promise((r) => setImmediate(r));
@@ -182,9 +199,16 @@ export class ModelWorld {
     const rows = q.claims.all(deviceId, after) as Array<{ id: number; actor: string; action: string; detail: string }>;
     if (rows.length === 0) return { claims: [], last: after };
     // ETSI key ids are hashes of (device, index) (docs/PROTOCOL.md §7): the keys table maps them back.
-    const index = new Map(
-      (q.keyIds.all(deviceId) as Array<{ key_id: string; key_index: number }>).map((k) => [k.key_id, k.key_index]),
-    );
+    let index = this.keyIndices.get(deviceId);
+    if (
+      !index ||
+      rows.some((r) => !(JSON.parse(r.detail) as { key_IDs: string[] }).key_IDs.every((id) => index!.has(id)))
+    ) {
+      index = new Map(
+        (q.keyIds.all(deviceId) as Array<{ key_id: string; key_index: number }>).map((k) => [k.key_id, k.key_index]),
+      );
+      this.keyIndices.set(deviceId, index);
+    }
     const claims = rows.map((r): ClaimRecord => {
       const d = JSON.parse(r.detail) as { key_IDs: string[]; session: string | null };
       return {
@@ -197,6 +221,14 @@ export class ModelWorld {
     return { claims, last: rows.at(-1)!.id };
   }
 
+  /** The device's unused (filled) keys at the key service, by direction. */
+  pool(deviceId: string): { up: number; down: number } {
+    const rows = this.queries().pool.all(deviceId) as Array<{ direction: 'up' | 'down'; n: number }>;
+    const levels = { up: 0, down: 0 };
+    for (const r of rows) levels[r.direction] = r.n;
+    return levels;
+  }
+
   /** One read-only connection to the key service's database, kept open across its restarts (same file, WAL). */
   private queries() {
     if (!this.db) {
@@ -207,6 +239,9 @@ export class ModelWorld {
           `SELECT id, actor, action, detail FROM audit WHERE device_id = ? AND id > ? AND action IN ('key.claim.dec', 'key.claim.enc') ORDER BY id`,
         ),
         keyIds: db.prepare(`SELECT key_id, key_index FROM keys WHERE device_id = ?`),
+        pool: db.prepare(
+          `SELECT direction, count(*) AS n FROM keys WHERE device_id = ? AND state = 'filled' GROUP BY direction`,
+        ),
       };
     }
     return this.db;
