@@ -22,6 +22,17 @@ class PowerLoss extends Error {
   }
 }
 
+/** The broker answered CONNECT with a refusal (its return code), or closed the connection before CONNACK. */
+export class ConnectRefused extends Error {
+  constructor(
+    message: string,
+    readonly returnCode: number | undefined,
+  ) {
+    super(message);
+    this.name = 'ConnectRefused';
+  }
+}
+
 export type ConnectionKind =
   /** The firmware's connection, with a chip session begun for it. */
   | 'honest'
@@ -119,6 +130,11 @@ export class ModelDevice {
     this.token = (await this.world.kms.anon.deviceToken(this.deviceId, challenge, mac)).access_token;
   }
 
+  /** Whether the chip session's connections carry a will. */
+  get hasWill(): boolean {
+    return this.will !== undefined;
+  }
+
   get hasChipSession(): boolean {
     return this.chip.status().session !== null;
   }
@@ -171,6 +187,9 @@ export class ModelDevice {
 
   /** A CONNECT with the device's token whose network goes away while the broker is authenticating it. */
   async connectLostBeforeConnack(broker: BrokerName, newSession: boolean): Promise<void> {
+    // A new connection attempt: the firmware's MQTT client has given up its previous connection.
+    this.current?.socket.destroy();
+    this.current = undefined;
     if (newSession) this.beginSession();
     const raw = await RawMqtt.open(this.world.url(broker));
     const started = this.world.nextAuthentication(broker);
@@ -375,9 +394,16 @@ export class ModelDevice {
       connectTimeout: WAIT_MS,
       ...(kind !== 'intruder' && this.will && { will: { ...this.will, qos: 1, retain: false } }),
     });
-    client.on('error', () => undefined);
+    let refusal: Error | undefined;
+    client.on('error', (err) => (refusal ??= err));
     await new Promise<void>((resolve, reject) => {
-      const onClose = () => reject(new Error(`${kind} connection to ${broker} closed before CONNACK`));
+      const onClose = () =>
+        reject(
+          new ConnectRefused(
+            `${kind} connection to ${broker} closed before CONNACK${refusal ? ` (${refusal.message})` : ''}`,
+            (refusal as { code?: number } | undefined)?.code,
+          ),
+        );
       client.once('connect', () => {
         client.off('close', onClose);
         resolve();
