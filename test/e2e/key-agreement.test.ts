@@ -294,6 +294,36 @@ class LibraryReconnect extends Step {
   }
 }
 
+/**
+ * The MQTT library reconnects by itself and resends the QoS 1 message it had in flight, unchanged, with DUP set
+ * [MQTT-3.3.1-1]: the broker may have passed it on already.
+ */
+class LibraryResend extends Step {
+  constructor(readonly broker: BrokerName) {
+    super();
+  }
+  async act(r: Real) {
+    const d = r.device;
+    const last = d.lastSentInSession();
+    if (!last || !d.hasChipSession) return 'nothing in flight';
+    d.current?.socket.destroy();
+    await r.world.settle(d.peers());
+    let c;
+    try {
+      c = await d.reconnectResumed(this.broker);
+    } catch (err) {
+      if (!(err instanceof ConnectRefused) || !d.hasWill) throw err;
+      await d.connectHonest(this.broker, true);
+      return `${err.message}; new session with a new will connected`;
+    }
+    const h = parseEnvelope(last.envelope);
+    return `resent key ${h.keyIndex} seq ${h.seq}: ${await d.inject(c, last.topic, last.envelope, 1, true)}`;
+  }
+  toString() {
+    return `LibraryResend(${this.broker})`;
+  }
+}
+
 class BrokerCrash extends Step {
   constructor(readonly broker: BrokerName) {
     super();
@@ -329,7 +359,7 @@ class Command extends Step {
   }
 }
 
-type IntruderAct = 'stay' | 'leave' | 'replay' | 'forge-random' | 'forge-future';
+type IntruderAct = 'stay' | 'leave' | 'replay' | 'replay-dup' | 'forge-random' | 'forge-future';
 
 /** Someone else connects with the device's token (taking over its connection on that broker) and acts. */
 class Intruder extends Step {
@@ -350,22 +380,25 @@ class Intruder extends Step {
       case 'leave':
         await c.client.endAsync(false);
         return 'left';
-      case 'replay': {
+      case 'replay':
+      case 'replay-dup': {
+        // A captured envelope sent again; with DUP set it looks like a QoS 1 resend [MQTT-3.3.1-1] (the flag is
+        // not authenticated).
         if (d.sent.length === 0) return 'nothing to replay';
         const s = d.sent[this.pick % d.sent.length]!;
         const h = parseEnvelope(s.envelope);
-        const outcome = await d.inject(c, s.topic, s.envelope, 1);
+        const outcome = await d.inject(c, s.topic, s.envelope, 1, this.what === 'replay-dup');
         return `replayed key ${h.keyIndex} seq ${h.seq}: ${outcome}`;
       }
       case 'forge-random': {
         const outcome = await d.inject(c, topic, ModelDevice.forged(this.pick, this.pick * 7, 16).subarray(2), 0);
-        if (outcome !== 'refused') throw new Error('random bytes were accepted as an envelope');
+        if (outcome === 'accepted') throw new Error('random bytes were accepted as an envelope');
         return outcome;
       }
       case 'forge-future': {
         const index = d.nextUplinkIndex + (this.pick % 3);
         const outcome = await d.inject(c, topic, ModelDevice.forged(index, this.pick, 16), 1);
-        if (outcome !== 'refused') throw new Error(`a forged envelope naming key ${index} was accepted`);
+        if (outcome === 'accepted') throw new Error(`a forged envelope naming key ${index} was accepted`);
         return `forged key ${index}: ${outcome}`;
       }
     }
@@ -476,6 +509,7 @@ const steps: Record<string, { weight: number; arbitrary: fc.Arbitrary<Cmd> }> = 
     arbitrary: fc.tuple(broker, fc.boolean()).map(([b, s]) => new LossBeforeConnack(b, s)),
   },
   LibraryReconnect: { weight: 12, arbitrary: broker.map((b) => new LibraryReconnect(b)) },
+  LibraryResend: { weight: 6, arbitrary: broker.map((b) => new LibraryResend(b)) },
   BrokerCrash: { weight: 2, arbitrary: broker.map((b) => new BrokerCrash(b)) },
   KmsRestart: { weight: 1, arbitrary: fc.constant(new KmsRestart()) },
   Command: { weight: 8, arbitrary: fc.constant(new Command()) },
@@ -484,7 +518,7 @@ const steps: Record<string, { weight: number; arbitrary: fc.Arbitrary<Cmd> }> = 
     arbitrary: fc
       .tuple(
         broker,
-        fc.constantFrom<IntruderAct>('stay', 'leave', 'replay', 'forge-random', 'forge-future'),
+        fc.constantFrom<IntruderAct>('stay', 'leave', 'replay', 'replay-dup', 'forge-random', 'forge-future'),
         fc.nat(1000),
       )
       .map(([b, w, p]) => new Intruder(b, w, p)),

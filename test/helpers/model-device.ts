@@ -77,7 +77,7 @@ export class ModelDevice {
   /** Key indices the chip sealed under. */
   readonly sealedKeys = new Set<number>();
   /** Envelopes the device sent, for replays. */
-  readonly sent: Array<{ topic: string; envelope: Buffer }> = [];
+  readonly sent: Array<{ topic: string; envelope: Buffer; session: number }> = [];
 
   /** Uplink key indices filled into the chip, lowest first. */
   readonly uplinkIndices: number[] = [];
@@ -247,7 +247,7 @@ export class ModelDevice {
     if (!c.client.connected) return { kind: 'not-connected' };
     const topic = `devices/${this.deviceId}/up/m`;
     const { text, envelope } = this.seal(topic);
-    this.sent.push({ topic, envelope });
+    this.sent.push({ topic, envelope, session: this.session });
     const statusesBefore = c.statuses.length;
     const outcome = await this.race(text, c, () => c.client.publish(topic, envelope, { qos }));
     if (outcome === 'accepted') return { kind: 'accepted' };
@@ -289,18 +289,33 @@ export class ModelDevice {
     this.commandWaiters.get(text)?.();
   }
 
-  /** Sends bytes someone else made as a publish on connection `c`; resolves with what became of them. */
-  async inject(c: Connection, topic: string, payload: Buffer, qos: 0 | 1): Promise<'accepted' | 'refused'> {
+  /**
+   * Sends bytes the chip did not just seal (someone else's, or a resend) on connection `c`: accepted (passed on to
+   * the application), dropped (acknowledged, not passed on) or refused (the broker closed the connection).
+   */
+  async inject(
+    c: Connection,
+    topic: string,
+    payload: Buffer,
+    qos: 0 | 1,
+    dup = false,
+  ): Promise<'accepted' | 'dropped' | 'refused'> {
     const before = this.world.accepted.length;
-    c.client.publish(topic, payload, { qos });
-    // Refused: the broker closes the connection. Accepted: a PING round trip later the broker has passed it on.
+    c.client.publish(topic, payload, { qos, dup });
+    // Refused: the broker closes the connection. Otherwise a PING round trip later the broker has handled it.
     const closed = this.closedPromise(c);
     const pinged = this.pingPromise(c);
     const which = await Promise.race([closed.then(() => 'closed' as const), pinged.then(() => 'pinged' as const)]);
     if (which === 'closed') return 'refused';
     await this.world.settle(this.peers());
     if (!c.client.connected) return 'refused';
-    return this.world.accepted.length > before ? 'accepted' : 'refused';
+    return this.world.accepted.length > before ? 'accepted' : 'dropped';
+  }
+
+  /** The last envelope sent in the chip's current session (what a library resends after a reconnect). */
+  lastSentInSession(): { topic: string; envelope: Buffer } | undefined {
+    const last = this.sent.at(-1);
+    return last?.session === this.session ? last : undefined;
   }
 
   /** An envelope with a well-formed header naming uplink key `keyIndex`, and random ciphertext and tag. */
