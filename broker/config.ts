@@ -79,6 +79,8 @@ export const BROKER_CONFIG_SCHEMA = {
       properties: {
         uplink: { ...topic, default: 'devices/{id}/up/#' },
         downlink: { ...topic, default: 'devices/{id}/down/#' },
+        // A topic name, not a filter: no wildcards [MQTT-4.7.3-2].
+        status: { ...topic, pattern: '^[^+#]*\\{id\\}[^+#]*$', default: 'devices/{id}/status' },
       },
     },
     rotation: {
@@ -102,6 +104,7 @@ export const BROKER_CONFIG_SCHEMA = {
     maxDownlinkPayload: count(1, MAX_PAYLOAD_LIMIT, DEFAULT_MAX_PAYLOAD),
     /** Subscriptions one client may hold; SUBACK 0x80 for each filter beyond. */
     maxSubscriptionsPerClient: count(1, 10_000_000, 1000),
+    uplinkKeyLingerSeconds: count(0, 86_400, 120),
     /** Level of the per-connection log lines (client connected, client disconnected). */
     connectionLogLevel: { enum: ['info', 'debug'], default: 'info' },
     concurrency: count(1, 1_000_000, 2000),

@@ -85,6 +85,7 @@ export class QkeyPlugin {
 
   async close(): Promise<void> {
     await Promise.all([...this.ctx.states.keys()].map((c) => release(this.ctx, c)));
+    await this.ctx.uplinks.close();
   }
 
   private connected(client: Client, cb: (err: AuthenticateError | null, success: boolean | null) => void): void {

@@ -196,6 +196,7 @@ export async function startBroker(
     maxPayload: config.maxPayload,
     maxDownlinkPayload: config.maxDownlinkPayload,
     maxSubscriptionsPerClient: config.maxSubscriptionsPerClient,
+    uplinkKeyLingerSeconds: config.uplinkKeyLingerSeconds,
     connectionLogLevel: config.connectionLogLevel,
     log,
     events: {

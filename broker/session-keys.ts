@@ -1,15 +1,9 @@
-// The keys of one device session at the broker: uplink keys claimed on first use (ETSI 014 dec_keys), downlink
-// keys claimed ahead of need (enc_keys) and rotated without ever making delivery wait.
-import { type KmsClient, KmsHttpError } from '../kms-api/client.js';
-import {
-  EnvelopeKey,
-  keyIdFor,
-  MAX_SEQ,
-  ReplayWindow,
-  SUITE_SM4_GCM,
-  type SuiteId,
-  sealEnvelope,
-} from '../protocol/index.js';
+// The keys of one device connection at the broker: uplink keys through the broker's UplinkKeys (claimed at the first
+// envelope naming them, docs/PROTOCOL.md §9), downlink keys claimed when the first command is sealed and rotated
+// without ever making delivery wait once the first one is here.
+import type { KmsClient, UplinkProof } from '../kms-api/client.js';
+import { EnvelopeKey, MAX_SEQ, SUITE_SM4_GCM, type SuiteId, sealEnvelope } from '../protocol/index.js';
+import type { HeldUplinkKey, UplinkKeys } from './uplink-keys.js';
 
 export interface RotationLimits {
   /** Messages sealed under one downlink key before rotating. */
@@ -26,17 +20,6 @@ export const DEFAULT_ROTATION: Readonly<RotationLimits> = Object.freeze({
   seconds: 3600,
 });
 
-/** Why an uplink key could not be had. */
-export class UplinkKeyError extends Error {
-  constructor(
-    readonly reason: 'kms_unavailable' | 'foreign_key',
-    message: string,
-  ) {
-    super(message);
-    this.name = 'UplinkKeyError';
-  }
-}
-
 interface DownlinkKey {
   key: EnvelopeKey;
   index: number;
@@ -50,15 +33,18 @@ export type SessionEvent =
   | { kind: 'downlink-rotated'; from: number; to: number }
   | { kind: 'downlink-prefetch-failed'; error: string }
   | { kind: 'downlink-overdue' }
-  | { kind: 'downlink-unavailable' }
-  | { kind: 'uplink-prefetch-failed' };
+  | { kind: 'downlink-unavailable' };
+
+/** After a failed downlink claim, deliveries pass unsealed-and-dropped for this long before the next attempt. */
+const DOWNLINK_RETRY_MS = 1000;
 
 export class DeviceSessionKeys {
-  private readonly uplink = new Map<number, Promise<{ key: EnvelopeKey; replay: ReplayWindow }>>();
-  private readonly uplinkReady = new Map<number, { key: EnvelopeKey; replay: ReplayWindow }>();
   private current: DownlinkKey | undefined;
   private next: DownlinkKey | undefined;
   private prefetching: Promise<void> | undefined;
+  /** Deliveries waiting, in order, for the session's first downlink key. */
+  private waiting: Array<() => void> = [];
+  private retryAt = 0;
   private readonly claimed: string[] = [];
   private closed = false;
   /** The suite downlink is sealed in: one the device's chip supports (its token says which, docs/PROTOCOL.md §20). */
@@ -66,69 +52,70 @@ export class DeviceSessionKeys {
 
   constructor(
     private readonly kms: KmsClient,
+    private readonly uplinks: UplinkKeys,
     readonly deviceId: string,
     readonly sessionId: string,
     private readonly rotation: RotationLimits = DEFAULT_ROTATION,
     private readonly onEvent: (e: SessionEvent) => void = () => undefined,
     private readonly now: () => number = () => Date.now(),
-  ) {}
-
-  /**
-   * Claims the first downlink keys before the session is acknowledged (current and next together, one request).
-   * Throws KmsUnreachableError if the key service cannot be reached; an empty pool leaves the session without a
-   * downlink key (deliveries to it are then dropped and reported, see sealDownlink).
-   */
-  async start(): Promise<void> {
-    const [keys] = await Promise.all([
-      this.claimDownlink(2).catch(async (err: unknown) => {
-        if (err instanceof KmsHttpError && err.code === 'KMS_ERR_POOL_EMPTY')
-          return this.claimDownlink(1).catch(emptyPool);
-        throw err;
-      }),
-      this.prefetchUplink(),
-    ]);
-    this.current = keys[0];
-    this.next = keys[1];
-    if (!this.current) this.onEvent({ kind: 'downlink-unavailable' });
-  }
-
-  /**
-   * Claims, before CONNACK, the uplink key the chip takes at session start (the lowest unused one), so the first
-   * publish does not wait for the key service; under a connect storm that wait queued every device's first
-   * messages. If the chip took another key (it abandoned one in a session that never published), the prefetched
-   * key is one the chip never uses again: wasted, never shared. Failure here never fails the connect.
-   */
-  private async prefetchUplink(): Promise<void> {
-    try {
-      const index = (await this.kms.status(this.deviceId)).status_extension?.qkey_next_uplink_key_index;
-      if (typeof index === 'number') await this.uplinkKey(index);
-    } catch {
-      this.onEvent({ kind: 'uplink-prefetch-failed' });
-    }
+  ) {
+    uplinks.attach(deviceId);
   }
 
   get downlinkKeyIndex(): number | undefined {
     return this.current?.index;
   }
 
-  /** The uplink key with `index`, claimed from the key service the first time this session sees it. */
-  uplinkKey(index: number): Promise<{ key: EnvelopeKey; replay: ReplayWindow }> {
-    let entry = this.uplink.get(index);
-    if (!entry) {
-      entry = this.claimUplink(index);
-      this.uplink.set(index, entry);
-      entry.then(
-        (ready) => this.uplinkReady.set(index, ready),
-        // A failed claim is not cached: a later message may succeed once the key service is back.
-        () => this.uplink.delete(index),
-      );
-    }
-    return entry;
+  /** The uplink key with `index` if the broker holds it already: the synchronous path of every message. */
+  readyUplinkKey(index: number): HeldUplinkKey | undefined {
+    return this.uplinks.ready(this.deviceId, index);
   }
 
-  /** The uplink key with `index` if this session already holds it: the synchronous fast path. */
-  readyUplinkKey(index: number): { key: EnvelopeKey; replay: ReplayWindow } | undefined {
-    return this.uplinkReady.get(index);
+  /** The uplink key with `index`, claimed with `proof` (the envelope that names it) if not held yet. */
+  uplinkKey(index: number, proof: UplinkProof): Promise<HeldUplinkKey> {
+    return this.uplinks.claim(this.deviceId, index, proof, this.sessionId);
+  }
+
+  /** Keeps the uplink key a will names until this connection ends (see UplinkKeys.pin). */
+  pinUplinkKey(index: number): () => void {
+    return this.uplinks.pin(this.deviceId, index);
+  }
+
+  /**
+   * Runs `deliver` now if the session can seal, or, in arrival order, once its first downlink key is claimed
+   * (§9.2: a downlink key is claimed when the first command is sealed). A failed claim lets the waiting deliveries
+   * through (the forward hook then drops them as undeliverable, as with an empty pool) and is retried after
+   * DOWNLINK_RETRY_MS. When the session closes first, waiting deliveries are released undelivered: a queued QoS 1/2
+   * message of a persistent session stays queued for the next connection.
+   */
+  whenSealable(deliver: () => void, release: () => void): void {
+    if (this.closed) return release();
+    if (this.current || (this.waiting.length === 0 && this.now() < this.retryAt)) return deliver();
+    this.waiting.push(() => (this.closed ? release() : deliver()));
+    if (this.waiting.length === 1) void this.claimFirst();
+  }
+
+  /**
+   * Claims the session's first downlink key now (a persistent session whose queued commands Aedes sends right after
+   * CONNACK, through a hook that cannot wait). Throws what the key service answered.
+   */
+  async prepareDownlink(): Promise<void> {
+    if (this.current) return;
+    const [key] = await this.claimDownlink(1);
+    if (this.closed || this.current) key?.key.destroy();
+    else this.current = key;
+  }
+
+  private async claimFirst(): Promise<void> {
+    try {
+      await this.prepareDownlink();
+    } catch (err) {
+      this.retryAt = this.now() + DOWNLINK_RETRY_MS;
+      this.onEvent({ kind: 'downlink-prefetch-failed', error: (err as Error).message });
+    }
+    const waiting = this.waiting;
+    this.waiting = [];
+    for (const run of waiting) run();
   }
 
   /**
@@ -168,13 +155,15 @@ export class DeviceSessionKeys {
     return envelope;
   }
 
-  /** Forgets all keys and reports them retired to the key service (best effort). */
+  /** Forgets the downlink keys and reports them retired (best effort); the uplink keys stay with UplinkKeys. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.prefetching?.catch(() => undefined);
-    for (const p of this.uplink.values()) void p.then((u) => u.key.destroy()).catch(() => undefined);
-    this.uplinkReady.clear();
+    const waiting = this.waiting;
+    this.waiting = [];
+    for (const run of waiting) run();
+    this.uplinks.detach(this.deviceId);
     this.current?.key.destroy();
     this.next?.key.destroy();
     this.current = this.next = undefined;
@@ -228,33 +217,4 @@ export class DeviceSessionKeys {
       return { key, index: k.key_ID_extension!.qkey_key_index!, keyId: k.key_ID, seq: 0, bytes: 0, since: this.now() };
     });
   }
-
-  private async claimUplink(index: number): Promise<{ key: EnvelopeKey; replay: ReplayWindow }> {
-    const keyId = keyIdFor(this.deviceId, index);
-    let delivered;
-    try {
-      delivered = await this.kms.decKeys(this.deviceId, [keyId], this.sessionId);
-    } catch (err) {
-      if (err instanceof KmsHttpError && err.status === 400) {
-        throw new UplinkKeyError(
-          'foreign_key',
-          `uplink key ${index} of ${this.deviceId} is not available to this session`,
-        );
-      }
-      throw new UplinkKeyError('kms_unavailable', `key service unavailable: ${(err as Error).message}`);
-    }
-    this.claimed.push(keyId);
-    const raw = Buffer.from(delivered.keys[0]!.key, 'base64');
-    const key = new EnvelopeKey(raw);
-    raw.fill(0);
-    // The key schedule of the default suite is built now, before CONNACK when the claim is the prefetch, not on
-    // the first message: after a connect storm that is 10,000 first messages arriving within the same second.
-    key.suite(SUITE_SM4_GCM);
-    return { key, replay: new ReplayWindow() };
-  }
-}
-
-function emptyPool(err: unknown): DownlinkKey[] {
-  if (err instanceof KmsHttpError && err.code === 'KMS_ERR_POOL_EMPTY') return [];
-  throw err;
 }

@@ -6,12 +6,23 @@ export interface TopicTemplates {
   uplink: string;
   /** Filter a device subscribes under. */
   downlink: string;
+  /**
+   * The topic the broker tells a device why it refused a message on (docs/PROTOCOL.md §9.4): the device may
+   * subscribe to it, only the broker publishes to it.
+   */
+  status: string;
 }
 
 export const DEFAULT_TOPICS: Readonly<TopicTemplates> = Object.freeze({
   uplink: 'devices/{id}/up/#',
   downlink: 'devices/{id}/down/#',
+  status: 'devices/{id}/status',
 });
+
+/** Is `topic` the status topic of device `deviceId`? */
+export function isStatusTopicOf(t: TopicTemplates, deviceId: string, topic: string): boolean {
+  return topic === deviceFilter(t.status, deviceId);
+}
 
 export function deviceFilter(template: string, deviceId: string): string {
   return template.replaceAll('{id}', deviceId);
@@ -81,6 +92,11 @@ export function uplinkOwner(templates: TopicTemplates, topic: string): string | 
   return ownerOf(templates.uplink, topic);
 }
 
+/** The device whose status topic `topic` is, if any. */
+export function statusOwner(templates: TopicTemplates, topic: string): string | undefined {
+  return ownerOf(templates.status, topic);
+}
+
 /** The device whose downlink space `topic` falls in, if any. */
 export function downlinkOwner(templates: TopicTemplates, topic: string): string | undefined {
   return ownerOf(templates.downlink, topic);
@@ -107,20 +123,20 @@ export type Principal =
 export function mayPublish(p: Principal, topic: string, t: TopicTemplates = DEFAULT_TOPICS): boolean {
   if (!isValidTopicName(topic) || topic.startsWith('$')) return false;
   if (p.role === 'device') return matches(filtersOf(p, t).uplink, topic);
-  if (uplinkOwner(t, topic) !== undefined) return false;
+  if (uplinkOwner(t, topic) !== undefined || statusOwner(t, topic) !== undefined) return false;
   return p.publish.some((f) => matches(f, topic));
 }
 
 /** Subscribe permission: the requested filter must lie inside an allowed one. */
 export function maySubscribe(p: Principal, filter: string, t: TopicTemplates = DEFAULT_TOPICS): boolean {
   if (filter.length === 0 || filter.includes('\u0000')) return false;
-  if (p.role === 'device') return covers(filtersOf(p, t).downlink, filter);
+  if (p.role === 'device') return covers(filtersOf(p, t).downlink, filter) || filter === filtersOf(p, t).status;
   return p.subscribe.some((allowed) => covers(allowed, filter));
 }
 
 /** Read permission on delivery (re-checked in authorizeForward): may `p` receive a message on `topic`? */
 export function mayReceive(p: Principal, topic: string, t: TopicTemplates = DEFAULT_TOPICS): boolean {
-  if (p.role === 'device') return matches(filtersOf(p, t).downlink, topic);
+  if (p.role === 'device') return matches(filtersOf(p, t).downlink, topic) || topic === filtersOf(p, t).status;
   return p.subscribe.some((f) => matches(f, topic));
 }
 
@@ -130,7 +146,12 @@ const deviceFilters = new WeakMap<Principal, { templates: TopicTemplates } & Top
 function filtersOf(p: Principal & { role: 'device' }, templates: TopicTemplates): TopicTemplates {
   let f = deviceFilters.get(p);
   if (f?.templates !== templates) {
-    f = { templates, uplink: deviceFilter(templates.uplink, p.id), downlink: deviceFilter(templates.downlink, p.id) };
+    f = {
+      templates,
+      uplink: deviceFilter(templates.uplink, p.id),
+      downlink: deviceFilter(templates.downlink, p.id),
+      status: deviceFilter(templates.status, p.id),
+    };
     deviceFilters.set(p, f);
   }
   return f;

@@ -68,10 +68,25 @@ function topicUnder(deviceId: string, direction: 'up' | 'down', suffix: string):
   return t;
 }
 
-/** Settles when the broker has acknowledged the publish, or fails when it closes the connection first. */
-function publishOrRefused(client: MqttClient, topic: string, payload: Buffer, qos: 0 | 1, retain: boolean) {
+/**
+ * Settles when the broker has acknowledged the publish, or fails when it closes the connection first, with the
+ * reason the broker gave on the device's status topic (docs/PROTOCOL.md §9.4) when it gave one.
+ */
+async function publishOrRefused(client: MqttClient, topic: string, payload: Buffer, qos: 0 | 1, retain: boolean) {
+  const statusTopic = `devices/${client.options.clientId}/status`;
+  let reason: string | undefined;
+  client.on('message', (t, p) => {
+    if (t !== statusTopic) return;
+    try {
+      reason = String((JSON.parse(p.toString('utf8')) as { reason?: unknown }).reason);
+    } catch {
+      reason = 'unreadable status notice';
+    }
+  });
+  await client.subscribeAsync(statusTopic, { qos: 0 });
   return new Promise<void>((resolve, reject) => {
-    const onClose = () => reject(new Error('the broker closed the connection: the message was refused'));
+    const onClose = () =>
+      reject(new Error(`the broker refused the message${reason ? ` (${reason})` : ''} and closed the connection`));
     client.once('close', onClose);
     client.publish(topic, payload, { qos, retain }, (err) => {
       client.off('close', onClose);

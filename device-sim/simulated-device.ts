@@ -1,6 +1,6 @@
 // A simulated terminal: its emulated security chip logs in, connects over MQTT (with a will the chip sealed, if
-// any), publishes sealed telemetry and opens the commands it receives. One session (fresh uplink key) per
-// connection, as a real terminal would.
+// any), publishes sealed telemetry and opens the commands it receives. One chip session per connection, as
+// docs/PROTOCOL.md §9.1 asks of a real terminal; the broker's status notices say why a message was refused.
 import mqtt, { type MqttClient } from 'mqtt';
 import type { SecurityChip } from '../hsm-emulator/chip.js';
 import { KmsClient } from '../kms-api/client.js';
@@ -25,7 +25,9 @@ export interface SimulatedDeviceOptions {
 export class SimulatedDevice {
   private client: MqttClient | undefined;
   private seq = 0;
-  readonly stats = { sent: 0, commands: 0, commandErrors: 0, sessions: 0 };
+  readonly stats = { sent: 0, commands: 0, commandErrors: 0, sessions: 0, refusals: 0 };
+  /** The broker's last status notice (docs/PROTOCOL.md §9.4): why it refused a message of this device. */
+  lastRefusal: { reason: string; topic: string; key_index?: number } | undefined;
 
   constructor(
     readonly chip: SecurityChip,
@@ -64,7 +66,13 @@ export class SimulatedDevice {
         },
       }),
     });
+    const statusTopic = `devices/${this.id}/status`;
     client.on('message', (topic, payload) => {
+      if (topic === statusTopic) {
+        this.stats.refusals++;
+        this.lastRefusal = parseNotice(payload);
+        return;
+      }
       try {
         const command = Buffer.from(this.chip.openDownlink(payload, topic)).toString('utf8');
         this.stats.commands++;
@@ -75,7 +83,7 @@ export class SimulatedDevice {
       }
     });
     client.on('error', (err) => this.o.onError?.('mqtt', err));
-    await client.subscribeAsync(`devices/${this.id}/down/#`, { qos: this.o.qos ?? 1 });
+    await client.subscribeAsync({ [`devices/${this.id}/down/#`]: { qos: this.o.qos ?? 1 }, [statusTopic]: { qos: 0 } });
     this.client = client;
   }
 
@@ -102,5 +110,15 @@ export class SimulatedDevice {
     await this.client?.endAsync();
     this.client = undefined;
     this.chip.endSession();
+  }
+}
+
+function parseNotice(payload: Buffer): { reason: string; topic: string; key_index?: number } | undefined {
+  try {
+    const n = JSON.parse(payload.toString('utf8')) as { reason?: unknown; topic?: unknown; key_index?: unknown };
+    if (typeof n.reason !== 'string' || typeof n.topic !== 'string') return undefined;
+    return { reason: n.reason, topic: n.topic, ...(typeof n.key_index === 'number' && { key_index: n.key_index }) };
+  } catch {
+    return undefined;
   }
 }

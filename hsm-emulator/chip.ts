@@ -95,7 +95,8 @@ export interface ChipStatus {
   nextKeyIndex: number;
   batches: number;
   sessions: number;
-  session: { keyIndex: number; seq: number } | null;
+  /** The current session; keyIndex is null until its first seal takes a key. */
+  session: { keyIndex: number | null; seq: number } | null;
   /** Envelope suite ids the chip supports. */
   suites: SuiteId[];
   /** The chip's SM2 transport public key (04 || x || y, hex): what fill batches are sealed for. */
@@ -116,17 +117,19 @@ function batchError(err: unknown): ChipError {
 }
 const unhex = (s: string) => Uint8Array.from(Buffer.from(s, 'hex'));
 
+/** The uplink key a session seals under, and how far it has used it. */
+interface UplinkInUse {
+  key: EnvelopeKey;
+  index: number;
+  seq: number;
+  bytes: number;
+}
+
 export class SecurityChip {
   private readonly rotation: RotationPolicy;
   private readonly suite: SuiteId;
-  private session: {
-    id: string;
-    key: EnvelopeKey;
-    index: number;
-    seq: number;
-    bytes: number;
-    willSealed?: boolean;
-  } | null = null;
+  /** The current session: its uplink key once the first seal took one (docs/PROTOCOL.md §9.1), never before. */
+  private session: { id: string; uplink: UplinkInUse | null; willSealed?: boolean } | null = null;
   private readonly downKeys = new Map<number, { key: EnvelopeKey; replay: ReplayWindow }>();
 
   private constructor(
@@ -233,7 +236,9 @@ export class SecurityChip {
       nextKeyIndex: this.state.nextKeyIndex,
       batches: this.state.batches.length,
       sessions: this.state.sessions,
-      session: this.session ? { keyIndex: this.session.index, seq: this.session.seq } : null,
+      session: this.session
+        ? { keyIndex: this.session.uplink?.index ?? null, seq: this.session.uplink?.seq ?? 0 }
+        : null,
       suites: [...this.state.suites],
       transportKey: this.state.transport.publicKey,
       issuer: this.state.issuer,
@@ -332,10 +337,12 @@ export class SecurityChip {
   }
 
   /**
-   * Starts an MQTT session: takes the next unused uplink key out of the pool (durably, before any use) and erases
-   * downlink keys used in earlier sessions, since no key serves two sessions.
+   * Starts a session (docs/PROTOCOL.md §9.1): call it for every new MQTT connection. It takes no key: the first seal
+   * of the session takes the next unused uplink key, so a connection that carries no envelope spends none. The key
+   * of an earlier session is abandoned for good, and downlink keys used in earlier sessions are erased, since no key
+   * serves two sessions.
    */
-  beginSession(): { sessionId: string; keyIndex: number } {
+  beginSession(): { sessionId: string } {
     this.endSession();
     const next = structuredClone(this.state);
     next.down = next.down.filter((k) => !next.downUsed.includes(k.i));
@@ -346,27 +353,29 @@ export class SecurityChip {
     this.downKeys.forEach((d) => d.key.destroy());
     this.downKeys.clear();
     const id = randomUUID();
-    this.takeNextUplinkKey(id);
-    return { sessionId: id, keyIndex: this.session!.index };
+    this.session = { id, uplink: null };
+    return { sessionId: id };
   }
 
   endSession(): void {
-    this.session?.key.destroy();
+    this.session?.uplink?.key.destroy();
     this.session = null;
   }
 
   /**
-   * Seals an uplink payload for `topic` under the session key (docs/PROTOCOL.md §9). Empty payloads are returned
-   * unchanged. Rotates to the next key after the rotation limit; reserves sequence numbers durably before use.
+   * Seals an uplink payload for `topic` under the session key (docs/PROTOCOL.md §9.1), taking one at the session's
+   * first seal. Empty payloads are returned unchanged. Rotates to the next key after the rotation limit; reserves
+   * sequence numbers durably before use.
    */
   sealUplink(payload: Uint8Array, topic: string): Uint8Array {
     if (isPassthroughPayload(payload)) return payload;
     const s = this.session;
     if (!s) throw new ChipError('CHIP_ERR_NO_SESSION');
-    if (s.seq >= this.rotation.messages || s.bytes + payload.length > this.rotation.bytes || s.seq > MAX_SEQ) {
-      this.takeNextUplinkKey(s.id);
+    const u = s.uplink;
+    if (!u || u.seq >= this.rotation.messages || u.bytes + payload.length > this.rotation.bytes || u.seq > MAX_SEQ) {
+      this.takeNextUplinkKey();
     }
-    const cur = this.session!;
+    const cur = s.uplink!;
     const current = this.state.current!;
     if (cur.seq >= current.seqReserved) {
       const next = structuredClone(this.state);
@@ -389,20 +398,23 @@ export class SecurityChip {
   }
 
   /**
-   * Seals the will of the connection this session is about to make (docs/PROTOCOL.md §9): direction will, sequence
-   * number 0, under the session's first uplink key, so the will commits to that key. Once per session: a second
-   * will under the same key and nonce would reuse the nonce. Empty payloads are returned unchanged.
+   * Seals the will of the connection this session is about to make (docs/PROTOCOL.md §9.5): direction will, sequence
+   * number 0, under the session's first uplink key (taken now), so the will commits to that key. Once per session,
+   * before the first message: a second will under the same key and nonce would reuse the nonce. Empty payloads are
+   * returned unchanged.
    */
   sealWill(payload: Uint8Array, topic: string): Uint8Array {
     if (isPassthroughPayload(payload)) return payload;
     const s = this.session;
     if (!s) throw new ChipError('CHIP_ERR_NO_SESSION');
-    if (s.willSealed || s.seq > 0)
+    if (s.willSealed || s.uplink)
       throw new ChipError('CHIP_ERR_WILL', 'the will is sealed once, before the first message');
+    this.takeNextUplinkKey();
     s.willSealed = true;
+    const u = s.uplink!;
     return sealEnvelope(payload, {
-      key: s.key,
-      keyIndex: s.index,
+      key: u.key,
+      keyIndex: u.index,
       seq: 0,
       suite: this.suite,
       deviceId: this.state.deviceId,
@@ -447,7 +459,9 @@ export class SecurityChip {
     this.sealing.pinKey.fill(0);
   }
 
-  private takeNextUplinkKey(sessionId: string): void {
+  /** Takes the lowest unused uplink key out of the pool, on disk before it seals anything (§9.1). */
+  private takeNextUplinkKey(): void {
+    const s = this.session!;
     const next = structuredClone(this.state);
     const key = next.up.shift();
     if (!key) {
@@ -457,9 +471,9 @@ export class SecurityChip {
     next.current = { ...key, seqReserved: 0 };
     this.commit(next); // the key leaves the pool on disk before it seals anything
     this.options.crashPoint?.('after-take-key');
-    this.session?.key.destroy();
+    s.uplink?.key.destroy();
     const raw = unhex(key.k);
-    this.session = { id: sessionId, key: new EnvelopeKey(raw), index: key.i, seq: 0, bytes: 0 };
+    s.uplink = { key: new EnvelopeKey(raw), index: key.i, seq: 0, bytes: 0 };
     raw.fill(0);
   }
 

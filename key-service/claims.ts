@@ -1,4 +1,5 @@
 // Durable key claims with group commit: concurrent claim requests share one SQLite transaction (one fsync).
+import { isProtocolError, openEnvelope, parseEnvelope, MAX_PAYLOAD_LIMIT } from '../protocol/index.js';
 import { KmsError } from './errors.js';
 import type { KeyStore } from './store.js';
 
@@ -8,11 +9,20 @@ export interface DeliveredKey {
   key: Uint8Array;
 }
 
-/** ETSI 014 dec_keys: the named uplink keys of one device. */
+/** An envelope sealed under the uplink key being claimed, as the device sent it (docs/KMS-API.md "Proof of use"). */
+export interface UplinkProof {
+  envelope: Uint8Array;
+  topic: string;
+  direction: 'up' | 'will';
+}
+
+/** ETSI 014 dec_keys: the named uplink keys of one device, each with its proof of use. */
 export interface DecClaim {
   kind: 'dec';
   deviceId: string;
   keyIds: string[];
+  /** proofs[i] is the proof of use of keyIds[i]; an uplink key is claimed only with a proof that opens under it. */
+  proofs: Array<UplinkProof | undefined>;
   brokerId: string;
   sessionId: string | null;
 }
@@ -45,7 +55,8 @@ interface StatesSeen {
   brokers: Map<string, boolean>;
 }
 
-type Claimed = { rowid: number; key_ID: string; key_index: number; wrapped: Buffer };
+/** A key about to be claimed: its wrapped material, or the material itself when checking a proof unwrapped it. */
+type Claimed = { rowid: number; key_ID: string; key_index: number; wrapped: Buffer; key?: Uint8Array };
 type Outcome = { ok: true; rows: Claimed[] } | { ok: false; error: KmsError };
 
 /**
@@ -128,7 +139,7 @@ export class ClaimQueue {
         const keys = outcome.rows.map((r) => ({
           key_ID: r.key_ID,
           key_index: r.key_index,
-          key: this.store.unwrapKey(r.key_ID, r.wrapped),
+          key: r.key ?? this.store.unwrapKey(r.key_ID, r.wrapped),
         }));
         this.stats.onClaim?.(p.request.kind, 'ok', keys.length);
         p.resolve(keys);
@@ -155,7 +166,7 @@ export class ClaimQueue {
     if (r.kind === 'dec') {
       const refused: Array<Record<string, unknown>> = [];
       rows = [];
-      for (const id of r.keyIds) {
+      r.keyIds.forEach((id, i) => {
         const k = this.store.keyById(id);
         const reason =
           !k || k.device_id !== r.deviceId
@@ -165,10 +176,16 @@ export class ClaimQueue {
               : k.state !== 'filled'
                 ? k.state
                 : null;
-        if (reason) refused.push({ key_ID: id, reason });
-        else rows.push({ rowid: k!.rowid, key_ID: k!.key_id, key_index: k!.key_index, wrapped: k!.wrapped! });
+        if (reason) return void refused.push({ key_ID: id, reason });
+        const row = { rowid: k!.rowid, key_ID: k!.key_id, key_index: k!.key_index, wrapped: k!.wrapped! };
+        const proofRefused = this.checkProof(r.deviceId, row, r.proofs[i]);
+        if (proofRefused) refused.push({ key_ID: id, reason: proofRefused });
+        else rows.push(row);
+      });
+      if (refused.length > 0) {
+        for (const row of rows) row.key?.fill(0);
+        throw new KmsError('KMS_ERR_KEY_UNAVAILABLE', undefined, { details: refused });
       }
-      if (refused.length > 0) throw new KmsError('KMS_ERR_KEY_UNAVAILABLE', undefined, { details: refused });
     } else {
       rows = this.store
         .freshDownlinkKeys(r.deviceId, r.count)
@@ -192,6 +209,26 @@ export class ClaimQueue {
       session: r.sessionId,
     });
     return rows;
+  }
+
+  /**
+   * Proof of use (docs/KMS-API.md): the envelope must name this key and open under it. Leaves the unwrapped key on
+   * the row when it does (so it is not unwrapped twice) and returns why not otherwise; the key stays unclaimed.
+   */
+  private checkProof(deviceId: string, row: Claimed, proof: UplinkProof | undefined): string | null {
+    if (!proof) return 'proof_required';
+    const key = this.store.unwrapKey(row.key_ID, row.wrapped);
+    try {
+      const parsed = parseEnvelope(proof.envelope, { maxPayload: MAX_PAYLOAD_LIMIT });
+      if (parsed.keyIndex !== row.key_index) return 'proof_failed';
+      openEnvelope(parsed, { key, deviceId, topic: proof.topic, direction: proof.direction }).payload.fill(0);
+    } catch (err) {
+      key.fill(0);
+      if (isProtocolError(err)) return 'proof_failed';
+      throw err;
+    }
+    row.key = key;
+    return null;
   }
 
   /** Commits whatever is queued and refuses new claims. */

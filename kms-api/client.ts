@@ -27,6 +27,13 @@ import type { DecKeysRequest, EncKeysRequest, KeyContainer, KeyStatusJson, Retir
 
 export type { DeliveredKeyJson, KeyStatusJson } from './etsi-schemas.js';
 export type { TokenResponse } from './auth-schemas.js';
+
+/** Proof of use of an uplink key: an envelope sealed under it, as received (docs/KMS-API.md). */
+export interface UplinkProof {
+  envelope: Uint8Array;
+  topic: string;
+  direction: 'up' | 'will';
+}
 export type { AuditJson, BatchJson, ClientJson, DeviceJson, KeyStateJson } from './admin-schemas.js';
 
 /** The key service answered with an error body (ETSI 014 {message, details} plus our code). */
@@ -147,9 +154,20 @@ export class KmsClient {
     };
     return this.request<KeyContainer>('POST', `/api/v1/keys/${encodeURIComponent(saeId)}/enc_keys`, body);
   }
-  decKeys(saeId: string, keyIds: string[], sessionId?: string) {
+  /** ETSI 014 dec_keys; `proofs[i]`, when given, is the proof of use of `keyIds[i]` (docs/KMS-API.md). */
+  decKeys(saeId: string, keyIds: string[], sessionId?: string, proofs: ReadonlyArray<UplinkProof | undefined> = []) {
     const body: DecKeysRequest = {
-      key_IDs: keyIds.map((key_ID) => ({ key_ID })),
+      key_IDs: keyIds.map((key_ID, i) => {
+        const proof = proofs[i];
+        if (!proof) return { key_ID };
+        const envelope = Buffer.from(proof.envelope.buffer, proof.envelope.byteOffset, proof.envelope.byteLength);
+        return {
+          key_ID,
+          key_ID_extension: {
+            qkey_proof: { envelope: envelope.toString('base64'), topic: proof.topic, direction: proof.direction },
+          },
+        };
+      }),
       ...(sessionId ? { key_IDs_extension: { qkey_session_id: sessionId } } : {}),
     };
     return this.request<KeyContainer>('POST', `/api/v1/keys/${encodeURIComponent(saeId)}/dec_keys`, body);

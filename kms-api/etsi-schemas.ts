@@ -1,6 +1,7 @@
 // Wire contract of the broker routes: ETSI GS QKD 014 key delivery (status, enc_keys, dec_keys) and the retire
 // extension. Response schemas list every field that may leave the service.
 import type { FromSchema } from 'json-schema-to-ts';
+import { DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD } from '../protocol/envelope.js';
 import { errorResponses, idSchema, uuidSchema } from './common-schemas.js';
 
 /** Our extension carrying the claiming broker session (ETSI 014 §6.2 extension parameters). */
@@ -124,13 +125,53 @@ function keyIdList<const Limits extends { uniqueItems?: boolean; maxItems?: numb
   } as const;
 }
 
-/** ETSI 014 §6.4 Key IDs (POST dec_keys). */
+/** Our extension carrying, per uplink key, the envelope that names it (docs/KMS-API.md "Proof of use"). */
+export const PROOF_EXTENSION = 'qkey_proof';
+
+/** Base64 length of the largest envelope a proof may carry: the default largest payload plus header and tag. */
+export const PROOF_ENVELOPE_MAX_BASE64 = Math.ceil((DEFAULT_MAX_PAYLOAD + ENVELOPE_OVERHEAD) / 3) * 4;
+
+/**
+ * Proof of use: an envelope sealed under the uplink key being claimed, as the device sent it, with the topic and
+ * direction it was sent with. The key service opens it under the key before the key is claimed: a key no device
+ * has used cannot be claimed, so forged envelopes naming unused key indices cannot spend a device's keys.
+ */
+export const uplinkProofSchema = {
+  type: 'object',
+  required: ['envelope', 'topic', 'direction'],
+  additionalProperties: false,
+  properties: {
+    envelope: { type: 'string', minLength: 1, maxLength: PROOF_ENVELOPE_MAX_BASE64 },
+    topic: { type: 'string', minLength: 1, maxLength: 65535 },
+    direction: { enum: ['up', 'will'] },
+  },
+} as const;
+export type UplinkProofJson = FromSchema<typeof uplinkProofSchema>;
+
+/** ETSI 014 §6.4 Key IDs (POST dec_keys); each key_ID may carry its proof of use in key_ID_extension. */
 export const decKeysBody = {
   type: 'object',
   required: ['key_IDs'],
   additionalProperties: false,
   properties: {
-    key_IDs: keyIdList({ uniqueItems: true }),
+    key_IDs: {
+      type: 'array',
+      minItems: 1,
+      uniqueItems: true,
+      items: {
+        type: 'object',
+        required: ['key_ID'],
+        additionalProperties: false,
+        properties: {
+          key_ID: uuidSchema,
+          key_ID_extension: {
+            type: 'object',
+            additionalProperties: false,
+            properties: { [PROOF_EXTENSION]: uplinkProofSchema },
+          },
+        },
+      },
+    },
     key_IDs_extension: {
       type: 'object',
       additionalProperties: false,

@@ -36,6 +36,11 @@ export class ReplayWindow {
     if (this.has(seq)) throw new ProtocolError('PROTO_ERR_REPLAY', `sequence number ${seq} already seen`);
   }
 
+  /** Was `seq` accepted, and is it still inside the window? */
+  seen(seq: number): boolean {
+    return seq <= this.top && this.top - seq < this.size && this.has(seq);
+  }
+
   /** Records `seq` as seen; call only after the envelope authenticated. */
   accept(seq: number): void {
     this.check(seq);

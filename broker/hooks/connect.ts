@@ -1,6 +1,6 @@
 // The CONNECT hooks: preConnect notes what authenticate needs from the packet; authenticate runs the named steps
 // below: credentials (token, or with mutual TLS its certificate), principal, client-id ownership, certificate
-// identity, will, the device's key session, then the state the other hooks use.
+// identity, will, the device's key session (which claims nothing yet), then the state the other hooks use.
 import { randomUUID } from 'node:crypto';
 import type { AuthenticateError, Client, ConnectPacket, PublishPacket } from 'aedes';
 import { KmsHttpError } from '../../kms-api/client.js';
@@ -14,8 +14,10 @@ import {
 } from '../../protocol/index.js';
 import { type CertificateIdentity, certificateMismatch } from '../client-certificate.js';
 import { DeviceSessionKeys } from '../session-keys.js';
+import { UplinkKeyError } from '../uplink-keys.js';
 import { downlinkOwner, mayPublish, type Principal } from '../topic-policy.js';
 import type { ClientState, DeviceWill, PluginContext } from './context.js';
+import { holdDeliveriesForKey } from './forward.js';
 import { watchConnection } from './lifecycle.js';
 
 export function authError(returnCode: 2 | 3 | 4 | 5, message: string): AuthenticateError {
@@ -59,9 +61,15 @@ export async function authenticate(
   claimClientId(ctx, client, principal);
   matchCertificate(certificate, principal);
   const will = checkWill(ctx, client, principal);
+  if (certificate && !password) await confirmDevice(ctx, principal.id);
+  // §9: the session claims no key here; uplink keys at the first envelope naming them, downlink at the first command.
   const keys =
-    principal.role === 'device' ? await openKeySession(ctx, principal.id, downlinkSuiteOf(claims)) : undefined;
+    principal.role === 'device' ? openKeySession(ctx, client, principal, downlinkSuiteOf(claims)) : undefined;
+  const unpinWill = will && keys ? await claimWillKey(client, keys, will) : undefined;
+  if (keys)
+    await keyForQueuedCommands(client, keys).catch(async (err: unknown) => (unpinWill?.(), Promise.reject(err)));
   if (client.closed || client.conn.destroyed) {
+    unpinWill?.();
     // Aedes drops a client that closed during authenticate without a word: retire what it claimed, keep nothing.
     await keys?.close();
     throw new ClosedDuringAuthentication();
@@ -73,6 +81,7 @@ export async function authenticate(
     source: ctx.sourceOf(client),
     ...(keys && { keys }),
     ...(will && { will }),
+    ...(unpinWill && { unpinWill }),
   };
   ctx.states.set(client, state);
   watchConnection(ctx, client);
@@ -183,23 +192,88 @@ function checkWill(ctx: PluginContext, client: Client, principal: Principal): De
   }
 }
 
-async function openKeySession(ctx: PluginContext, deviceId: string, suite: SuiteId): Promise<DeviceSessionKeys> {
-  const keys = new DeviceSessionKeys(ctx.o.kms, deviceId, randomUUID(), ctx.rotation, (e) =>
-    ctx.o.events?.session?.(deviceId, e),
+/**
+ * §9.5: a device's will is an encrypted message the connection carries, so its key is claimed now, with the will as
+ * the proof of use, and held until the connection ends: the will can then be opened whenever it is due, even if the
+ * key service is down or has revoked the device by then. A will whose key another session spent, that does not open,
+ * or that was published already (a replayed CONNECT) is refused with 5; an unreachable key service gives 3.
+ */
+async function claimWillKey(client: Client, keys: DeviceSessionKeys, will: DeviceWill): Promise<() => void> {
+  const packet = (client as unknown as { _will: PublishPacket })._will;
+  const unpin = keys.pinUplinkKey(will.parsed.keyIndex);
+  try {
+    const held = await keys.uplinkKey(will.parsed.keyIndex, {
+      envelope: packet.payload as Buffer,
+      topic: packet.topic,
+      direction: 'will',
+    });
+    if (held.willPublished) throw authError(5, 'not authorized: this will was published already (replayed CONNECT)');
+    return unpin;
+  } catch (err) {
+    unpin();
+    await keys.close();
+    if (!(err instanceof UplinkKeyError)) throw err;
+    if (err.reason === 'kms_unavailable') throw authError(3, `server unavailable: ${err.message}`);
+    throw authError(5, `not authorized: will refused (${err.reason})`);
+  }
+}
+
+function openKeySession(ctx: PluginContext, client: Client, principal: Principal, suite: SuiteId): DeviceSessionKeys {
+  const keys = new DeviceSessionKeys(ctx.o.kms, ctx.uplinks, principal.id, randomUUID(), ctx.rotation, (e) =>
+    ctx.o.events?.session?.(principal.id, e),
   );
   keys.downlinkSuite = suite;
+  holdDeliveriesForKey(ctx, client, principal, keys);
+  return keys;
+}
+
+/**
+ * §9.2: a persistent session that has commands queued gets its first downlink key before CONNACK, since Aedes sends
+ * the queue right after CONNACK through authorizeForward, which cannot wait. If the key service cannot be reached
+ * the CONNECT is refused with 3 (server unavailable) and the queue stays intact for the next attempt; an empty
+ * downlink pool lets the device in, and the queued commands are dropped and counted as undeliverable.
+ */
+async function keyForQueuedCommands(client: Client, keys: DeviceSessionKeys): Promise<void> {
+  if (client.clean || !(await hasQueued(client))) return;
   try {
-    // Aedes' authorizeForward is synchronous: the first downlink keys must be here before CONNACK.
-    await keys.start();
+    await keys.prepareDownlink();
   } catch (err) {
+    if (err instanceof KmsHttpError && err.code === 'KMS_ERR_POOL_EMPTY') return;
     await keys.close();
-    // A certificate alone may name a device the key service does not know, or one it has revoked since the feed was
-    // last polled: no one to connect as, not a server fault.
+    if (err instanceof KmsHttpError && err.code === 'KMS_ERR_DEVICE_REVOKED')
+      throw authError(5, 'not authorized: revoked');
+    throw authError(3, `server unavailable: ${(err as Error).message}`);
+  }
+}
+
+/** Does the client's persistent session hold queued or in-flight outgoing messages? Reads at most one. */
+async function hasQueued(client: Client): Promise<boolean> {
+  const persistence = (client as unknown as { broker: { persistence: OutgoingStore } }).broker.persistence;
+  const stream = persistence.outgoingStream(client);
+  try {
+    for await (const _ of stream) return true;
+    return false;
+  } finally {
+    stream.destroy();
+  }
+}
+
+interface OutgoingStore {
+  outgoingStream(client: Client): import('node:stream').Readable;
+}
+
+/**
+ * A certificate alone (no token) may name a device the key service does not know, or one it revoked since the
+ * revocation feed was last polled: asked once here (a status read; no key is claimed). Not a server fault: 5.
+ */
+async function confirmDevice(ctx: PluginContext, deviceId: string): Promise<void> {
+  try {
+    await ctx.o.kms.status(deviceId);
+  } catch (err) {
     if (err instanceof KmsHttpError && err.code === 'KMS_ERR_UNKNOWN_DEVICE')
       throw authError(5, 'not authorized: unknown device');
     if (err instanceof KmsHttpError && err.code === 'KMS_ERR_DEVICE_REVOKED')
       throw authError(5, 'not authorized: revoked');
     throw authError(3, `server unavailable: ${(err as Error).message}`);
   }
-  return keys;
 }

@@ -5,12 +5,23 @@ import type { Client } from 'aedes';
 import type { KmsClient } from '../../kms-api/client.js';
 import { DEFAULT_MAX_PAYLOAD, type ParsedEnvelope } from '../../protocol/index.js';
 import type { DeviceSessionKeys, RotationLimits, SessionEvent } from '../session-keys.js';
+import { DEFAULT_UPLINK_LINGER_SECONDS, UplinkKeys } from '../uplink-keys.js';
 import type { TokenAuthority } from '../token-authority.js';
 import type { Principal, TopicTemplates } from '../topic-policy.js';
 
 /** Why a publish was refused; each is a metric label. */
 export type RejectReason =
-  'acl' | 'plaintext' | 'malformed' | 'replay' | 'forged' | 'foreign_key' | 'kms_unavailable' | 'too_large' | 'error';
+  | 'acl'
+  | 'plaintext'
+  | 'malformed'
+  | 'replay'
+  | 'forged'
+  | 'key_spent'
+  | 'foreign_key'
+  | 'revoked'
+  | 'kms_unavailable'
+  | 'too_large'
+  | 'error';
 
 /** What became of a device's uplink publish: `opened`, or why it was refused. */
 export type UplinkOutcome = 'opened' | RejectReason;
@@ -61,6 +72,11 @@ export interface QkeyPluginOptions {
   maxDownlinkPayload?: number;
   /** Subscriptions one client may hold at once; SUBACK 0x80 for filters beyond it. */
   maxSubscriptionsPerClient?: number;
+  /**
+   * Seconds the uplink keys of a device stay held after its last connection to this broker ended, so that a
+   * reconnect (an MQTT library's, or a QoS 1 resend) continues under them (docs/PROTOCOL.md §9.1).
+   */
+  uplinkKeyLingerSeconds?: number;
   /** Level of the per-connection log lines (connected, disconnected). */
   connectionLogLevel?: 'info' | 'debug';
   events?: PluginEvents;
@@ -80,6 +96,8 @@ export interface ClientState {
   keys?: DeviceSessionKeys;
   /** The will's envelope header when the device sent a sealed will. */
   will?: DeviceWill;
+  /** Releases the hold on the will's uplink key (see UplinkKeys.pin). */
+  unpinWill?: () => void;
   /** Opening and publishing the will: session keys are released only after it. */
   willSettled?: Promise<void>;
   /** The connection closed before Aedes handed over the will: release when the will hook is done. */
@@ -126,6 +144,8 @@ export class PluginContext {
   readonly parseOptions: { maxPayload?: number };
   readonly maxDownlinkPayload: number;
   readonly maxSubscriptions: number;
+  /** The uplink keys this broker holds, per device, across that device's connections. */
+  readonly uplinks: UplinkKeys;
   readonly counters: PluginCounters = {
     uplink: {
       opened: 0,
@@ -134,7 +154,9 @@ export class PluginContext {
       malformed: 0,
       replay: 0,
       forged: 0,
+      key_spent: 0,
       foreign_key: 0,
+      revoked: 0,
       kms_unavailable: 0,
       too_large: 0,
       error: 0,
@@ -154,6 +176,7 @@ export class PluginContext {
     this.parseOptions = o.maxPayload === undefined ? {} : { maxPayload: o.maxPayload };
     this.maxDownlinkPayload = o.maxDownlinkPayload ?? DEFAULT_MAX_PAYLOAD;
     this.maxSubscriptions = o.maxSubscriptionsPerClient ?? DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT;
+    this.uplinks = new UplinkKeys(o.kms, (o.uplinkKeyLingerSeconds ?? DEFAULT_UPLINK_LINGER_SECONDS) * 1000);
   }
 
   /**

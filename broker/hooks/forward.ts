@@ -3,8 +3,51 @@
 // (live, retained or queued alike), is counted and logged, and never reaches Aedes' delivery code.
 import type { AedesPublishPacket, Client } from 'aedes';
 import { isProtocolError } from '../../protocol/index.js';
-import { mayReceive } from '../topic-policy.js';
+import type { DeviceSessionKeys } from '../session-keys.js';
+import { isStatusTopicOf, mayReceive, type Principal } from '../topic-policy.js';
 import type { ClientState, PluginContext } from './context.js';
+
+type Deliver = (packet: AedesPublishPacket, cb: () => void) => void;
+interface DeliveringClient {
+  deliver0: Deliver;
+  deliverQoS: Deliver;
+}
+
+/**
+ * docs/PROTOCOL.md §9.2: a device session claims no downlink key until its first command is sealed. Aedes'
+ * authorizeForward cannot wait for that claim, so the device client's two delivery functions (live, retained and
+ * queued deliveries all pass through them) hold back, in order, what will be sealed until the session has its key;
+ * the forward hook then seals as usual. A delivery held back when the connection ends is released undelivered: a
+ * persistent session's QoS 1/2 copy was never touched and goes out on the next connection.
+ */
+export function holdDeliveriesForKey(
+  ctx: PluginContext,
+  client: Client,
+  principal: Principal,
+  keys: DeviceSessionKeys,
+) {
+  const c = client as unknown as DeliveringClient;
+  const gate =
+    (deliver: Deliver): Deliver =>
+    (packet, cb) => {
+      if (!sealedFor(ctx, principal, packet)) return deliver(packet, cb);
+      keys.whenSealable(
+        () => deliver(packet, cb),
+        () => setImmediate(cb),
+      );
+    };
+  c.deliver0 = gate(c.deliver0);
+  c.deliverQoS = gate(c.deliverQoS);
+}
+
+/** Will this delivery be sealed for the device? (Its status topic and empty payloads go out as they are.) */
+function sealedFor(ctx: PluginContext, principal: Principal, packet: AedesPublishPacket): boolean {
+  return (
+    (packet.payload as Buffer).length > 0 &&
+    mayReceive(principal, packet.topic, ctx.topics) &&
+    !isStatusTopicOf(ctx.topics, principal.id, packet.topic)
+  );
+}
 
 export function authorizeForward(
   ctx: PluginContext,
@@ -15,6 +58,8 @@ export function authorizeForward(
   // Read permission again on every delivery: a negated filter of a persistent session may still be stored.
   if (!state || !mayReceive(state.principal, packet.topic, ctx.topics)) return null;
   if (state.principal.role !== 'device') return packet;
+  // §9.4: the broker's status notices to the device are plaintext (a reason, never data).
+  if (isStatusTopicOf(ctx.topics, state.principal.id, packet.topic)) return packet;
   try {
     return sealFor(ctx, state, packet);
   } catch (err) {

@@ -42,6 +42,7 @@ export async function release(ctx: PluginContext, client: Client): Promise<void>
   clearTimeout(state.handoverTimer);
   logDisconnect(ctx, client, state);
   await state.willSettled; // never rejects (will.ts)
+  state.unpinWill?.();
   await state.keys?.close(); // never rejects (session-keys.ts)
 }
 

@@ -3,16 +3,14 @@
 // closes the connection and is counted by reason; a hook failure drops the message the same way.
 import type { Client, PublishPacket } from 'aedes';
 import {
-  type EnvelopeKey,
   isProtocolError,
   openEnvelope,
   type ParsedEnvelope,
   parseEnvelope,
   type ProtocolErrorCode,
-  type ReplayWindow,
 } from '../../protocol/index.js';
-import { UplinkKeyError } from '../session-keys.js';
-import { downlinkOwner, mayPublish } from '../topic-policy.js';
+import { type HeldUplinkKey, UplinkKeyError } from '../uplink-keys.js';
+import { deviceFilter, downlinkOwner, mayPublish } from '../topic-policy.js';
 import type { ClientState, PluginContext, PublishCallback, RejectReason } from './context.js';
 import { authorizeWill, isWillOf } from './will.js';
 
@@ -78,10 +76,12 @@ function decide(ctx: PluginContext, client: Client, state: ClientState, packet: 
   const keys = state.keys!;
   const ready = keys.readyUplinkKey(parsed.keyIndex);
   if (ready) return openUplink(ctx, client, state, packet, parsed, ready);
-  return keys.uplinkKey(parsed.keyIndex).then(
+  // §9.1: the first envelope naming a key claims it, and is itself the proof that the device used that key.
+  return keys.uplinkKey(parsed.keyIndex, { envelope: payload, topic: packet.topic, direction: 'up' }).then(
     (uplink) => openUplink(ctx, client, state, packet, parsed, uplink),
     (err: unknown) => {
-      if (err instanceof UplinkKeyError) return refuse(ctx, client, state, packet, err.reason, err.message);
+      if (err instanceof UplinkKeyError)
+        return refuse(ctx, client, state, packet, err.reason, err.message, parsed.keyIndex);
       throw err;
     },
   );
@@ -117,7 +117,7 @@ function checkDownlinkSize(
   state: ClientState,
   packet: PublishPacket,
   length: number,
-): Error | null {
+): Verdict {
   if (length <= ctx.maxDownlinkPayload || downlinkOwner(ctx.topics, packet.topic) === undefined) return null;
   return refuse(ctx, client, state, packet, 'too_large', `${length} > ${ctx.maxDownlinkPayload} bytes`);
 }
@@ -128,8 +128,8 @@ function openUplink(
   state: ClientState,
   packet: PublishPacket,
   parsed: ParsedEnvelope,
-  uplink: { key: EnvelopeKey; replay: ReplayWindow },
-): Error | null {
+  uplink: HeldUplinkKey,
+): Verdict {
   let opened;
   try {
     opened = openEnvelope(parsed, {
@@ -137,17 +137,31 @@ function openUplink(
       deviceId: state.principal.id,
       topic: packet.topic,
       direction: 'up',
-      replay: uplink.replay,
+      replay: retransmission(packet, parsed, uplink) ? uplink.resent : uplink.replay,
     });
   } catch (err) {
     if (!isProtocolError(err)) throw err;
-    return refuse(ctx, client, state, packet, PROTOCOL_REASONS[err.code] ?? 'forged', err.code);
+    return refuse(ctx, client, state, packet, PROTOCOL_REASONS[err.code] ?? 'forged', err.code, parsed.keyIndex);
   }
   ctx.counters.uplink.opened++;
   ctx.counters.uplinkBytes += (packet.payload as Buffer).length;
   // What is retained, queued and forwarded from here on is the plaintext: applications receive plaintext.
   packet.payload = Buffer.from(opened.payload.buffer, opened.payload.byteOffset, opened.payload.byteLength);
   return null;
+}
+
+/**
+ * Refuses the message; the connection is then closed (MQTT 3.1.1 has no negative acknowledgement of a PUBLISH).
+ * A device is first told why on its status topic (docs/PROTOCOL.md §9.4), so that it can tell a spent key (begin
+ * a new session) from a fault of its own.
+ */
+/**
+ * [MQTT-4.3.2-1] A QoS 1 PUBLISH sent again with DUP set after its PUBACK was lost (perhaps on a new connection that
+ * continues the held key, §9.1) carries an envelope already accepted. At least once allows a duplicate: it is
+ * accepted once more (checked against a second window), not refused as a replay that would close the connection.
+ */
+function retransmission(packet: PublishPacket, parsed: ParsedEnvelope, uplink: HeldUplinkKey): boolean {
+  return packet.qos === 1 && packet.dup && uplink.replay.seen(parsed.seq);
 }
 
 function refuse(
@@ -157,14 +171,48 @@ function refuse(
   packet: PublishPacket,
   reason: RejectReason,
   detail: string,
-): Error {
+  keyIndex?: number,
+): Error | Promise<Error> {
   if (state.principal.role === 'device') ctx.counters.uplink[reason]++;
   ctx.o.events?.rejected?.(reason, client.id, packet.topic);
   ctx.o.log?.warn(
     { client: client.id, role: state.principal.role, topic: packet.topic, reason, detail },
     'publish refused',
   );
-  return new Error(`publish refused (${reason}): ${detail}`);
+  const err = new Error(`publish refused (${reason}): ${detail}`);
+  if (state.principal.role !== 'device') return err;
+  return tellDevice(client, deviceFilter(ctx.topics.status, state.principal.id), {
+    reason,
+    topic: packet.topic,
+    ...(keyIndex !== undefined && { key_index: keyIndex }),
+  }).then(() => err);
+}
+
+/** Longest wait for a status notice to be written before the refused connection is closed anyway. */
+const STATUS_NOTICE_MS = 1000;
+
+/** Publishes a status notice (QoS 0, not retained, plaintext JSON) and resolves once it went out or timed out. */
+function tellDevice(client: Client, topic: string, notice: StatusNotice): Promise<void> {
+  const broker = (client as unknown as { broker: StatusPublisher }).broker;
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, STATUS_NOTICE_MS);
+    const payload = Buffer.from(JSON.stringify(notice));
+    broker.publish({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }, () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+/** docs/PROTOCOL.md §9.4: what the broker tells a device when it refuses one of its messages. */
+export interface StatusNotice {
+  reason: RejectReason;
+  topic: string;
+  key_index?: number;
+}
+
+interface StatusPublisher {
+  publish(packet: PublishPacket, done: (err?: Error) => void): void;
 }
 
 function failed(ctx: PluginContext, client: Client, state: ClientState, err: unknown): Error {

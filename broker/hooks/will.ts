@@ -1,9 +1,8 @@
 // The will hook: Aedes asks authorizePublish whether a closing client's will may be published [MQTT-3.1.2-8]. An
-// application's will is plaintext and was checked at CONNECT; a device's will is opened here under the connection's
-// uplink key (direction will, sequence number 0), claimed now if no message claimed it before.
+// application's will is plaintext and was checked at CONNECT; a device's will is opened here under the uplink key it
+// names (direction will, sequence number 0), claimed at CONNECT with the will as its proof of use and held since.
 import type { Client, PublishPacket } from 'aedes';
 import { isProtocolError, openEnvelope } from '../../protocol/index.js';
-import { UplinkKeyError } from '../session-keys.js';
 import { mayPublish } from '../topic-policy.js';
 import type { ClientState, PluginContext, PublishCallback } from './context.js';
 import { release } from './lifecycle.js';
@@ -43,13 +42,12 @@ async function settleWill(ctx: PluginContext, state: ClientState, packet: Publis
   if (!mayPublish(state.principal, packet.topic, ctx.topics)) throw new Error('acl: will topic not permitted');
   const will = state.will;
   if (state.principal.role !== 'device' || !will) return;
-  let uplink;
-  try {
-    uplink = await state.keys!.uplinkKey(will.parsed.keyIndex);
-  } catch (err) {
-    if (err instanceof UplinkKeyError) throw new Error(`${err.reason}: ${err.message}`);
-    throw err;
-  }
+  // Claimed at CONNECT and held (pinned) for this connection since: no key-service round trip now (§9.5).
+  const uplink = state.keys!.readyUplinkKey(will.parsed.keyIndex);
+  if (!uplink) throw new Error('key_spent: the will key is no longer held');
+  // A will is published once per key: a replayed CONNECT cannot publish it again.
+  if (uplink.willPublished) throw new Error('replay: this will was published already');
+  uplink.willPublished = true;
   try {
     const opened = openEnvelope(will.parsed, {
       key: uplink.key,

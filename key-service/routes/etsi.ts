@@ -3,7 +3,7 @@ import type { FastifyRequest } from 'fastify';
 import * as wire from '../../kms-api/etsi-schemas.js';
 import type { RouteScope } from '../access.js';
 import { brokerId } from '../callers.js';
-import type { DeliveredKey } from '../claims.js';
+import type { DeliveredKey, UplinkProof } from '../claims.js';
 import type { KmsContext } from '../context.js';
 import { KmsError } from '../errors.js';
 
@@ -48,6 +48,15 @@ function sessionFromExtensions(
     if (typeof ext[wire.SESSION_EXTENSION] === 'string')
       session ??= boundedSession(ext[wire.SESSION_EXTENSION] as string);
   return session;
+}
+
+/** A proof of use as the claim needs it; the envelope must be canonical base64 (RFC 4648 §4, padded). */
+function proofOf(json: wire.UplinkProofJson | undefined): UplinkProof | undefined {
+  if (!json) return undefined;
+  const envelope = Buffer.from(json.envelope, 'base64');
+  if (envelope.toString('base64') !== json.envelope)
+    throw new KmsError('KMS_ERR_BAD_REQUEST', `${wire.PROOF_EXTENSION}.envelope must be padded base64`);
+  return { envelope, topic: json.topic, direction: json.direction };
 }
 
 /** Broker group. */
@@ -102,7 +111,13 @@ export function etsiRoutes(app: RouteScope, ctx: KmsContext): void {
   );
   app.get(`${prefix}/enc_keys`, { schema: wire.encKeysGetRoute }, (req) => enc(req, req.params.SAE_ID, req.query));
 
-  const dec = async (req: FastifyRequest, saeId: string, keyIds: string[], session: string | null) => {
+  const dec = async (
+    req: FastifyRequest,
+    saeId: string,
+    keyIds: string[],
+    session: string | null,
+    proofs: Array<UplinkProof | undefined> = [],
+  ) => {
     if (new Set(keyIds).size !== keyIds.length) throw new KmsError('KMS_ERR_BAD_REQUEST', 'duplicate key_ID');
     if (keyIds.length > ctx.config.maxKeysPerRequest)
       throw new KmsError('KMS_ERR_TOO_MANY_KEYS', `at most ${ctx.config.maxKeysPerRequest}`);
@@ -110,6 +125,7 @@ export function etsiRoutes(app: RouteScope, ctx: KmsContext): void {
       kind: 'dec',
       deviceId: saeId,
       keyIds,
+      proofs,
       brokerId: brokerId(req),
       sessionId: session,
     });
@@ -122,6 +138,7 @@ export function etsiRoutes(app: RouteScope, ctx: KmsContext): void {
       req.params.SAE_ID,
       req.body.key_IDs.map((k) => k.key_ID),
       req.body.key_IDs_extension?.qkey_session_id ?? null,
+      req.body.key_IDs.map((k) => proofOf(k.key_ID_extension?.qkey_proof)),
     ),
   );
   app.get(`${prefix}/dec_keys`, { schema: wire.decKeysGetRoute }, (req) =>

@@ -1,5 +1,7 @@
 // A connection that ends while the broker is still authenticating it (the key service answers slowly) leaves
-// nothing behind: no state in the broker, and the keys claimed for it retired at the key service.
+// nothing behind: no state in the broker, the keys claimed for it retired at the key service, and the commands queued
+// for its persistent session still queued. The only key a CONNECT claims is the first downlink key of a persistent
+// session with queued commands (docs/PROTOCOL.md §9.2).
 import { createServer, type Server } from 'node:http';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startTestKms } from '../helpers/kms.js';
@@ -46,8 +48,15 @@ afterAll(async () => {
   proxy.close();
 });
 
-it('a device that disconnects while its keys are being claimed leaves no session and no claimed key', async () => {
+it('a device that disconnects while its queued commands wait for a key leaves no session, no claimed key, and its queue', async () => {
   const chip = await sys.device('dev-impatient');
+  const first = await sys.connectDevice(chip, { clean: false });
+  await first.subscribeAsync('devices/dev-impatient/down/#', { qos: 1 });
+  await first.endAsync();
+  const app = await sys.connectApp('ops', { publish: ['devices/+/down/#'] });
+  await app.publishAsync('devices/dev-impatient/down/cmd', 'queued', { qos: 1 });
+  await app.endAsync();
+
   chip.beginSession();
   const password = await sys.deviceToken(chip);
   holding = true;
@@ -56,7 +65,7 @@ it('a device that disconnects while its keys are being claimed leaves no session
     cmd: 'connect',
     protocolId: 'MQTT',
     protocolVersion: 4,
-    clean: true,
+    clean: false,
     keepalive: 30,
     clientId: 'dev-impatient',
     username: 'dev-impatient',
@@ -69,7 +78,7 @@ it('a device that disconnects while its keys are being claimed leaves no session
   holding = false;
   for (const release of held.splice(0)) release();
 
-  // The claims complete after the close; the broker retires them and keeps nothing.
+  // The claim completes after the close; the broker retires it and keeps nothing.
   const settled = async () => {
     const keys = (await sys.kms.admin.deviceKeys('dev-impatient')).keys;
     return keys.some((k) => k.state === 'retired') && !keys.some((k) => k.state === 'claimed');
@@ -77,10 +86,18 @@ it('a device that disconnects while its keys are being claimed leaves no session
   for (let i = 0; i < 200 && !((await settled()) && sys.broker.plugin.sessions === 0); i++)
     await new Promise((r) => setTimeout(r, 25));
   const keys = (await sys.kms.admin.deviceKeys('dev-impatient')).keys;
-  expect(keys.filter((k) => k.state === 'retired').length).toBeGreaterThan(0);
+  expect(keys.filter((k) => k.state === 'retired').map((k) => k.direction)).toEqual(['down']);
   expect(keys.filter((k) => k.state === 'claimed')).toEqual([]);
   expect(sys.broker.plugin.sessions).toBe(0);
   expect(raw.received.filter((p) => p.cmd === 'connack')).toEqual([]);
-  expect(sys.logs()).not.toContain('"client connected"');
   expect(sys.logs()).toContain('the connection closed during authentication');
+
+  // The queued command was never touched: the next connection receives it, under that session's key.
+  const received: string[] = [];
+  const back = await sys.connectDevice(chip, { clean: false }, (c) =>
+    c.on('message', (t, p) => received.push(Buffer.from(chip.openDownlink(p, t)).toString())),
+  );
+  for (let i = 0; i < 200 && received.length === 0; i++) await new Promise((r) => setTimeout(r, 25));
+  expect(received).toEqual(['queued']);
+  await back.endAsync();
 });

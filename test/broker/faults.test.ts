@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it, vi } from 'vitest';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
 import { newKmsDir, removeDir, startTestKms, tempDir } from '../helpers/kms.js';
 import { spawnQkey } from '../helpers/process.js';
-import { nextMessage, startTestSystem, systemOn } from '../helpers/system.js';
+import { closed, nextMessage, startTestSystem, systemOn } from '../helpers/system.js';
 import { selfSignedLoopbackCert } from '../helpers/certificates.js';
 
 const cleanup: Array<() => Promise<void> | void> = [];
@@ -31,7 +31,7 @@ const sealed = (chip: SecurityChip, text: string) =>
   Buffer.from(chip.sealUplink(Buffer.from(text), topic(chip.deviceId)));
 
 describe('key service outage', () => {
-  it('connected sessions carry on, new connects get CONNACK 3, and everything recovers by itself', async () => {
+  it('connected sessions carry on, a new session is told kms_unavailable, and everything recovers by itself', async () => {
     const dataDir = newKmsDir();
     let kms = await startTestKms({}, dataDir);
     const port = Number(new URL(kms.url).port);
@@ -51,19 +51,25 @@ describe('key service outage', () => {
     const got = nextMessage(app);
     await dev.publishAsync(topic('dev-outage'), sealed(chip, 'during'), { qos: 1 });
     expect((await got).payload.toString()).toBe('during');
+    // A CONNECT needs no key service (§9: nothing is claimed there); the new session's first envelope needs its key
+    // claimed, so it is refused, and the device is told why on its status topic before the connection closes.
     other.beginSession();
-    const refused = await mqtt
-      .connectAsync(sys.mqttUrl, {
-        clientId: 'dev-latecomer',
-        username: 'dev-latecomer',
-        password: latecomerToken,
-        reconnectPeriod: 0,
-      })
-      .then(
-        (c) => (c.end(true), 0),
-        (err: { code?: number }) => err.code,
-      );
-    expect(refused).toBe(3);
+    const late = await mqtt.connectAsync(sys.mqttUrl, {
+      clientId: 'dev-latecomer',
+      username: 'dev-latecomer',
+      password: latecomerToken,
+      reconnectPeriod: 0,
+    });
+    await late.subscribeAsync('devices/dev-latecomer/status', { qos: 0 });
+    const notice = nextMessage(late);
+    const ended = closed(late);
+    late.publish(topic('dev-latecomer'), sealed(other, 'too early'), { qos: 1 });
+    expect(JSON.parse((await notice).payload.toString())).toMatchObject({
+      reason: 'kms_unavailable',
+      topic: topic('dev-latecomer'),
+      key_index: 0,
+    });
+    await ended;
     await eventually(async () => expect((await fetch(`${sys.broker.urls.http}/healthz`)).status).toBe(503));
     const kmsUp = async () =>
       /^broker_kms_up (\d)/m.exec(await (await fetch(`${sys.broker.urls.http}/metrics`)).text())?.[1];
@@ -77,13 +83,17 @@ describe('key service outage', () => {
     await eventually(async () => expect((await fetch(`${sys.broker.urls.http}/healthz`)).status).toBe(200));
     expect(await kmsUp()).toBe('1');
     expect(sys.logs().match(/"msg":"key service reachable again"/g)).toHaveLength(1);
+    // The honest reaction to any refusal: a new session, which is accepted.
+    other.beginSession();
     const back = await mqtt.connectAsync(sys.mqttUrl, {
       clientId: 'dev-latecomer',
       username: 'dev-latecomer',
       password: latecomerToken,
       reconnectPeriod: 0,
     });
-    expect(back.connected).toBe(true);
+    const arrived = nextMessage(app);
+    await back.publishAsync(topic('dev-latecomer'), sealed(other, 'after'), { qos: 1 });
+    expect((await arrived).payload.toString()).toBe('after');
     await back.endAsync();
     await sys.stop();
   });

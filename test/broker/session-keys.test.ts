@@ -1,10 +1,19 @@
-// A device session's keys at the broker, against a real key service: claims, rotation without waiting,
-// uplink claims shared by concurrent messages, foreign keys, an empty pool, and retirement.
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { DeviceSessionKeys, type SessionEvent, UplinkKeyError } from '../../broker/session-keys.js';
-import { KmsClient } from '../../kms-api/client.js';
-import { EnvelopeKey, openEnvelope, parseEnvelope, SUITE_SM4_GCM, sealEnvelope } from '../../protocol/index.js';
-import { brokerClient, provisionDevice, removeDir, startTestKms, type TestKms } from '../helpers/kms.js';
+// A device connection's keys at the broker, against a real key service: downlink keys claimed at the first command
+// (deliveries wait for it, in order) and rotated without waiting; uplink keys claimed with their proof of use,
+// shared by the device's connections, retired once the chip moved on or the device stayed away.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DeviceSessionKeys, type SessionEvent } from '../../broker/session-keys.js';
+import { UplinkKeyError, UplinkKeys } from '../../broker/uplink-keys.js';
+import { KmsClient, type UplinkProof } from '../../kms-api/client.js';
+import { EnvelopeKey, openEnvelope, parseEnvelope, sealEnvelope } from '../../protocol/index.js';
+import {
+  brokerClient,
+  type ProvisionedDevice,
+  provisionDevice,
+  removeDir,
+  startTestKms,
+  type TestKms,
+} from '../helpers/kms.js';
 
 let t: TestKms;
 let broker: KmsClient;
@@ -19,147 +28,215 @@ afterAll(async () => {
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
+const tick = (ms = 20) => new Promise((r) => setTimeout(r, ms));
+
+function session(deviceId: string, sessionId: string, uplinks = new UplinkKeys(broker), events: SessionEvent[] = []) {
+  return new DeviceSessionKeys(broker, uplinks, deviceId, sessionId, undefined, (e) => events.push(e));
+}
+
+/** An envelope the device's chip could have sealed under uplink key `index`, as its proof of use. */
+function proof(dev: ProvisionedDevice, index: number, seq = 0, text = 'x'): UplinkProof & { text: string } {
+  const topic = `devices/${dev.deviceId}/up/t`;
+  const envelope = sealEnvelope(enc.encode(text), {
+    key: dev.keys.get(index)!.key,
+    keyIndex: index,
+    seq,
+    deviceId: dev.deviceId,
+    topic,
+    direction: 'up',
+  });
+  return { envelope, topic, direction: 'up', text };
+}
+
+async function keyStates(deviceId: string): Promise<Map<number, string>> {
+  return new Map((await t.admin.deviceKeys(deviceId)).keys.map((k) => [k.key_index, k.state]));
+}
 
 describe('downlink', () => {
-  it('claims current and next before the session starts, rotates after the limit, and prefetches in the background', async () => {
+  it('claims nothing until the first command; deliveries wait for that claim in order, then rotate without waiting', async () => {
     const dev = await provisionDevice(t.admin, 'dev-sk', 1, 6);
     const events: SessionEvent[] = [];
-    const s = new DeviceSessionKeys(broker, 'dev-sk', 'sess-1', { messages: 3, bytes: 1 << 20, seconds: 3600 }, (e) =>
-      events.push(e),
+    const s = new DeviceSessionKeys(
+      broker,
+      new UplinkKeys(broker),
+      'dev-sk',
+      'sess-1',
+      { messages: 3, bytes: 1 << 20, seconds: 3600 },
+      (e) => events.push(e),
     );
-    await s.start();
-    expect(s.downlinkKeyIndex).toBe(1);
+    await tick(50);
+    expect([...(await keyStates('dev-sk')).values()].every((st) => st === 'filled')).toBe(true);
     const topic = 'devices/dev-sk/down/cmd';
-    const indices: number[] = [];
-    for (let i = 0; i < 7; i++) {
-      const env = s.sealDownlink(enc.encode(`cmd ${i}`), topic)!;
+    const sealed: Uint8Array[] = [];
+    const deliver = (i: number) =>
+      s.whenSealable(
+        () => sealed.push(s.sealDownlink(enc.encode(`cmd ${i}`), topic)!),
+        () => undefined,
+      );
+    // The first two wait for the first claim, and go out in order once it lands.
+    deliver(0);
+    deliver(1);
+    expect(sealed).toHaveLength(0);
+    for (let i = 0; i < 200 && sealed.length < 2; i++) await tick();
+    const prefetching = () => (s as unknown as { prefetching?: Promise<void> }).prefetching;
+    for (let i = 2; i < 7; i++) {
+      deliver(i);
+      await prefetching(); // let a background prefetch land before the next command
+    }
+    const indices = sealed.map((env, i) => {
       const h = parseEnvelope(env);
-      indices.push(h.keyIndex);
       const key = new EnvelopeKey(dev.keys.get(h.keyIndex)!.key);
       expect(dec.decode(openEnvelope(env, { key, deviceId: 'dev-sk', topic, direction: 'down' }).payload)).toBe(
         `cmd ${i}`,
       );
-      await new Promise((r) => setTimeout(r, 20)); // let background prefetches land
-    }
+      return h.keyIndex;
+    });
     expect(indices).toEqual([1, 1, 1, 2, 2, 2, 3]);
     expect(events.filter((e) => e.kind === 'downlink-rotated')).toHaveLength(2);
     await s.close();
-    const states = new Map((await t.admin.deviceKeys('dev-sk')).keys.map((k) => [k.key_index, k.state]));
-    expect([1, 2, 3, 4].map((i) => states.get(i))).toEqual(['retired', 'retired', 'retired', 'retired']);
-    expect(states.get(5)).toBe('filled');
+    const states = await keyStates('dev-sk');
+    expect([1, 2, 3].map((i) => states.get(i))).toEqual(['retired', 'retired', 'retired']);
+    expect([4, 5, 6].map((i) => states.get(i))).not.toContain('claimed');
   });
 
-  it('never waits: past the limit with no next key it keeps the current key and reports the rotation overdue', async () => {
+  it('never waits once keyed: past the limit with no next key it keeps the current key and reports it overdue', async () => {
     await provisionDevice(t.admin, 'dev-one', 0, 1);
     const events: SessionEvent[] = [];
-    const s = new DeviceSessionKeys(broker, 'dev-one', 'sess-2', { messages: 1, bytes: 1 << 20, seconds: 3600 }, (e) =>
-      events.push(e),
+    const s = new DeviceSessionKeys(
+      broker,
+      new UplinkKeys(broker),
+      'dev-one',
+      'sess-2',
+      { messages: 1, bytes: 1 << 20, seconds: 3600 },
+      (e) => events.push(e),
     );
-    await s.start();
+    await s.prepareDownlink();
     expect(s.sealDownlink(enc.encode('a'), 'devices/dev-one/down/x')).toBeDefined();
     expect(parseEnvelope(s.sealDownlink(enc.encode('b'), 'devices/dev-one/down/x')!).keyIndex).toBe(0);
     expect(events.map((e) => e.kind)).toContain('downlink-overdue');
     await s.close();
   });
 
-  it('an empty downlink pool starts the session without a downlink key; deliveries are dropped and reported', async () => {
+  it('an empty downlink pool lets the waiting deliveries through (dropped and reported), and retries later', async () => {
     await provisionDevice(t.admin, 'dev-empty', 1, 0);
     const events: SessionEvent[] = [];
-    const s = new DeviceSessionKeys(broker, 'dev-empty', 'sess-3', undefined, (e) => events.push(e));
-    await s.start();
-    expect(s.downlinkKeyIndex).toBeUndefined();
-    expect(s.sealDownlink(enc.encode('x'), 'devices/dev-empty/down/x')).toBeUndefined();
-    expect(events.map((e) => e.kind)).toContain('downlink-unavailable');
+    const s = session('dev-empty', 'sess-3', undefined, events);
+    const ran: string[] = [];
+    s.whenSealable(
+      () => ran.push(String(s.sealDownlink(enc.encode('x'), 'devices/dev-empty/down/x'))),
+      () => ran.push('released'),
+    );
+    for (let i = 0; i < 100 && ran.length === 0; i++) await tick();
+    expect(ran).toEqual(['undefined']);
+    expect(events.map((e) => e.kind)).toContain('downlink-prefetch-failed');
+    await expect(s.prepareDownlink()).rejects.toMatchObject({ code: 'KMS_ERR_POOL_EMPTY' });
     await s.close();
   });
 
-  it('an unreachable key service fails start (the broker answers CONNACK 3)', async () => {
-    const s = new DeviceSessionKeys(new KmsClient('http://127.0.0.1:1', { timeoutMs: 500 }), 'dev-sk', 'sess-4');
-    await expect(s.start()).rejects.toMatchObject({ code: 'KMS_UNREACHABLE' });
+  it('deliveries still waiting when the connection ends are released undelivered', async () => {
+    await provisionDevice(t.admin, 'dev-gone', 0, 2);
+    const s = new DeviceSessionKeys(
+      new KmsClient('http://127.0.0.1:1', { timeoutMs: 2000 }),
+      new UplinkKeys(broker),
+      'dev-gone',
+      'sess-gone',
+    );
+    const ran: string[] = [];
+    s.whenSealable(
+      () => ran.push('delivered'),
+      () => ran.push('released'),
+    );
+    await s.close();
+    expect(ran).toEqual(['released']);
+    s.whenSealable(
+      () => ran.push('delivered'),
+      () => ran.push('released'),
+    );
+    expect(ran).toEqual(['released', 'released']);
+  });
+
+  it('an unreachable key service fails prepareDownlink (a persistent session with queued commands gets CONNACK 3)', async () => {
+    const s = new DeviceSessionKeys(
+      new KmsClient('http://127.0.0.1:1', { timeoutMs: 500 }),
+      new UplinkKeys(broker),
+      'dev-sk',
+      'sess-4',
+    );
+    await expect(s.prepareDownlink()).rejects.toMatchObject({ code: 'KMS_UNREACHABLE' });
+    await s.close();
   });
 });
 
 describe('uplink', () => {
-  it('claims each uplink key once per session, shared by concurrent messages, and refuses another session', async () => {
+  it('claims a key once, with its proof, shared by concurrent messages and by the device’s next connection', async () => {
     const dev = await provisionDevice(t.admin, 'dev-up', 3, 2);
-    const s = new DeviceSessionKeys(broker, 'dev-up', 'sess-5');
-    const [a, b] = await Promise.all([s.uplinkKey(0), s.uplinkKey(0)]);
+    const uplinks = new UplinkKeys(broker);
+    const s = session('dev-up', 'sess-5', uplinks);
+    const p = proof(dev, 0, 0, '21.5');
+    const [a, b] = await Promise.all([s.uplinkKey(0, p), s.uplinkKey(0, proof(dev, 0, 1))]);
     expect(a).toBe(b);
-    const topic = 'devices/dev-up/up/t';
-    const env = sealEnvelope(enc.encode('21.5'), {
-      key: dev.keys.get(0)!.key,
-      keyIndex: 0,
-      seq: 0,
-      deviceId: 'dev-up',
-      topic,
-      direction: 'up',
-    });
     expect(
-      dec.decode(
-        openEnvelope(env, { key: a.key, deviceId: 'dev-up', topic, direction: 'up', replay: a.replay }).payload,
-      ),
+      dec.decode(openEnvelope(p.envelope, { key: a.key, deviceId: 'dev-up', topic: p.topic, direction: 'up' }).payload),
     ).toBe('21.5');
-    const claims = (await t.admin.audit({ device_id: 'dev-up', action: 'key.claim.dec' })).entries;
-    expect(claims).toHaveLength(1);
-    const other = new DeviceSessionKeys(broker, 'dev-up', 'sess-6');
-    await expect(other.uplinkKey(0)).rejects.toMatchObject({ reason: 'foreign_key' });
-    await expect(other.uplinkKey(3)).rejects.toBeInstanceOf(UplinkKeyError); // a downlink index is no uplink key
+    expect((await t.admin.audit({ device_id: 'dev-up', action: 'key.claim.dec' })).entries).toHaveLength(1);
+    // A reconnect the chip did not see as a new session continues under the same key and replay window.
     await s.close();
-    await other.close();
+    const again = session('dev-up', 'sess-5b', uplinks);
+    expect(again.readyUplinkKey(0)).toBe(a);
+    await again.close();
+    await uplinks.close();
+  });
+
+  it('refuses a key another session spent (key_spent), a forged proof without spending the key, and downlink indices', async () => {
+    const dev = await provisionDevice(t.admin, 'dev-spent', 3, 2);
+    const here = new UplinkKeys(broker);
+    const elsewhere = new UplinkKeys(broker); // another broker, or this one after a restart
+    await session('dev-spent', 'sess-a', here).uplinkKey(0, proof(dev, 0));
+    await expect(session('dev-spent', 'sess-b', elsewhere).uplinkKey(0, proof(dev, 0, 1))).rejects.toMatchObject({
+      reason: 'key_spent',
+    });
+    const forged = proof(dev, 1);
+    forged.envelope[forged.envelope.length - 1]! ^= 1; // one bit of the tag
+    await expect(session('dev-spent', 'sess-c', elsewhere).uplinkKey(1, forged)).rejects.toMatchObject({
+      reason: 'forged',
+    });
+    expect((await keyStates('dev-spent')).get(1)).toBe('filled'); // a forged envelope spends nothing
+    expect((await session('dev-spent', 'sess-c', elsewhere).uplinkKey(1, proof(dev, 1))).index).toBe(1);
+    await expect(session('dev-spent', 'sess-d', elsewhere).uplinkKey(3, proof(dev, 3))).rejects.toBeInstanceOf(
+      UplinkKeyError,
+    ); // a downlink index is no uplink key
+    await here.close();
+    await elsewhere.close();
+  });
+
+  it('retires older keys once the chip moved on, keeps a key a will names, and retires all after the linger time', async () => {
+    const dev = await provisionDevice(t.admin, 'dev-linger', 4, 0);
+    const uplinks = new UplinkKeys(broker, 200);
+    const s = session('dev-linger', 'sess-l', uplinks);
+    await s.uplinkKey(0, proof(dev, 0));
+    const unpin = s.pinUplinkKey(1);
+    await s.uplinkKey(1, proof(dev, 1));
+    await s.uplinkKey(2, proof(dev, 2));
+    await tick(50);
+    let states = await keyStates('dev-linger');
+    expect([0, 1, 2, 3].map((i) => states.get(i))).toEqual(['retired', 'claimed', 'claimed', 'filled']);
+    // A chip never goes back: an older index is refused without asking the key service.
+    await expect(s.uplinkKey(0, proof(dev, 0, 5))).rejects.toMatchObject({ reason: 'key_spent' });
+    unpin();
+    await tick(50);
+    expect((await keyStates('dev-linger')).get(1)).toBe('retired');
+    await s.close();
+    for (let i = 0; i < 100 && (await keyStates('dev-linger')).get(2) !== 'retired'; i++) await tick(25);
+    states = await keyStates('dev-linger');
+    expect([0, 1, 2, 3].map((i) => states.get(i))).toEqual(['retired', 'retired', 'retired', 'filled']);
   });
 
   it('a key-service outage is reported as kms_unavailable and not cached', async () => {
-    await provisionDevice(t.admin, 'dev-up2', 1, 1);
-    const down = new DeviceSessionKeys(new KmsClient('http://127.0.0.1:1', { timeoutMs: 500 }), 'dev-up2', 'sess-7');
-    await expect(down.uplinkKey(0)).rejects.toMatchObject({ reason: 'kms_unavailable' });
+    const dev = await provisionDevice(t.admin, 'dev-up2', 1, 1);
+    const down = new UplinkKeys(new KmsClient('http://127.0.0.1:1', { timeoutMs: 500 }));
+    await expect(down.claim('dev-up2', 0, proof(dev, 0), 's')).rejects.toMatchObject({ reason: 'kms_unavailable' });
     (down as unknown as { kms: KmsClient }).kms = broker;
-    expect((await down.uplinkKey(0)).key).toBeInstanceOf(EnvelopeKey);
+    expect((await down.claim('dev-up2', 0, proof(dev, 0), 's')).key).toBeInstanceOf(EnvelopeKey);
     await down.close();
-  });
-});
-
-describe('uplink key claimed at connect', () => {
-  it("claims the chip's first uplink key before CONNACK; a mismatch wastes one key and shares none", async () => {
-    const dev = await provisionDevice(t.admin, 'dev-pre', 4, 4);
-    const a = new DeviceSessionKeys(broker, 'dev-pre', 'sess-pre-a');
-    const suite = vi.spyOn(EnvelopeKey.prototype, 'suite');
-    let built: Array<[unknown, unknown]>;
-    try {
-      await a.start();
-      built = suite.mock.contexts.map((key, i) => [key, suite.mock.calls[i]![0]]);
-    } finally {
-      suite.mockRestore();
-    }
-    expect(a.readyUplinkKey(0)).toBeDefined(); // the first publish will not wait
-    // ... nor build the key schedule: that happened before CONNACK too.
-    expect(built).toContainEqual([a.readyUplinkKey(0)!.key, SUITE_SM4_GCM]);
-    await a.close();
-    // The chip abandons key 1 in a session that never reached the broker and uses key 2 in the next one.
-    const b = new DeviceSessionKeys(broker, 'dev-pre', 'sess-pre-b');
-    await b.start(); // prefetches key 1 (the key service's lowest unused), which the chip will never use again
-    expect(b.readyUplinkKey(1)).toBeDefined();
-    const topic = 'devices/dev-pre/up/t';
-    const env = sealEnvelope(enc.encode('x'), {
-      key: dev.keys.get(2)!.key,
-      keyIndex: 2,
-      seq: 0,
-      deviceId: 'dev-pre',
-      topic,
-      direction: 'up',
-    });
-    const k2 = await b.uplinkKey(2);
-    expect(dec.decode(openEnvelope(env, { key: k2.key, deviceId: 'dev-pre', topic, direction: 'up' }).payload)).toBe(
-      'x',
-    );
-    await b.close();
-    const states = (await t.admin.deviceKeys('dev-pre')).keys
-      .filter((k) => k.direction === 'up')
-      .map((k) => [k.key_index, k.claimed_session]);
-    expect(states).toEqual([
-      [0, 'sess-pre-a'],
-      [1, 'sess-pre-b'],
-      [2, 'sess-pre-b'],
-      [3, null],
-    ]);
   });
 });

@@ -120,14 +120,23 @@ describe('device and app permissions', () => {
   });
 
   it('finds the owning device of uplink and downlink topics', () => {
-    expect(uplinkOwner({ uplink: 'devices/{id}/up/#', downlink: 'devices/{id}/down/#' }, 'devices/dev-7/up/a/b')).toBe(
-      'dev-7',
-    );
-    expect(downlinkOwner({ uplink: 'devices/{id}/up/#', downlink: 'devices/{id}/down/#' }, 'devices/dev-7/down')).toBe(
-      'dev-7',
-    );
     expect(
-      uplinkOwner({ uplink: 'devices/{id}/up/#', downlink: 'devices/{id}/down/#' }, 'other/dev-7/up'),
+      uplinkOwner(
+        { uplink: 'devices/{id}/up/#', downlink: 'devices/{id}/down/#', status: 'devices/{id}/status' },
+        'devices/dev-7/up/a/b',
+      ),
+    ).toBe('dev-7');
+    expect(
+      downlinkOwner(
+        { uplink: 'devices/{id}/up/#', downlink: 'devices/{id}/down/#', status: 'devices/{id}/status' },
+        'devices/dev-7/down',
+      ),
+    ).toBe('dev-7');
+    expect(
+      uplinkOwner(
+        { uplink: 'devices/{id}/up/#', downlink: 'devices/{id}/down/#', status: 'devices/{id}/status' },
+        'other/dev-7/up',
+      ),
     ).toBeUndefined();
   });
 });

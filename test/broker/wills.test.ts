@@ -295,30 +295,51 @@ describe('QKey broker', () => {
     expect(await attempt({ topic: 'devices/dev-legit/up/status', payload: Buffer.alloc(0) })).toBe(5);
   });
 
-  it('a device will sealed for another topic, or as telemetry at seq 0, is refused when due: nothing is published', async () => {
+  it('a device will that does not open as a will of its topic is refused at CONNECT (5) and spends no key', async () => {
     const chip = await sys.device('dev-will-swap');
     const topic = `devices/${chip.deviceId}/up/status`;
     chip.beginSession();
     const password = await sys.deviceToken(chip);
     // Sealed as telemetry (direction up) at seq 0: the header is right, the direction is not.
-    const { raw, returnCode } = await RawMqtt.connect(sys.mqttUrl, {
+    const { returnCode } = await RawMqtt.connect(sys.mqttUrl, {
       clientId: chip.deviceId,
       username: chip.deviceId,
       password,
       will: { topic, payload: Buffer.from(chip.sealUplink(Buffer.from('not a will'), topic)) },
     });
-    expect(returnCode).toBe(0);
-    const before = await sys.broker.registry.getSingleMetric('broker_wills_total')!.get();
-    const refusedBefore = before.values.find((v) => v.labels.outcome === 'refused')?.value ?? 0;
-    raw.reset();
-    for (let i = 0; i < 100; i++) {
-      const now = await sys.broker.registry.getSingleMetric('broker_wills_total')!.get();
-      if ((now.values.find((v) => v.labels.outcome === 'refused')?.value ?? 0) > refusedBefore) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    const after = await sys.broker.registry.getSingleMetric('broker_wills_total')!.get();
-    expect(after.values.find((v) => v.labels.outcome === 'refused')?.value).toBe(refusedBefore + 1);
-    expect(sys.logs()).toContain('"will refused"');
+    expect(returnCode).toBe(5);
+    // The key service opened the will before claiming its key (proof of use): the key was not spent.
+    const keys = (await sys.kms.admin.deviceKeys(chip.deviceId)).keys;
+    expect(keys.find((k) => k.key_index === 0)?.state).toBe('filled');
+    expect(sys.logs()).toContain('will refused (forged)');
+  });
+
+  it('a replayed CONNECT whose will was published already is refused (5); a new session is accepted', async () => {
+    const chip = await sys.device('dev-will-replay');
+    const topic = `devices/${chip.deviceId}/up/status`;
+    chip.beginSession();
+    const password = await sys.deviceToken(chip);
+    const willPayload = Buffer.from(chip.sealWill(Buffer.from('gone once'), topic));
+    const options = {
+      clientId: chip.deviceId,
+      username: chip.deviceId,
+      password,
+      will: { topic, payload: willPayload },
+    };
+    const first = await RawMqtt.connect(sys.mqttUrl, options);
+    expect(first.returnCode).toBe(0);
+    const published = nextMessage(watcher, 10_000, (t) => t === topic);
+    first.raw.reset();
+    expect((await published).payload.toString()).toBe('gone once');
+    const replayed = await RawMqtt.connect(sys.mqttUrl, options);
+    expect(replayed.returnCode).toBe(5);
+    chip.beginSession();
+    const fresh = await RawMqtt.connect(sys.mqttUrl, {
+      ...options,
+      will: { topic, payload: Buffer.from(chip.sealWill(Buffer.from('gone twice'), topic)) },
+    });
+    expect(fresh.returnCode).toBe(0);
+    fresh.raw.destroy();
   });
 
   it("an application's will larger than a device can take, into a device's downlink space, is refused at CONNECT", async () => {

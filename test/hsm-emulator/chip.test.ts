@@ -164,14 +164,18 @@ describe('damaged and foreign files are refused, never reset', () => {
 });
 
 describe('sessions and sealing', () => {
-  it('each session takes a fresh uplink key; the broker side opens what the chip seals', () => {
+  it('each session takes a fresh uplink key at its first seal; the broker side opens what the chip seals', () => {
     const { chip, path } = chipFor('dev-seal');
     const { keys } = fillLocally(chip, 3, 1);
     const used: number[] = [];
     for (let s = 0; s < 3; s++) {
-      const { keyIndex } = chip.beginSession();
-      used.push(keyIndex);
+      chip.beginSession();
+      // §9.1: a session that seals nothing takes no key, however many there are.
+      chip.beginSession();
+      expect(chip.status().uplinkKeys).toBe(3 - s);
       const env = chip.sealUplink(enc.encode(`hello ${s}`), TOPIC('dev-seal'));
+      const keyIndex = parseEnvelope(env).keyIndex;
+      used.push(keyIndex);
       const key = new EnvelopeKey(keys.get(keyIndex)!.key);
       expect(
         new TextDecoder().decode(
@@ -180,10 +184,11 @@ describe('sessions and sealing', () => {
       ).toBe(`hello ${s}`);
     }
     expect(used).toEqual([0, 1, 2]);
-    expect(chipCode(() => chip.beginSession())).toBe('CHIP_ERR_POOL_EMPTY');
+    chip.beginSession();
+    expect(chipCode(() => chip.sealUplink(enc.encode('x'), TOPIC('dev-seal')))).toBe('CHIP_ERR_POOL_EMPTY');
     chip.close();
     const reopened = SecurityChip.open(path, TEST_PIN);
-    expect(reopened.status()).toMatchObject({ uplinkKeys: 0, downlinkKeys: 1, sessions: 4 });
+    expect(reopened.status()).toMatchObject({ uplinkKeys: 0, downlinkKeys: 1, sessions: 7 });
   });
 
   it("seals one will per session at seq 0 under the session's uplink key, opened only as a will of that topic", () => {
@@ -191,9 +196,10 @@ describe('sessions and sealing', () => {
     const { keys } = fillLocally(chip, 2, 0);
     const topic = 'devices/dev-will/up/status';
     expect(chipCode(() => chip.sealWill(enc.encode('gone'), topic))).toBe('CHIP_ERR_NO_SESSION');
-    const { keyIndex } = chip.beginSession();
+    chip.beginSession();
     const will = chip.sealWill(enc.encode('gone'), topic);
-    expect(parseEnvelope(will)).toMatchObject({ keyIndex, seq: 0 });
+    const keyIndex = parseEnvelope(will).keyIndex;
+    expect(parseEnvelope(will)).toMatchObject({ keyIndex: 0, seq: 0 });
     const key = new EnvelopeKey(keys.get(keyIndex)!.key);
     const open = (direction: 'up' | 'will', t = topic) =>
       openEnvelope(will, { key, deviceId: 'dev-will', topic: t, direction }).payload;
@@ -246,8 +252,9 @@ describe('sessions and sealing', () => {
     }).toThrow('power loss');
     // After power loss the chip restarts from its file: the next session must not reuse key 0.
     const again = SecurityChip.open(path, TEST_PIN);
-    expect(again.beginSession().keyIndex).toBe(1);
+    again.beginSession();
     for (let i = 0; i < 300; i++) record(again.sealUplink(enc.encode('c'), TOPIC('dev-crash')));
+    expect(again.status().session).toMatchObject({ keyIndex: 1 });
     expect(seen.size).toBe(512 + 300); // sealed before the crash at the reservation for seq 512, then after
   });
 
@@ -258,9 +265,11 @@ describe('sessions and sealing', () => {
       },
     });
     fillLocally(chip, 2, 0);
-    expect(() => chip.beginSession()).toThrow('power loss');
+    chip.beginSession();
+    expect(() => chip.sealUplink(enc.encode('x'), TOPIC('dev-take'))).toThrow('power loss');
     const again = SecurityChip.open(path, TEST_PIN);
-    expect(again.beginSession().keyIndex).toBe(1);
+    again.beginSession();
+    expect(parseEnvelope(again.sealUplink(enc.encode('x'), TOPIC('dev-take'))).keyIndex).toBe(1);
   });
 });
 

@@ -5,7 +5,7 @@ import { SecurityChip } from '../../hsm-emulator/chip.js';
 import { FillingMachine } from '../../hsm-emulator/filling-machine.js';
 import { Qrng } from '../../hsm-emulator/qrng.js';
 import { KmsClient, KmsUnreachableError } from '../../kms-api/client.js';
-import { EnvelopeKey, keyIdFor, loginProof, openEnvelope } from '../../protocol/index.js';
+import { EnvelopeKey, keyIdFor, parseEnvelope, loginProof, openEnvelope } from '../../protocol/index.js';
 import { newChip, TEST_PIN } from '../helpers/chip.js';
 import { brokerClient, removeDir, startTestKms, type TestKms } from '../helpers/kms.js';
 
@@ -48,9 +48,12 @@ describe('fill', () => {
       next_key_index: 8,
     });
 
-    const { keyIndex } = chip.beginSession();
+    chip.beginSession();
     const env = chip.sealUplink(new TextEncoder().encode('21.5'), 'devices/dev-fm/up/t');
-    const delivered = await broker.decKeys('dev-fm', [keyIdFor('dev-fm', keyIndex)]);
+    const { keyIndex } = parseEnvelope(env);
+    const delivered = await broker.decKeys('dev-fm', [keyIdFor('dev-fm', keyIndex)], undefined, [
+      { envelope: env, topic: 'devices/dev-fm/up/t', direction: 'up' },
+    ]);
     const key = new EnvelopeKey(Buffer.from(delivered.keys[0]!.key, 'base64'));
     expect(
       new TextDecoder().decode(
