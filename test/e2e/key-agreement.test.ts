@@ -23,17 +23,15 @@ const MAX_COMMANDS = Number(process.env.QKEY_MODEL_MAX_COMMANDS ?? 12);
 /** Uplink keys one sequence can take: two per step (a refusal and the new session after it), two probes. */
 const KEYS_PER_SEQUENCE = 2 * MAX_COMMANDS + 2;
 const UP_KEYS = 4 * KEYS_PER_SEQUENCE;
-const DOWN_KEYS = 4 * KEYS_PER_SEQUENCE * (process.env.QKEY_MODEL_LEGACY === '1' ? 2 : 1);
+const DOWN_KEYS = 4 * KEYS_PER_SEQUENCE;
 
 /** The documented bound (docs/PROTOCOL.md §9): what one broker session may claim. */
-const LEGACY = process.env.QKEY_MODEL_LEGACY === '1';
+/** The documented bound (docs/PROTOCOL.md §9.3): what one broker connection (its session id) may claim. */
 const BOUND = {
   /** Uplink keys per broker session: the key of its first envelope, plus rotations (none in these sequences). */
-  uplinkPerSession: LEGACY ? 2 : 1,
+  uplinkPerSession: 1,
   /** Downlink keys per broker session that carried a command (plus a prefetch near rotation, not reached here). */
-  downlinkPerSession: LEGACY ? 2 : 1,
-  /** Uplink keys are claimed only once the device used them. */
-  claimOnUse: !LEGACY,
+  downlinkPerSession: 1,
 };
 
 interface Model {
@@ -76,8 +74,7 @@ function runsLow(d: ModelDevice): boolean {
   const pool = world.pool(d.deviceId);
   const chip = d.chip.status();
   return (
-    Math.min(pool.up, chip.uplinkKeys) < KEYS_PER_SEQUENCE ||
-    Math.min(pool.down, chip.downlinkKeys) < KEYS_PER_SEQUENCE * (LEGACY ? 2 : 1)
+    Math.min(pool.up, chip.uplinkKeys) < KEYS_PER_SEQUENCE || Math.min(pool.down, chip.downlinkKeys) < KEYS_PER_SEQUENCE
   );
 }
 
@@ -446,7 +443,7 @@ function checkInvariants(r: Real): void {
     for (const i of c.keyIndices) {
       if (l.claimedBy.has(i)) throw new Error(`key ${i} was claimed twice${where()}`);
       l.claimedBy.set(i, c.session);
-      if (BOUND.claimOnUse && c.kind === 'dec' && !d.sealedKeys.has(i))
+      if (c.kind === 'dec' && !d.sealedKeys.has(i))
         throw new Error(`uplink key ${i} was claimed before the device used it${where()}`);
     }
     const session = `${c.actor}/${c.session}`;
@@ -460,7 +457,7 @@ function checkInvariants(r: Real): void {
       throw new Error(`broker session ${session} claimed ${n.down} downlink keys${where()}`);
   }
   const downSessions = [...l.perSession.values()].filter((n) => n.down > 0).length;
-  if (BOUND.claimOnUse && downSessions > d.commanded.size)
+  if (downSessions > d.commanded.size)
     throw new Error(
       `${downSessions} broker sessions claimed downlink keys; ${d.commanded.size} connections had commands${where()}`,
     );
