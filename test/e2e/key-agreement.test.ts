@@ -34,8 +34,16 @@ const BOUND = {
   downlinkPerSession: 1,
 };
 
+/**
+ * What the steps' preconditions look at: the device's state as observed after the previous step (a step that could
+ * only be a no-op is not drawn).
+ */
 interface Model {
   steps: number;
+  /** The firmware has an open connection. */
+  connected: boolean;
+  /** The chip has a session (a library reconnect continues it). */
+  chipSession: boolean;
 }
 
 interface Real {
@@ -83,6 +91,8 @@ async function retire(d: ModelDevice): Promise<void> {
   await d.close();
 }
 const timings: number[][] = [];
+/** How often each step ran, by outcome (printed with QKEY_MODEL_DEBUG=1): what the sequences exercised. */
+const coverage = new Map<string, number>();
 beforeAll(async () => {
   world = await ModelWorld.start();
 });
@@ -152,19 +162,27 @@ async function withPowerLoss(r: Real, f: () => Promise<string>): Promise<string>
   }
 }
 
+function observe(m: Model, d: ModelDevice): void {
+  m.connected = d.current?.client.connected === true;
+  m.chipSession = d.hasChipSession;
+}
+
 // --- commands ---------------------------------------------------------------------------------------------------
 
 abstract class Step implements Cmd {
-  check(): boolean {
+  check(_m: Readonly<Model>): boolean {
     return true;
   }
   async run(m: Model, r: Real): Promise<void> {
     m.steps++;
     const what = await this.act(r);
     r.trace.push(`${this.toString()}: ${what}`);
+    const kind = `${this.constructor.name}: ${what.replace(/\d+/g, 'n').replace(/[A-B]\b/g, 'X')}`;
+    coverage.set(kind, (coverage.get(kind) ?? 0) + 1);
     await r.world.settle(r.device.peers());
     r.device.prune();
     checkInvariants(r);
+    observe(m, r.device);
   }
   abstract act(r: Real): Promise<string>;
   abstract toString(): string;
@@ -228,6 +246,9 @@ class Disconnect extends Step {
     await c.client.endAsync(false);
     return `disconnected from ${c.broker}`;
   }
+  override check(m: Readonly<Model>) {
+    return m.connected;
+  }
   toString() {
     return 'Disconnect';
   }
@@ -240,6 +261,9 @@ class NetworkLoss extends Step {
     if (!c?.client.connected) return Promise.resolve('not connected');
     c.socket.destroy();
     return Promise.resolve(`lost ${c.broker}`);
+  }
+  override check(m: Readonly<Model>) {
+    return m.connected;
   }
   toString() {
     return 'NetworkLoss';
@@ -286,6 +310,9 @@ class LibraryReconnect extends Step {
       return `${err.message}; new session with a new will connected`;
     }
   }
+  override check(m: Readonly<Model>) {
+    return m.chipSession;
+  }
   toString() {
     return `LibraryReconnect(${this.broker})`;
   }
@@ -316,6 +343,9 @@ class LibraryResend extends Step {
     const h = parseEnvelope(last.envelope);
     return `resent key ${h.keyIndex} seq ${h.seq}: ${await d.inject(c, last.topic, last.envelope, 1, true)}`;
   }
+  override check(m: Readonly<Model>) {
+    return m.chipSession;
+  }
   toString() {
     return `LibraryResend(${this.broker})`;
   }
@@ -344,12 +374,56 @@ class KmsRestart extends Step {
   }
 }
 
+/**
+ * The key service is down while the device publishes: a key the broker holds keeps working, a new one is refused
+ * (kms_unavailable). Once the key service is back, the device's new session must be accepted.
+ */
+class KmsOutage extends Step {
+  constructor(
+    readonly broker: BrokerName,
+    readonly qos: 0 | 1,
+  ) {
+    super();
+  }
+  async act(r: Real) {
+    const d = r.device;
+    await r.world.stopKms();
+    let during: PublishOutcome;
+    let c: Connection;
+    let held: ReturnType<typeof holderOf>;
+    try {
+      // A CONNECT without a will never asks the key service (docs/PROTOCOL.md §9.1).
+      c = d.current?.client.connected ? d.current : await d.connectHonest(this.broker);
+      held = holderOf(r, d.chip.status().session?.keyIndex ?? undefined);
+      during = await d.publish(c, this.qos);
+    } finally {
+      await r.world.resumeKms();
+    }
+    if (during.kind === 'accepted') return `accepted during the outage on ${c.kind} ${c.broker}`;
+    if (c.kind !== 'intruder' && held && sameBroker(held, c, r))
+      throw new Error(`a key held by ${c.broker} stopped working during a key-service outage: ${describe(during)}`);
+    await r.world.settle(d.peers());
+    d.prune();
+    const retry = await d.connectHonest(this.broker);
+    const after = await d.publish(retry, this.qos);
+    if (after.kind !== 'accepted')
+      throw new Error(`after the outage the device's new session was ${describe(after)} on ${this.broker}`);
+    return `${describe(during)} during the outage; new session accepted after it`;
+  }
+  toString() {
+    return `KmsOutage(${this.broker}, qos ${this.qos})`;
+  }
+}
+
 /** The application sends a command to the device on its current connection. */
 class Command extends Step {
   async act(r: Real) {
     const c = r.device.current;
     if (!c?.client.connected) return 'not connected';
     return `command ${await r.device.command(c)} on ${c.broker}`;
+  }
+  override check(m: Readonly<Model>) {
+    return m.connected;
   }
   toString() {
     return 'Command';
@@ -509,6 +583,10 @@ const steps: Record<string, { weight: number; arbitrary: fc.Arbitrary<Cmd> }> = 
   LibraryResend: { weight: 6, arbitrary: broker.map((b) => new LibraryResend(b)) },
   BrokerCrash: { weight: 2, arbitrary: broker.map((b) => new BrokerCrash(b)) },
   KmsRestart: { weight: 1, arbitrary: fc.constant(new KmsRestart()) },
+  KmsOutage: {
+    weight: 1,
+    arbitrary: fc.tuple(broker, fc.constantFrom<0 | 1>(0, 1)).map(([b, q]) => new KmsOutage(b, q)),
+  },
   Command: { weight: 8, arbitrary: fc.constant(new Command()) },
   Intruder: {
     weight: 12,
@@ -554,7 +632,10 @@ it(
         const t1 = performance.now();
         let passed = false;
         try {
-          await fc.asyncModelRun(async () => ({ model: { steps: 0 }, real }), cmds);
+          await fc.asyncModelRun(
+            async () => ({ model: { steps: 0, connected: false, chipSession: false }, real }),
+            cmds,
+          );
           const t2 = performance.now();
           await probe(real, [probeOn]);
           const t3 = performance.now();
@@ -576,6 +657,12 @@ it(
     if (process.env.QKEY_MODEL_DEBUG) {
       const sum = (i: number) => timings.reduce((a, t) => a + (t[i] ?? 0), 0).toFixed(0);
       console.log(`devices ${sum(0)} ms, steps ${sum(1)} ms (${sum(3)} steps), probes ${sum(2)} ms`);
+      console.log(
+        [...coverage]
+          .sort()
+          .map(([k, n]) => `${String(n).padStart(6)} ${k}`)
+          .join('\n'),
+      );
     }
     // One line for the CI log: how many sequences, how long.
     console.log(`key-agreement model: ${runs} sequences in ${((Date.now() - started) / 1000).toFixed(1)} s`);

@@ -154,7 +154,16 @@ export class ModelWorld {
 
   /** Stops the key service and starts it again on the same data dir and port. */
   async restartKms(): Promise<void> {
+    await this.stopKms();
+    await this.resumeKms();
+  }
+
+  /** Stops the key service (an outage); resumeKms() brings it back on the same data dir and port. */
+  async stopKms(): Promise<void> {
     await this.kms.stop();
+  }
+
+  async resumeKms(): Promise<void> {
     await this.startKms(this.kmsPort);
   }
 
