@@ -108,7 +108,7 @@ afterAll(async () => {
  * it reconnects with a new chip session and reseals, and that must be accepted. A refusal itself is allowed only
  * on a library reconnect whose key another broker (or an earlier run of this one) already holds.
  */
-async function publishHonestly(r: Real, broker: BrokerName, qos: 0 | 1): Promise<string> {
+async function publishHonestly(r: Real, broker: BrokerName, qos: 0 | 1, count = 1): Promise<string> {
   const d = r.device;
   let c = d.current?.client.connected ? d.current : undefined;
   const notes: string[] = [];
@@ -117,13 +117,13 @@ async function publishHonestly(r: Real, broker: BrokerName, qos: 0 | 1): Promise
     notes.push(`connected to ${broker}`);
   }
   const heldBefore = holderOf(r, d.chip.status().session?.keyIndex ?? undefined);
-  const first = await d.publish(c, qos);
+  const first = await d.publish(c, qos, count);
   if (first.kind === 'accepted') return [...notes, `accepted on ${c.kind} ${c.broker}`].join(', ');
   notes.push(`${c.kind} connection on ${c.broker}: ${describe(first)}`);
   await r.world.settle(d.peers());
   d.prune();
   const retry = await d.connectHonest(c.broker);
-  const second = await d.publish(retry, qos);
+  const second = await d.publish(retry, qos, count);
   if (second.kind !== 'accepted')
     throw new Error(
       `the honest device's new session was ${describe(second)} on ${retry.broker} after ${notes.join(', ')}`,
@@ -203,18 +203,20 @@ class Connect extends Step {
   }
 }
 
+/** The firmware publishes `count` messages back to back (several name a new key before its claim is done). */
 class Publish extends Step {
   constructor(
     readonly broker: BrokerName,
     readonly qos: 0 | 1,
+    readonly count: number,
   ) {
     super();
   }
   act(r: Real) {
-    return publishHonestly(r, this.broker, this.qos);
+    return publishHonestly(r, this.broker, this.qos, this.count);
   }
   toString() {
-    return `Publish(${this.broker}, qos ${this.qos})`;
+    return `Publish(${this.broker}, qos ${this.qos}${this.count > 1 ? `, ${this.count} messages` : ''})`;
   }
 }
 
@@ -256,11 +258,14 @@ class Disconnect extends Step {
 
 /** The network goes away after CONNACK: the socket dies, no DISCONNECT. */
 class NetworkLoss extends Step {
-  act(r: Real) {
+  async act(r: Real) {
     const c = r.device.current;
-    if (!c?.client.connected) return Promise.resolve('not connected');
+    if (!c?.client.connected) return 'not connected';
     c.socket.destroy();
-    return Promise.resolve(`lost ${c.broker}`);
+    if (!c.will) return `lost ${c.broker}`;
+    // The will's key was claimed when the connection was accepted (docs/PROTOCOL.md §9.5): it must be published.
+    await r.device.arrival(c.will);
+    return `lost ${c.broker}, will published`;
   }
   override check(m: Readonly<Model>) {
     return m.connected;
@@ -415,18 +420,24 @@ class KmsOutage extends Step {
   }
 }
 
-/** The application sends a command to the device on its current connection. */
+/**
+ * The application sends `count` commands at once to the device on its current connection (the later ones arrive
+ * while the session's first downlink key is being claimed).
+ */
 class Command extends Step {
+  constructor(readonly count: number) {
+    super();
+  }
   async act(r: Real) {
     const c = r.device.current;
     if (!c?.client.connected) return 'not connected';
-    return `command ${await r.device.command(c)} on ${c.broker}`;
+    return `command ${await r.device.command(c, this.count)} on ${c.broker}`;
   }
   override check(m: Readonly<Model>) {
     return m.connected;
   }
   toString() {
-    return 'Command';
+    return `Command(${this.count})`;
   }
 }
 
@@ -565,7 +576,9 @@ const steps: Record<string, { weight: number; arbitrary: fc.Arbitrary<Cmd> }> = 
   Connect: { weight: 8, arbitrary: fc.tuple(broker, fc.boolean()).map(([b, w]) => new Connect(b, w)) },
   Publish: {
     weight: 16,
-    arbitrary: fc.tuple(broker, fc.constantFrom<0 | 1>(0, 1)).map(([b, q]) => new Publish(b, q)),
+    arbitrary: fc
+      .tuple(broker, fc.constantFrom<0 | 1>(0, 1), fc.constantFrom(1, 3))
+      .map(([b, q, n]) => new Publish(b, q, n)),
   },
   ChipPowerLoss: {
     weight: 8,
@@ -587,7 +600,7 @@ const steps: Record<string, { weight: number; arbitrary: fc.Arbitrary<Cmd> }> = 
     weight: 1,
     arbitrary: fc.tuple(broker, fc.constantFrom<0 | 1>(0, 1)).map(([b, q]) => new KmsOutage(b, q)),
   },
-  Command: { weight: 8, arbitrary: fc.constant(new Command()) },
+  Command: { weight: 8, arbitrary: fc.constantFrom(1, 3).map((n) => new Command(n)) },
   Intruder: {
     weight: 12,
     arbitrary: fc

@@ -48,6 +48,8 @@ export interface Connection {
   socket: Socket;
   /** Status notices (devices/{id}/status, docs/PROTOCOL.md §9.4) received on this connection. */
   statuses: string[];
+  /** The text of the will this connection carries, if any. */
+  will: string | undefined;
 }
 
 export type PublishOutcome =
@@ -83,11 +85,15 @@ export class ModelDevice {
   readonly uplinkIndices: number[] = [];
   private lastTaken = -1;
   /** The will of the chip session's connections, if it has one. */
-  private will: { topic: string; payload: Buffer } | undefined;
+  private will: { topic: string; payload: Buffer; text: string } | undefined;
   private armed: CrashPoint | undefined;
   private messages = 0;
   private readonly stopListening: () => void;
   private readonly arrived = new Set<string>();
+  /** What the application received from this device, in order (texts). */
+  readonly arrivalOrder: string[] = [];
+  /** Commands the chip opened, in order (texts). */
+  private readonly commandsOpened: string[] = [];
   private readonly waiters = new Map<string, () => void>();
   private readonly commandWaiters = new Map<string, (err?: Error) => void>();
   /** Connections that received at least one command (the only ones allowed a downlink key). */
@@ -105,6 +111,7 @@ export class ModelDevice {
       if (!topic.startsWith(`devices/${deviceId}/up/`)) return;
       const text = payload.toString();
       this.arrived.add(text);
+      this.arrivalOrder.push(text);
       this.waiters.get(text)?.();
     });
   }
@@ -214,16 +221,15 @@ export class ModelDevice {
   }
 
   /** The session's will: sealed once, sent again unchanged by a library reconnect (it resends its CONNECT). */
-  private sealWill(): { topic: string; payload: Buffer } {
+  private sealWill(): { topic: string; payload: Buffer; text: string } {
     const topic = `devices/${this.deviceId}/up/will`;
-    const payload = Buffer.from(
-      this.chipCall(() => this.chip.sealWill(Buffer.from(`${this.deviceId}/w${this.messages++}`), topic)),
-    );
+    const text = `${this.deviceId}/w${this.messages++}`;
+    const payload = Buffer.from(this.chipCall(() => this.chip.sealWill(Buffer.from(text), topic)));
     const h = parseEnvelope(payload);
     this.sealed.add(`will/${h.keyIndex}/${h.seq}`);
     this.sealedKeys.add(h.keyIndex);
     this.noteTaken();
-    return { topic, payload };
+    return { topic, payload, text };
   }
 
   /** Seals one new message in the current chip session (the crash points of the chip apply). */
@@ -243,37 +249,63 @@ export class ModelDevice {
    * Publishes one sealed message on connection `c` and tells whether the application received it or the broker
    * closed the connection instead.
    */
-  async publish(c: Connection, qos: 0 | 1): Promise<PublishOutcome> {
+  async publish(c: Connection, qos: 0 | 1, count = 1): Promise<PublishOutcome> {
     if (!c.client.connected) return { kind: 'not-connected' };
     const topic = `devices/${this.deviceId}/up/m`;
-    const { text, envelope } = this.seal(topic);
-    this.sent.push({ topic, envelope, session: this.session });
+    const sealed = Array.from({ length: count }, () => this.seal(topic));
+    for (const { envelope } of sealed) this.sent.push({ topic, envelope, session: this.session });
     const statusesBefore = c.statuses.length;
-    const outcome = await this.race(text, c, () => c.client.publish(topic, envelope, { qos }));
-    if (outcome === 'accepted') return { kind: 'accepted' };
+    const texts = sealed.map((m) => m.text);
+    const arrivedBefore = this.arrivalOrder.length;
+    const outcome = await this.race(texts, c, () => {
+      for (const { envelope } of sealed) c.client.publish(topic, envelope, { qos });
+    });
+    if (outcome === 'accepted') {
+      // One connection, one topic: the application gets them in the order they were sent [MQTT-4.6.0-2].
+      const order = this.arrivalOrder.slice(arrivedBefore).filter((t) => texts.includes(t));
+      if (order.join() !== texts.join()) throw new Error(`messages arrived out of order: ${order.join(', ')}`);
+      return { kind: 'accepted' };
+    }
     return { kind: 'refused', status: c.statuses.slice(statusesBefore).join(' ') || undefined };
   }
 
   /**
-   * The application sends a command to the device on the broker of connection `c`; resolves with what the chip
-   * opened, or undefined if the connection closed first.
+   * The application sends `count` commands at once to the device on the broker of connection `c`: all must be
+   * opened by the chip, in order, unless the connection closes first.
    */
-  async command(c: Connection): Promise<'opened' | 'closed'> {
-    const text = `${this.deviceId}/c${this.messages++}`;
+  async command(c: Connection, count = 1): Promise<'opened' | 'closed'> {
+    const texts = Array.from({ length: count }, () => `${this.deviceId}/c${this.messages++}`);
+    const openedBefore = this.commandsOpened.length;
     const outcome = await new Promise<'opened' | 'closed'>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`command ${text} never reached the device`)), WAIT_MS);
+      const timer = setTimeout(
+        () => reject(new Error(`commands ${texts.join(', ')} never reached the device`)),
+        WAIT_MS,
+      );
       const done = (v: 'opened' | 'closed') => {
         clearTimeout(timer);
-        this.commandWaiters.delete(text);
+        for (const t of texts) this.commandWaiters.delete(t);
         c.client.off('close', onClose);
         resolve(v);
       };
       const onClose = () => done('closed');
-      this.commandWaiters.set(text, (err) => (err ? (clearTimeout(timer), reject(err)) : done('opened')));
+      let pending = count;
+      for (const t of texts) {
+        this.commandWaiters.set(t, (err) => {
+          if (err) {
+            clearTimeout(timer);
+            reject(err);
+          } else if (--pending === 0) done('opened');
+        });
+      }
       c.client.once('close', onClose);
-      this.world.command(c.broker, `devices/${this.deviceId}/down/c`, Buffer.from(text)).catch(reject);
+      for (const t of texts)
+        this.world.command(c.broker, `devices/${this.deviceId}/down/c`, Buffer.from(t)).catch(reject);
     });
-    if (outcome === 'opened') this.commanded.add(c);
+    if (outcome === 'opened') {
+      this.commanded.add(c);
+      const order = this.commandsOpened.slice(openedBefore).filter((t) => texts.includes(t));
+      if (order.join() !== texts.join()) throw new Error(`commands were opened out of order: ${order.join(', ')}`);
+    }
     return outcome;
   }
 
@@ -286,6 +318,7 @@ export class ModelDevice {
       for (const w of this.commandWaiters.values()) w(new Error(`the chip could not open a command: ${String(err)}`));
       return;
     }
+    this.commandsOpened.push(text);
     this.commandWaiters.get(text)?.();
   }
 
@@ -407,7 +440,8 @@ export class ModelDevice {
       reconnectPeriod: 0,
       clean: true,
       connectTimeout: WAIT_MS,
-      ...(kind !== 'intruder' && this.will && { will: { ...this.will, qos: 1, retain: false } }),
+      ...(kind !== 'intruder' &&
+        this.will && { will: { topic: this.will.topic, payload: this.will.payload, qos: 1, retain: false } }),
     });
     let refusal: Error | undefined;
     client.on('error', (err) => (refusal ??= err));
@@ -431,6 +465,7 @@ export class ModelDevice {
       client,
       socket: client.stream as Socket,
       statuses: [],
+      will: kind === 'intruder' ? undefined : this.will?.text,
     };
     this.connections.push(c);
     if (kind !== 'intruder') {
@@ -447,25 +482,38 @@ export class ModelDevice {
     return c;
   }
 
-  /** Waits for `text` at the application, or for the broker to close `c` first. */
-  private race(text: string, c: Connection, send: () => void): Promise<'accepted' | 'closed'> {
+  /** Resolves when the application has received `text` from this device (at once if it has). */
+  arrival(text: string): Promise<void> {
+    if (this.arrived.has(text)) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`message ${text} neither arrived nor was its connection closed`)),
-        WAIT_MS,
-      );
-      const done = (v: 'accepted' | 'closed') => {
+      const timer = setTimeout(() => reject(new Error(`${text} never reached the application`)), WAIT_MS);
+      this.waiters.set(text, () => {
         clearTimeout(timer);
         this.waiters.delete(text);
+        resolve();
+      });
+    });
+  }
+
+  /** Waits for all of `texts` at the application, or for the broker to close `c` first. */
+  private race(texts: string[], c: Connection, send: () => void): Promise<'accepted' | 'closed'> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`messages ${texts.join(', ')} neither arrived nor was their connection closed`)),
+        WAIT_MS,
+      );
+      const all = () => texts.every((t) => this.arrived.has(t));
+      const done = (v: 'accepted' | 'closed') => {
+        clearTimeout(timer);
+        for (const t of texts) this.waiters.delete(t);
         c.client.off('close', onClose);
         resolve(v);
       };
       const onClose = () => {
-        // A refusal can race the application's delivery of an earlier message, never of this one: a closed
-        // connection with the message delivered counts as delivered.
-        setImmediate(() => done(this.arrived.has(text) ? 'accepted' : 'closed'));
+        // The application may get the last message a moment after a refusal of a later one closed the connection.
+        setImmediate(() => done(all() ? 'accepted' : 'closed'));
       };
-      this.waiters.set(text, () => done('accepted'));
+      for (const t of texts) this.waiters.set(t, () => all() && done('accepted'));
       c.client.once('close', onClose);
       send();
     });
