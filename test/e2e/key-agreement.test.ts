@@ -140,10 +140,9 @@ function describe(o: PublishOutcome): string {
   return o.kind === 'refused' && o.status ? `refused (${o.status})` : o.kind;
 }
 
-/** Where the key `index` was first accepted (broker and its run), if anywhere. */
+/** Which broker (and run of it) holds key `index`, as far as the device has seen. */
 function holderOf(r: Real, index: number | undefined) {
-  if (index === undefined) return undefined;
-  return r.world.accepted.find((a) => a.deviceId === r.device.deviceId && a.keyIndex === index);
+  return index === undefined ? undefined : r.device.keyHolder.get(index);
 }
 
 function sameBroker(h: { broker: BrokerName; generation: number }, c: Connection, r: Real): boolean {
@@ -295,25 +294,39 @@ class LossBeforeConnack extends Step {
 }
 
 /** The MQTT library reconnects by itself after a network loss: the chip's session goes on. */
+/**
+ * A library reconnect after a network loss: the chip's session goes on, and the CONNECT is sent again as it was,
+ * with the session's will. It may be refused (CONNACK 5, docs/PROTOCOL.md §9.5) only if that will was published
+ * already or its key is held by another broker (or an earlier run of this one); the firmware then begins a new
+ * session, which must be accepted.
+ */
+async function resume(r: Real, broker: BrokerName): Promise<{ c?: Connection; note: string }> {
+  const d = r.device;
+  d.current?.socket.destroy();
+  await r.world.settle(d.peers());
+  const willKey = d.willKeyIndex;
+  try {
+    return { c: await d.reconnectResumed(broker), note: 'reconnected' };
+  } catch (err) {
+    if (!(err instanceof ConnectRefused) || willKey === undefined) throw err;
+    const published = r.world.accepted.some(
+      (a) => a.deviceId === d.deviceId && a.direction === 'will' && a.keyIndex === willKey,
+    );
+    const holder = holderOf(r, willKey);
+    const target = { broker, generation: r.world.generation(broker) };
+    if (!published && !(holder && !(holder.broker === target.broker && holder.generation === target.generation)))
+      throw new Error(`a library reconnect with an unpublished will held by ${broker} was refused: ${err.message}`);
+    await d.connectHonest(broker, true);
+    return { note: `${err.message}; new session with a new will connected` };
+  }
+}
+
 class LibraryReconnect extends Step {
   constructor(readonly broker: BrokerName) {
     super();
   }
   async act(r: Real) {
-    if (!r.device.hasChipSession) return 'no chip session';
-    r.device.current?.socket.destroy();
-    await r.world.settle(r.device.peers());
-    const will = r.device.hasWill;
-    try {
-      await r.device.reconnectResumed(this.broker);
-      return 'reconnected';
-    } catch (err) {
-      // The library resends the CONNECT with the session's will; once that will was published (the network loss
-      // above) the broker refuses it as a replay (docs/PROTOCOL.md §9.5). The firmware then begins a new session.
-      if (!(err instanceof ConnectRefused) || !will) throw err;
-      await r.device.connectHonest(this.broker, true);
-      return `${err.message}; new session with a new will connected`;
-    }
+    return (await resume(r, this.broker)).note;
   }
   override check(m: Readonly<Model>) {
     return m.chipSession;
@@ -334,17 +347,9 @@ class LibraryResend extends Step {
   async act(r: Real) {
     const d = r.device;
     const last = d.lastSentInSession();
-    if (!last || !d.hasChipSession) return 'nothing in flight';
-    d.current?.socket.destroy();
-    await r.world.settle(d.peers());
-    let c;
-    try {
-      c = await d.reconnectResumed(this.broker);
-    } catch (err) {
-      if (!(err instanceof ConnectRefused) || !d.hasWill) throw err;
-      await d.connectHonest(this.broker, true);
-      return `${err.message}; new session with a new will connected`;
-    }
+    if (!last) return 'nothing in flight';
+    const { c, note } = await resume(r, this.broker);
+    if (!c) return note;
     const h = parseEnvelope(last.envelope);
     return `resent key ${h.keyIndex} seq ${h.seq}: ${await d.inject(c, last.topic, last.envelope, 1, true)}`;
   }

@@ -78,6 +78,11 @@ export class ModelDevice {
   readonly sealed = new Set<string>();
   /** Key indices the chip sealed under. */
   readonly sealedKeys = new Set<number>();
+  /**
+   * Which broker (and which run of it) first showed that it holds a key: it accepted a message under it, or a
+   * CONNECT whose will names it (docs/PROTOCOL.md §9.1, §9.5).
+   */
+  readonly keyHolder = new Map<number, { broker: BrokerName; generation: number }>();
   /** Envelopes the device sent, for replays. */
   readonly sent: Array<{ topic: string; envelope: Buffer; session: number }> = [];
 
@@ -261,6 +266,7 @@ export class ModelDevice {
       for (const { envelope } of sealed) c.client.publish(topic, envelope, { qos });
     });
     if (outcome === 'accepted') {
+      this.noteHeld(parseEnvelope(sealed[0]!.envelope).keyIndex, c.broker);
       // One connection, one topic: the application gets them in the order they were sent [MQTT-4.6.0-2].
       const order = this.arrivalOrder.slice(arrivedBefore).filter((t) => texts.includes(t));
       if (order.join() !== texts.join()) throw new Error(`messages arrived out of order: ${order.join(', ')}`);
@@ -401,6 +407,20 @@ export class ModelDevice {
     this.noteTaken();
   }
 
+  /** Whether the application received the current session's will (the broker published it). */
+  get willPublished(): boolean {
+    return this.will !== undefined && this.arrived.has(this.will.text);
+  }
+
+  /** The key index of the chip's current session's will, if it has one. */
+  get willKeyIndex(): number | undefined {
+    return this.will && parseEnvelope(this.will.payload).keyIndex;
+  }
+
+  private noteHeld(index: number, broker: BrokerName): void {
+    if (!this.keyHolder.has(index)) this.keyHolder.set(index, { broker, generation: this.world.generation(broker) });
+  }
+
   /** Records the key the chip's session holds now, if any, against the session. */
   private noteTaken(): void {
     const index = this.chip.status().session?.keyIndex;
@@ -459,6 +479,7 @@ export class ModelDevice {
       });
       client.once('close', onClose);
     });
+    if (kind !== 'intruder' && this.will) this.noteHeld(parseEnvelope(this.will.payload).keyIndex, broker);
     const c: Connection = {
       kind,
       broker,
