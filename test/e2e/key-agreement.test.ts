@@ -4,7 +4,9 @@
 // no key serves two sessions, no (key, seq) repeats, keys are spent only within the bound; at the end of every
 // sequence the honest device's next session is accepted on each broker.
 //
-// QKEY_MODEL_RUNS sets the number of sequences; QKEY_MODEL_SEED and QKEY_MODEL_PATH replay a reported failure.
+// QKEY_MODEL_RUNS sets the number of sequences (default 300, ~30 s on an idle 2-core machine); QKEY_MODEL_SEED and
+// QKEY_MODEL_PATH replay a reported failure; QKEY_MODEL_FRESH=1 gives every sequence a new device; QKEY_MODEL_ONLY
+// (step names, comma-separated) narrows the steps drawn; QKEY_MODEL_DEBUG=1 prints timings and step coverage.
 import fc from 'fast-check';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { parseEnvelope } from '../../protocol/index.js';
@@ -638,49 +640,58 @@ function replayParameters(): fc.Parameters<[Iterable<Cmd>, BrokerName]> {
   };
 }
 
+const DEBUG = process.env.QKEY_MODEL_DEBUG === '1';
+
+/** One sequence: a device (reused while it passes), the steps, then the probe of its next session. */
+async function sequence(cmds: Iterable<Cmd>, probeOn: BrokerName): Promise<void> {
+  const t0 = performance.now();
+  const device = await deviceForNextSequence();
+  const real: Real = { world, device, trace: [] };
+  const t1 = performance.now();
+  let passed = false;
+  try {
+    await fc.asyncModelRun(async () => ({ model: { steps: 0, connected: false, chipSession: false }, real }), cmds);
+    const t2 = performance.now();
+    await probe(real, [probeOn]);
+    if (DEBUG) timings.push([t1 - t0, t2 - t1, performance.now() - t2, real.trace.length]);
+    passed = true;
+  } catch (err) {
+    if (err instanceof Error && served.get(device) !== 0)
+      err.message += `\n  (device ${device.deviceId} had passed ${served.get(device)} earlier sequences; QKEY_MODEL_FRESH=1 gives each sequence a new device)`;
+    throw err;
+  } finally {
+    runs++;
+    served.set(device, (served.get(device) ?? 0) + 1);
+    // A device that failed is never reused: the sequences fast-check tries while shrinking start clean.
+    if (!passed) await retire(device);
+  }
+}
+
+function printDebug(): void {
+  const sum = (i: number) => timings.reduce((a, t) => a + (t[i] ?? 0), 0).toFixed(0);
+  console.log(`devices ${sum(0)} ms, steps ${sum(1)} ms (${sum(3)} steps), probes ${sum(2)} ms`);
+  console.log(
+    [...coverage]
+      .sort()
+      .map(([k, n]) => `${String(n).padStart(6)} ${k}`)
+      .join('\n'),
+  );
+}
+
 it(
   `keeps the key agreement under ${RUNS} random sequences of faults and attacks`,
   async () => {
     const started = Date.now();
-    await fc.assert(
-      fc.asyncProperty(commands, broker, async (cmds, probeOn) => {
-        const t0 = performance.now();
-        const device = await deviceForNextSequence();
-        const real: Real = { world, device, trace: [] };
-        const t1 = performance.now();
-        let passed = false;
-        try {
-          await fc.asyncModelRun(
-            async () => ({ model: { steps: 0, connected: false, chipSession: false }, real }),
-            cmds,
-          );
-          const t2 = performance.now();
-          await probe(real, [probeOn]);
-          const t3 = performance.now();
-          if (process.env.QKEY_MODEL_DEBUG) timings.push([t1 - t0, t2 - t1, t3 - t2, real.trace.length]);
-          passed = true;
-        } catch (err) {
-          if (err instanceof Error && served.get(device) !== 0)
-            err.message += `\n  (device ${device.deviceId} had passed ${served.get(device)} earlier sequences; QKEY_MODEL_FRESH=1 gives each sequence a new device)`;
-          throw err;
-        } finally {
-          runs++;
-          served.set(device, (served.get(device) ?? 0) + 1);
-          // A device that failed is never reused: the sequences fast-check tries while shrinking start clean.
-          if (!passed) await retire(device);
-        }
-      }),
-      replayParameters(),
-    );
-    if (process.env.QKEY_MODEL_DEBUG) {
-      const sum = (i: number) => timings.reduce((a, t) => a + (t[i] ?? 0), 0).toFixed(0);
-      console.log(`devices ${sum(0)} ms, steps ${sum(1)} ms (${sum(3)} steps), probes ${sum(2)} ms`);
-      console.log(
-        [...coverage]
-          .sort()
-          .map(([k, n]) => `${String(n).padStart(6)} ${k}`)
-          .join('\n'),
-      );
+    try {
+      await fc.assert(fc.asyncProperty(commands, broker, sequence), replayParameters());
+    } catch (err) {
+      // fast-check's report names the seed and path; say how to run exactly that case again.
+      const m = err instanceof Error && /seed: (-?\d+), path: "([^"]*)"/.exec(err.message);
+      if (m)
+        err.message += `\nReplay: QKEY_MODEL_SEED=${m[1]} QKEY_MODEL_PATH=${m[2]} npx vitest run test/e2e/key-agreement.test.ts`;
+      throw err;
+    } finally {
+      if (DEBUG) printDebug();
     }
     // One line for the CI log: how many sequences, how long.
     console.log(`key-agreement model: ${runs} sequences in ${((Date.now() - started) / 1000).toFixed(1)} s`);
