@@ -4,8 +4,8 @@
 // no key serves two sessions, no (key, seq) repeats, keys are spent only within the bound; at the end of every
 // sequence the honest device's next session is accepted on each broker.
 //
-// QKEY_MODEL_RUNS sets the number of sequences (default 300, ~30 s on an idle 2-core machine); QKEY_MODEL_SEED and
-// QKEY_MODEL_PATH replay a reported failure; QKEY_MODEL_FRESH=1 gives every sequence a new device; QKEY_MODEL_ONLY
+// QKEY_MODEL_RUNS sets the number of sequences (default 300, ~30 s on an idle 2-core machine); QKEY_MODEL_SEED,
+// QKEY_MODEL_PATH and QKEY_MODEL_REPLAY_PATH replay a reported failure (its message prints the line); QKEY_MODEL_FRESH=1 gives every sequence a new device; QKEY_MODEL_ONLY
 // (step names, comma-separated) narrows the steps drawn; QKEY_MODEL_DEBUG=1 prints timings and step coverage.
 import fc from 'fast-check';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -627,7 +627,11 @@ const commands = fc.commands(
         .map(([, s]) => s),
     ),
   ],
-  { maxCommands: MAX_COMMANDS },
+  {
+    maxCommands: MAX_COMMANDS,
+    // The shrunk command list of a reported failure (fast-check prints it as /*replayPath="..."*/).
+    ...(process.env.QKEY_MODEL_REPLAY_PATH !== undefined && { replayPath: process.env.QKEY_MODEL_REPLAY_PATH }),
+  },
 );
 
 function replayParameters(): fc.Parameters<[Iterable<Cmd>, BrokerName]> {
@@ -687,8 +691,11 @@ it(
     } catch (err) {
       // fast-check's report names the seed and path; say how to run exactly that case again.
       const m = err instanceof Error && /seed: (-?\d+), path: "([^"]*)"/.exec(err.message);
-      if (m)
-        err.message += `\nReplay: QKEY_MODEL_SEED=${m[1]} QKEY_MODEL_PATH=${m[2]} npx vitest run test/e2e/key-agreement.test.ts`;
+      const commandsPath = err instanceof Error && /replayPath="([^"]*)"/.exec(err.message);
+      if (m) {
+        const shrunk = commandsPath ? ` QKEY_MODEL_REPLAY_PATH='${commandsPath[1]}'` : '';
+        err.message += `\nReplay: QKEY_MODEL_SEED=${m[1]} QKEY_MODEL_PATH=${m[2]}${shrunk} npx vitest run test/e2e/key-agreement.test.ts`;
+      }
       throw err;
     } finally {
       if (DEBUG) printDebug();
