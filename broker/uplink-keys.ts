@@ -22,11 +22,6 @@ export interface HeldUplinkKey {
   readonly keyId: string;
   readonly key: EnvelopeKey;
   readonly replay: ReplayWindow;
-  /**
-   * Sequence numbers accepted a second time as a QoS 1 retransmission (DUP) [MQTT-4.3.2-1]: each at most once, so a
-   * replayed retransmission cannot deliver a message a third time.
-   */
-  readonly resent: ReplayWindow;
   /** The will sealed under this key (sequence number 0, direction will) was published: it is never published again. */
   willPublished: boolean;
 }
@@ -161,7 +156,7 @@ export class UplinkKeys {
     const key = new EnvelopeKey(raw);
     raw.fill(0);
     key.suite(SUITE_SM4_GCM); // the key schedule is built once, here, not on the message's path
-    return { index, keyId, key, replay: new ReplayWindow(), resent: new ReplayWindow(), willPublished: false };
+    return { index, keyId, key, replay: new ReplayWindow(), willPublished: false };
   }
 
   /** Holds a newly claimed key and retires the device's older ones. */

@@ -23,8 +23,11 @@ export type RejectReason =
   | 'too_large'
   | 'error';
 
-/** What became of a device's uplink publish: `opened`, or why it was refused. */
-export type UplinkOutcome = 'opened' | RejectReason;
+/** What became of a device's uplink publish: `opened`, a `duplicate` acknowledged and dropped, or why it was refused. */
+export type UplinkOutcome = 'opened' | 'duplicate' | RejectReason;
+
+/** The payload of a publish the broker acknowledged but passes on to no one (a QoS 1 retransmission, publish.ts). */
+export const DROPPED_PAYLOAD: Buffer = Buffer.alloc(0);
 
 /** What became of one delivery to a device. */
 export type DownlinkOutcome = 'sealed' | 'resealed' | 'dropped_no_key' | 'dropped_too_large' | 'dropped_error';
@@ -149,6 +152,7 @@ export class PluginContext {
   readonly counters: PluginCounters = {
     uplink: {
       opened: 0,
+      duplicate: 0,
       acl: 0,
       plaintext: 0,
       malformed: 0,

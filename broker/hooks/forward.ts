@@ -5,7 +5,7 @@ import type { AedesPublishPacket, Client } from 'aedes';
 import { isProtocolError } from '../../protocol/index.js';
 import type { DeviceSessionKeys } from '../session-keys.js';
 import { isStatusTopicOf, mayReceive, type Principal } from '../topic-policy.js';
-import type { ClientState, PluginContext } from './context.js';
+import { type ClientState, DROPPED_PAYLOAD, type PluginContext } from './context.js';
 
 type Deliver = (packet: AedesPublishPacket, cb: () => void) => void;
 interface DeliveringClient {
@@ -54,6 +54,7 @@ export function authorizeForward(
   client: Client,
   packet: AedesPublishPacket,
 ): AedesPublishPacket | null {
+  if (packet.payload === DROPPED_PAYLOAD) return null; // acknowledged, passed on to no one (publish.ts)
   const state = ctx.states.get(client);
   // Read permission again on every delivery: a negated filter of a persistent session may still be stored.
   if (!state || !mayReceive(state.principal, packet.topic, ctx.topics)) return null;

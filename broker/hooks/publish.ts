@@ -11,7 +11,13 @@ import {
 } from '../../protocol/index.js';
 import { type HeldUplinkKey, UplinkKeyError } from '../uplink-keys.js';
 import { deviceFilter, downlinkOwner, mayPublish } from '../topic-policy.js';
-import type { ClientState, PluginContext, PublishCallback, RejectReason } from './context.js';
+import {
+  type ClientState,
+  DROPPED_PAYLOAD,
+  type PluginContext,
+  type PublishCallback,
+  type RejectReason,
+} from './context.js';
 import { authorizeWill, isWillOf } from './will.js';
 
 const PROTOCOL_REASONS: Partial<Record<ProtocolErrorCode, RejectReason>> = {
@@ -130,6 +136,7 @@ function openUplink(
   parsed: ParsedEnvelope,
   uplink: HeldUplinkKey,
 ): Verdict {
+  if (retransmission(packet, parsed, uplink)) return acknowledgeDuplicate(ctx, client, packet);
   let opened;
   try {
     opened = openEnvelope(parsed, {
@@ -137,7 +144,7 @@ function openUplink(
       deviceId: state.principal.id,
       topic: packet.topic,
       direction: 'up',
-      replay: retransmission(packet, parsed, uplink) ? uplink.resent : uplink.replay,
+      replay: uplink.replay,
     });
   } catch (err) {
     if (!isProtocolError(err)) throw err;
@@ -157,11 +164,30 @@ function openUplink(
  */
 /**
  * [MQTT-4.3.2-1] A QoS 1 PUBLISH sent again with DUP set after its PUBACK was lost (perhaps on a new connection that
- * continues the held key, §9.1) carries an envelope already accepted. At least once allows a duplicate: it is
- * accepted once more (checked against a second window), not refused as a replay that would close the connection.
+ * continues the held key, docs/PROTOCOL.md §9.1) carries an envelope this key already accepted, and passed on.
  */
 function retransmission(packet: PublishPacket, parsed: ParsedEnvelope, uplink: HeldUplinkKey): boolean {
   return packet.qos === 1 && packet.dup && uplink.replay.seen(parsed.seq);
+}
+
+/** [MQTT-3.4.1] PUBACK: fixed header 0x40, remaining length 2, the packet identifier (big-endian). */
+function puback(messageId: number): Buffer {
+  return Buffer.from([0x40, 0x02, messageId >> 8, messageId & 0xff]);
+}
+
+/**
+ * A retransmission is acknowledged and dropped: not refused (that would close an honest connection whose PUBACK
+ * was lost), and not passed on again (DUP is an unauthenticated header bit: a replay must not deliver a message
+ * twice). The broker sends the PUBACK itself; the packet then goes on as QoS 0, not retained, with the payload
+ * DROPPED_PAYLOAD, which the forward hook delivers to no one, so Aedes neither acknowledges, stores nor delivers it.
+ */
+function acknowledgeDuplicate(ctx: PluginContext, client: Client, packet: PublishPacket): null {
+  client.conn.write(puback(packet.messageId!));
+  packet.qos = 0;
+  packet.retain = false;
+  packet.payload = DROPPED_PAYLOAD;
+  ctx.counters.uplink.duplicate++;
+  return null;
 }
 
 function refuse(
