@@ -353,7 +353,12 @@ class LibraryResend extends Step {
     const { c, note } = await resume(r, this.broker);
     if (!c) return note;
     const h = parseEnvelope(last.envelope);
-    return `resent key ${h.keyIndex} seq ${h.seq}: ${await d.inject(c, last.topic, last.envelope, 1, true)}`;
+    const holder = holderOf(r, h.keyIndex);
+    const outcome = await d.inject(c, last.topic, last.envelope, 1, true);
+    // The broker that holds the key hands it to the new connection (docs/PROTOCOL.md §9.1): no refusal there.
+    if (outcome === 'refused' && holder && sameBroker(holder, c, r))
+      throw new Error(`a QoS 1 resend to ${c.broker}, which holds key ${h.keyIndex}, was refused`);
+    return `resent key ${h.keyIndex} seq ${h.seq}: ${outcome}`;
   }
   override check(m: Readonly<Model>) {
     return m.chipSession;

@@ -9,6 +9,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { pino } from 'pino';
 import type { Client, PublishPacket } from 'aedes';
 import { loadBrokerConfig } from '../../broker/config.js';
+import { DROPPED_PAYLOAD } from '../../broker/hooks/context.js';
 import { type RunningBroker, startBroker } from '../../broker/server.js';
 import { DB_FILE } from '../../key-service/data-dir.js';
 import { SINGLE_HOST_LOGIN_LIMITS } from '../../device-sim/local-system.js';
@@ -349,7 +350,8 @@ export class ModelWorld {
       slot.inflight++;
       authorizePublish!.call(aedes, client, packet, (err?: Error | null) => {
         slot.inflight--;
-        if (!err && header && client) {
+        // A duplicate the broker acknowledged and passes on to no one is not accepted (broker/hooks/publish.ts).
+        if (!err && header && client && packet.payload !== DROPPED_PAYLOAD) {
           this.accepted.push({
             broker: slot.name,
             generation: slot.generation,
