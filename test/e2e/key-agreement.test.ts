@@ -1,12 +1,12 @@
 // Model-based test of the key agreement (issue #14, docs/PROTOCOL.md §9): random sequences of connects, publishes,
-// network and power losses, broker and key-service restarts, intruders with the device's token, replayed and forged
-// envelopes and library reconnects, run against the real chip emulator, brokers and key service. After every step:
-// no key serves two sessions, no (key, seq) repeats, keys are spent only within the bound; at the end of every
-// sequence the honest device's next session is accepted on each broker.
+// network and power losses, broker and key-service restarts and outages, intruders with the device's token, replayed
+// and forged envelopes, library reconnects and resends, run against the real chip emulator, brokers and key
+// service. After every step: no key serves two sessions, no (key, seq) repeats, keys are spent only within the
+// bound; at the end of every sequence the honest device's next session is accepted.
 //
-// QKEY_MODEL_RUNS sets the number of sequences (default 300, ~30 s on an idle 2-core machine); QKEY_MODEL_SEED,
-// QKEY_MODEL_PATH and QKEY_MODEL_REPLAY_PATH replay a reported failure (its message prints the line); QKEY_MODEL_FRESH=1 gives every sequence a new device; QKEY_MODEL_ONLY
-// (step names, comma-separated) narrows the steps drawn; QKEY_MODEL_DEBUG=1 prints timings and step coverage.
+// QKEY_MODEL_RUNS: number of sequences (default 300, about 25 s of CPU). A failure prints the line that replays it
+// (QKEY_MODEL_SEED, QKEY_MODEL_PATH, QKEY_MODEL_REPLAY_PATH). QKEY_MODEL_FRESH=1: a new device for every sequence.
+// QKEY_MODEL_ONLY=Step,Step: only those steps. QKEY_MODEL_DEBUG=1: timings and how often each step and outcome ran.
 import fc from 'fast-check';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { parseEnvelope } from '../../protocol/index.js';
@@ -22,12 +22,11 @@ import { type BrokerName, BROKERS, ModelWorld } from '../helpers/model-world.js'
 
 const RUNS = Number(process.env.QKEY_MODEL_RUNS ?? 300);
 const MAX_COMMANDS = Number(process.env.QKEY_MODEL_MAX_COMMANDS ?? 12);
-/** Uplink keys one sequence can take: two per step (a refusal and the new session after it), two probes. */
+/** Uplink keys one sequence can take: two per step (a refusal and the new session after it), and the probe. */
 const KEYS_PER_SEQUENCE = 2 * MAX_COMMANDS + 2;
 const UP_KEYS = 4 * KEYS_PER_SEQUENCE;
 const DOWN_KEYS = 4 * KEYS_PER_SEQUENCE;
 
-/** The documented bound (docs/PROTOCOL.md §9): what one broker session may claim. */
 /** The documented bound (docs/PROTOCOL.md §9.3): what one broker connection (its session id) may claim. */
 const BOUND = {
   /** Uplink keys per broker session: the key of its first envelope, plus rotations (none in these sequences). */
@@ -92,6 +91,7 @@ async function retire(d: ModelDevice): Promise<void> {
   if (current === d) current = undefined;
   await d.close();
 }
+
 const timings: number[][] = [];
 /** How often each step ran, by outcome (printed with QKEY_MODEL_DEBUG=1): what the sequences exercised. */
 const coverage = new Map<string, number>();
