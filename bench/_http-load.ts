@@ -76,14 +76,18 @@ export function jsonPost(
   ]);
 }
 
-/** Sends `request` over `connections` keep-alive connections for `seconds`; 2xx responses count as ok. */
+/**
+ * Sends `request` over `connections` keep-alive connections for `seconds`; 2xx responses count as ok. A function
+ * builds each request anew (requests that must differ, such as claims of named keys).
+ */
 export async function load(
   host: string,
   port: number,
-  request: Buffer,
+  request: Buffer | (() => Buffer),
   connections: number,
   seconds: number,
 ): Promise<LoadResult> {
+  const next = typeof request === 'function' ? request : () => request;
   const conns = await Promise.all(Array.from({ length: connections }, () => Connection.open(host, port)));
   let ok = 0;
   let failed = 0;
@@ -93,7 +97,7 @@ export async function load(
   await Promise.all(
     conns.map(async (c) => {
       while (performance.now() < deadline) {
-        const status = await c.send(request);
+        const status = await c.send(next());
         if (status >= 200 && status < 300) ok++;
         else {
           failed++;

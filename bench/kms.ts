@@ -1,38 +1,93 @@
-// bench/kms: durable key claims per second over HTTP at 1, 16 and 64 concurrent clients, group commit vs
-// one transaction per claim, both measured in this run. Run: npm run bench:kms [-- --seconds 3 --keys-per-request 1]
+// bench/kms: durable key claims per second over HTTP at 1, 16 and 64 concurrent clients, downlink (enc_keys) and
+// uplink with proof of use (dec_keys), group commit vs one transaction per claim, all measured in this run.
+// Run: npm run bench:kms [-- --seconds 3 --keys-per-request 1 --api enc,dec]; --help lists the options.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { KmsClient } from '../kms-api/client.js';
+import { keyIdFor, sealEnvelope } from '../protocol/index.js';
 import { jsonPost, load } from './_http-load.js';
 import { formatRate, table } from './_measure.js';
+
+const USAGE = `npm run bench:kms [-- options]
+  --seconds N               length of each measured run (default 3; a 1 s warm-up precedes each)
+  --keys-per-request LIST   keys claimed per request, comma-separated (default 1,4)
+  --concurrency LIST        concurrent keep-alive clients, comma-separated (default 1,16,64)
+  --api LIST                enc (downlink, enc_keys), dec (uplink with proof of use, dec_keys); default enc,dec
+A short run: npm run bench:kms -- --seconds 1 --keys-per-request 1 --concurrency 16`;
 
 const { values } = parseArgs({
   options: {
     seconds: { type: 'string', default: '3' },
     'keys-per-request': { type: 'string', default: '1,4' },
     concurrency: { type: 'string', default: '1,16,64' },
+    api: { type: 'string', default: 'enc,dec' },
+    help: { type: 'boolean', short: 'h', default: false },
   },
 });
+if (values.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
+type Api = 'enc' | 'dec';
 const seconds = Number(values.seconds);
 const keysPerRequest = values['keys-per-request'].split(',').map(Number);
 const levels = values.concurrency.split(',').map(Number);
+const apis = values.api.split(',') as Api[];
+if (!apis.every((a) => a === 'enc' || a === 'dec')) throw new Error(`--api: enc and/or dec, not ${values.api}`);
 const BIN = fileURLToPath(new URL('../cli/bin.js', import.meta.url));
 const ADMIN = 'bench-admin-token';
+const DEVICE = 'bench-device';
+/** The topic and payload of the envelope each uplink claim carries as its proof: one small telemetry message. */
+const TOPIC = `devices/${DEVICE}/up/telemetry`;
+const PAYLOAD = new TextEncoder().encode('{"t":21.5,"h":40.2,"seq":1}');
 const TARGET_RATE = 10_000;
 const TARGET_RATIO = 3;
 
 interface Server {
   url: string;
   broker: string;
+  /** The raw uplink keys, 16 bytes each by key index (as the device's chip holds them), and the next unused one. */
+  uplink: Buffer;
+  nextUp: number;
+  /** CPU seconds the key service process has used so far (Linux: /proc), or undefined where unknown. */
+  cpuSeconds(): number | undefined;
   stop(): void;
 }
 
-async function startServer(name: string, claimBatchMax: number, keys: number): Promise<Server> {
+/** utime + stime of a process from /proc/<pid>/stat, in seconds (USER_HZ is 100 on Linux). */
+function cpuSecondsOf(pid: number | undefined): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // fields 14 and 15 of proc(5), after pid and comm
+  } catch {
+    return undefined;
+  }
+}
+
+/** Registers and commits `count` keys of one direction from index `first`, in batches of at most 4096. */
+async function fill(admin: KmsClient, first: number, count: number, direction: 'up' | 'down', keys?: Buffer) {
+  for (let from = 0; from < count; from += 4096) {
+    const n = Math.min(4096, count - from);
+    const batch = `${direction}-${from}`;
+    await admin.registerBatch(DEVICE, {
+      batch_id: batch,
+      keys: Array.from({ length: n }, (_, i) => ({
+        key_index: first + from + i,
+        direction,
+        key: (keys ? keys.subarray((from + i) * 16, (from + i + 1) * 16) : randomBytes(16)).toString('base64'),
+      })),
+    });
+    await admin.commitBatch(DEVICE, batch);
+  }
+}
+
+async function startServer(name: string, claimBatchMax: number, keys: { up: number; down: number }): Promise<Server> {
   const dir = mkdtempSync(join(tmpdir(), `qkey-bench-kms-${name}-`));
   const config = join(dir, 'config.json');
   writeFileSync(config, JSON.stringify({ claimBatchMax, logLevel: 'warn', maxKeysPerRequest: 64 }));
@@ -54,25 +109,19 @@ async function startServer(name: string, claimBatchMax: number, keys: number): P
     proc.once('exit', (code) => reject(new Error(`kms exited ${code}`)));
   });
   const admin = new KmsClient(url, { token: ADMIN });
-  await admin.registerDevice('bench-device');
-  for (let from = 0, b = 0; from < keys; from += 4096, b++) {
-    const n = Math.min(4096, keys - from);
-    const batch = `b${b}`;
-    await admin.registerBatch('bench-device', {
-      batch_id: batch,
-      keys: Array.from({ length: n }, (_, i) => ({
-        key_index: from + i,
-        direction: 'down' as const,
-        key: randomBytes(16).toString('base64'),
-      })),
-    });
-    await admin.commitBatch('bench-device', batch);
-  }
+  await admin.registerDevice(DEVICE);
+  // Uplink keys take indices [0, up), downlink keys the ones after.
+  const uplink = randomBytes(16 * keys.up);
+  await fill(admin, 0, keys.up, 'up', uplink);
+  await fill(admin, keys.up, keys.down, 'down');
   const { client_secret } = await admin.registerBroker('bench-broker');
   const { access_token } = await admin.clientToken('bench-broker', client_secret);
   return {
     url,
     broker: access_token,
+    uplink,
+    nextUp: 0,
+    cpuSeconds: () => cpuSecondsOf(proc.pid),
     stop() {
       proc.kill('SIGTERM');
       setTimeout(() => rmSync(dir, { recursive: true, force: true }), 500).unref();
@@ -80,23 +129,70 @@ async function startServer(name: string, claimBatchMax: number, keys: number): P
   };
 }
 
-/** Claims downlink keys from `concurrency` keep-alive connections for `seconds`; returns keys claimed per second. */
+/**
+ * Each request claims the next `perRequest` uplink keys, each with its proof of use: an envelope the device sealed
+ * under it (docs/KMS-API.md "Proof of use"), as a broker sends it. Built while the run goes, one request at a time.
+ */
+function decRequests(server: Server, host: string, port: number, perRequest: number): () => Buffer {
+  return () => {
+    const key_IDs = Array.from({ length: perRequest }, () => {
+      const i = server.nextUp++;
+      // Past the provisioned uplink keys the index names a downlink key or none: refused, counted as a failure.
+      const key = i * 16 < server.uplink.length ? server.uplink.subarray(i * 16, i * 16 + 16) : randomBytes(16);
+      const envelope = sealEnvelope(PAYLOAD, {
+        key,
+        keyIndex: i,
+        seq: 1,
+        deviceId: DEVICE,
+        topic: TOPIC,
+        direction: 'up',
+      });
+      return {
+        key_ID: keyIdFor(DEVICE, i),
+        key_ID_extension: {
+          qkey_proof: { envelope: Buffer.from(envelope).toString('base64'), topic: TOPIC, direction: 'up' },
+        },
+      };
+    });
+    return jsonPost(
+      host,
+      port,
+      `/api/v1/keys/${DEVICE}/dec_keys`,
+      {
+        key_IDs,
+        key_IDs_extension: { qkey_session_id: 'bench' },
+      },
+      { authorization: `Bearer ${server.broker}` },
+    );
+  };
+}
+
+/** Claims keys from `concurrency` keep-alive connections for `seconds`; returns keys claimed per second. */
 async function run(
   server: Server,
+  api: Api,
   concurrency: number,
   perRequest: number,
   runSeconds = seconds,
-): Promise<{ rate: number; errors: number; failures: Record<number, number> }> {
+): Promise<{ rate: number; cpuPerKey: number | undefined; errors: number; failures: Record<number, number> }> {
   const { hostname, port } = new URL(server.url);
-  const req = jsonPost(
-    hostname,
-    Number(port),
-    '/api/v1/keys/bench-device/enc_keys',
-    { number: perRequest, size: 128, extension_mandatory: [{ qkey_session_id: 'bench' }] },
-    { authorization: `Bearer ${server.broker}` },
-  );
+  const req =
+    api === 'enc'
+      ? jsonPost(
+          hostname,
+          Number(port),
+          `/api/v1/keys/${DEVICE}/enc_keys`,
+          { number: perRequest, size: 128, extension_mandatory: [{ qkey_session_id: 'bench' }] },
+          { authorization: `Bearer ${server.broker}` },
+        )
+      : decRequests(server, hostname, Number(port), perRequest);
+  const cpuBefore = server.cpuSeconds();
   const r = await load(hostname, Number(port), req, concurrency, runSeconds);
-  return { rate: (r.ok * perRequest) / r.seconds, errors: r.failed, failures: r.failures };
+  const cpuAfter = server.cpuSeconds();
+  const keys = r.ok * perRequest;
+  const cpuPerKey =
+    cpuBefore === undefined || cpuAfter === undefined || keys === 0 ? undefined : (cpuAfter - cpuBefore) / keys;
+  return { rate: keys / r.seconds, cpuPerKey, errors: r.failed, failures: r.failures };
 }
 
 /** Requests per second the HTTP stack serves for a trivial route: the ceiling for one-key requests. */
@@ -113,12 +209,15 @@ async function ceiling(server: Server, concurrency: number): Promise<number> {
 }
 
 // Up to 8,000 requests/s (well above the measured HTTP ceiling) for a 1 s warm-up and each measured run: a pool
-// that ran dry would turn the last runs into errors (KMS_ERR_POOL_EMPTY), not measurements.
+// that ran dry would turn the last runs into errors (KMS_ERR_POOL_EMPTY, or unknown uplink keys), not measurements.
 const keysPerRequestSum = keysPerRequest.reduce((a, b) => a + b, 0);
 const estimate = Math.ceil(8_000 * keysPerRequestSum * (seconds + 1) * levels.length + 50_000);
-console.log(`bench/kms: ${seconds} s per run; provisioning up to ${estimate} keys per server (once per run)...`);
-const grouped = await startServer('group', 512, estimate);
-const single = await startServer('single', 1, Math.ceil(estimate / 2));
+const pools = (n: number) => ({ up: apis.includes('dec') ? n : 0, down: apis.includes('enc') ? n : 0 });
+console.log(
+  `bench/kms: ${seconds} s per run; provisioning up to ${estimate} keys per pool and server (once per run)...`,
+);
+const grouped = await startServer('group', 512, pools(estimate));
+const single = await startServer('single', 1, pools(Math.ceil(estimate / 2)));
 const fmt = (r: { rate: number; errors: number; failures?: Record<number, number> }) =>
   `${formatRate(r.rate)}${
     r.errors
@@ -127,32 +226,77 @@ const fmt = (r: { rate: number; errors: number; failures?: Record<number, number
           .join(', ')})`
       : ''
   }`;
-const results: Array<{ perRequest: number; clients: number; group: number; single: number }> = [];
+const results: Array<{
+  api: Api;
+  perRequest: number;
+  clients: number;
+  group: number;
+  single: number;
+  cpuPerKey: number | undefined;
+}> = [];
+const micros = (seconds: number | undefined) => (seconds === undefined ? '-' : `${(seconds * 1e6).toFixed(0)} µs`);
 try {
-  const rows = [['keys/request', 'clients', 'HTTP ceiling (req/s)', 'group commit', 'one tx per claim', 'ratio']];
+  const rows = [
+    [
+      'api',
+      'keys/request',
+      'clients',
+      'HTTP ceiling (req/s)',
+      'group commit',
+      'server CPU/key',
+      'one tx per claim',
+      'ratio',
+    ],
+  ];
   for (const perRequest of keysPerRequest) {
     for (const c of levels) {
-      await run(grouped, c, perRequest, 1); // warm-up
       const ceil = await ceiling(grouped, c);
-      const g = await run(grouped, c, perRequest);
-      const s = await run(single, c, perRequest);
-      results.push({ perRequest, clients: c, group: g.rate, single: s.rate });
-      rows.push([String(perRequest), String(c), formatRate(ceil), fmt(g), fmt(s), `${(g.rate / s.rate).toFixed(2)}x`]);
+      for (const api of apis) {
+        await run(grouped, api, c, perRequest, 1); // warm-up
+        const g = await run(grouped, api, c, perRequest);
+        const s = await run(single, api, c, perRequest);
+        results.push({ api, perRequest, clients: c, group: g.rate, single: s.rate, cpuPerKey: g.cpuPerKey });
+        const name = api === 'enc' ? 'enc_keys' : 'dec_keys + proof';
+        rows.push([
+          name,
+          String(perRequest),
+          String(c),
+          formatRate(ceil),
+          fmt(g),
+          micros(g.cpuPerKey),
+          fmt(s),
+          `${(g.rate / s.rate).toFixed(2)}x`,
+        ]);
+      }
     }
   }
   console.log(
-    `\ndurable key claims per second (enc_keys over HTTP, claim committed with synchronous=FULL before the response)\n${table(rows)}`,
+    `\ndurable key claims per second (over HTTP, claim committed with synchronous=FULL before the response)\n${table(rows)}`,
   );
 } finally {
   grouped.stop();
   single.stop();
 }
 const top = Math.max(...levels);
-for (const r of results.filter((x) => x.clients === top)) {
+for (const r of results.filter((x) => x.clients === top && x.api === 'enc')) {
   const okRate = r.group >= TARGET_RATE;
   const okRatio = r.group / r.single >= TARGET_RATIO;
   console.log(
-    `${r.perRequest} key(s)/request, ${top} clients: ${formatRate(r.group)} (target >= ${TARGET_RATE}: ${okRate ? 'PASS' : 'FAIL'}), ` +
+    `enc_keys, ${r.perRequest} key(s)/request, ${top} clients: ${formatRate(r.group)} (target >= ${TARGET_RATE}: ${okRate ? 'PASS' : 'FAIL'}), ` +
       `${(r.group / r.single).toFixed(2)}x one tx per claim (target >= ${TARGET_RATIO}x: ${okRatio ? 'PASS' : 'FAIL'})`,
+  );
+}
+// The same-run baseline for uplink claims: a downlink claim does the same transaction without a proof to open.
+// Server CPU per key varies less with the machine's other load than the rates do.
+for (const d of results.filter((x) => x.api === 'dec')) {
+  const e = results.find((x) => x.api === 'enc' && x.perRequest === d.perRequest && x.clients === d.clients);
+  if (!e) continue;
+  const cpu =
+    d.cpuPerKey !== undefined && e.cpuPerKey !== undefined
+      ? `, server CPU per key ${micros(d.cpuPerKey)} vs ${micros(e.cpuPerKey)} (${(d.cpuPerKey / e.cpuPerKey).toFixed(2)}x)`
+      : '';
+  console.log(
+    `dec_keys with proof of use vs enc_keys, ${d.perRequest} key(s)/request, ${d.clients} clients, group commit: ` +
+      `${(d.group / e.group).toFixed(2)}x the rate${cpu}`,
   );
 }

@@ -4,7 +4,7 @@ import { resolve } from 'node:path';
 import type { FromSchema } from 'json-schema-to-ts';
 import { type ConfigSchema, configDefaults, loadConfig } from '../common/config-loader.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
-import { DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD, MAX_PAYLOAD_LIMIT } from '../protocol/index.js';
+import { DEFAULT_MAX_PAYLOAD, DEVICE_ID_PATTERN, ENVELOPE_OVERHEAD, MAX_PAYLOAD_LIMIT } from '../protocol/index.js';
 import type { PacketLimits } from './packet-guard.js';
 
 /** [MQTT-2.2.3] the largest Remaining Length MQTT can encode. */
@@ -66,7 +66,7 @@ export const BROKER_CONFIG_SCHEMA = {
     },
     brokerId: {
       type: 'string',
-      pattern: '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$',
+      pattern: DEVICE_ID_PATTERN, // docs/PROTOCOL.md §14: a broker id follows the device id rule
       default: 'qkey-broker',
       env: 'QKEY_BROKER_ID',
     },
@@ -93,7 +93,7 @@ export const BROKER_CONFIG_SCHEMA = {
         seconds: count(1, 86_400 * 30, 3600),
       },
     },
-    maxPayload: count(1, 268_435_455, 256 * 1024), // [MQTT-2.2.3] the largest packet MQTT can encode
+    maxPayload: count(1, MAX_PAYLOAD_LIMIT, DEFAULT_MAX_PAYLOAD), // docs/PROTOCOL.md §6
     /** Largest MQTT packet once CONNECT is accepted; when absent, derived from maxPayload (see packetLimits). */
     maxPacketSize: { type: 'integer', minimum: 1, maximum: MAX_REMAINING_LENGTH + 5 },
     /** Bytes a connection may send before its CONNECT is accepted (the CONNECT with its will, and what follows). */

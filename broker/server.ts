@@ -177,13 +177,17 @@ function followKmsHealth(tokens: TokenAuthority, gauge: Gauge, log: Logger): voi
 
 export async function startBroker(
   config: Readonly<BrokerConfig>,
-  options: { logger?: Logger } = {},
+  options: {
+    logger?: Logger;
+    /** The clock tokens are checked against, Unix seconds (tests move it; default: the system clock). */
+    now?: () => number;
+  } = {},
 ): Promise<RunningBroker> {
   const log = options.logger ?? pino({ level: config.logLevel });
   const secret = await brokerSecret(config.kmsUrl, config.brokerId, config.dataDir, config.brokerSecret);
   const kmsSession = new BrokerKmsSession(config.kmsUrl, config.brokerId, secret);
   const kms = await kmsSession.start();
-  const tokens = new TokenAuthority(kms, { pollMs: config.revocationPollMs });
+  const tokens = new TokenAuthority(kms, { pollMs: config.revocationPollMs, ...(options.now && { now: options.now }) });
   await tokens.start();
   const m = createMetrics();
   const certificates = config.clientCertificates ? new ClientCertificates(config.clientCertificates) : undefined;

@@ -4,7 +4,7 @@ import { type KmsClient, KmsHttpError, type UplinkProof } from '../kms-api/clien
 import { EnvelopeKey, keyIdFor, ReplayWindow, SUITE_SM4_GCM } from '../protocol/index.js';
 
 /** Why an uplink key could not be had; each is a refusal reason the device is told (docs/PROTOCOL.md §9.4). */
-export type UplinkKeyRefusal = 'kms_unavailable' | 'key_spent' | 'foreign_key' | 'forged' | 'revoked';
+export type UplinkKeyRefusal = 'kms_unavailable' | 'key_spent' | 'foreign_key' | 'forged' | 'revoked' | 'error';
 
 export class UplinkKeyError extends Error {
   constructor(
@@ -22,21 +22,31 @@ export interface HeldUplinkKey {
   readonly keyId: string;
   readonly key: EnvelopeKey;
   readonly replay: ReplayWindow;
-  /** The will sealed under this key (sequence number 0, direction will) was published: it is never published again. */
-  willPublished: boolean;
+  /**
+   * The will sealed under this key (sequence number 0, direction will) was published, or discarded by a clean
+   * DISCONNECT [MQTT-3.14.4-3]: it is never published again, so a replayed CONNECT carrying it is refused.
+   */
+  willSpent: boolean;
 }
 
 interface DeviceKeys {
   /** Claimed keys by index. */
   held: Map<number, HeldUplinkKey>;
-  /** Claims in flight by index: two messages naming one new key share one claim. */
-  claiming: Map<number, Promise<HeldUplinkKey>>;
+  /** Claims in flight by index, with the envelope each proves with: the same envelope twice shares one claim. */
+  claiming: Map<number, { claim: Promise<HeldUplinkKey>; envelope: Uint8Array }>;
   /** Highest index the device has been seen using here; a chip never goes back to a lower one (§9.1). */
   highest: number;
   /** Indices named by the wills of open connections (count per index): kept until those connections end. */
   pinned: Map<number, number>;
   connections: number;
   lingerTimer: NodeJS.Timeout | undefined;
+}
+
+/** Uplink claims one device may have in flight at this broker (an honest chip has one new key at a time). */
+export const MAX_CLAIMS_IN_FLIGHT = 2;
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
 }
 
 /** How long a device's keys stay held after its last connection to this broker ended (a reconnect continues them). */
@@ -107,19 +117,33 @@ export class UplinkKeys {
     if (held) return Promise.resolve(held);
     if (index < d.highest && !d.pinned.has(index))
       return Promise.reject(new UplinkKeyError('key_spent', `uplink key ${index} is older than one in use`));
-    let pending = d.claiming.get(index);
-    if (!pending) {
-      pending = this.claimFromKms(deviceId, index, proof, sessionId).then(
-        (key) => this.adopt(deviceId, key),
-        (err: unknown) => {
-          throw refusalOf(err, deviceId, index);
-        },
-      );
-      d.claiming.set(index, pending);
-      const done = () => d.claiming.delete(index);
-      pending.then(done, done);
+    const pending = d.claiming.get(index);
+    if (pending) {
+      // Another envelope's claim of this key is in flight. If that envelope was forged, this one still gets its
+      // own chance: a forgery must not take an honest message down with it.
+      if (sameBytes(pending.envelope, proof.envelope)) return pending.claim;
+      return pending.claim.catch((err: unknown) => {
+        if (err instanceof UplinkKeyError && err.reason === 'forged')
+          return this.claim(deviceId, index, proof, sessionId);
+        throw err;
+      });
     }
-    return pending;
+    // An honest chip has one new key at a time in flight; many at once are an envelope flood naming made-up
+    // indices, each of which would cost the key service a request before the first refusal closes the connection.
+    if (d.claiming.size >= MAX_CLAIMS_IN_FLIGHT)
+      return Promise.reject(
+        new UplinkKeyError('error', `more than ${MAX_CLAIMS_IN_FLIGHT} uplink keys claimed at once`),
+      );
+    const claim = this.claimFromKms(deviceId, index, proof, sessionId).then(
+      (key) => this.adopt(deviceId, key),
+      (err: unknown) => {
+        throw refusalOf(err, deviceId, index);
+      },
+    );
+    d.claiming.set(index, { claim, envelope: proof.envelope });
+    const done = () => d.claiming.delete(index);
+    claim.then(done, done);
+    return claim;
   }
 
   /** Retires every held key (broker shutdown). */
@@ -156,7 +180,7 @@ export class UplinkKeys {
     const key = new EnvelopeKey(raw);
     raw.fill(0);
     key.suite(SUITE_SM4_GCM); // the key schedule is built once, here, not on the message's path
-    return { index, keyId, key, replay: new ReplayWindow(), willPublished: false };
+    return { index, keyId, key, replay: new ReplayWindow(), willSpent: false };
   }
 
   /** Holds a newly claimed key and retires the device's older ones. */
@@ -206,8 +230,10 @@ function refusalOf(err: unknown, deviceId: string, index: number): UplinkKeyErro
   const reasons = err.details.map((d) => (d as { reason?: unknown }).reason);
   if (reasons.includes('proof_failed'))
     return new UplinkKeyError('forged', `the envelope naming uplink key ${index} does not open under it`);
-  if (reasons.includes('claimed') || reasons.includes('retired'))
+  if (reasons.includes('claimed') || reasons.includes('retired') || reasons.includes('superseded'))
     return new UplinkKeyError('key_spent', `uplink key ${index} of ${deviceId} was used in another session`);
+  if (reasons.includes('unknown') || reasons.includes('not an uplink key'))
+    return new UplinkKeyError('foreign_key', `uplink key ${index} is not an uplink key of ${deviceId}`);
   if (err.status >= 500) return new UplinkKeyError('kms_unavailable', `key service error: ${err.code}`);
-  return new UplinkKeyError('foreign_key', `uplink key ${index} of ${deviceId} is not available (${err.code})`);
+  return new UplinkKeyError('error', `the key service refused the claim of uplink key ${index} (${err.code})`);
 }

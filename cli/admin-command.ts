@@ -4,14 +4,15 @@ import { parseArgs } from 'node:util';
 import { KmsClient, KmsHttpError, KmsUnreachableError } from '../kms-api/client.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
 import { ADMIN_TOKEN_FILE, findAdminToken } from '../common/admin-token.js';
-import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './io.js';
+import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, idArgument, UsageError } from './io.js';
 
 export const DEFAULT_KMS_URL = `http://127.0.0.1:${KMS_DEFAULTS.port}`;
 
 export const ADMIN_USAGE = `Usage: qkey admin [--kms <url>] [--token <t>] [--data <dir>] [--json] <command>
 
 Commands:
-  device add <id> [--serial <s>]        register a device
+  device add <id> [--serial <s>]        register a device; ids (also of apps and brokers) are 1 to 128 of
+                                        A-Z a-z 0-9 . _ : -, starting with a letter or digit
   device list [--after <id>] [--limit <n>]
   device show <id>                      state, pool levels, next key index, chip suites, pending fill
                                         batches (STALE once older than the key service's stalePendingSeconds)
@@ -85,6 +86,11 @@ function need(positionals: string[], i: number, what: string): string {
   return v;
 }
 
+/** An id to register: checked against the id rule here, before the key service is asked. */
+function newId(positionals: string[], i: number, what: string): string {
+  return idArgument(need(positionals, i, what), what);
+}
+
 function table(rows: Array<Record<string, unknown>>, columns: string[]): string {
   if (rows.length === 0) return '(none)';
   const cells = [
@@ -121,7 +127,7 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
 
     switch (command) {
       case 'device add': {
-        const d = await client.registerDevice(need(positionals, 2, 'device id'), values.serial);
+        const d = await client.registerDevice(newId(positionals, 2, 'device id'), values.serial);
         print(d, () => `registered device ${d.device_id}`);
         break;
       }
@@ -173,7 +179,7 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
       case 'app add':
       case 'broker add': {
         const role = resource as 'app' | 'broker';
-        const id = need(positionals, 2, `${role} id`);
+        const id = newId(positionals, 2, role === 'app' ? 'application id' : 'broker id');
         const r =
           role === 'app'
             ? await client.registerApp(id, {

@@ -15,7 +15,7 @@ import { KmsClient, KmsHttpError, KmsUnreachableError } from '../kms-api/client.
 import { KMS_DEFAULTS } from '../key-service/config.js';
 import { parseSuite, type SuiteId } from '../protocol/index.js';
 import { adminTokenFrom, DEFAULT_KMS_URL } from './admin-command.js';
-import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './io.js';
+import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, idArgument, UsageError } from './io.js';
 import { readNewPin, readPin } from './pin.js';
 
 export const CHIP_USAGE = `Usage: qkey chip <command> --chip <file> [options]
@@ -107,9 +107,10 @@ export async function runChipCommand(argv: string[], io: CliIo): Promise<number>
     switch (action) {
       case 'init': {
         if (!values.device) throw new UsageError('missing --device <id>');
+        const deviceId = idArgument(values.device, 'device id');
         const pin = await readNewPin();
         const chip = SecurityChip.create(path, {
-          deviceId: values.device,
+          deviceId,
           pin,
           ...(values.serial ? { serial: values.serial } : {}),
           ...(values['kdf-iterations'] ? { kdfIterations: count(values['kdf-iterations'], 'kdf-iterations') } : {}),

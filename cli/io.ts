@@ -1,4 +1,6 @@
 // The I/O a CLI command writes to; tests pass a recorder, `qkey` passes the process streams.
+import { deviceIdProblem } from '../protocol/index.js';
+
 export interface CliIo {
   out(line: string): void;
   err(line: string): void;
@@ -28,6 +30,13 @@ export function parseUint(value: string | undefined, flag: string, max: number):
       : NaN;
   if (!Number.isSafeInteger(n) || n < 0 || n > max) throw new UsageError(`--${flag} must be an integer in [0, ${max}]`);
   return n;
+}
+
+/** An id given on the command line, checked against the id rule (docs/PROTOCOL.md §14) before anything is asked. */
+export function idArgument(value: string, what: string): string {
+  const problem = deviceIdProblem(value);
+  if (problem) throw new UsageError(`${what} ${JSON.stringify(value)} is not valid: ${problem}`);
+  return value;
 }
 
 export function requireFlag(value: string | undefined, flag: string): string {

@@ -9,6 +9,7 @@ import { SecurityChip } from '../hsm-emulator/chip.js';
 import { FillingMachine } from '../hsm-emulator/filling-machine.js';
 import { Qrng } from '../hsm-emulator/qrng.js';
 import { KmsClient } from '../kms-api/client.js';
+import { assertDeviceId } from '../protocol/index.js';
 import { SimulatedApp } from './simulated-app.js';
 import { SimulatedDevice } from './simulated-device.js';
 import { startLocalSystem } from './local-system.js';
@@ -61,8 +62,21 @@ export interface SimReport {
   ok: boolean;
 }
 
+/** The ids a run will register, checked against the id rule before anything starts (docs/PROTOCOL.md §14). */
+export function simulationIds(prefix: string, devices: number): { devices: string[]; app: string } {
+  const ids = {
+    devices: Array.from({ length: devices }, (_, i) => `${prefix}-${String(i).padStart(4, '0')}`),
+    app: `${prefix}-app`,
+  };
+  for (const id of ids.devices) assertDeviceId(id, 'simulated device id');
+  assertDeviceId(ids.app, 'simulated application id');
+  return ids;
+}
+
 export async function runSimulation(o: SimOptions): Promise<SimReport> {
   const qos = o.qos ?? 1;
+  const prefix = o.prefix ?? `sim-${randomBytes(3).toString('hex')}`;
+  const ids = simulationIds(prefix, o.devices);
   const work = mkdtempSync(join(tmpdir(), 'qkey-sim-'));
   const cleanup: Array<() => Promise<unknown> | void> = [() => rmSync(work, { recursive: true, force: true })];
   const errors: Record<string, number> = {};
@@ -80,7 +94,6 @@ export async function runSimulation(o: SimOptions): Promise<SimReport> {
     if (!adminToken) throw new Error('an admin token is needed to provision the simulated devices');
     const admin = new KmsClient(kmsUrl, { token: adminToken });
     const machine = new FillingMachine(new Qrng(), admin);
-    const prefix = o.prefix ?? `sim-${randomBytes(3).toString('hex')}`;
     const ledger = new DeliveryLedger();
     const commandsSent = new Map<string, number>();
     let commandsReceived = 0;
@@ -93,7 +106,7 @@ export async function runSimulation(o: SimOptions): Promise<SimReport> {
     const keysNeeded = Math.ceil((o.rate * (o.durationSec + 5)) / rotateAfter) + 4;
     const devices: SimulatedDevice[] = [];
     for (let i = 0; i < o.devices; i++) {
-      const id = `${prefix}-${String(i).padStart(4, '0')}`;
+      const id = ids.devices[i]!;
       const chip = SecurityChip.create(
         join(work, `${id}.chip`),
         { deviceId: id, pin: '0000', kdfIterations: 1000 },
@@ -119,8 +132,8 @@ export async function runSimulation(o: SimOptions): Promise<SimReport> {
       );
     }
 
-    const { client_secret } = await admin.registerApp(`${prefix}-app`);
-    const app = await SimulatedApp.connect(brokerUrl, kmsUrl, `${prefix}-app`, client_secret);
+    const { client_secret } = await admin.registerApp(ids.app);
+    const app = await SimulatedApp.connect(brokerUrl, kmsUrl, ids.app, client_secret);
     cleanup.push(() => app.close());
     await app.onTelemetry(
       (t, topic) => {

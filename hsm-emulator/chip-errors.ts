@@ -12,6 +12,7 @@ export const CHIP_ERRORS = {
   CHIP_ERR_NO_SESSION: 'no session: call beginSession first',
   CHIP_ERR_POOL_EMPTY: 'no unused key left in the pool: re-fill the chip',
   CHIP_ERR_UNKNOWN_KEY: 'the envelope names a key this chip does not hold',
+  CHIP_ERR_STALE_KEY: 'the envelope names a downlink key below one this chip already opened',
   CHIP_ERR_NO_LOGIN_KEY: 'the chip has no login key yet: fill it first',
   CHIP_ERR_FILL: 'fill batch conflicts with the keys in the chip',
   CHIP_ERR_BATCH: 'factory batch is malformed, for another chip, or fails authentication',

@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import {
+  assertDeviceId,
   chooseSuite,
   EnvelopeKey,
   isPassthroughPayload,
@@ -46,6 +47,8 @@ interface ChipState {
   down: StoredKey[];
   /** Downlink key indices used in the current or an earlier session; erased at the next session start. */
   downUsed: number[];
+  /** Highest downlink key index opened so far (absent: none); lower keys are stale and erased at session start. */
+  downHigh?: number;
   /** The uplink key of the current session, taken out of the pool before first use. */
   current: (StoredKey & { seqReserved: number }) | null;
   nextKeyIndex: number;
@@ -76,6 +79,12 @@ export interface RotationPolicy {
   /** ... or this many payload bytes. */
   bytes: number;
 }
+
+/** docs/PROTOCOL.md §17: the chip moves to its next uplink key after this many messages or payload bytes. */
+export const DEFAULT_UPLINK_ROTATION: Readonly<RotationPolicy> = Object.freeze({
+  messages: 10_000,
+  bytes: 16 * 1024 * 1024,
+});
 
 export interface ChipOptions {
   rotation?: Partial<RotationPolicy>;
@@ -138,7 +147,7 @@ export class SecurityChip {
     private readonly sealing: SealingMaterial,
     private readonly options: ChipOptions,
   ) {
-    this.rotation = { messages: 10_000, bytes: 16 * 1024 * 1024, ...options.rotation };
+    this.rotation = { ...DEFAULT_UPLINK_ROTATION, ...options.rotation };
     this.suite = options.suite ?? chooseSuite(state.suites) ?? SUITE_SM4_GCM;
     this.persist(); // a fresh file salt, and the failed-attempt count back to 0
   }
@@ -159,6 +168,7 @@ export class SecurityChip {
     options: ChipOptions = {},
   ): SecurityChip {
     if (existsSync(path)) throw new ChipError('CHIP_ERR_EXISTS', `a chip file already exists at ${path}`);
+    assertDeviceId(init.deviceId); // docs/PROTOCOL.md §14: a chip is personalised only for an id the system accepts
     if (init.pin.length < 4) throw new RangeError('the PIN must have at least 4 characters');
     const suites = [...new Set(init.suites ?? ALL_SUITES)].sort();
     if (suites.length === 0 || suites.some((s) => !ALL_SUITES.includes(s)))
@@ -345,7 +355,7 @@ export class SecurityChip {
   beginSession(): { sessionId: string } {
     this.endSession();
     const next = structuredClone(this.state);
-    next.down = next.down.filter((k) => !next.downUsed.includes(k.i));
+    next.down = next.down.filter((k) => !next.downUsed.includes(k.i) && k.i >= (next.downHigh ?? -1));
     next.downUsed = [];
     next.sessions++;
     next.current = null;
@@ -423,26 +433,28 @@ export class SecurityChip {
     });
   }
 
-  /** Opens a downlink envelope for `topic` with the downlink key it names; replays are refused. */
+  /**
+   * Opens a downlink envelope for `topic` with the downlink key it names (docs/PROTOCOL.md §9.2); replays are refused,
+   * and so is a key below the highest this chip has opened: brokers claim downlink keys in rising order, so a lower
+   * one can only carry a stale command (sealed for a session this chip never saw). The key is recorded as used only
+   * once an envelope under it authenticated: a forged envelope changes nothing on the chip.
+   */
   openDownlink(envelope: Uint8Array, topic: string): Uint8Array {
     if (isPassthroughPayload(envelope)) return envelope;
     if (!this.session) throw new ChipError('CHIP_ERR_NO_SESSION');
     const index = envelope.length >= 6 ? Buffer.from(envelope).readUInt32BE(2) : -1;
     let entry = this.downKeys.get(index);
+    const first = !entry;
     if (!entry) {
       const stored = this.state.down.find((k) => k.i === index);
       if (!stored) throw new ChipError('CHIP_ERR_UNKNOWN_KEY', `downlink key index ${index} is not in this chip`);
+      if (index < (this.state.downHigh ?? -1))
+        throw new ChipError('CHIP_ERR_STALE_KEY', `downlink key ${index} is below one already opened`);
       const raw = unhex(stored.k);
       entry = { key: new EnvelopeKey(raw), replay: new ReplayWindow() };
       raw.fill(0);
-      this.downKeys.set(index, entry);
-      if (!this.state.downUsed.includes(index)) {
-        const next = structuredClone(this.state);
-        next.downUsed.push(index);
-        this.commit(next);
-      }
     }
-    return openEnvelope(envelope, {
+    const payload = openEnvelope(envelope, {
       key: entry.key,
       deviceId: this.state.deviceId,
       topic,
@@ -450,6 +462,14 @@ export class SecurityChip {
       replay: entry.replay,
       allowedSuites: this.state.suites, // a chip opens only what it can run
     }).payload;
+    if (first) {
+      this.downKeys.set(index, entry);
+      const next = structuredClone(this.state);
+      if (!next.downUsed.includes(index)) next.downUsed.push(index);
+      next.downHigh = Math.max(next.downHigh ?? -1, index);
+      this.commit(next);
+    }
+    return payload;
   }
 
   close(): void {

@@ -128,7 +128,9 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     requestTimeout: REQUEST_TIMEOUT_MS,
     // Every spelling of a route's path reaches that route (and its group's credential check), or nothing does.
     rewriteUrl: (req) => canonicalUrl(req.url ?? '/'),
-    routerOptions: { caseSensitive: false },
+    // A path parameter is an id (128 characters) or a batch id (256), each ':' percent-encoded as 3: fastify's
+    // default of 100 refused the longest valid ids (docs/PROTOCOL.md §14) before any route saw them.
+    routerOptions: { caseSensitive: false, maxParamLength: 3 * 256 },
     // The source address login limits key on: the peer's, unless it is a listed proxy (then X-Forwarded-For's
     // right-most address not itself a listed proxy). Never `true`: anyone could then choose their address.
     trustProxy: config.trustProxy.length ? [...config.trustProxy] : false,

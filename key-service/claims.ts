@@ -175,7 +175,11 @@ export class ClaimQueue {
               ? 'not an uplink key'
               : k.state !== 'filled'
                 ? k.state
-                : null;
+                : // docs/PROTOCOL.md §9.1: a chip never goes back to a lower index, so an envelope under a key below
+                  // one already used is one the device abandoned (or an attacker held back): never claimable.
+                  k.key_index < this.store.highestUsedUplinkIndex(r.deviceId)
+                  ? 'superseded'
+                  : null;
         if (reason) return void refused.push({ key_ID: id, reason });
         const row = { rowid: k!.rowid, key_ID: k!.key_id, key_index: k!.key_index, wrapped: k!.wrapped! };
         const proofRefused = this.checkProof(r.deviceId, row, r.proofs[i]);
@@ -199,6 +203,7 @@ export class ClaimQueue {
     for (const row of rows) {
       // The state guard in the UPDATE makes a double claim impossible even if validation above were wrong.
       if (!this.store.markClaimed(row.rowid, r.brokerId, r.sessionId, now)) {
+        for (const x of rows) x.key?.fill(0);
         throw new KmsError('KMS_ERR_KEY_UNAVAILABLE', undefined, {
           details: [{ key_ID: row.key_ID, reason: 'claimed' }],
         });

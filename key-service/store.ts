@@ -111,6 +111,9 @@ export class KeyStore {
       ),
       pool: p(`SELECT direction, COUNT(*) AS n FROM keys WHERE device_id = ? AND state = 'filled' GROUP BY direction`),
       deviceState: p(`SELECT state FROM devices WHERE device_id = ?`),
+      highestUsedUplink: p(
+        `SELECT MAX(key_index) AS i FROM keys WHERE device_id = ? AND direction = 'up' AND state IN ('claimed', 'retired')`,
+      ),
       nextUplink: p(
         `SELECT MIN(key_index) AS i FROM keys WHERE device_id = ? AND direction = 'up' AND state = 'filled'`,
       ),
@@ -242,6 +245,11 @@ export class KeyStore {
   }
 
   /** The lowest unused uplink key index: the key the device's chip takes at its next session start. */
+  /** The highest uplink key index of the device any broker has claimed (or retired since), -1 if none. */
+  highestUsedUplinkIndex(deviceId: string): number {
+    return (this.s.highestUsedUplink!.get(deviceId) as { i: number | null }).i ?? -1;
+  }
+
   nextUplinkIndex(deviceId: string): number | null {
     return (this.s.nextUplink!.get(deviceId) as { i: number | null }).i;
   }

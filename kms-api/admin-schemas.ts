@@ -1,7 +1,7 @@
 // Wire contract of the admin API: devices, fill batches, apps, brokers, pool levels and the audit log. Response
 // schemas list every field that may leave the service; anything else a handler returns is not serialized.
 import type { FromSchema } from 'json-schema-to-ts';
-import { base64Key128, errorResponses, idSchema } from './common-schemas.js';
+import { base64Key128, batchIdSchema, errorResponses, idSchema } from './common-schemas.js';
 
 export const MAX_KEYS_PER_BATCH = 4096;
 
@@ -24,7 +24,7 @@ export const batchParams = {
   type: 'object',
   required: ['device_id', 'batch_id'],
   additionalProperties: false,
-  properties: { device_id: idSchema, batch_id: idSchema },
+  properties: { device_id: idSchema, batch_id: batchIdSchema },
 } as const;
 export const clientParams = {
   type: 'object',
@@ -180,7 +180,7 @@ export const batchBody = {
   required: ['batch_id', 'keys'],
   additionalProperties: false,
   properties: {
-    batch_id: idSchema,
+    batch_id: batchIdSchema,
     login_key: base64Key128,
     suites: suitesSchema,
     keys: {

@@ -3,7 +3,11 @@
 import type { FromSchema } from 'json-schema-to-ts';
 import { errorResponses, idSchema } from './common-schemas.js';
 
-const base64Bytes32 = { type: 'string', pattern: '^[A-Za-z0-9+/]{43}=$' } as const;
+/**
+ * docs/PROTOCOL.md §13: 32 bytes in standard base64 (RFC 4648 §4: '+' and '/', '=' padding), canonical: 44
+ * characters, the last before '=' one whose two unused low bits are zero, so each value has exactly one spelling.
+ */
+const base64Bytes32 = { type: 'string', pattern: '^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$' } as const;
 
 export const challengeBody = {
   type: 'object',

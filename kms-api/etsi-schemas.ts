@@ -1,7 +1,7 @@
 // Wire contract of the broker routes: ETSI GS QKD 014 key delivery (status, enc_keys, dec_keys) and the retire
 // extension. Response schemas list every field that may leave the service.
 import type { FromSchema } from 'json-schema-to-ts';
-import { DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD } from '../protocol/envelope.js';
+import { ENVELOPE_OVERHEAD, MAX_PAYLOAD_LIMIT } from '../protocol/envelope.js';
 import { errorResponses, idSchema, uuidSchema } from './common-schemas.js';
 
 /** Our extension carrying the claiming broker session (ETSI 014 §6.2 extension parameters). */
@@ -128,8 +128,14 @@ function keyIdList<const Limits extends { uniqueItems?: boolean; maxItems?: numb
 /** Our extension carrying, per uplink key, the envelope that names it (docs/KMS-API.md "Proof of use"). */
 export const PROOF_EXTENSION = 'qkey_proof';
 
-/** Base64 length of the largest envelope a proof may carry: the default largest payload plus header and tag. */
-export const PROOF_ENVELOPE_MAX_BASE64 = Math.ceil((DEFAULT_MAX_PAYLOAD + ENVELOPE_OVERHEAD) / 3) * 4;
+/**
+ * Base64 length of the largest envelope a proof may carry: the protocol's largest payload (docs/PROTOCOL.md §6) plus
+ * header and tag, so that any envelope a broker may accept can prove its key's use.
+ */
+export const PROOF_ENVELOPE_MAX_BASE64 = Math.ceil((MAX_PAYLOAD_LIMIT + ENVELOPE_OVERHEAD) / 3) * 4;
+
+/** Largest dec_keys body: one proof of the largest envelope, and room for the rest of the request. */
+export const DEC_KEYS_BODY_LIMIT = PROOF_ENVELOPE_MAX_BASE64 + 64 * 1024;
 
 /**
  * Proof of use: an envelope sealed under the uplink key being claimed, as the device sent it, with the topic and

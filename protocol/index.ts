@@ -41,6 +41,13 @@ export {
   ProtocolError,
   type ProtocolErrorCode,
 } from './errors.js';
+export {
+  assertDeviceId,
+  DEVICE_ID_MAX_LENGTH,
+  DEVICE_ID_PATTERN,
+  deviceIdProblem,
+  isValidDeviceId,
+} from './device-id.js';
 export { GcmKey } from './gcm.js';
 export { type AddonStatus, sm4GcmAddonStatus } from './sm4-gcm-addon.js';
 export { keyIdFor } from './key-id.js';

@@ -1,6 +1,7 @@
 // The CONNECT hooks: preConnect notes what authenticate needs from the packet; authenticate runs the named steps
-// below: credentials (token, or with mutual TLS its certificate), principal, client-id ownership, certificate
-// identity, will, the device's key session (which claims nothing yet), then the state the other hooks use.
+// below: identifiers' shape, credentials (token, or with mutual TLS its certificate), principal, client-id
+// ownership, certificate identity, will, the device's key session (which claims nothing yet), then the state the
+// other hooks use.
 import { randomUUID } from 'node:crypto';
 import type { AuthenticateError, Client, ConnectPacket, PublishPacket } from 'aedes';
 import { KmsHttpError } from '../../kms-api/client.js';
@@ -13,6 +14,7 @@ import {
   type TokenClaims,
 } from '../../protocol/index.js';
 import { type CertificateIdentity, certificateMismatch } from '../client-certificate.js';
+import { APP_CLIENT_ID_SEPARATOR, clientIdProblem, userNameProblem } from '../client-id.js';
 import { DeviceSessionKeys } from '../session-keys.js';
 import { UplinkKeyError } from '../uplink-keys.js';
 import { downlinkOwner, mayPublish, type Principal } from '../topic-policy.js';
@@ -34,12 +36,7 @@ export class ClosedDuringAuthentication extends Error {
   }
 }
 
-/**
- * The client-id rule: a device connects with its device id; an application with `<appId>/<anything>`. Device ids
- * never contain '/', so the two namespaces cannot overlap and no principal can name another's connection or
- * persistent session. An application that sends an empty client id (clean session) is given `<appId>/<uuid>`.
- */
-export const APP_CLIENT_ID_SEPARATOR = '/';
+export { APP_CLIENT_ID_SEPARATOR };
 
 export function preConnect(ctx: PluginContext, client: Client, packet: ConnectPacket): void {
   if (!packet.clientId) {
@@ -55,6 +52,7 @@ export async function authenticate(
   password: Buffer | undefined,
 ): Promise<void> {
   refuseEmptyPersistentId(ctx, client);
+  refuseMalformedIdentifiers(ctx, client, username);
   const certificate = ctx.o.certificates?.of(client.conn);
   const claims = verifyCredentials(ctx, username, password, certificate);
   const principal = principalOf(claims);
@@ -92,6 +90,18 @@ export async function authenticate(
 function refuseEmptyPersistentId(ctx: PluginContext, client: Client): void {
   if (ctx.emptyIdPersistent.has(client))
     throw authError(2, 'identifier rejected: empty client id with clean session off [MQTT-3.1.3-8]');
+}
+
+/**
+ * docs/PROTOCOL.md §14: a client id or user name that no device or application can have is refused before any
+ * credential is looked at (a missing user name is missing credentials: 4). The server may reject a client id it
+ * does not allow [MQTT-3.1.3-9]; a device's user name is its client id, so the same code serves both.
+ */
+function refuseMalformedIdentifiers(ctx: PluginContext, client: Client, username: string | undefined): void {
+  const problem =
+    (ctx.emptyId.has(client) ? undefined : clientIdProblem(client.id)) ??
+    (username === undefined ? undefined : userNameProblem(username));
+  if (problem) throw authError(2, `identifier rejected: ${problem} [MQTT-3.1.3-9]`);
 }
 
 type Credentials = Pick<TokenClaims, 'sub' | 'role' | 'iat' | 'acl' | 'suites'>;
@@ -207,7 +217,8 @@ async function claimWillKey(client: Client, keys: DeviceSessionKeys, will: Devic
       topic: packet.topic,
       direction: 'will',
     });
-    if (held.willPublished) throw authError(5, 'not authorized: this will was published already (replayed CONNECT)');
+    if (held.willSpent)
+      throw authError(5, 'not authorized: this will was published or discarded already (replayed CONNECT)');
     return unpin;
   } catch (err) {
     unpin();

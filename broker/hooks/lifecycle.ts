@@ -42,12 +42,21 @@ export async function release(ctx: PluginContext, client: Client): Promise<void>
   clearTimeout(state.handoverTimer);
   logDisconnect(ctx, client, state);
   await state.willSettled; // never rejects (will.ts)
+  if (state.will && cleanlyDisconnected(client)) {
+    // [MQTT-3.14.4-3] the will is discarded; a replay of this CONNECT must not bring it back.
+    const key = state.keys?.readyUplinkKey(state.will.parsed.keyIndex);
+    if (key) key.willSpent = true;
+  }
   state.unpinWill?.();
   await state.keys?.close(); // never rejects (session-keys.ts)
 }
 
+function cleanlyDisconnected(client: Client): boolean {
+  return (client as unknown as { _disconnected?: boolean })._disconnected === true;
+}
+
 function logDisconnect(ctx: PluginContext, client: Client, state: ClientState): void {
-  const clean = (client as unknown as { _disconnected?: boolean })._disconnected === true;
+  const clean = cleanlyDisconnected(client);
   ctx.logConnection(
     {
       client: client.id,

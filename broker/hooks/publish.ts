@@ -48,8 +48,7 @@ export function authorizePublish(
   if (isWillOf(client, packet)) return authorizeWill(ctx, client, state, packet, callback);
   let verdict: Verdict;
   try {
-    verdict =
-      packet.qos === 2 && packet.dup ? retransmitted(ctx, client, state, packet) : decide(ctx, client, state, packet);
+    verdict = decide(ctx, client, state, packet);
   } catch (err) {
     verdict = failed(ctx, client, state, err);
   }
@@ -91,26 +90,6 @@ function decide(ctx: PluginContext, client: Client, state: ClientState, packet: 
       throw err;
     },
   );
-}
-
-/**
- * [MQTT-4.3.3-2] A QoS 2 PUBLISH whose packet identifier still awaits PUBREL (a retransmission, perhaps on a new
- * connection of the session) is answered with PUBREC and not published again: Aedes does that from its incoming
- * store. It is let through unopened: its envelope was opened, and its sequence number used, the first time, so
- * opening it again would refuse it as a replay and close the connection of a client that follows the spec.
- */
-function retransmitted(ctx: PluginContext, client: Client, state: ClientState, packet: PublishPacket): Verdict {
-  if (!mayPublish(state.principal, packet.topic, ctx.topics)) return decide(ctx, client, state, packet);
-  const incoming = (client as unknown as { broker: { persistence: IncomingStore } }).broker.persistence;
-  return incoming.incomingGetPacket(client, packet).then(
-    () => null,
-    () => decide(ctx, client, state, packet),
-  );
-}
-
-interface IncomingStore {
-  /** Resolves with the stored QoS 2 packet of this identifier; rejects when there is none. */
-  incomingGetPacket(client: Client, packet: PublishPacket): Promise<unknown>;
 }
 
 /**
@@ -163,26 +142,30 @@ function openUplink(
  * a new session) from a fault of its own.
  */
 /**
- * [MQTT-4.3.2-1] A QoS 1 PUBLISH sent again with DUP set after its PUBACK was lost (perhaps on a new connection that
- * continues the held key, docs/PROTOCOL.md §9.1) carries an envelope this key already accepted, and passed on.
+ * [MQTT-4.3.2-1, MQTT-4.3.3-2] A QoS 1 or 2 PUBLISH sent again with DUP set after its acknowledgement was lost
+ * (perhaps on a new connection that continues the held key, docs/PROTOCOL.md §9.1) carries an envelope this key
+ * already accepted, and passed on. Decided by the envelope's own sequence number, never by the packet identifier:
+ * a payload is never let through unopened.
  */
 function retransmission(packet: PublishPacket, parsed: ParsedEnvelope, uplink: HeldUplinkKey): boolean {
-  return packet.qos === 1 && packet.dup && uplink.replay.seen(parsed.seq);
+  return packet.qos > 0 && packet.dup && uplink.replay.seen(parsed.seq);
 }
 
-/** [MQTT-3.4.1] PUBACK: fixed header 0x40, remaining length 2, the packet identifier (big-endian). */
-function puback(messageId: number): Buffer {
-  return Buffer.from([0x40, 0x02, messageId >> 8, messageId & 0xff]);
+/** [MQTT-3.4.1] PUBACK (0x40) or [MQTT-3.5.1] PUBREC (0x50): remaining length 2, the packet identifier. */
+function acknowledgement(qos: 1 | 2, messageId: number): Buffer {
+  return Buffer.from([qos === 1 ? 0x40 : 0x50, 0x02, messageId >> 8, messageId & 0xff]);
 }
 
 /**
- * A retransmission is acknowledged and dropped: not refused (that would close an honest connection whose PUBACK
- * was lost), and not passed on again (DUP is an unauthenticated header bit: a replay must not deliver a message
- * twice). The broker sends the PUBACK itself; the packet then goes on as QoS 0, not retained, with the payload
- * DROPPED_PAYLOAD, which the forward hook delivers to no one, so Aedes neither acknowledges, stores nor delivers it.
+ * A retransmission is acknowledged and dropped: not refused (that would close an honest connection whose
+ * acknowledgement was lost), and not passed on again (DUP is an unauthenticated header bit: a replay must not
+ * deliver a message twice). The broker sends the PUBACK or PUBREC itself (the PUBREL that follows a PUBREC is
+ * answered by Aedes with PUBCOMP whether or not it stored the packet); the packet then goes on as QoS 0, not
+ * retained, with the payload DROPPED_PAYLOAD, which the forward hook delivers to no one, so Aedes neither
+ * acknowledges, stores nor delivers it.
  */
 function acknowledgeDuplicate(ctx: PluginContext, client: Client, packet: PublishPacket): null {
-  client.conn.write(puback(packet.messageId!));
+  client.conn.write(acknowledgement(packet.qos as 1 | 2, packet.messageId!));
   packet.qos = 0;
   packet.retain = false;
   packet.payload = DROPPED_PAYLOAD;

@@ -46,8 +46,8 @@ async function settleWill(ctx: PluginContext, state: ClientState, packet: Publis
   const uplink = state.keys!.readyUplinkKey(will.parsed.keyIndex);
   if (!uplink) throw new Error('key_spent: the will key is no longer held');
   // A will is published once per key: a replayed CONNECT cannot publish it again.
-  if (uplink.willPublished) throw new Error('replay: this will was published already');
-  uplink.willPublished = true;
+  if (uplink.willSpent) throw new Error('replay: this will was published already');
+  uplink.willSpent = true;
   try {
     const opened = openEnvelope(will.parsed, {
       key: uplink.key,

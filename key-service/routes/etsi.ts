@@ -50,13 +50,31 @@ function sessionFromExtensions(
   return session;
 }
 
-/** A proof of use as the claim needs it; the envelope must be canonical base64 (RFC 4648 §4, padded). */
-function proofOf(json: wire.UplinkProofJson | undefined): UplinkProof | undefined {
+/**
+ * A proof of use as the claim needs it. The envelope must be canonical base64 (RFC 4648 §4: standard alphabet,
+ * padded, no whitespace, zero pad bits), so that one envelope has exactly one spelling.
+ */
+function proofOf(keyId: string, json: wire.UplinkProofJson | undefined): UplinkProof | undefined {
   if (!json) return undefined;
   const envelope = Buffer.from(json.envelope, 'base64');
   if (envelope.toString('base64') !== json.envelope)
-    throw new KmsError('KMS_ERR_BAD_REQUEST', `${wire.PROOF_EXTENSION}.envelope must be padded base64`);
+    throw new KmsError(
+      'KMS_ERR_BAD_REQUEST',
+      `${wire.PROOF_EXTENSION}.envelope must be canonical padded base64 (RFC 4648 §4)`,
+      { details: [{ key_ID: keyId, reason: 'proof_encoding' }] },
+    );
   return { envelope, topic: json.topic, direction: json.direction };
+}
+
+/**
+ * A claim refused for want of a valid proof of use is worth an operator's notice (a forged envelope relayed by a
+ * broker, or a broker that sends no proofs): logged at warn with key ids and reasons only, never the envelope.
+ */
+function logProofRefusal(req: FastifyRequest, saeId: string, err: unknown): void {
+  if (!(err instanceof KmsError) || err.code !== 'KMS_ERR_KEY_UNAVAILABLE') return;
+  const refused = err.details.map((d) => ({ key_ID: d.key_ID, reason: d.reason }));
+  if (refused.some((d) => d.reason === 'proof_required' || d.reason === 'proof_failed'))
+    req.log.warn({ device: saeId, refused }, 'uplink claim refused: no valid proof of use');
 }
 
 /** Broker group. */
@@ -121,26 +139,25 @@ export function etsiRoutes(app: RouteScope, ctx: KmsContext): void {
     if (new Set(keyIds).size !== keyIds.length) throw new KmsError('KMS_ERR_BAD_REQUEST', 'duplicate key_ID');
     if (keyIds.length > ctx.config.maxKeysPerRequest)
       throw new KmsError('KMS_ERR_TOO_MANY_KEYS', `at most ${ctx.config.maxKeysPerRequest}`);
-    const keys = await ctx.claims.submit({
-      kind: 'dec',
-      deviceId: saeId,
-      keyIds,
-      proofs,
-      brokerId: brokerId(req),
-      sessionId: session,
-    });
+    const keys = await ctx.claims
+      .submit({ kind: 'dec', deviceId: saeId, keyIds, proofs, brokerId: brokerId(req), sessionId: session })
+      .catch((err: unknown) => {
+        logProofRefusal(req, saeId, err);
+        throw err;
+      });
     return container(keys);
   };
 
-  app.post(`${prefix}/dec_keys`, { schema: wire.decKeysPostRoute }, (req) =>
+  app.post(`${prefix}/dec_keys`, { schema: wire.decKeysPostRoute, bodyLimit: wire.DEC_KEYS_BODY_LIMIT }, (req) =>
     dec(
       req,
       req.params.SAE_ID,
       req.body.key_IDs.map((k) => k.key_ID),
       req.body.key_IDs_extension?.qkey_session_id ?? null,
-      req.body.key_IDs.map((k) => proofOf(k.key_ID_extension?.qkey_proof)),
+      req.body.key_IDs.map((k) => proofOf(k.key_ID, k.key_ID_extension?.qkey_proof)),
     ),
   );
+  // A GET request has no way to carry a proof of use: it is refused as proof_required, like a POST without one.
   app.get(`${prefix}/dec_keys`, { schema: wire.decKeysGetRoute }, (req) =>
     dec(req, req.params.SAE_ID, [req.query.key_ID], null),
   );

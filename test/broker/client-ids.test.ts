@@ -28,13 +28,14 @@ async function connack(clientId: string, username: string, password: string, cle
 }
 
 describe('applications', () => {
-  it('connect only with client ids under <appId>/ (CONNACK 5 otherwise)', async () => {
+  it('connect only with client ids under <appId>/ (CONNACK 5 otherwise, 2 for a malformed one)', async () => {
     const token = await appToken('app-ns');
     await appToken('app-other');
     expect(await connack('app-ns/dashboard', 'app-ns', token)).toBe(0);
     expect(await connack('app-ns/a/b', 'app-ns', token)).toBe(0);
     expect(await connack('app-ns', 'app-ns', token)).toBe(5);
-    expect(await connack('app-ns/', 'app-ns', token)).toBe(5);
+    // No name after '/': a client id no principal can have, refused before the token is looked at (§14).
+    expect(await connack('app-ns/', 'app-ns', token)).toBe(2);
     expect(await connack('app-nsx/1', 'app-ns', token)).toBe(5);
     expect(await connack('app-other/1', 'app-ns', token)).toBe(5);
     // ':' may occur in device ids, so it cannot separate namespaces.

@@ -2,6 +2,7 @@
 // envelope already accepted is acknowledged and passed on to no one (the connection stays up), on the same connection
 // or a reconnect that continues the held key; the same envelope without DUP, or at QoS 0, is a replay and refused.
 import type { MqttClient } from 'mqtt';
+import mqttPacket from 'mqtt-packet';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { RawMqtt } from '../helpers/raw-mqtt.js';
 import { nextMessage, startTestSystem, type TestSystem } from '../helpers/system.js';
@@ -29,7 +30,7 @@ function publish(
   raw: RawMqtt,
   topic: string,
   payload: Buffer,
-  options: { messageId?: number; dup?: boolean; qos?: 0 | 1 },
+  options: { messageId?: number; dup?: boolean; qos?: 0 | 1 | 2 },
 ) {
   raw.send({
     cmd: 'publish',
@@ -107,4 +108,57 @@ it('the same envelope without DUP, or at QoS 0, is a replay: refused with a stat
     expect(JSON.parse(notice.payload.toString())).toMatchObject({ reason: 'replay', topic });
     await raw.closedWithin();
   }
+});
+
+it('a QoS 2 DUP resend of an accepted envelope gets PUBREC and PUBCOMP and is delivered once', async () => {
+  const { chip, connect } = await rawDevice('dev-dup2');
+  const topic = 'devices/dev-dup2/up/t';
+  const envelope = Buffer.from(chip.sealUplink(Buffer.from('exactly once'), topic));
+  const first = (await connect()).raw;
+  const got = await arrivals(topic, 500, async () => {
+    publish(first, topic, envelope, { messageId: 5, qos: 2 });
+    await first.next('pubrec');
+    first.destroy(); // PUBREC seen, PUBREL never sent
+    const second = (await connect()).raw;
+    publish(second, topic, envelope, { messageId: 5, qos: 2, dup: true });
+    await second.next('pubrec');
+    second.send({ cmd: 'pubrel', messageId: 5 });
+    await second.next('pubcomp');
+    second.destroy();
+  });
+  expect(got).toEqual(['exactly once']);
+});
+
+it('a QoS 2 DUP pipelined with PUBREL cannot slip an unopened payload past the broker (stolen token, no chip)', async () => {
+  const { connect } = await rawDevice('dev-dup-race');
+  const topic = 'devices/dev-dup-race/up/t';
+  const got = await arrivals(topic, 800, async () => {
+    for (let round = 0; round < 10; round++) {
+      const { raw, returnCode } = await connect();
+      expect(returnCode).toBe(0);
+      const id = 100 + round;
+      // An empty payload passes unsealed (the retained-delete marker) and is stored awaiting PUBREL ...
+      publish(raw, topic, Buffer.alloc(0), { messageId: id, qos: 2 });
+      await raw.next('pubrec');
+      // ... then, in one write, a DUP with the same identifier and a forged payload, and the PUBREL.
+      raw.write(
+        Buffer.concat([
+          mqttPacket.generate({
+            cmd: 'publish',
+            topic,
+            payload: Buffer.from('{"forged":1}'),
+            qos: 2,
+            dup: true,
+            retain: true,
+            messageId: id,
+          }),
+          mqttPacket.generate({ cmd: 'pubrel', messageId: id }),
+        ]),
+      );
+      // Refused (the forged payload does not open) or not: wait a moment either way, then move on.
+      await Promise.race([raw.closed, new Promise((r) => setTimeout(r, 1000))]);
+      raw.destroy();
+    }
+  });
+  expect(got.filter((p) => p.includes('forged'))).toEqual([]);
 });

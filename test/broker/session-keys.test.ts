@@ -231,6 +231,37 @@ describe('uplink', () => {
     expect([0, 1, 2, 3].map((i) => states.get(i))).toEqual(['retired', 'retired', 'retired', 'filled']);
   });
 
+  it('a forged envelope claiming a key first does not take the honest envelope waiting on that claim down with it', async () => {
+    const dev = await provisionDevice(t.admin, 'dev-poison', 2, 0);
+    const uplinks = new UplinkKeys(broker);
+    const forged = proof(dev, 0, 9);
+    forged.envelope[forged.envelope.length - 1]! ^= 1;
+    const [thief, honest] = await Promise.allSettled([
+      uplinks.claim('dev-poison', 0, forged, 'thief'),
+      uplinks.claim('dev-poison', 0, proof(dev, 0), 'honest'),
+    ]);
+    expect(thief).toMatchObject({ status: 'rejected', reason: { reason: 'forged' } });
+    expect(honest).toMatchObject({ status: 'fulfilled', value: { index: 0 } });
+    await uplinks.close();
+  });
+
+  it('at most two new keys of one device are claimed at once: a flood of made-up indices costs the key service little', async () => {
+    const dev = await provisionDevice(t.admin, 'dev-flood', 6, 0);
+    const uplinks = new UplinkKeys(broker);
+    const forgedAt = (i: number) => {
+      const p = proof(dev, i);
+      p.envelope[p.envelope.length - 1]! ^= 1;
+      return p;
+    };
+    const results = await Promise.allSettled(
+      [0, 1, 2, 3, 4].map((i) => uplinks.claim('dev-flood', i, forgedAt(i), 's')),
+    );
+    const reasons = results.map((r) => (r.status === 'rejected' ? (r.reason as UplinkKeyError).reason : 'ok'));
+    expect(reasons).toEqual(['forged', 'forged', 'error', 'error', 'error']);
+    expect([...(await keyStates('dev-flood')).values()].every((st) => st === 'filled')).toBe(true);
+    await uplinks.close();
+  });
+
   it('a key-service outage is reported as kms_unavailable and not cached', async () => {
     const dev = await provisionDevice(t.admin, 'dev-up2', 1, 1);
     const down = new UplinkKeys(new KmsClient('http://127.0.0.1:1', { timeoutMs: 500 }));

@@ -314,7 +314,7 @@ describe('QKey broker', () => {
     expect(sys.logs()).toContain('will refused (forged)');
   });
 
-  it('a replayed CONNECT whose will was published already is refused (5); a new session is accepted', async () => {
+  it('a replayed CONNECT whose will was published, or discarded by DISCONNECT, is refused (5); a new session is accepted', async () => {
     const chip = await sys.device('dev-will-replay');
     const topic = `devices/${chip.deviceId}/up/status`;
     chip.beginSession();
@@ -333,6 +333,18 @@ describe('QKey broker', () => {
     expect((await published).payload.toString()).toBe('gone once');
     const replayed = await RawMqtt.connect(sys.mqttUrl, options);
     expect(replayed.returnCode).toBe(5);
+    chip.beginSession();
+    // A clean DISCONNECT discards the will [MQTT-3.14.4-3]; a replay of that CONNECT cannot bring it back either.
+    const discardedOptions = {
+      ...options,
+      will: { topic, payload: Buffer.from(chip.sealWill(Buffer.from('discarded'), topic)) },
+    };
+    const discarded = await RawMqtt.connect(sys.mqttUrl, discardedOptions);
+    expect(discarded.returnCode).toBe(0);
+    discarded.raw.send({ cmd: 'disconnect' });
+    await discarded.raw.closedWithin();
+    const replayedDiscarded = await RawMqtt.connect(sys.mqttUrl, discardedOptions);
+    expect(replayedDiscarded.returnCode).toBe(5);
     chip.beginSession();
     const fresh = await RawMqtt.connect(sys.mqttUrl, {
       ...options,

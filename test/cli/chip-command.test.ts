@@ -1,4 +1,5 @@
 // `qkey chip` and `qkey admin` through the callable CLI against a real key service: happy path and clear failures.
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runQkey as run } from '../helpers/cli.js';
@@ -111,5 +112,23 @@ describe('qkey chip and qkey admin', () => {
       expect(r.code, argv.join(' ')).toBe(2);
       expect(r.err).toMatch(/--help/);
     }
+  });
+
+  it('an id outside the id rule (docs/PROTOCOL.md §14) is a usage error, before any chip file or key-service call', async () => {
+    const bad = join(dir, 'bad.chip');
+    const init = await run('chip', 'init', '--chip', bad, '--device', 'sensor-é', '--kdf-iterations', '1000');
+    expect(init).toMatchObject({ code: 2 });
+    expect(init.err).toMatch(/device id "sensor-é" is not valid: character 8 \(U\+00E9\)/);
+    expect(existsSync(bad)).toBe(false);
+    for (const [kind, id] of [
+      ['device', 'dev/1'],
+      ['app', '+'],
+      ['broker', 'b$'],
+    ] as const) {
+      const add = await run('admin', '--kms', t.url, '--token', 'test-admin-token', kind, 'add', id);
+      expect(add, `${kind} ${id}`).toMatchObject({ code: 2 });
+      expect(add.err).toMatch(/is not valid/);
+    }
+    expect((await t.admin.listDevices()).devices.map((d) => d.device_id)).not.toContain('dev/1');
   });
 });

@@ -7,7 +7,8 @@ import { Writable } from 'node:stream';
 import type { BuildOptions } from '../../key-service/app.js';
 import { type KmsOverrides, loadKmsConfig } from '../../key-service/config.js';
 import { initDataDir } from '../../key-service/data-dir.js';
-import { KmsClient } from '../../kms-api/client.js';
+import { KmsClient, type UplinkProof } from '../../kms-api/client.js';
+import { keyIdFor, sealEnvelope, type SuiteId } from '../../protocol/index.js';
 import { type RunningKms, startKms } from '../../key-service/server.js';
 
 export interface TestKms {
@@ -99,4 +100,57 @@ export async function brokerClient(t: TestKms, brokerId = 'broker-1'): Promise<K
   const { client_secret } = await t.admin.registerBroker(brokerId);
   const { access_token } = await t.anon.clientToken(brokerId, client_secret);
   return t.anon.withToken(access_token);
+}
+
+export interface ProofOptions {
+  /** Default: `devices/{deviceId}/up/t` (a will is sealed for the topic of the device's CONNECT will). */
+  topic?: string;
+  /** Default 'up'. A will is sealed with sequence number 0 (docs/PROTOCOL.md §2). */
+  direction?: 'up' | 'will';
+  /** Default 1 for 'up' (a session's first message), 0 for 'will'. */
+  seq?: number;
+  payload?: Uint8Array;
+  suite?: SuiteId;
+  /** Largest payload sealEnvelope accepts; default DEFAULT_MAX_PAYLOAD. */
+  maxPayload?: number;
+  /** The device id bound into the AAD; default: the device's own. */
+  sealedBy?: string;
+}
+
+/**
+ * A proof of use of key `keyIndex` (docs/KMS-API.md "Proof of use"): a small envelope sealed under `key`, as device
+ * `deviceId` would seal its first message under that key.
+ */
+export function proofFor(deviceId: string, keyIndex: number, key: Uint8Array, options: ProofOptions = {}): UplinkProof {
+  const direction = options.direction ?? 'up';
+  const topic = options.topic ?? `devices/${deviceId}/up/t`;
+  const envelope = sealEnvelope(options.payload ?? new TextEncoder().encode('21.5'), {
+    key,
+    keyIndex,
+    seq: options.seq ?? (direction === 'will' ? 0 : 1),
+    deviceId: options.sealedBy ?? deviceId,
+    topic,
+    direction,
+    ...(options.suite === undefined ? {} : { suite: options.suite }),
+    ...(options.maxPayload === undefined ? {} : { maxPayload: options.maxPayload }),
+  });
+  return { envelope, topic, direction };
+}
+
+/** The proof of use of a provisioned device's key `index`, sealed under the key it was provisioned with. */
+export function uplinkProof(dev: ProvisionedDevice, index: number, options: ProofOptions = {}): UplinkProof {
+  const k = dev.keys.get(index);
+  if (!k) throw new Error(`${dev.deviceId} has no key ${index}`);
+  return proofFor(dev.deviceId, index, k.key, options);
+}
+
+/** ETSI 014 dec_keys for a provisioned device's uplink keys, each with a valid proof of use. */
+export function claimUplink(broker: KmsClient, dev: ProvisionedDevice, indices: number | number[], sessionId?: string) {
+  const list = typeof indices === 'number' ? [indices] : indices;
+  return broker.decKeys(
+    dev.deviceId,
+    list.map((i) => keyIdFor(dev.deviceId, i)),
+    sessionId,
+    list.map((i) => uplinkProof(dev, i)),
+  );
 }

@@ -36,13 +36,25 @@ export interface TestSystem {
   stop(): Promise<void>;
 }
 
-export async function startTestSystem(overrides: BrokerOverrides = {}): Promise<TestSystem> {
+/** `now`: the clock the broker checks tokens against, Unix seconds (default: the system clock). */
+export interface SystemOptions {
+  now?: () => number;
+}
+
+export async function startTestSystem(
+  overrides: BrokerOverrides = {},
+  options: SystemOptions = {},
+): Promise<TestSystem> {
   const kms = await startTestKms();
-  return systemOn(kms, overrides);
+  return systemOn(kms, overrides, options);
 }
 
 /** A broker and helpers on an already running test key service. */
-export async function systemOn(kms: TestKms, overrides: BrokerOverrides = {}): Promise<TestSystem> {
+export async function systemOn(
+  kms: TestKms,
+  overrides: BrokerOverrides = {},
+  options: SystemOptions = {},
+): Promise<TestSystem> {
   const { client_secret } = await kms.admin.registerBroker('test-broker');
   const lines: string[] = [];
   const logger = pino({ level: 'info' }, new Writable({ write: (c, _e, cb) => (lines.push(c.toString()), cb()) }));
@@ -59,7 +71,7 @@ export async function systemOn(kms: TestKms, overrides: BrokerOverrides = {}): P
       },
       { env: {} },
     ),
-    { logger },
+    { logger, ...(options.now && { now: options.now }) },
   );
   const qrng = new Qrng();
   const machine = new FillingMachine(qrng, kms.admin);

@@ -274,6 +274,34 @@ describe('sessions and sealing', () => {
 });
 
 describe('downlink, login and secrecy', () => {
+  it('refuses a downlink key below the highest it opened (a stale command), and a forged envelope changes nothing', () => {
+    const { chip, path } = chipFor('dev-stale');
+    const { keys } = fillLocally(chip, 0, 4);
+    const topic = 'devices/dev-stale/down/cmd';
+    const sealAt = (index: number, text: string) =>
+      sealEnvelope(enc.encode(text), {
+        key: new EnvelopeKey(keys.get(index)!.key),
+        keyIndex: index,
+        seq: 0,
+        deviceId: 'dev-stale',
+        topic,
+        direction: 'down',
+      });
+    chip.beginSession();
+    // A forged envelope naming the highest key: refused, and the chip still accepts lower keys afterwards.
+    const forged = sealAt(3, 'x');
+    forged[forged.length - 1]! ^= 1;
+    expect(() => chip.openDownlink(forged, topic)).toThrow(ProtocolError);
+    expect(new TextDecoder().decode(chip.openDownlink(sealAt(1, 'now'), topic))).toBe('now');
+    // Key 0 was claimed for a session this chip never saw (a token thief's): its command is stale now.
+    expect(chipCode(() => chip.openDownlink(sealAt(0, 'UNLOCK'), topic))).toBe('CHIP_ERR_STALE_KEY');
+    chip.close();
+    const again = SecurityChip.open(path, TEST_PIN);
+    again.beginSession(); // keys 0 and 1 are erased: 1 was used, 0 is below it
+    expect(again.status().downlinkKeys).toBe(2);
+    expect(new TextDecoder().decode(again.openDownlink(sealAt(3, 'later'), topic))).toBe('later');
+  });
+
   it('opens downlink envelopes once; replays, unknown keys and other topics are refused', () => {
     const { chip, path } = chipFor('dev-down');
     const { keys } = fillLocally(chip, 2, 2);

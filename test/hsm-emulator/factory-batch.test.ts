@@ -12,7 +12,7 @@ import {
 } from '../../hsm-emulator/factory-batch.js';
 import { ephemeralIssuer } from '../../hsm-emulator/filling-machine.js';
 import { sm2KeyPair } from '../../hsm-emulator/sm2.js';
-import { GcmKey, getBackend } from '../../protocol/index.js';
+import { GcmKey, getBackend, isValidDeviceId } from '../../protocol/index.js';
 import { newChip } from '../helpers/chip.js';
 import { removeDir } from '../helpers/kms.js';
 
@@ -59,6 +59,7 @@ describe('stored vectors', () => {
       return s;
     };
     expect(str()).toBe(v.device_id);
+    expect(isValidDeviceId(v.device_id)).toBe(true); // §14
     expect(str()).toBe(v.batch_id);
     expect(header.readUInt32BE(at)).toBe(v.first_index);
     expect(header.readUInt32BE(at + 4)).toBe(v.up.length);

@@ -3,7 +3,15 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KmsClient, KmsHttpError } from '../../kms-api/client.js';
 import { keyIdFor } from '../../protocol/index.js';
-import { brokerClient, provisionDevice, removeDir, startTestKms, type TestKms } from '../helpers/kms.js';
+import {
+  brokerClient,
+  claimUplink,
+  proofFor,
+  provisionDevice,
+  removeDir,
+  startTestKms,
+  type TestKms,
+} from '../helpers/kms.js';
 
 let t: TestKms;
 let broker: KmsClient;
@@ -75,7 +83,11 @@ describe('fill batches', () => {
       down_count: 2,
       has_login_key: true,
     });
-    const e = await broker.decKeys('dev-fill', [keyIdFor('dev-fill', 0)]).catch((x: KmsHttpError) => x);
+    // A valid proof of use does not make a pending key claimable.
+    const proof = proofFor('dev-fill', 0, Buffer.from(b.keys[0]!.key, 'base64'));
+    const e = await broker
+      .decKeys('dev-fill', [keyIdFor('dev-fill', 0)], undefined, [proof])
+      .catch((x: KmsHttpError) => x);
     expect((e as KmsHttpError).details).toEqual([{ key_ID: keyIdFor('dev-fill', 0), reason: 'pending' }]);
     expect((await t.admin.device('dev-fill')).has_login_key).toBe(false);
     expect(await t.admin.commitBatch('dev-fill', 'fill-1')).toMatchObject({ state: 'committed' });
@@ -85,7 +97,9 @@ describe('fill batches', () => {
       pool: { up: 2, down: 2 },
       next_key_index: 4,
     });
-    expect((await broker.decKeys('dev-fill', [keyIdFor('dev-fill', 0)])).keys[0]!.key).toBe(b.keys[0]!.key);
+    expect((await broker.decKeys('dev-fill', [keyIdFor('dev-fill', 0)], undefined, [proof])).keys[0]!.key).toBe(
+      b.keys[0]!.key,
+    );
   });
 
   it('is idempotent by batch id; other content under the same id, or a reused index, is a conflict', async () => {
@@ -128,8 +142,8 @@ describe('fill batches', () => {
 
 describe('revocation', () => {
   it('destroys unused keys, cancels pending batches, keeps claimed records, and refuses further claims', async () => {
-    await provisionDevice(t.admin, 'dev-rev', 3, 3);
-    await broker.decKeys('dev-rev', [keyIdFor('dev-rev', 0)]);
+    const dev = await provisionDevice(t.admin, 'dev-rev', 3, 3);
+    await claimUplink(broker, dev, 0);
     await t.admin.registerBatch('dev-rev', {
       batch_id: 'dev-rev-b2',
       keys: [{ key_index: 6, direction: 'up', key: b64() }],
@@ -140,6 +154,8 @@ describe('revocation', () => {
     expect(states).toEqual(['claimed', 'destroyed', 'destroyed', 'destroyed', 'destroyed', 'destroyed', 'destroyed']);
     expect((await t.admin.batch('dev-rev', 'dev-rev-b2')).state).toBe('cancelled');
     expect(await code(broker.encKeys('dev-rev', 1))).toBe('400 KMS_ERR_DEVICE_REVOKED');
+    // A proof of use made before the revocation opens nothing either.
+    expect(await code(claimUplink(broker, dev, 1))).toBe('400 KMS_ERR_DEVICE_REVOKED');
     expect(await t.admin.device('dev-rev')).toMatchObject({
       state: 'revoked',
       revoke_reason: 'lost in the field',

@@ -11,7 +11,16 @@ import { rotateMasterKey } from '../../key-service/master-key.js';
 import { readSecretFile } from '../../common/secret-file.js';
 import { KmsHttpError, type KmsClient } from '../../kms-api/client.js';
 import { keyIdFor } from '../../protocol/index.js';
-import { brokerClient, provisionDevice, removeDir, startTestKms, tempDir, type TestKms } from '../helpers/kms.js';
+import {
+  brokerClient,
+  claimUplink,
+  provisionDevice,
+  removeDir,
+  startTestKms,
+  tempDir,
+  type TestKms,
+  uplinkProof,
+} from '../helpers/kms.js';
 
 let t: TestKms;
 
@@ -32,13 +41,13 @@ async function outcome(p: Promise<unknown>): Promise<string> {
 
 describe('a revoked broker', () => {
   it('gets no key from the moment its revocation is answered, even with a token that just worked', async () => {
-    await provisionDevice(t.admin, 'dev-rb', 4, 4);
+    const dev = await provisionDevice(t.admin, 'dev-rb', 4, 4);
     const broker: KmsClient = await brokerClient(t, 'broker-rb');
     // The broker is busy: its token and its active state were just checked.
     expect((await broker.encKeys('dev-rb', 1)).keys).toHaveLength(1);
     await t.admin.revokeClient('broker', 'broker-rb');
     expect(await outcome(broker.encKeys('dev-rb', 1))).toBe('401 KMS_ERR_UNAUTHORIZED');
-    expect(await outcome(broker.decKeys('dev-rb', [keyIdFor('dev-rb', 0)]))).toBe('401 KMS_ERR_UNAUTHORIZED');
+    expect(await outcome(claimUplink(broker, dev, 0))).toBe('401 KMS_ERR_UNAUTHORIZED');
     // Nothing was claimed for it after the revocation.
     const keys = await t.admin.request<{ keys: Array<{ state: string }> }>('GET', '/api/v1/admin/devices/dev-rb/keys');
     expect(keys.keys.filter((k) => k.state === 'claimed')).toHaveLength(1);
@@ -144,24 +153,25 @@ describe('a broker reaching for keys that are not its to take', () => {
 
   it("names another device's uplink key under its own SAE id: refused, and that key stays claimable by its device", async () => {
     await provisionDevice(t.admin, 'dev-own', 2, 1);
-    await provisionDevice(t.admin, 'dev-other', 2, 1);
+    const other = await provisionDevice(t.admin, 'dev-other', 2, 1);
     const broker = await brokerClient(t, 'broker-cross');
     const foreign = keyIdFor('dev-other', 0);
-    const e = await broker.decKeys('dev-own', [foreign]).then(
+    // With the other device's own valid proof of use: the key id decides the device, the proof does not.
+    const e = await broker.decKeys('dev-own', [foreign], undefined, [uplinkProof(other, 0)]).then(
       () => undefined,
       (err: KmsHttpError) => err,
     );
     expect(e?.code).toBe('KMS_ERR_KEY_UNAVAILABLE');
     expect(e?.details).toEqual([{ key_ID: foreign, reason: 'unknown' }]);
-    expect((await broker.decKeys('dev-other', [foreign])).keys[0]!.key_ID).toBe(foreign);
+    expect((await claimUplink(broker, other, 0)).keys[0]!.key_ID).toBe(foreign);
   });
 
   it("retires another broker's claimed key: nothing changes for the broker that holds it", async () => {
-    await provisionDevice(t.admin, 'dev-retire', 1, 1);
+    const dev = await provisionDevice(t.admin, 'dev-retire', 1, 1);
     const holder = await brokerClient(t, 'broker-holder');
     const thief = await brokerClient(t, 'broker-thief');
     const id = keyIdFor('dev-retire', 0);
-    await holder.decKeys('dev-retire', [id]);
+    await claimUplink(holder, dev, 0);
     expect(await thief.request('POST', '/api/v1/keys/dev-retire/retire', { key_IDs: [{ key_ID: id }] })).toEqual({
       retired: 0,
     });

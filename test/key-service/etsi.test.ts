@@ -4,11 +4,13 @@ import { KmsHttpError, type KmsClient } from '../../kms-api/client.js';
 import { keyIdFor } from '../../protocol/index.js';
 import {
   brokerClient,
+  claimUplink,
   type ProvisionedDevice,
   provisionDevice,
   removeDir,
   startTestKms,
   type TestKms,
+  uplinkProof,
 } from '../helpers/kms.js';
 
 let t: TestKms;
@@ -55,11 +57,11 @@ describe('status', () => {
 describe('dec_keys (uplink)', () => {
   it('delivers the named key once, with UUID key_ID and base64 key, and never again', async () => {
     const keyId = keyIdFor('dev-etsi', 0);
-    const r = await broker.decKeys('dev-etsi', [keyId], 'session-a');
+    const r = await claimUplink(broker, dev, 0, 'session-a');
     expect(r.keys).toEqual([
       { key_ID: keyId, key: dev.keys.get(0)!.key.toString('base64'), key_ID_extension: { qkey_key_index: 0 } },
     ]);
-    const again = await httpError(broker.decKeys('dev-etsi', [keyId], 'session-b'));
+    const again = await httpError(claimUplink(broker, dev, 0, 'session-b'));
     expect(again.status).toBe(400);
     expect(again.code).toBe('KMS_ERR_KEY_UNAVAILABLE');
     expect(again.details).toEqual([{ key_ID: keyId, reason: 'claimed' }]);
@@ -68,16 +70,17 @@ describe('dec_keys (uplink)', () => {
   it('is all or nothing: one unavailable key refuses the request and claims none of the others', async () => {
     const ok = keyIdFor('dev-etsi', 1);
     const downlink = keyIdFor('dev-etsi', 7);
-    const e = await httpError(broker.decKeys('dev-etsi', [ok, downlink]));
+    // The downlink key's proof is sealed under it: it is refused for what it is, not for a missing proof.
+    const e = await httpError(claimUplink(broker, dev, [1, 7]));
     expect(e.details).toEqual([{ key_ID: downlink, reason: 'not an uplink key' }]);
-    expect((await broker.decKeys('dev-etsi', [ok])).keys).toHaveLength(1);
+    expect((await broker.decKeys('dev-etsi', [ok], undefined, [uplinkProof(dev, 1)])).keys).toHaveLength(1);
   });
 
   it('two brokers racing for the same keys: exactly one wins each key', async () => {
     const other = await brokerClient(t, 'broker-2');
     const ids = [2, 3, 4, 5].map((i) => keyIdFor('dev-etsi', i));
     const results = await Promise.allSettled(
-      ids.flatMap((id) => [broker.decKeys('dev-etsi', [id]), other.decKeys('dev-etsi', [id])]),
+      [2, 3, 4, 5].flatMap((i) => [claimUplink(broker, dev, i), claimUplink(other, dev, i)]),
     );
     const won = results.filter((r) => r.status === 'fulfilled');
     expect(won).toHaveLength(ids.length);
@@ -108,13 +111,8 @@ describe('enc_keys (downlink)', () => {
     });
   });
 
-  it('GET variants of enc_keys and dec_keys work as the spec allows', async () => {
+  it('the GET variant of enc_keys works as the spec allows (GET dec_keys: proof-of-use.test.ts)', async () => {
     await provisionDevice(t.admin, 'dev-get', 1, 1);
-    const d = await broker.request<{ keys: unknown[] }>(
-      'GET',
-      `/api/v1/keys/dev-get/dec_keys?key_ID=${keyIdFor('dev-get', 0)}`,
-    );
-    expect(d.keys).toHaveLength(1);
     const e = await broker.request<{ keys: unknown[] }>('GET', '/api/v1/keys/dev-get/enc_keys?number=1&size=128');
     expect(e.keys).toHaveLength(1);
   });

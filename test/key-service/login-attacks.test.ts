@@ -65,7 +65,7 @@ describe('a flood of wrong device proofs from one source', () => {
                 grant_type: 'device_challenge',
                 device_id: d.deviceId,
                 challenge: `${'A'.repeat(43)}=`,
-                mac: `${'B'.repeat(43)}=`,
+                mac: `${'B'.repeat(42)}A=`, // a wrong proof, canonically encoded (docs/PROTOCOL.md §13.1)
               },
               ATTACKER,
             ),
@@ -106,7 +106,7 @@ describe('a flood of wrong device proofs from one source', () => {
           grant_type: 'device_challenge',
           device_id: d.deviceId,
           challenge: `${'A'.repeat(43)}=`,
-          mac: `${'B'.repeat(43)}=`,
+          mac: `${'B'.repeat(42)}A=`, // a wrong proof, canonically encoded (docs/PROTOCOL.md §13.1)
         },
         '203.0.113.88',
         { 'x-forwarded-for': `10.9.${i}.1` },

@@ -12,7 +12,7 @@ import { initDataDir } from '../../key-service/data-dir.js';
 import { startKms, type RunningKms } from '../../key-service/server.js';
 import { keyIdFor } from '../../protocol/index.js';
 import { runQkey } from '../helpers/cli.js';
-import { removeDir, startTestKms, tempDir } from '../helpers/kms.js';
+import { proofFor, removeDir, startTestKms, tempDir } from '../helpers/kms.js';
 
 const ADMIN_TOKEN = 'test-admin-token';
 let dir: string;
@@ -25,6 +25,8 @@ interface Identity {
   cert: Buffer;
 }
 const ids: Record<string, Identity> = {};
+/** dev-mtls's keys by index: 0 and 1 uplink, 2 and 3 downlink. */
+const deviceKeys = [0, 1, 2, 3].map(() => randomBytes(16));
 
 function openssl(...args: string[]): string {
   return execFileSync('openssl', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
@@ -176,10 +178,10 @@ beforeAll(async () => {
   tokenB = (await fetchAdmin('/api/v1/auth/token', grant('broker-b', b.client_secret as string)))
     .access_token as string;
   await adminCall('POST', '/api/v1/admin/devices', { device_id: 'dev-mtls' });
-  const keys = [0, 1, 2, 3].map((i) => ({
+  const keys = deviceKeys.map((key, i) => ({
     key_index: i,
     direction: i < 2 ? 'up' : 'down',
-    key: randomBytes(16).toString('base64'),
+    key: key.toString('base64'),
   }));
   await adminCall('POST', '/api/v1/admin/devices/dev-mtls/batches', { batch_id: 'b1', keys });
   await adminCall('POST', '/api/v1/admin/devices/dev-mtls/batches/b1/commit');
@@ -205,9 +207,23 @@ describe('a broker identified by its client certificate', () => {
     expect(keys).toHaveLength(1);
     expect(Buffer.from(keys[0]!.key, 'base64')).toHaveLength(16);
 
+    const proof = proofFor('dev-mtls', 0, deviceKeys[0]!);
     const dec = await call('POST', '/api/v1/keys/dev-mtls/dec_keys', {
       id: ids.a,
-      body: { key_IDs: [{ key_ID: keyIdFor('dev-mtls', 0) }] },
+      body: {
+        key_IDs: [
+          {
+            key_ID: keyIdFor('dev-mtls', 0),
+            key_ID_extension: {
+              qkey_proof: {
+                envelope: Buffer.from(proof.envelope).toString('base64'),
+                topic: proof.topic,
+                direction: 'up',
+              },
+            },
+          },
+        ],
+      },
     });
     expect(dec.status).toBe(200);
     expect((dec.json.keys as unknown[]).length).toBe(1);

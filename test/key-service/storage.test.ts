@@ -8,7 +8,16 @@ import { openDatabase } from '../../key-service/db.js';
 import { rotateMasterKey } from '../../key-service/master-key.js';
 import { MIGRATIONS } from '../../key-service/migrations.js';
 import { keyIdFor, loginProof } from '../../protocol/index.js';
-import { newKmsDir, provisionDevice, removeDir, startTestKms, tempDir, type TestKms } from '../helpers/kms.js';
+import {
+  claimUplink,
+  newKmsDir,
+  provisionDevice,
+  removeDir,
+  startTestKms,
+  tempDir,
+  type TestKms,
+  uplinkProof,
+} from '../helpers/kms.js';
 
 const cleanup: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -78,7 +87,7 @@ describe('key material at rest', () => {
     const brokerToken = (await t.anon.clientToken('broker-rot', client_secret)).access_token;
     const broker = t.anon.withToken(brokerToken);
     const dev = await provisionDevice(t.admin, 'dev-rot', 2, 2);
-    await broker.decKeys('dev-rot', [keyIdFor('dev-rot', 0)]);
+    await claimUplink(broker, dev, 0);
     await t.stop();
     const before = storeFiles(dir);
     const db = openDatabase(join(dir, DB_FILE), { create: false });
@@ -91,9 +100,8 @@ describe('key material at rest', () => {
     expect(storeFiles(dir).equals(before)).toBe(false);
     t = await kmsIn(dir);
     const again = t.anon.withToken(brokerToken);
-    expect((await again.decKeys('dev-rot', [keyIdFor('dev-rot', 1)])).keys[0]!.key).toBe(
-      dev.keys.get(1)!.key.toString('base64'),
-    );
+    // The proof of use opens under the key unwrapped with the new master key.
+    expect((await claimUplink(again, dev, 1)).keys[0]!.key).toBe(dev.keys.get(1)!.key.toString('base64'));
     const { challenge } = await t.anon.challenge('dev-rot');
     const mac = Buffer.from(loginProof(dev.loginKey, 'dev-rot', Buffer.from(challenge, 'base64'))).toString('base64');
     expect((await t.anon.deviceToken('dev-rot', challenge, mac)).token_type).toBe('Bearer');
@@ -127,7 +135,13 @@ describe('logs', () => {
     const { challenge } = await t.anon.challenge('dev-log');
     const mac = Buffer.from(loginProof(dev.loginKey, 'dev-log', Buffer.from(challenge, 'base64'))).toString('base64');
     const deviceToken = (await t.anon.deviceToken('dev-log', challenge, mac)).access_token;
-    await broker.decKeys('dev-log', [keyIdFor('dev-log', 0)]);
+    const proof = uplinkProof(dev, 0);
+    await broker.decKeys('dev-log', [keyIdFor('dev-log', 0)], undefined, [proof]);
+    // Refused claims: a proof presented again (the key is claimed) and a forged one for the next key.
+    await broker.decKeys('dev-log', [keyIdFor('dev-log', 0)], undefined, [proof]).catch(() => undefined);
+    const forged = uplinkProof(dev, 1);
+    forged.envelope[forged.envelope.length - 1]! ^= 1;
+    await broker.decKeys('dev-log', [keyIdFor('dev-log', 1)], undefined, [forged]).catch(() => undefined);
     await broker.encKeys('dev-log', 1);
     await broker.encKeys('dev-log', 5).catch(() => undefined);
     const logs = t.logs();
@@ -140,6 +154,8 @@ describe('logs', () => {
       challenge,
       'test-admin-token',
       dev.loginKey.toString('base64'),
+      Buffer.from(proof.envelope).toString('base64'),
+      Buffer.from(forged.envelope).toString('base64'),
       ...[...dev.keys.values()].flatMap((k) => [k.key.toString('base64'), k.key.toString('hex')]),
     ]) {
       expect(logs).not.toContain(secret);

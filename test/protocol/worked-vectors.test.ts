@@ -8,6 +8,7 @@ import {
   type Direction,
   EnvelopeKey,
   encodeHeader,
+  isValidDeviceId,
   keyIdFor,
   nativeBackend,
   openEnvelope,
@@ -43,6 +44,7 @@ describe.each<[string, CryptoBackend]>([
   ['portable', portableBackend],
 ])('%s backend', (_, backend) => {
   it.each(file.vectors.map((v) => [v.name, v] as const))('%s', (_, v) => {
+    expect(isValidDeviceId(v.deviceId)).toBe(true); // §14: vectors a device can really have
     const key = new EnvelopeKey(hex(v.key), backend);
     const header = encodeHeader(v);
     expect(toHex(buildNonce(v.direction, v.keyIndex, v.seq))).toBe(v.nonce);
