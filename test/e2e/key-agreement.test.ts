@@ -246,7 +246,7 @@ class Disconnect extends Step {
   async act(r: Real) {
     const c = r.device.current;
     if (!c?.client.connected) return 'not connected';
-    await c.client.endAsync(false);
+    await r.device.disconnect(c);
     return `disconnected from ${c.broker}`;
   }
   override check(m: Readonly<Model>) {
@@ -299,8 +299,8 @@ class LossBeforeConnack extends Step {
 /**
  * A library reconnect after a network loss: the chip's session goes on, and the CONNECT is sent again as it was,
  * with the session's will. It may be refused (CONNACK 5, docs/PROTOCOL.md §9.5) only if that will was published
- * already or its key is held by another broker (or an earlier run of this one); the firmware then begins a new
- * session, which must be accepted.
+ * already, or discarded by a clean DISCONNECT, or its key is held by another broker (or an earlier run of this one);
+ * the firmware then begins a new session, which must be accepted.
  */
 async function resume(r: Real, broker: BrokerName): Promise<{ c?: Connection; note: string }> {
   const d = r.device;
@@ -316,7 +316,8 @@ async function resume(r: Real, broker: BrokerName): Promise<{ c?: Connection; no
     );
     const holder = holderOf(r, willKey);
     const target = { broker, generation: r.world.generation(broker) };
-    if (!published && !(holder && !(holder.broker === target.broker && holder.generation === target.generation)))
+    const elsewhere = holder && !(holder.broker === target.broker && holder.generation === target.generation);
+    if (!published && !d.willDiscarded && !elsewhere)
       throw new Error(`a library reconnect with an unpublished will held by ${broker} was refused: ${err.message}`);
     await d.connectHonest(broker, true);
     return { note: `${err.message}; new session with a new will connected` };

@@ -403,9 +403,22 @@ export class ModelDevice {
   private beginSession(): void {
     this.session++;
     this.will = undefined;
+    this.willDiscarded = false;
     this.chipCall(() => this.chip.beginSession());
     this.noteTaken();
   }
+
+  /**
+   * Ends connection `c` with DISCONNECT: its will is discarded [MQTT-3.14.4-3], and the broker will not take the same
+   * will again (broker/hooks/lifecycle.ts).
+   */
+  async disconnect(c: Connection): Promise<void> {
+    await c.client.endAsync(false);
+    if (c.will !== undefined && c.will === this.will?.text) this.willDiscarded = true;
+  }
+
+  /** The current session's will was discarded by a clean DISCONNECT. */
+  willDiscarded = false;
 
   /** Whether the application received the current session's will (the broker published it). */
   get willPublished(): boolean {
