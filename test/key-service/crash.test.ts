@@ -26,8 +26,8 @@ it('SIGKILL mid-stream: every delivered key stays claimed, none is delivered aga
   let nextUp = 0;
   let uplinkDelivered = 0;
   let stop = false;
-  // Eight concurrent clients: four claim downlink keys, four claim uplink keys by id (each with its proof of use),
-  // until the process dies.
+  // Concurrent clients until the process dies: four claim downlink keys; one claims uplink keys by id, each with its
+  // proof of use, in rising order as a chip uses them (a key below one already claimed is superseded, §9.1).
   const worker = async (kind: 'enc' | 'dec') => {
     while (!stop) {
       try {
@@ -42,10 +42,7 @@ it('SIGKILL mid-stream: every delivered key stays claimed, none is delivered aga
       }
     }
   };
-  const workers = [
-    ...Array.from({ length: 4 }, () => worker('enc')),
-    ...Array.from({ length: 4 }, () => worker('dec')),
-  ];
+  const workers = [...Array.from({ length: 4 }, () => worker('enc')), worker('dec')];
   while (delivered.length < 150) await new Promise((r) => setTimeout(r, 5));
   await kms.stop('SIGKILL');
   stop = true;
