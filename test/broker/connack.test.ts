@@ -291,7 +291,7 @@ const scenarios: Record<string, () => Promise<number>> = {
     const spy = vi.spyOn(KmsClient.prototype, 'status').mockRejectedValueOnce(new Error('fetch failed'));
     return withFault(spy, () => tls('dev-ok', options));
   },
-  "the will's key cannot be claimed for it: the will does not open as a will of its topic, its key was spent by another session, the device is revoked, or this will was published already (a replayed CONNECT; §9.5)":
+  "the will's key cannot be claimed for it: the will does not open as a will of its topic, its key was spent by another session, the device is revoked, or this will was published already or discarded by a clean DISCONNECT (a replayed CONNECT; §9.5)":
     async () => {
       const connect = await device();
       const sealedFor = 'devices/dev-connack/up/elsewhere';
