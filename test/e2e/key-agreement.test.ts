@@ -4,7 +4,7 @@
 // service. After every step: no key serves two sessions, no (key, seq) repeats, keys are spent only within the
 // bound; at the end of every sequence the honest device's next session is accepted.
 //
-// QKEY_MODEL_RUNS: number of sequences (default 300, about 25 s of CPU). A failure prints the line that replays it
+// QKEY_MODEL_RUNS: number of sequences (default 1,000, about 70 s of CPU on a shared 2-core machine). A failure prints the line that replays it
 // (QKEY_MODEL_SEED, QKEY_MODEL_PATH, QKEY_MODEL_REPLAY_PATH). QKEY_MODEL_FRESH=1: a new device for every sequence.
 // QKEY_MODEL_ONLY=Step,Step: only those steps. QKEY_MODEL_DEBUG=1: timings and how often each step and outcome ran.
 import fc from 'fast-check';
@@ -20,7 +20,7 @@ import {
 } from '../helpers/model-device.js';
 import { type BrokerName, BROKERS, ModelWorld } from '../helpers/model-world.js';
 
-const RUNS = Number(process.env.QKEY_MODEL_RUNS ?? 300);
+const RUNS = Number(process.env.QKEY_MODEL_RUNS ?? 1000);
 const MAX_COMMANDS = Number(process.env.QKEY_MODEL_MAX_COMMANDS ?? 12);
 /** Uplink keys one sequence can take: two per step (a refusal and the new session after it), and the probe. */
 const KEYS_PER_SEQUENCE = 2 * MAX_COMMANDS + 2;
