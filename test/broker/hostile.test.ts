@@ -14,7 +14,9 @@ const TOO_LARGE = DEFAULT_MAX_PAYLOAD + 1; // 262,145 bytes: one more than a dev
 const MAX_SUBSCRIPTIONS = 5;
 
 beforeAll(async () => {
-  sys = await startTestSystem({ maxSubscriptionsPerClient: MAX_SUBSCRIPTIONS });
+  // expectServes connects the legitimate device and sends it a command after every attack: more downlink claims a
+  // minute than the default budget allows a real device (test/broker/claim-budget.test.ts tests that budget).
+  sys = await startTestSystem({ maxSubscriptionsPerClient: MAX_SUBSCRIPTIONS, maxDownlinkClaimsPerMinute: 1000 });
   watcher = await sys.connectApp('app-watcher');
   await watcher.subscribeAsync('devices/+/up/#', { qos: 1 });
   legit = await sys.device('dev-legit', 64, 64);
