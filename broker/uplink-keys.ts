@@ -76,7 +76,7 @@ export class UplinkKeys {
     d.connections = Math.max(0, d.connections - 1);
     if (d.connections > 0) return;
     clearTimeout(d.lingerTimer);
-    d.lingerTimer = setTimeout(() => void this.forget(deviceId), this.lingerMs).unref();
+    this.lingerThenForget(deviceId, d);
   }
 
   /**
@@ -195,9 +195,13 @@ export class UplinkKeys {
     const older = [...d.held.values()].filter((k) => k.index < key.index && !d.pinned.has(k.index));
     for (const k of older) d.held.delete(k.index);
     if (older.length > 0) void this.retire(deviceId, older);
-    if (d.connections === 0 && !d.lingerTimer)
-      d.lingerTimer = setTimeout(() => void this.forget(deviceId), this.lingerMs).unref();
+    if (d.connections === 0 && !d.lingerTimer) this.lingerThenForget(deviceId, d);
     return key;
+  }
+
+  /** Retires the device's keys after the linger time, unless a connection of it comes first (attach). */
+  private lingerThenForget(deviceId: string, d: DeviceKeys): void {
+    d.lingerTimer = setTimeout(() => void this.forget(deviceId), this.lingerMs).unref();
   }
 
   private async forget(deviceId: string): Promise<void> {
