@@ -18,6 +18,7 @@ import { createBoundedEmitter } from './mq-emitter.js';
 import { guardPackets, type InputRefusal } from './packet-guard.js';
 import { createQkeyPlugin, type QkeyPlugin } from './plugin.js';
 import { sm4GcmAddonStatus } from '../protocol/index.js';
+import { PolicyFeed } from './policy/feed.js';
 import { TokenAuthority } from './token-authority.js';
 import { coalesceWrites } from './write-coalescing.js';
 
@@ -27,6 +28,8 @@ export interface RunningBroker {
   /** URLs of the listeners that are on: mqtt://, mqtts://, ws://, wss://, and http:// for health and metrics. */
   urls: { mqtt?: string; mqtts?: string; ws?: string; wss?: string; http?: string };
   registry: Registry;
+  /** The policy table this broker enforces, followed from the key service. */
+  policy: PolicyFeed;
   close(): Promise<void>;
 }
 
@@ -118,6 +121,17 @@ function createMetrics() {
       name: 'broker_hook_errors_total',
       help: 'Failures inside a plugin hook (the message or client in hand was dropped)',
       labelNames: ['hook'],
+      registers: [registry],
+    }),
+    policyViolations: new Counter({
+      name: 'broker_policy_violations_total',
+      help: 'Publishes refused (leg=publish) and deliveries dropped (leg=forward) by the policy table, by rule',
+      labelNames: ['leg', 'rule'],
+      registers: [registry],
+    }),
+    policyVersion: new Gauge({
+      name: 'broker_policy_version',
+      help: "Version of the key service's policy table in force at this broker",
       registers: [registry],
     }),
     kmsUp: new Gauge({
@@ -215,7 +229,20 @@ export async function startBroker(
   const kms = await kmsSession.start();
   const tokens = new TokenAuthority(kms, { pollMs: config.revocationPollMs, ...(options.now && { now: options.now }) });
   await tokens.start();
+  const policy = new PolicyFeed(kms, config.revocationPollMs);
+  try {
+    await policy.start();
+  } catch (err) {
+    tokens.stop();
+    kmsSession.stop();
+    throw err;
+  }
   const m = createMetrics();
+  m.policyVersion.set(policy.current.version);
+  policy.onChange((p) => {
+    m.policyVersion.set(p.version);
+    log.info({ version: p.version, entries: p.size }, 'policy table changed');
+  });
   const certificates = config.clientCertificates ? new ClientCertificates(config.clientCertificates) : undefined;
   const plugin = createQkeyPlugin({
     certificates,
@@ -232,6 +259,7 @@ export async function startBroker(
     maxDownlinkClaimsPerMinute: config.maxDownlinkClaimsPerMinute,
     connectionLogLevel: config.connectionLogLevel,
     log,
+    policy,
     events: {
       rejected: (reason) => m.rejected.inc({ reason }),
       authFailed: (code, reason, who) => {
@@ -245,6 +273,7 @@ export async function startBroker(
       subscribeRefused: (reason) => m.subscribeRefused.inc({ reason }),
       will: (outcome) => m.wills.inc({ outcome }),
       hookError: (hook) => m.hookErrors.inc({ hook }),
+      policy: (leg, rule) => m.policyViolations.inc({ leg, rule }),
       session: (deviceId, e) => {
         m.sessionEvents.inc({ kind: e.kind });
         if (e.kind === 'downlink-rotated') m.rotations.inc();
@@ -377,6 +406,7 @@ export async function startBroker(
   } catch (err) {
     for (const s of servers) s.close();
     tokens.stop();
+    policy.stop();
     kmsSession.stop();
     await new Promise<void>((r) => aedes.close(() => r()));
     throw err;
@@ -388,8 +418,10 @@ export async function startBroker(
     plugin,
     urls,
     registry: m.registry,
+    policy,
     async close() {
       tokens.stop();
+      policy.stop();
       kmsSession.stop();
       for (const w of wsServers) w.close();
       await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
