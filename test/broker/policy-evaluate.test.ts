@@ -176,7 +176,7 @@ describe('what a rule allows', () => {
   });
 
   it('QoS, retain, size and suite limits', () => {
-    const rule = { ...base, encryption: 'required', max_qos: 1, retain: false, max_payload: 10, suites: [2] };
+    const rule = { ...base, encryption: 'required', max_qos: 1 as const, retain: false, max_payload: 10, suites: [2] };
     expect(headerViolation(rule, 2, false)).toBe('qos');
     expect(headerViolation(rule, 1, true)).toBe('retain');
     expect(headerViolation(rule, 1, false)).toBeUndefined();

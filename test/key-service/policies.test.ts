@@ -20,7 +20,10 @@ afterAll(async () => {
 async function outcome(p: Promise<unknown>): Promise<string> {
   return p.then(
     () => 'OK',
-    (e: KmsHttpError) => `${e.status} ${e.code}${e.details?.[0]?.problem ? ` ${String(e.details[0].problem)}` : ''}`,
+    (e: KmsHttpError) => {
+      const problem = (e.details[0] as { problem?: string } | undefined)?.problem;
+      return `${e.status} ${e.code}${problem ? ` ${problem}` : ''}`;
+    },
   );
 }
 
