@@ -1,5 +1,14 @@
 // SM2 (GB/T 32918) for the factory batch format: key pairs, signatures and public-key encryption via sm-crypto,
 // with every secret scalar (private keys, signature nonces) drawn from node:crypto rather than sm-crypto's RNG.
+//
+// Why sm-crypto and not node:crypto (measured by `npm run bench:sm2`, checked by test/hsm-emulator/sm2-vectors):
+// Node 22/24's OpenSSL makes keys on the SM2 curve, but crypto.sign on them is ECDSA, not the GB/T 32918.2
+// signature (it does not verify the standard's example, and the standard's signature does not verify with it), and
+// publicEncrypt refuses SM2 keys (no GB/T 32918.4). sm-crypto passes the GB/T 32918.5 examples and OpenSSL's SM2
+// vectors. It is slow: on the development machine about 40 signatures, 25 verifications, 23 encryptions and 45
+// decryptions a second per core, so a full handshake (sign + verify + encrypt + decrypt) about 8 a second, while
+// OpenSSL's ECDSA on the same curve runs about 27x faster. That is enough for fills and for application sessions
+// opened at human pace, not for thousands of sessions a second on one core.
 import { randomBytes } from 'node:crypto';
 import { BigInteger } from 'jsbn';
 import smCrypto from 'sm-crypto';
