@@ -80,10 +80,17 @@ describe('SM2 known answers on the recommended curve', () => {
     expect(isSm2PublicKey(v.public_key!)).toBe(true);
     const [r, s] = derParts(hex(v.signature_der!));
     const rs = scalar(r!) + scalar(s!);
-    expect(smCrypto.sm2.doVerifySignature(Array.from(hex(v.digest!)), rs, v.public_key!, { hash: false })).toBe(true);
+    expect(
+      smCrypto.sm2.doVerifySignature(Array.from(hex(v.digest!)), rs, v.public_key!, {
+        hash: false,
+        userId: SM2_DEFAULT_ID,
+      }),
+    ).toBe(true);
     const other = hex(v.digest!);
     other[0]! ^= 1;
-    expect(smCrypto.sm2.doVerifySignature(Array.from(other), rs, v.public_key!, { hash: false })).toBe(false);
+    expect(
+      smCrypto.sm2.doVerifySignature(Array.from(other), rs, v.public_key!, { hash: false, userId: SM2_DEFAULT_ID }),
+    ).toBe(false);
   });
 
   it.each(of('decrypt-der'))('$name: re-encoded as C1 || C3 || C2, sm2Decrypt recovers the plaintext', (v) => {
