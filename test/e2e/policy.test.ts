@@ -211,6 +211,40 @@ describe('each limit on a device publish', () => {
   });
 });
 
+describe('wills', () => {
+  it('a will that breaks the policy when it is due is refused and counted; one that keeps it is published', async () => {
+    await setPolicy('will-retain', { role: 'app', filter: 'apps/status/#', encryption: 'plaintext', retain: false });
+    const watcher = await sys.connectApp('app-will-watch', { subscribe: ['apps/status/#'] });
+    await watcher.subscribeAsync('apps/status/#');
+    const refused = await metric('broker_wills_total', 'outcome="refused"');
+    const before = await violations('publish', 'retain');
+    const retained = await sys.connectApp(
+      'app-will',
+      { publish: ['apps/status/#'] },
+      {
+        will: { topic: 'apps/status/app-will', payload: Buffer.from('gone'), qos: 0, retain: true },
+      },
+    );
+    (retained as unknown as { stream: { destroy(): void } }).stream.destroy();
+    for (let i = 0; (await metric('broker_wills_total', 'outcome="refused"')) < refused + 1; i++) {
+      if (i > 100) throw new Error('the will was not refused');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(await violations('publish', 'retain')).toBe(before + 1);
+    // A will without the retain flag keeps the policy and reaches the watcher.
+    const got = nextMessage(watcher, 5000, (t) => t === 'apps/status/app-will');
+    const plain = await sys.connectApp(
+      'app-will-2',
+      { publish: ['apps/status/#'] },
+      {
+        will: { topic: 'apps/status/app-will', payload: Buffer.from('gone'), qos: 0, retain: false },
+      },
+    );
+    (plain as unknown as { stream: { destroy(): void } }).stream.destroy();
+    expect((await got).payload.toString()).toBe('gone');
+  });
+});
+
 describe('on delivery and for applications', () => {
   it('an application publish over its largest payload closes its connection', async () => {
     await setPolicy('app-size', {
