@@ -3,6 +3,7 @@
 // the choice justified in hsm-emulator/sm2.ts and bench/sm2.ts is noticed when a Node release changes it.
 import { BigInteger } from 'jsbn';
 import smCrypto from 'sm-crypto';
+import { sm2 as sm2v2 } from 'sm-crypto-v2';
 import { describe, expect, it } from 'vitest';
 import { isSm2PublicKey, SM2_DEFAULT_ID, sm2Decrypt, sm2Encrypt, sm2Verify } from '../../hsm-emulator/sm2.js';
 import { derSignature, nodeSm2Support } from '../../hsm-emulator/sm2-node.js';
@@ -97,6 +98,26 @@ describe('SM2 known answers on the recommended curve', () => {
     const [x, y, c3, c2] = derParts(hex(v.ciphertext_der!));
     const c1c3c2 = Buffer.concat([Buffer.from([4]), hex(scalar(x!)), hex(scalar(y!)), c3!, c2!]);
     expect(sm2Decrypt(c1c3c2, v.private_key!)?.toString('hex')).toBe(v.plaintext);
+  });
+});
+
+describe('sm-crypto-v2 (measured in bench/sm2.ts) on the same known answers', () => {
+  it.each(of('sign'))('$name: signs with the given k exactly and verifies', (v) => {
+    const kG = sm2v2.getPublicKeyFromPrivateKey(v.k!);
+    const pointPool = [{ k: BigInt(`0x${v.k!}`), x1: BigInt(`0x${kG.slice(2, 66)}`) }];
+    const options = { hash: true, publicKey: v.public_key!, pointPool, userId: v.user_id! };
+    expect(sm2v2.doSignature(hex(v.message!), v.private_key!, options)).toBe(v.signature);
+    expect(sm2v2.doVerifySignature(hex(v.message!), v.signature!, v.public_key!, { hash: true })).toBe(true);
+  });
+
+  it.each(of('decrypt'))("$name: decrypts; sm-crypto and sm-crypto-v2 open each other's ciphertexts", (v) => {
+    const plain = sm2v2.doDecrypt(v.ciphertext!.slice(2), v.private_key!, 1, { output: 'array' });
+    expect(Buffer.from(plain).toString('hex')).toBe(v.plaintext);
+    const fromV2 = Buffer.from(`04${sm2v2.doEncrypt(hex(v.plaintext!), v.public_key!, 1)}`, 'hex');
+    expect(sm2Decrypt(fromV2, v.private_key!)?.toString('hex')).toBe(v.plaintext);
+    const fromV1 = sm2Encrypt(hex(v.plaintext!), v.public_key!);
+    const back = sm2v2.doDecrypt(fromV1.subarray(1).toString('hex'), v.private_key!, 1, { output: 'array' });
+    expect(Buffer.from(back).toString('hex')).toBe(v.plaintext);
   });
 });
 
