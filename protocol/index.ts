@@ -75,3 +75,18 @@ export {
   type TokenRole,
   verifyToken,
 } from './token.js';
+export {
+  APP_CHALLENGE_LENGTH,
+  APP_SESSION_KEY_LENGTH,
+  APP_SM2_PUBLIC_KEY_HEX_LENGTH,
+  APP_SM2_SIGNATURE_LENGTH,
+  APP_SM2_USER_ID,
+  APP_WRAPPED_KEY_LENGTH,
+  type ChallengeBinding,
+  challengeMessage,
+  isAppSm2PublicKey,
+  signChallenge,
+  unwrapSessionKey,
+  verifyChallenge,
+  wrapSessionKey,
+} from './app-session.js';
