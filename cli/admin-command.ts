@@ -5,6 +5,7 @@ import { KmsClient, KmsHttpError, KmsUnreachableError } from '../kms-api/client.
 import { KMS_DEFAULTS } from '../key-service/config.js';
 import { ADMIN_TOKEN_FILE, findAdminToken } from '../common/admin-token.js';
 import { POLICY_OPTIONS, POLICY_USAGE, runPolicyCommand } from './admin-policy.js';
+import { isAppSm2PublicKey } from '../protocol/index.js';
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, idArgument, UsageError } from './io.js';
 
 export const DEFAULT_KMS_URL = `http://127.0.0.1:${KMS_DEFAULTS.port}`;
@@ -19,7 +20,9 @@ Commands:
                                         batches (STALE once older than the key service's stalePendingSeconds)
   device revoke <id> [--reason <text>]  revoke: tokens stop working, unused keys are destroyed
   device keys <id>                      every key of the device and its state (never key bytes)
-  app add <id> [--publish <filter>]... [--subscribe <filter>]...   prints the client secret once
+  app add <id> [--publish <filter>]... [--subscribe <filter>]... [--sm2-public-key <hex>]
+                                       prints the client secret once; an SM2 public key (04 || x || y, 130 hex
+                                       digits) opts the app in to session keys
   app list | app revoke <id>
   broker add <id> [--cert-fingerprint <sha256> | --cert-subject <dn>]
                                         prints the client secret once; a TLS client certificate with this
@@ -52,6 +55,7 @@ const OPTIONS = {
   action: { type: 'string' },
   'cert-fingerprint': { type: 'string' },
   'cert-subject': { type: 'string' },
+  'sm2-public-key': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   ...POLICY_OPTIONS,
 } as const;
@@ -81,6 +85,14 @@ function brokerCertificate(fingerprint: string | undefined, subject: string | un
   if (fingerprint !== undefined) return { cert_fingerprint: normalizeFingerprint(fingerprint) };
   if (subject !== undefined) return { cert_subject: subject };
   return undefined;
+}
+
+/** An SM2 public key option, checked on the curve before the key service is asked. */
+function sm2PublicKey(hex: string | undefined): { sm2_public_key?: string } {
+  if (hex === undefined) return {};
+  if (!isAppSm2PublicKey(hex.toLowerCase()))
+    throw new UsageError('--sm2-public-key must be an SM2 point on the curve: 04 || x || y, 130 hex digits');
+  return { sm2_public_key: hex.toLowerCase() };
 }
 
 function need(positionals: string[], i: number, what: string): string {
@@ -188,6 +200,7 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
             ? await client.registerApp(id, {
                 ...(values.publish ? { publish: values.publish } : {}),
                 ...(values.subscribe ? { subscribe: values.subscribe } : {}),
+                ...sm2PublicKey(values['sm2-public-key']),
               })
             : await client.registerBroker(id, brokerCertificate(values['cert-fingerprint'], values['cert-subject']));
         print(r, () => `registered ${role} ${id}\nclient secret (shown once, store it now): ${r.client_secret}`);

@@ -4,6 +4,7 @@ import type { ServerOptions as HttpsServerOptions } from 'node:https';
 import type { Writable } from 'node:stream';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { callerGroup, refuseUngroupedRoutes } from './access.js';
+import { AppSessionStore } from './app-sessions.js';
 import { canonicalUrl } from './canonical-url.js';
 import { ClaimQueue } from './claims.js';
 import type { KmsConfig } from './config.js';
@@ -17,6 +18,7 @@ import { loadMasterKey } from './master-key.js';
 import { PolicyStore } from './policy-store.js';
 import { createKmsMetrics } from './metrics.js';
 import { adminRoutes } from './routes/admin.js';
+import { adminAppSessionRoutes, appSessionRoutes, brokerAppKeyRoutes } from './routes/app-sessions.js';
 import { authRoutes } from './routes/auth.js';
 import { etsiRoutes } from './routes/etsi.js';
 import { opsRoutes } from './routes/ops.js';
@@ -117,6 +119,13 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     limiter: new LoginLimiter(config.loginLimits, options.clock),
     metrics,
     policies: new PolicyStore(db, (...audit) => store.audit(...audit)),
+    appSessions: new AppSessionStore(db, master, (...audit) => store.audit(...audit)),
+    appChallenges: new ChallengeBook(
+      config.challengeTtl * 1000,
+      config.loginLimits.openChallengesPerSource,
+      config.loginLimits.maxOpenChallenges,
+      options.clock,
+    ),
   };
 
   const app = Fastify({
@@ -196,14 +205,17 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       etsiRoutes(scope, context);
       revocationRoutes(scope, context);
       brokerPolicyRoutes(scope, context);
+      brokerAppKeyRoutes(scope, context);
     }),
   );
   app.register(
     callerGroup('admin', context, (scope) => {
       adminRoutes(scope, context);
       adminPolicyRoutes(scope, context);
+      adminAppSessionRoutes(scope, context);
     }),
   );
+  app.register(callerGroup('app', context, (scope) => appSessionRoutes(scope, context)));
 
   let closed = false;
   return {

@@ -10,6 +10,7 @@ import { secretEquals } from './secrets.js';
 export type Caller =
   | { role: 'public' }
   | { role: 'admin' }
+  | { role: 'app'; id: string }
   | { role: 'broker'; id: string; via: 'token' | 'certificate' | 'token and certificate' };
 
 /** How long a broker found active in the store stays trusted; revoking a broker takes effect within this time. */
@@ -118,6 +119,33 @@ export function authenticateBroker(ctx: KmsContext, req: FastifyRequest): Caller
     throw unauthorized('the token and the client certificate name different brokers');
   requireActiveBroker(ctx, claims.sub);
   return { role: 'broker', id: claims.sub, via: byCertificate === undefined ? 'token' : 'token and certificate' };
+}
+
+/** App group: a valid app token (docs/PROTOCOL.md §22) of an app still registered and active. */
+export function authenticateApp(ctx: KmsContext, req: FastifyRequest): Caller {
+  let claims: TokenClaims;
+  try {
+    claims = verifyToken(
+      bearer(authorizationHeader(req)),
+      new Map([[ctx.signing.kid, ctx.signing.publicKey]]),
+      Math.floor(Date.now() / 1000),
+    );
+  } catch (err) {
+    if (err instanceof TokenError) throw unauthorized(err.code);
+    throw err;
+  }
+  if (claims.role !== 'app') throw unauthorized('an app credential is required');
+  const client = ctx.store.client(claims.sub);
+  if (!client || client.role !== 'app' || client.state !== 'active')
+    throw unauthorized('app is not registered or was revoked');
+  return { role: 'app', id: claims.sub };
+}
+
+/** The calling app's id; routes of the app group only. */
+export function appId(req: FastifyRequest): string {
+  const caller = req.caller;
+  if (caller?.role !== 'app') throw new Error('appId() outside the app group');
+  return caller.id;
 }
 
 /** Admin group: the admin bearer token, compared in constant time. */

@@ -1,6 +1,7 @@
 // What the key-service routes share: store, claim queue, signing key, login state and metrics; token issuing.
 import { randomUUID } from 'node:crypto';
 import { type AppAcl, signToken, type TokenClaims, type TokenRole } from '../protocol/index.js';
+import type { AppSessionStore } from './app-sessions.js';
 import type { ClaimQueue } from './claims.js';
 import type { KmsConfig } from './config.js';
 import type { ChallengeBook } from './login.js';
@@ -20,6 +21,9 @@ export interface KmsContext {
   limiter: LoginLimiter;
   metrics: KmsMetrics;
   policies: PolicyStore;
+  /** Application sessions: SM2 keys, the app key pool (app-sessions.ts), and their challenges. */
+  appSessions: AppSessionStore;
+  appChallenges: ChallengeBook;
 }
 
 export function issueToken(

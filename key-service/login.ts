@@ -46,10 +46,15 @@ export class ChallengeBook {
 
   /** Consumes the challenge; true only if it was open, unexpired and issued to `deviceId`. */
   take(deviceId: string, challengeB64: string): boolean {
+    return this.takeIssued(deviceId, challengeB64) !== undefined;
+  }
+
+  /** Consumes the challenge; its expiry (ms) only if it was open, unexpired and issued to `subject`. */
+  takeIssued(subject: string, challengeB64: string): number | undefined {
     const entry = this.open.get(challengeB64);
-    if (!entry) return false;
+    if (!entry) return undefined;
     this.remove(challengeB64);
-    return entry.deviceId === deviceId && entry.expiresAt > this.now();
+    return entry.deviceId === subject && entry.expiresAt > this.now() ? entry.expiresAt : undefined;
   }
 
   get size(): number {

@@ -148,6 +148,10 @@ const WRAPPED_COLUMNS = [
     select: `SELECT batch_id AS id, 'login:' || device_id || ':' || batch_id AS item, login_key_wrapped AS wrapped FROM batches WHERE login_key_wrapped IS NOT NULL`,
     update: `UPDATE batches SET login_key_wrapped = ? WHERE batch_id = ?`,
   },
+  {
+    select: `SELECT key_id AS id, 'app-key:' || key_id AS item, wrapped FROM app_keys WHERE wrapped IS NOT NULL`,
+    update: `UPDATE app_keys SET wrapped = ? WHERE key_id = ?`,
+  },
   { select: `SELECT name AS id, item, wrapped FROM secrets`, update: `UPDATE secrets SET wrapped = ? WHERE name = ?` },
 ];
 

@@ -121,4 +121,27 @@ export const MIGRATIONS: readonly string[] = [
   CREATE UNIQUE INDEX policies_subject_filter ON policies (role, COALESCE(principal, ''), filter);
   INSERT INTO meta (name, value) VALUES ('policy_version', '0');
   `,
+  // 6: application sessions (docs/PROTOCOL.md §22): an app's SM2 public key, and the pool of QRNG keys that become
+  // application session keys (filled by an administrator, issued to one app for one broker, claimed once by it).
+  `
+  CREATE TABLE app_sm2_keys (
+    app_id TEXT PRIMARY KEY REFERENCES clients(client_id),
+    public_key TEXT NOT NULL,
+    registered_at INTEGER NOT NULL
+  ) STRICT;
+
+  CREATE TABLE app_keys (
+    key_id TEXT PRIMARY KEY,
+    batch_id TEXT NOT NULL,
+    wrapped BLOB,
+    state TEXT NOT NULL CHECK (state IN ('filled', 'issued', 'claimed')),
+    app_id TEXT,
+    broker_id TEXT,
+    created_at INTEGER NOT NULL,
+    issued_at INTEGER,
+    claimed_at INTEGER
+  ) STRICT;
+  CREATE INDEX app_keys_fresh ON app_keys (created_at, key_id) WHERE state = 'filled';
+  CREATE INDEX app_keys_batch ON app_keys (batch_id);
+  `,
 ];

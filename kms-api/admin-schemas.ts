@@ -258,6 +258,8 @@ export const registerAppBody = {
   additionalProperties: false,
   properties: {
     app_id: idSchema,
+    /** docs/PROTOCOL.md §17: an SM2 public key (04 || x || y, hex) opts the app in to session keys. */
+    sm2_public_key: { type: 'string', pattern: '^04[0-9a-fA-F]{128}$' },
     publish: { type: 'array', maxItems: 64, items: topicFilter },
     subscribe: { type: 'array', maxItems: 64, items: topicFilter },
   },
@@ -304,6 +306,7 @@ export const clientView = {
     acl: appAcl,
     cert_fingerprint: nullableString,
     cert_subject: nullableString,
+    sm2_public_key: nullableString,
   },
 } as const;
 export type ClientJson = FromSchema<typeof clientView>;

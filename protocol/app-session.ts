@@ -1,4 +1,4 @@
-// Application session handshake (docs/PROTOCOL.md §17): the signed challenge an application answers with its SM2
+// Application session handshake (docs/PROTOCOL.md §22): the signed challenge an application answers with its SM2
 // key, and the SM4 session key transported to it under that key. Pure: no I/O, no clock.
 //
 // SM2 is sm-crypto-v2 (@noble/curves underneath): it passes the GB/T 32918.5 examples and OpenSSL's SM2 vectors and
@@ -47,7 +47,7 @@ function field(out: number[], value: string, name: string): void {
 }
 
 /**
- * §17.2: the message an application signs:
+ * §22.2: the message an application signs:
  * "qkey-mqtt/app-session/v1" || u16 len || app id || u16 len || KME id || u16 len || broker id || challenge (32)
  * || u64 expiry (seconds, big-endian).
  */

@@ -3,6 +3,7 @@ import * as wire from '../../kms-api/admin-schemas.js';
 import type { RouteScope } from '../access.js';
 import type { KmsContext } from '../context.js';
 import { KmsError } from '../errors.js';
+import { checkedSm2PublicKey } from './app-sessions.js';
 import type { BatchRow, ClientRow, DeviceRow, FillKey } from '../store.js';
 
 const ADMIN = 'admin';
@@ -108,14 +109,21 @@ export function adminRoutes(app: RouteScope, ctx: KmsContext): void {
     return batchOut(b);
   });
 
-  const clientView = (c: ClientRow) => ({ ...c, acl: c.acl ? JSON.parse(c.acl) : undefined });
+  const clientView = (c: ClientRow) => ({
+    ...c,
+    acl: c.acl ? JSON.parse(c.acl) : undefined,
+    ...(c.role === 'app' ? { sm2_public_key: ctx.appSessions.sm2PublicKey(c.client_id) ?? null } : {}),
+  });
 
   app.post('/api/v1/admin/apps', { schema: wire.registerAppRoute }, async (req, reply) => {
     const acl = {
       publish: req.body.publish ?? DEFAULT_APP_ACL.publish,
       subscribe: req.body.subscribe ?? DEFAULT_APP_ACL.subscribe,
     };
+    // Checked before the app is registered, so a bad key registers nothing.
+    const sm2Key = req.body.sm2_public_key ? checkedSm2PublicKey(req.body.sm2_public_key) : undefined;
     const secret = store.registerClient(req.body.app_id, 'app', acl, ADMIN);
+    if (sm2Key) ctx.appSessions.setSm2PublicKey(req.body.app_id, sm2Key, ADMIN);
     reply.code(201);
     return { app_id: req.body.app_id, client_secret: secret };
   });

@@ -39,6 +39,7 @@ beforeAll(async () => {
   base = { host: '127.0.0.1', port: (kms.app.server.address() as { port: number }).port };
   const ctx = kms.context;
   ctx.store.registerClient('broker-walk', 'broker', null, 'test');
+  ctx.store.registerClient('app-walk', 'app', { publish: ['#'], subscribe: ['#'] }, 'test');
   credentials['no credential'] = undefined;
   credentials['a garbled token'] = 'Bearer not-a-token';
   credentials['another scheme'] = `Basic ${Buffer.from('admin:test-admin-token').toString('base64')}`;
@@ -57,7 +58,11 @@ afterAll(async () => {
 
 /** The credentials each role's callers hold, and none. */
 const ROLE_CREDENTIALS = ['no credential', 'a device token', 'an app token', 'a broker token', 'the admin token'];
-const RIGHT: Record<Exclude<CallerRole, 'public'>, string> = { broker: 'a broker token', admin: 'the admin token' };
+const RIGHT: Record<Exclude<CallerRole, 'public'>, string> = {
+  broker: 'a broker token',
+  admin: 'the admin token',
+  app: 'an app token',
+};
 
 function send(
   method: string,
