@@ -48,8 +48,9 @@ const OPTIONS = {
 } as const;
 
 function parseDirection(value: string | undefined): Direction {
-  if (value === 'up' || value === 'down' || value === 'will') return value;
-  throw new UsageError('--direction must be up, down or will');
+  if (value === 'up' || value === 'down' || value === 'will' || value === 'app-up' || value === 'app-down')
+    return value;
+  throw new UsageError('--direction must be up, down, will, app-up or app-down');
 }
 
 function parseBackend(value: string): BackendChoice {

@@ -18,10 +18,22 @@ export const MAX_KEY_INDEX = 0xffffffff;
 export const MAX_SEQ = 0xffffffff;
 const MAX_FIELD_BYTES = 0xffff;
 
-/** §2: `up` device to broker, `down` broker to device, `will` a device's will sealed at CONNECT (§9). */
-export type Direction = 'up' | 'down' | 'will';
-/** §3: direction codes; they also keep the nonces of the directions apart under one key. */
-export const DIRECTION_CODES: Readonly<Record<Direction, number>> = { up: 0x01, down: 0x02, will: 0x03 };
+/**
+ * §2: `up` device to broker, `down` broker to device, `will` a device's will sealed at CONNECT (§9); `app-up`
+ * application to broker and `app-down` broker to application, under an application session key (§22.5).
+ */
+export type Direction = 'up' | 'down' | 'will' | 'app-up' | 'app-down';
+/**
+ * §3: direction codes; they also keep the nonces of the directions apart under one key, and (in the AAD) keep
+ * device and application traffic apart: a device envelope never opens as an application's, nor the reverse.
+ */
+export const DIRECTION_CODES: Readonly<Record<Direction, number>> = {
+  up: 0x01,
+  down: 0x02,
+  will: 0x03,
+  'app-up': 0x04,
+  'app-down': 0x05,
+};
 
 export interface EnvelopeHeader {
   version: number;
@@ -114,7 +126,7 @@ function toKey(key: EnvelopeKey | Uint8Array, backend?: CryptoBackend | BackendC
 }
 
 export interface EnvelopeContext {
-  /** The device the envelope belongs to (the MQTT client id), bound into the AAD. */
+  /** The device the envelope belongs to (the MQTT client id), or for `app-up`/`app-down` the application id (§22.5). */
   deviceId: string;
   /** The MQTT topic the envelope is published on, bound into the AAD. */
   topic: string;
@@ -146,7 +158,7 @@ function maxPayloadOf(ctx: { maxPayload?: number | undefined }): number {
 
 function directionCode(direction: Direction): number {
   const code = Object.hasOwn(DIRECTION_CODES, direction) ? DIRECTION_CODES[direction] : undefined;
-  if (code === undefined) throw new ArgumentError("direction must be 'up', 'down' or 'will'");
+  if (code === undefined) throw new ArgumentError("direction must be 'up', 'down', 'will', 'app-up' or 'app-down'");
   return code;
 }
 
