@@ -19,6 +19,8 @@ export const APP_SESSION_KEY_LENGTH = 16;
 /** C1 (65: 04 || x || y) || C3 (32, SM3) || C2 (16, the key): GB/T 32918.4 §6.1 in the C1C3C2 order. */
 export const APP_WRAPPED_KEY_LENGTH = 65 + 32 + APP_SESSION_KEY_LENGTH;
 const DOMAIN = 'qkey-mqtt/app-session/v1';
+/** §22.6: the topic an application announces each new session key on; the broker forwards it to no one. */
+export const APP_SESSION_TOPIC = '$qkey/app-session';
 
 /** The point is lowercase 04 || x || y and lies on the SM2 curve (not the point at infinity). */
 export function isAppSm2PublicKey(hex: string): boolean {

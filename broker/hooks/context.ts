@@ -4,6 +4,7 @@ import type { ClientCertificates } from '../client-certificate.js';
 import type { Client } from 'aedes';
 import type { KmsClient } from '../../kms-api/client.js';
 import { DEFAULT_MAX_PAYLOAD, type ParsedEnvelope } from '../../protocol/index.js';
+import type { AppSessionKeys } from '../app-session-keys.js';
 import type { DeviceSessionKeys, RotationLimits, SessionEvent } from '../session-keys.js';
 import { ClaimBudget } from '../claim-budget.js';
 import { DEFAULT_UPLINK_LINGER_SECONDS, UplinkKeys } from '../uplink-keys.js';
@@ -116,6 +117,8 @@ export interface ClientState {
   principal: Principal;
   iat: number;
   keys?: DeviceSessionKeys;
+  /** An application's session keys once it announced one (docs/PROTOCOL.md §22.6). */
+  app?: AppSessionKeys;
   /** The will's envelope header when the device sent a sealed will. */
   will?: DeviceWill;
   /** Releases the hold on the will's uplink key (see UplinkKeys.pin). */

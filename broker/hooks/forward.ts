@@ -6,6 +6,7 @@ import { isProtocolError } from '../../protocol/index.js';
 import type { DeviceSessionKeys } from '../session-keys.js';
 import { isStatusTopicOf, mayReceive, type Principal } from '../topic-policy.js';
 import { type ClientState, DROPPED_PAYLOAD, type PluginContext } from './context.js';
+import { sealForApp } from './app-session.js';
 import { deliveryPolicy } from './policy.js';
 
 type Deliver = (packet: AedesPublishPacket, cb: () => void) => void;
@@ -61,7 +62,7 @@ export function authorizeForward(
   if (!state || !mayReceive(state.principal, packet.topic, ctx.topics)) return null;
   const policy = deliveryPolicy(ctx, client, state, packet);
   if (policy !== 'as-usual') return policy === 'pass' ? packet : null;
-  if (state.principal.role !== 'device') return packet;
+  if (state.principal.role !== 'device') return state.app?.active ? sealForApp(ctx, state, packet) : packet;
   // §9.4: the broker's status notices to the device are plaintext (a reason, never data).
   if (isStatusTopicOf(ctx.topics, state.principal.id, packet.topic)) return packet;
   try {

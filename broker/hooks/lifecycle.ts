@@ -48,6 +48,7 @@ export async function release(ctx: PluginContext, client: Client): Promise<void>
     if (key) key.willSpent = true;
   }
   state.unpinWill?.();
+  state.app?.destroy();
   await state.keys?.close(); // never rejects (session-keys.ts)
 }
 

@@ -28,11 +28,16 @@ export function ruleOf(ctx: PluginContext, principal: Principal, topic: string):
 export type PublishPolicy = { violation: PolicyViolation } | { take: 'open'; rule: PolicyRule } | { take: 'pass' };
 
 /** The QoS, retain and encryption rules of a publish, and its size when it is taken as plaintext. */
-export function publishPolicy(ctx: PluginContext, principal: Principal, packet: PublishPacket): PublishPolicy {
+export function publishPolicy(
+  ctx: PluginContext,
+  principal: Principal,
+  packet: PublishPacket,
+  appSealed = false,
+): PublishPolicy {
   const rule = ruleOf(ctx, principal, packet.topic);
   const header = headerViolation(rule, packet.qos, packet.retain);
   if (header) return { violation: header };
-  const handling = publishHandling(rule, principal.role);
+  const handling = publishHandling(rule, principal.role, appSealed);
   if (handling === 'encryption') return { violation: handling };
   const payload = packet.payload as Buffer;
   // `optional`: an envelope is recognised by its version byte (docs/PROTOCOL.md §4); anything else is plaintext.
@@ -63,7 +68,8 @@ export function deliveryPolicy(
   const payload = packet.payload as Buffer;
   const plaintext = ctx.plaintextOf.get(payload) ?? payload;
   const suite = state.keys?.downlinkSuite ?? 0;
-  const decision = deliveryFor(ruleOf(ctx, principal, packet.topic), principal.role, plaintext.length, suite);
+  const sealed = state.app?.active === true;
+  const decision = deliveryFor(ruleOf(ctx, principal, packet.topic), principal.role, plaintext.length, suite, sealed);
   if (decision === 'seal') return 'as-usual';
   if (decision === 'pass') {
     // A stored copy sealed for an earlier session goes out as its plaintext.

@@ -20,6 +20,7 @@ import {
   type RejectReason,
 } from './context.js';
 import { envelopePolicy, publishPolicy } from './policy.js';
+import { announceAppSession, APP_SESSION_TOPIC, openAppPublish } from './app-session.js';
 import { authorizeWill, isWillOf } from './will.js';
 import type { PolicyViolation } from '../policy/evaluate.js';
 
@@ -67,12 +68,26 @@ export function authorizePublish(
 }
 
 function decide(ctx: PluginContext, client: Client, state: ClientState, packet: PublishPacket): Verdict {
+  if (state.principal.role === 'app' && packet.topic === APP_SESSION_TOPIC)
+    return announceAppSession(ctx, state, packet).then(
+      (r) => r && refuse(ctx, client, state, packet, r.reason, r.detail),
+    );
   if (!mayPublish(state.principal, packet.topic, ctx.topics))
     return refuse(ctx, client, state, packet, 'acl', 'topic not permitted');
-  const policy = publishPolicy(ctx, state.principal, packet);
+  const policy = publishPolicy(ctx, state.principal, packet, state.app?.active === true);
   if ('violation' in policy) return refusePolicy(ctx, client, state, packet, policy.violation);
   const payload = packet.payload as Buffer;
-  if (state.principal.role !== 'device') return checkDownlinkSize(ctx, client, state, packet, payload.length);
+  if (state.principal.role !== 'device') {
+    // docs/PROTOCOL.md §22.6: once an application holds a session key, everything it publishes is sealed.
+    const r = state.app?.active
+      ? openAppPublish(ctx, state, packet, policy.take === 'open' ? policy.rule : undefined)
+      : null;
+    if (r)
+      return 'policy' in r
+        ? refusePolicy(ctx, client, state, packet, r.policy)
+        : refuse(ctx, client, state, packet, r.reason, r.detail);
+    return checkDownlinkSize(ctx, client, state, packet, (packet.payload as Buffer).length);
+  }
   if (policy.take === 'pass') return checkPlaintextSize(ctx, client, state, packet, payload.length);
   // The empty payload passes: MQTT's retained-message delete marker.
   if (payload.length === 0) return null;

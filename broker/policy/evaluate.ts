@@ -124,10 +124,15 @@ const APP_DEFAULT: PolicyRule = Object.freeze({
  * no envelope of their own yet, so `required` refuses every application publish the entry governs; an unknown
  * mode (a newer key service) refuses everything it governs.
  */
-export function publishHandling(rule: PolicyRule, role: PolicyRole): 'open' | 'open-if-sealed' | 'pass' | 'encryption' {
+export function publishHandling(
+  rule: PolicyRule,
+  role: PolicyRole,
+  appSealed = false,
+): 'open' | 'open-if-sealed' | 'pass' | 'encryption' {
   switch (rule.encryption) {
     case 'required':
-      return role === 'device' ? 'open' : 'encryption';
+      // An application satisfies `required` with a session key (docs/PROTOCOL.md §22.6).
+      return role === 'device' || appSealed ? 'open' : 'encryption';
     case 'optional':
       return role === 'device' ? 'open-if-sealed' : 'pass';
     case 'plaintext':
@@ -161,10 +166,12 @@ export function deliveryFor(
   role: PolicyRole,
   length: number,
   downlinkSuite: number,
+  appSealed = false,
 ): 'seal' | 'pass' | PolicyViolation {
   const mode = rule.encryption;
   if (mode !== 'required' && mode !== 'optional' && mode !== 'plaintext') return 'encryption';
-  if (role === 'app' && mode === 'required') return 'encryption';
+  // An application without a session key cannot receive sealed; with one, the forward hook seals (§22.6).
+  if (role === 'app' && mode === 'required' && !appSealed) return 'encryption';
   const seal = role === 'device' && mode !== 'plaintext';
   return contentViolation(rule, length, seal ? downlinkSuite : undefined) ?? (seal ? 'seal' : 'pass');
 }

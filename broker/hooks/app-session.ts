@@ -1,0 +1,121 @@
+// Application sessions at the broker (docs/PROTOCOL.md §22.6): the app's announcement of a session key (claimed from
+// the key service as the other SAE), its publishes opened, and deliveries to it sealed, under that key.
+import type { AedesPublishPacket, PublishPacket } from 'aedes';
+import { claimAppKey } from '../../kms-api/app-session-client.js';
+import { KmsHttpError } from '../../kms-api/client.js';
+import { isProtocolError, MAX_PAYLOAD_LIMIT } from '../../protocol/index.js';
+
+export { APP_SESSION_TOPIC } from '../../protocol/index.js';
+import { AppSessionError, AppSessionKeys } from '../app-session-keys.js';
+import type { PolicyRule } from '../policy/evaluate.js';
+import { type ClientState, DROPPED_PAYLOAD, type PluginContext, type RejectReason } from './context.js';
+import { envelopePolicy } from './policy.js';
+
+/** The announcement is `{"key_ID": uuid, "key_index": n}`: a few dozen bytes. */
+const MAX_ANNOUNCEMENT = 256;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** Why an application's message was refused, for publish.ts to refuse it as it refuses any other. */
+export interface AppRefusal {
+  reason: RejectReason;
+  detail: string;
+}
+
+function announcement(payload: Buffer): { keyId: string; keyIndex: number } | undefined {
+  if (payload.length > MAX_ANNOUNCEMENT) return undefined;
+  let json: unknown;
+  try {
+    json = JSON.parse(payload.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  const { key_ID: keyId, key_index: keyIndex } = (json ?? {}) as { key_ID?: unknown; key_index?: unknown };
+  if (typeof keyId !== 'string' || !UUID.test(keyId)) return undefined;
+  if (typeof keyIndex !== 'number' || !Number.isInteger(keyIndex) || keyIndex < 0 || keyIndex > 0xffffffff)
+    return undefined;
+  return { keyId, keyIndex };
+}
+
+/**
+ * Claims the announced key (it must have been issued to this app for this broker, and never claimed) and installs
+ * it as the session's newest generation. The announcement itself is acknowledged and delivered to no one.
+ */
+export async function announceAppSession(
+  ctx: PluginContext,
+  state: ClientState,
+  packet: PublishPacket,
+): Promise<AppRefusal | null> {
+  const a = announcement(packet.payload as Buffer);
+  if (!a) return { reason: 'malformed', detail: 'session announcement must be {"key_ID": uuid, "key_index": n}' };
+  const appId = state.principal.id;
+  let key: Buffer;
+  try {
+    const { keys } = await claimAppKey(ctx.o.kms, appId, a.keyId);
+    key = Buffer.from(keys[0]!.key, 'base64');
+  } catch (err) {
+    if (err instanceof KmsHttpError && err.status < 500) return { reason: 'foreign_key', detail: err.code };
+    return { reason: 'kms_unavailable', detail: (err as Error).message };
+  }
+  try {
+    state.app ??= new AppSessionKeys(appId, ctx.rotation);
+    state.app.install(a.keyIndex, key);
+  } catch (err) {
+    if (err instanceof AppSessionError) return { reason: err.reason, detail: err.message };
+    throw err;
+  } finally {
+    key.fill(0);
+  }
+  packet.retain = false;
+  packet.payload = DROPPED_PAYLOAD;
+  return null;
+}
+
+/** Opens an application's envelope in place (its plaintext goes on), checked against the rule if it names one. */
+export function openAppPublish(
+  ctx: PluginContext,
+  state: ClientState,
+  packet: PublishPacket,
+  rule: PolicyRule | undefined,
+): AppRefusal | { policy: NonNullable<ReturnType<typeof envelopePolicy>> } | null {
+  const payload = packet.payload as Buffer;
+  if (payload.length === 0) return null; // MQTT's retained-message delete marker passes
+  let plaintext: Uint8Array;
+  try {
+    plaintext = state.app!.open(payload, packet.topic, ctx.parseOptions.maxPayload);
+  } catch (err) {
+    if (err instanceof AppSessionError) return { reason: err.reason, detail: err.message };
+    if (isProtocolError(err)) {
+      const reason: RejectReason =
+        err.code === 'PROTO_ERR_REPLAY' ? 'replay' : err.code === 'PROTO_ERR_TAG' ? 'forged' : 'malformed';
+      return { reason, detail: err.code };
+    }
+    throw err;
+  }
+  const violation = rule && envelopePolicy(rule, plaintext.length, payload[1]!);
+  if (violation) return { policy: violation };
+  packet.payload = Buffer.from(plaintext.buffer, plaintext.byteOffset, plaintext.byteLength);
+  return null;
+}
+
+/** Seals one delivery for an application holding a session key; null (dropped) when its key is spent. */
+export function sealForApp(
+  ctx: PluginContext,
+  state: ClientState,
+  packet: AedesPublishPacket,
+): AedesPublishPacket | null {
+  let plaintext = packet.payload as Buffer;
+  plaintext = ctx.plaintextOf.get(plaintext) ?? plaintext;
+  if (plaintext.length === 0) {
+    packet.payload = plaintext;
+    return packet;
+  }
+  const sealed = state.app!.seal(plaintext, packet.topic, MAX_PAYLOAD_LIMIT);
+  if (!sealed) {
+    ctx.o.events?.downlink?.('dropped_no_key');
+    return null;
+  }
+  const out = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
+  ctx.plaintextOf.set(out, plaintext);
+  packet.payload = out;
+  return packet;
+}

@@ -1,0 +1,68 @@
+// An application connection's session keys at the broker: generations only move forward, two are held, a key past
+// its rotation limits seals and opens nothing, and replays are refused.
+import { describe, expect, it } from 'vitest';
+import { AppSessionError, AppSessionKeys } from '../../broker/app-session-keys.js';
+import { openEnvelope, sealEnvelope } from '../../protocol/index.js';
+
+const k = (b: number) => new Uint8Array(16).fill(b);
+const topic = 'devices/d/down/cmd';
+const up = (key: Uint8Array, keyIndex: number, seq: number) =>
+  sealEnvelope(new Uint8Array([1, 2, 3]), { key, keyIndex, seq, deviceId: 'app', topic, direction: 'app-up' });
+const reason = (fn: () => unknown) => {
+  try {
+    fn();
+  } catch (err) {
+    return err instanceof AppSessionError ? err.reason : (err as { code?: string }).code;
+  }
+  return 'none';
+};
+
+describe('AppSessionKeys', () => {
+  const limits = { messages: 3, bytes: 1000, seconds: 3600 };
+
+  it('opens app-up under the announced generation, refuses replays, seals app-down the app opens', () => {
+    const s = new AppSessionKeys('app', limits);
+    expect(s.active).toBe(false);
+    expect(s.seal(new Uint8Array([1]), topic)).toBeUndefined();
+    s.install(0, k(1));
+    expect([...s.open(up(k(1), 0, 0), topic)]).toEqual([1, 2, 3]);
+    expect(reason(() => s.open(up(k(1), 0, 0), topic))).toBe('PROTO_ERR_REPLAY');
+    expect(reason(() => s.open(up(k(2), 0, 1), topic))).toBe('PROTO_ERR_TAG');
+    expect(reason(() => s.open(up(k(1), 7, 1), topic))).toBe('foreign_key');
+    const down = s.seal(new Uint8Array([9]), topic)!;
+    const opened = openEnvelope(down, { key: k(1), deviceId: 'app', topic, direction: 'app-down' });
+    expect([...opened.payload]).toEqual([9]);
+  });
+
+  it('refuses a generation not above the newest; keeps the previous one, destroys older', () => {
+    const s = new AppSessionKeys('app', limits);
+    s.install(0, k(1));
+    s.install(1, k(2));
+    expect(reason(() => s.install(1, k(3)))).toBe('malformed');
+    expect(reason(() => s.install(0, k(3)))).toBe('malformed');
+    expect(s.open(up(k(1), 0, 0), topic)).toHaveLength(3); // the previous key still opens
+    s.install(2, k(3));
+    expect(reason(() => s.open(up(k(1), 0, 1), topic))).toBe('foreign_key'); // two back: gone
+    expect(s.open(up(k(2), 1, 0), topic)).toHaveLength(3);
+  });
+
+  it('a key past its message limit seals and opens nothing more', () => {
+    const s = new AppSessionKeys('app', limits);
+    s.install(0, k(1));
+    s.open(up(k(1), 0, 0), topic);
+    s.open(up(k(1), 0, 1), topic);
+    expect(s.seal(new Uint8Array([1]), topic)).toBeDefined();
+    expect(s.seal(new Uint8Array([1]), topic)).toBeUndefined();
+    expect(reason(() => s.open(up(k(1), 0, 2), topic))).toBe('key_spent');
+    s.install(1, k(2));
+    expect(s.seal(new Uint8Array([1]), topic)).toBeDefined();
+  });
+
+  it('a key past its age limit is spent', () => {
+    let now = 0;
+    const s = new AppSessionKeys('app', { ...limits, seconds: 10 }, () => now);
+    s.install(0, k(1));
+    now = 10_000;
+    expect(s.seal(new Uint8Array([1]), topic)).toBeUndefined();
+  });
+});
