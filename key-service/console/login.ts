@@ -5,7 +5,7 @@ import type { KmsContext } from '../context.js';
 import { KmsError } from '../errors.js';
 import { secretEquals } from '../secrets.js';
 import { requireSameOrigin } from './guard.js';
-import { loginPage } from './pages.js';
+import { loginPage, messagePage } from './pages.js';
 import { consoleSessions, cookieName } from './sessions.js';
 import { CONSOLE_CSS } from './style.js';
 
@@ -39,6 +39,15 @@ const sendPage = (reply: FastifyReply, status: number, text: string) =>
   reply.code(status).type('text/html; charset=utf-8').send(text);
 
 export function consoleLoginRoutes(app: RouteScope, ctx: KmsContext): void {
+  // Any other /console path: an HTML 404 with the console's headers (one handler per prefix, so it lives here).
+  app.setNotFoundHandler(async (_req, reply) =>
+    sendPage(
+      reply,
+      404,
+      messagePage({ title: 'Not found' }, 'No such console page.', { href: '/console/devices', label: 'Devices' }).text,
+    ),
+  );
+
   app.get('/console.css', async (_req, reply) => reply.type('text/css; charset=utf-8').send(CONSOLE_CSS));
 
   app.get('/login', async (_req, reply) => sendPage(reply, 200, loginPage().text));

@@ -71,7 +71,8 @@ export function consolePageRoutes(app: RouteScope, ctx: KmsContext): void {
   });
 
   // Every form: sent by the console's own page (Origin), carrying this session's token (CSRF), before any change.
-  app.addHook('preHandler', async (req) => {
+  // preValidation: after the body is parsed, before its schema is looked at, so a forged form learns nothing more.
+  app.addHook('preValidation', async (req) => {
     if (req.method !== 'POST') return;
     requireSameOrigin(req, tls);
     requireCsrfToken((req.body as { csrf?: unknown } | undefined)?.csrf, sessionOf(req).csrf);

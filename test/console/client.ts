@@ -37,7 +37,9 @@ export function raw(
         let text = '';
         res.setEncoding('utf8');
         res.on('data', (c: string) => (text += c));
-        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: text, flat: flatten(text) }));
+        res.on('end', () =>
+          resolve({ status: res.statusCode!, headers: res.headers, body: text, flat: flatten(text) }),
+        );
       },
     );
     req.on('error', reject);
