@@ -128,9 +128,10 @@ describe('forms', () => {
     const b = await signedIn();
     const other = await signedIn();
     const otherToken = await other.csrf();
-    for (const fields of [{}, { csrf: '' }, { csrf: 'x'.repeat(43) }, { csrf: otherToken }]) {
+    const forms: Array<Record<string, string>> = [{}, { csrf: '' }, { csrf: 'x'.repeat(43) }, { csrf: otherToken }];
+    for (const fields of forms) {
       const r = await b.post('/console/devices/dev-1/revoke', fields);
-      expect([400, 403], JSON.stringify(fields)).toContain(r.status);
+      expect(r.status, JSON.stringify(fields)).toBe(403);
       expect(kms.context.store.device('dev-1')!.state).toBe('active');
     }
     const app = await b.post('/console/apps', { csrf: otherToken, id: 'app-csrf' });
