@@ -15,7 +15,8 @@ export const SECURITY_HEADERS: Record<string, string> = {
   'content-security-policy': CONSOLE_CSP,
   'x-frame-options': 'DENY', // for browsers without frame-ancestors [RFC 7034]
   'x-content-type-options': 'nosniff',
-  'referrer-policy': 'no-referrer',
+  // Not no-referrer: under it a browser sends `Origin: null` with the console's own forms (Fetch §3.2.5), which are then refused.
+  'referrer-policy': 'same-origin',
   'cross-origin-opener-policy': 'same-origin',
   'cross-origin-resource-policy': 'same-origin',
   // Pages show secrets (a new client secret) and fleet state: no cache may keep them. [RFC 9111 §5.2.2.5]

@@ -58,7 +58,6 @@ export function page(frame: PageFrame, body: Html): Html {
       <head>
         <meta charset="utf-8" />
         <meta name="viewport" content="width=device-width, initial-scale=1" />
-        <meta name="referrer" content="no-referrer" />
         <title>${frame.title} · QKey console</title>
         <link rel="stylesheet" href="/console/console.css" />
       </head>
