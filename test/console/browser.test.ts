@@ -50,7 +50,7 @@ describe('console in headless Chromium', () => {
     await submit('button[type=submit]');
     expect(await heading()).toBe('Devices');
     expect(page.url()).toBe(`${t.url}/console/devices`);
-    expect(await page.evaluate(() => document.cookie)).toBe(''); // HttpOnly
+    expect(await page.evaluate('document.cookie')).toBe(''); // HttpOnly
     expect(await page.$eval('main', (m) => m.textContent)).toContain('dev-browser');
 
     // An app: its secret is shown once, works, and is gone from the next view.
