@@ -334,14 +334,14 @@ export function clientsPage(
     kind === 'app'
       ? html`<label for="id">App id<input id="id" name="id" type="text" required maxlength="128" /></label>
           <label for="publish"
-            >May publish to (filters, one per line or comma; default devices/+/down/#)<input
+            >May publish to (filters, comma-separated; default devices/+/down/#)<input
               id="publish"
               name="publish"
               type="text"
               maxlength="4096"
           /></label>
           <label for="subscribe"
-            >May subscribe to (default devices/+/up/#)<input
+            >May subscribe to (comma-separated; default devices/+/up/#)<input
               id="subscribe"
               name="subscribe"
               type="text"

@@ -1,12 +1,15 @@
 // The console's signed-in pages (console group): devices, keys by state, revocations, apps, brokers, audit log.
 // Each handler is a short list of steps over the key store, as the admin API's are; forms are checked for their
 // origin and CSRF token before anything changes.
+import { Ajv } from 'ajv';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { registerAppBody, registerBrokerBody } from '../../kms-api/admin-schemas.js';
 import { idSchema } from '../../kms-api/common-schemas.js';
 import type { RouteScope } from '../access.js';
 import type { ConsoleSession } from './sessions.js';
 import type { KmsContext } from '../context.js';
 import { KmsError } from '../errors.js';
+import { DEFAULT_APP_ACL } from '../routes/admin.js';
 import { readBrokers } from './broker-figures.js';
 import { requireCsrfToken, requireSameOrigin } from './guard.js';
 import type { Html } from './html.js';
@@ -29,7 +32,6 @@ const DEVICES_PER_PAGE = 50;
 const AUDIT_PER_PAGE = 50;
 /** Devices a search reads through at most per page, so one search costs a bounded time however large the fleet. */
 const SEARCH_SCAN_LIMIT = 20_000;
-const DEFAULT_APP_ACL = { publish: ['devices/+/down/#'], subscribe: ['devices/+/up/#'] };
 
 const text = (max: number) => ({ type: 'string', maxLength: max }) as const;
 const csrf = { type: 'string', minLength: 1, maxLength: 128 } as const;
@@ -48,14 +50,28 @@ function sessionOf(req: FastifyRequest): ConsoleSession {
 const show = (reply: FastifyReply, page: Html, status = 200) =>
   reply.code(status).type('text/html; charset=utf-8').send(page.text);
 
-/** Topic filters typed one per line or comma-separated; undefined when none were typed. */
+/** Topic filters typed comma-separated; undefined when none were typed. */
 function filters(field: string | undefined): string[] | undefined {
   const list = (field ?? '')
-    .split(/[\n,]/)
+    .split(',')
     .map((f) => f.trim())
     .filter((f) => f !== '');
-  if (list.length > 64) throw new KmsError('KMS_ERR_BAD_REQUEST', 'at most 64 topic filters');
   return list.length ? list : undefined;
+}
+
+/**
+ * A form turned into an admin API request body is checked against that route's own schema (kms-api/), so the
+ * console accepts exactly what the API accepts: one contract for both.
+ */
+const ajv = new Ajv({ allErrors: false });
+const validAppBody = ajv.compile(registerAppBody);
+const validBrokerBody = ajv.compile(registerBrokerBody);
+function requireValid<T>(check: ((body: unknown) => boolean) & { errors?: unknown }, body: T): T {
+  if (!check(body)) {
+    const [first] = (check.errors ?? []) as Array<{ instancePath: string; message?: string }>;
+    throw new KmsError('KMS_ERR_BAD_REQUEST', `${first?.instancePath || 'form'} ${first?.message ?? 'is not valid'}`);
+  }
+  return body;
 }
 
 export function consolePageRoutes(app: RouteScope, ctx: KmsContext): void {
@@ -252,10 +268,12 @@ export function consolePageRoutes(app: RouteScope, ctx: KmsContext): void {
       },
     },
     async (req, reply) => {
-      const acl = {
+      const body = requireValid(validAppBody, {
+        app_id: req.body.id,
         publish: filters(req.body.publish) ?? DEFAULT_APP_ACL.publish,
         subscribe: filters(req.body.subscribe) ?? DEFAULT_APP_ACL.subscribe,
-      };
+      });
+      const acl = { publish: body.publish, subscribe: body.subscribe };
       const secret = store.registerClient(req.body.id, 'app', acl, CONSOLE_ACTOR);
       // The secret is in this response only: never in a URL, a redirect, the audit log or a log line.
       return show(reply, await clientsView(req, 'app', { kind: 'app', id: req.body.id, secret }), 201);
@@ -273,17 +291,20 @@ export function consolePageRoutes(app: RouteScope, ctx: KmsContext): void {
           properties: {
             csrf,
             id: idSchema,
-            cert_fingerprint: {
-              anyOf: [{ const: '' }, { type: 'string', pattern: '^([0-9A-F]{2}:){31}[0-9A-F]{2}$' }],
-            },
-            cert_subject: text(1024),
+            cert_fingerprint: text(256),
+            cert_subject: text(2048),
           },
         },
       },
     },
     async (req, reply) => {
-      const fingerprint = req.body.cert_fingerprint || undefined;
+      const fingerprint = req.body.cert_fingerprint?.trim().toUpperCase() || undefined;
       const subject = req.body.cert_subject?.trim() || undefined;
+      requireValid(validBrokerBody, {
+        broker_id: req.body.id,
+        ...(fingerprint ? { cert_fingerprint: fingerprint } : {}),
+        ...(subject ? { cert_subject: subject } : {}),
+      });
       const secret = store.registerClient(req.body.id, 'broker', null, CONSOLE_ACTOR, {
         ...(fingerprint ? { fingerprint } : {}),
         ...(subject ? { subject } : {}),

@@ -238,6 +238,29 @@ describe('forms', () => {
     expect(kms.context.store.device('dev-1')!.state).toBe('active');
   });
 
+  it("holds apps and brokers added in the console to the admin API's own schemas", async () => {
+    const b = await signedIn();
+    const csrf = await b.csrf();
+    const refused: Array<[string, Record<string, string>]> = [
+      ['/console/apps', { id: 'app-nul', publish: 'a\u0000b' }],
+      ['/console/apps', { id: 'app-many', subscribe: Array.from({ length: 65 }, (_, i) => `t/${i}`).join(',') }],
+      ['/console/apps', { id: 'app-long', publish: 'x'.repeat(1025) }],
+      ['/console/apps', { id: '-not-an-id' }],
+      ['/console/brokers', { id: 'broker-fp', cert_fingerprint: 'AB:CD' }],
+      ['/console/brokers', { id: 'broker-subject', cert_subject: 'no equals sign' }],
+    ];
+    for (const [path, fields] of refused) {
+      const r = await b.post(path, { csrf, ...fields });
+      expect(r.status, `${path} ${JSON.stringify(fields)}`).toBe(400);
+      expect(r.body).not.toContain('client-secret');
+      expect(kms.context.store.client(fields.id!)).toBeUndefined();
+    }
+    const fingerprint = Array.from({ length: 32 }, () => 'ab').join(':');
+    const ok = await b.post('/console/brokers', { csrf, id: 'broker-fp-ok', cert_fingerprint: fingerprint });
+    expect(ok.status, ok.flat.slice(ok.flat.indexOf('<main'), ok.flat.indexOf('<main') + 400)).toBe(201);
+    expect(kms.context.store.client('broker-fp-ok')!.cert_fingerprint).toBe(fingerprint.toUpperCase());
+  });
+
   it('refuses a form field given twice rather than choosing one', async () => {
     const b = await signedIn();
     const csrf = await b.csrf();
