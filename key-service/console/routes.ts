@@ -9,6 +9,7 @@ import type { RouteScope } from '../access.js';
 import type { ConsoleSession } from './sessions.js';
 import type { KmsContext } from '../context.js';
 import { KmsError } from '../errors.js';
+import type { DeviceRow, PoolLevels } from '../store.js';
 import { DEFAULT_APP_ACL } from '../routes/admin.js';
 import { readBrokers } from './broker-figures.js';
 import { requireCsrfToken, requireSameOrigin } from './guard.js';
@@ -112,13 +113,17 @@ export function consolePageRoutes(app: RouteScope, ctx: KmsContext): void {
 
   // --- devices ---------------------------------------------------------------------------------------------
 
-  const line = (d: ReturnType<typeof store.listDevices>[number], cutoff: number): DeviceLine => {
+  const isLow = (d: DeviceRow, pool: PoolLevels) =>
+    d.state === 'active' && (pool.up < lowWater || pool.down < lowWater);
+  /** A device's row, or undefined when only low pools are wanted and its pool is not low (one query then). */
+  const line = (d: DeviceRow, cutoff: number, lowOnly: boolean): DeviceLine | undefined => {
     const pool = store.pool(d.device_id);
+    if (lowOnly && !isLow(d, pool)) return undefined;
     const pending = store.listBatches(d.device_id, 'pending');
     return {
       device: d,
       pool,
-      low: d.state === 'active' && (pool.up < lowWater || pool.down < lowWater),
+      low: isLow(d, pool),
       pending: pending.length,
       stalePending: pending.filter((b) => b.created_at < cutoff).length,
       lastSeen: store.lastSeen(d.device_id),
@@ -150,8 +155,8 @@ export function consolePageRoutes(app: RouteScope, ctx: KmsContext): void {
           scanned++;
           after = d.device_id;
           if (q && !d.device_id.toLowerCase().includes(q.toLowerCase())) continue;
-          const l = line(d, cutoff);
-          if (low && !l.low) continue;
+          const l = line(d, cutoff, low);
+          if (!l) continue;
           lines.push(l);
           if (lines.length === DEVICES_PER_PAGE) break scan;
         }
@@ -177,7 +182,7 @@ export function consolePageRoutes(app: RouteScope, ctx: KmsContext): void {
       devicePage(frame(req, `Device ${d.device_id}`, '/console/devices'), {
         device: d,
         pool,
-        low: d.state === 'active' && (pool.up < lowWater || pool.down < lowWater),
+        low: isLow(d, pool),
         lastSeen: store.lastSeen(d.device_id),
         nextKeyIndex: store.nextKeyIndex(d.device_id),
         keys: store.deviceKeyCounts(d.device_id),

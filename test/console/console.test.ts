@@ -193,6 +193,23 @@ describe('console pages', () => {
     expect(second.body).toContain('Newest entries');
   });
 
+  it('pages the device list in id order, and a search past the first page', async () => {
+    const b = await signedIn(); // 64 devices by now (the audit test registered 60)
+    const ids = (flat: string) =>
+      [...flat.matchAll(/<th scope="row"><a href="[^"]+"><code>([^<]+)<\/code>/g)].map((m) => m[1]!);
+    const first = await b.get('/console/devices');
+    const page1 = ids(first.flat);
+    expect(page1).toHaveLength(50);
+    expect(page1).toEqual([...page1].sort());
+    const next = /href="([^"]+)" rel="next">Next devices/.exec(first.flat)![1]!.replace(/&amp;/g, '&');
+    const page2 = ids((await b.get(next)).flat);
+    expect(page2.length).toBe(64 - 50);
+    expect(page2[0]! > page1[49]!).toBe(true);
+    expect((await b.get(next)).flat).toContain('End of the list.');
+    const search = await b.get('/console/devices?q=audit-5');
+    expect(ids(search.flat)).toEqual(Array.from({ length: 10 }, (_, i) => `audit-5${i}`));
+  });
+
   it('logs out: the cookie is cleared and the old session no longer works', async () => {
     const b = await signedIn();
     const old = b.cookie!;
