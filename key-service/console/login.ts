@@ -2,7 +2,6 @@
 import type { FastifyReply } from 'fastify';
 import type { RouteScope } from '../access.js';
 import type { KmsContext } from '../context.js';
-import { KmsError } from '../errors.js';
 import { secretEquals } from '../secrets.js';
 import { requireSameOrigin } from './guard.js';
 import { loginPage, messagePage } from './pages.js';
@@ -56,8 +55,12 @@ export function consoleLoginRoutes(app: RouteScope, ctx: KmsContext): void {
     requireSameOrigin(req, ctx.config.tls !== undefined);
     // The same limiter as device and client logins (login-limits.ts): backoff per source, then for the subject.
     const attempt = ctx.limiter.attempt(SUBJECT, req.ip);
-    if (!attempt.ok)
-      throw new KmsError('KMS_ERR_RATE_LIMITED', undefined, { retryAfterSeconds: attempt.retryAfterSeconds });
+    if (!attempt.ok) {
+      ctx.metrics.logins.inc({ grant: 'console', result: 'limited' });
+      reply.header('retry-after', String(attempt.retryAfterSeconds));
+      const wait = `Too many failed sign-ins from here: try again in ${attempt.retryAfterSeconds} s.`;
+      return sendPage(reply, 429, loginPage({ text: wait, kind: 'error' }).text);
+    }
     // The admin API's own check (callers.ts authenticateAdmin): constant-time against the service's admin token.
     if (!secretEquals(req.body.token, ctx.adminToken)) {
       attempt.failed();

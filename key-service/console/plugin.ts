@@ -28,6 +28,8 @@ function parseForm(_req: FastifyRequest, body: string, done: (err: Error | null,
 
 /** What every console scope shares: its Host check, its headers, its form parser and its HTML errors. */
 function consoleScope(scope: RouteScope, ctx: KmsContext): void {
+  // Forms only: a JSON or text body is refused (415) before any handler sees it.
+  scope.removeAllContentTypeParsers();
   scope.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, parseForm);
   scope.addHook('onRequest', async (req, reply) => {
     setSecurityHeaders(reply);

@@ -261,6 +261,20 @@ describe('forms', () => {
     expect(kms.context.store.client('broker-fp-ok')!.cert_fingerprint).toBe(fingerprint.toUpperCase());
   });
 
+  it('takes forms only: a JSON body is refused even with the right token and origin', async () => {
+    const b = await signedIn();
+    const csrf = await b.csrf();
+    const r = await raw(
+      base,
+      'POST',
+      '/console/devices/dev-1/revoke',
+      { cookie: b.cookie!, origin: base, 'content-type': 'application/json' },
+      JSON.stringify({ csrf }),
+    );
+    expect(r.status).toBe(400);
+    expect(kms.context.store.device('dev-1')!.state).toBe('active');
+  });
+
   it('refuses a form field given twice rather than choosing one', async () => {
     const b = await signedIn();
     const csrf = await b.csrf();
