@@ -379,7 +379,7 @@ export function consolePageRoutes(app: RouteScope, ctx: KmsContext): void {
       const action = req.query.action?.trim() ?? '';
       const before = req.query.before ?? Number.MAX_SAFE_INTEGER;
       // One entry more than the page shows tells whether there are older ones.
-      const rows = store.auditNewestFirst(before, AUDIT_PER_PAGE + 1, device || null, action || null);
+      const rows = store.queryAudit(0, AUDIT_PER_PAGE + 1, device || null, action || null, before);
       const entries = rows.slice(0, AUDIT_PER_PAGE);
       const older = rows.length > AUDIT_PER_PAGE ? entries[entries.length - 1]!.id : undefined;
       return show(
