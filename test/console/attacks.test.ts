@@ -388,9 +388,7 @@ describe('Host names and sign-in guessing', () => {
     );
     expect(right.status).toBe(429);
     expect(Number(right.headers['retry-after'])).toBeGreaterThan(0);
-    const audit = JSON.stringify(
-      kms.context.store.queryAudit(0, 100, null, 'login.failed'),
-    );
+    const audit = JSON.stringify(kms.context.store.queryAudit(0, 100, null, 'login.failed'));
     expect(audit).toContain('console');
     expect(audit).not.toContain('guess-');
     now += 10_000_000;
