@@ -66,9 +66,46 @@ function expectSignedOut(r: Answer, method: string, what: string): void {
   expect(r.headers['content-security-policy'], what).toBe(CONSOLE_CSP);
 }
 
+/** Other spellings of a path an outsider might try: each must reach the same route and its check. */
+function spellings(path: string): string[] {
+  const segs = path.split('/').slice(1);
+  const join = (parts: string[]) => `/${parts.join('/')}`;
+  const out = [path, path.toUpperCase().replace('DEV-1', 'dev-1'), `${path}/`, `${path}?`, `http://127.0.0.1${path}`];
+  segs.forEach((seg, i) => {
+    const letter = seg.search(/[a-z]/);
+    const with_ = (v: string) => join(segs.map((s, j) => (j === i ? v : s)));
+    if (letter >= 0 && seg !== 'dev-1')
+      out.push(with_(`${seg.slice(0, letter)}%${seg.charCodeAt(letter).toString(16)}${seg.slice(letter + 1)}`));
+    out.push(with_(`/${seg}`), with_(`${seg};p=1`), with_(`./${seg}`), with_(`zz/../${seg}`));
+  });
+  return out;
+}
+
 describe('sessions', () => {
   it('walks every console route: none answers without a session', async () => {
     expect(consoleRoutes().length).toBeGreaterThanOrEqual(14);
+    const b = await signedIn();
+    let checked = 0;
+    for (const r of consoleRoutes()) {
+      for (const path of spellings(concrete(r.url))) {
+        const a = await raw(
+          base,
+          r.method,
+          path,
+          { 'content-type': 'application/x-www-form-urlencoded' },
+          r.method === 'POST' ? 'csrf=x' : undefined,
+        );
+        expectSignedOut(a, r.method, `${r.method} ${path}`);
+        // Signed in, the same spelling reaches the route: a page (or its redirect), never "no such console page".
+        if (r.method === 'GET') {
+          const page = await b.get(path);
+          expect(page.flat, `${r.method} ${path} signed in`).not.toContain('No such console page');
+          expect(page.status, `${r.method} ${path} signed in`).toBeLessThan(500);
+        }
+        checked++;
+      }
+    }
+    expect(checked).toBeGreaterThan(150);
     for (const r of consoleRoutes()) {
       const a = await raw(
         base,
