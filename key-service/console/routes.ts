@@ -80,11 +80,10 @@ export function consolePageRoutes(app: RouteScope, ctx: KmsContext): void {
   const tls = ctx.config.tls !== undefined;
   const lowWater = ctx.config.lowWater;
   const staleBefore = () => Date.now() - ctx.config.stalePendingSeconds * 1000;
-  const frame = (req: FastifyRequest, title: string, section: PageFrame['section'], notice?: string) => ({
+  const frame = (req: FastifyRequest, title: string, section: PageFrame['section']) => ({
     title,
     csrf: sessionOf(req).csrf,
     section,
-    ...(notice ? { notice: { text: notice } } : {}),
   });
 
   // Every form: sent by the console's own page (Origin), carrying this session's token (CSRF), before any change.
