@@ -13,10 +13,10 @@ import type {
   RouteOptions,
 } from 'fastify';
 import type { KmsContext } from './context.js';
-import { authenticateAdmin, authenticateBroker, type Caller } from './callers.js';
+import { authenticateAdmin, authenticateBroker, authenticateConsole, type Caller } from './callers.js';
 
-/** The caller roles routes are grouped by. Devices and apps call only public routes (login). */
-export const CALLER_ROLES = ['public', 'broker', 'admin'] as const;
+/** The caller roles routes are grouped by. Devices and apps call only public routes (login); console = its pages. */
+export const CALLER_ROLES = ['public', 'broker', 'admin', 'console'] as const;
 export type CallerRole = (typeof CALLER_ROLES)[number];
 
 declare module 'fastify' {
@@ -43,6 +43,7 @@ const AUTHENTICATE: Record<CallerRole, ((ctx: KmsContext, req: FastifyRequest) =
   public: null,
   broker: authenticateBroker,
   admin: authenticateAdmin,
+  console: authenticateConsole,
 };
 
 /**
@@ -54,6 +55,8 @@ export const GROUP_BODY_LIMIT: Record<CallerRole, number | undefined> = {
   public: 4096,
   broker: undefined,
   admin: undefined,
+  // Console forms: a search, a reason, an id and a CSRF token.
+  console: 16 * 1024,
 };
 
 /** Route options each group has taken in; a route missing here was registered outside every group. */

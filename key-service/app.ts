@@ -14,6 +14,7 @@ import { KMS_ERRORS, KmsError, type KmsErrorCode } from './errors.js';
 import { ChallengeBook } from './login.js';
 import { LoginLimiter } from './login-limits.js';
 import { loadMasterKey } from './master-key.js';
+import { registerConsole } from './console/plugin.js';
 import { PolicyStore } from './policy-store.js';
 import { createKmsMetrics } from './metrics.js';
 import { adminRoutes } from './routes/admin.js';
@@ -204,6 +205,8 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       adminPolicyRoutes(scope, context);
     }),
   );
+  // The administrators' web console: its own two groups under /console, off unless configured (console/plugin.ts).
+  if (config.console.enabled) registerConsole(app, context, options.clock);
 
   let closed = false;
   return {

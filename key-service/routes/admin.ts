@@ -6,7 +6,8 @@ import { KmsError } from '../errors.js';
 import type { BatchRow, ClientRow, DeviceRow, FillKey } from '../store.js';
 
 const ADMIN = 'admin';
-const DEFAULT_APP_ACL = { publish: ['devices/+/down/#'], subscribe: ['devices/+/up/#'] };
+/** What an app may publish and subscribe to when its registration names nothing (the console's too). */
+export const DEFAULT_APP_ACL = { publish: ['devices/+/down/#'], subscribe: ['devices/+/up/#'] };
 
 /** Admin group. */
 export function adminRoutes(app: RouteScope, ctx: KmsContext): void {

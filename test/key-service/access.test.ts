@@ -57,7 +57,12 @@ afterAll(async () => {
 
 /** The credentials each role's callers hold, and none. */
 const ROLE_CREDENTIALS = ['no credential', 'a device token', 'an app token', 'a broker token', 'the admin token'];
-const RIGHT: Record<Exclude<CallerRole, 'public'>, string> = { broker: 'a broker token', admin: 'the admin token' };
+/** The console is off here (its session-cookie routes are walked in test/console/access.test.ts). */
+const RIGHT: Record<Exclude<CallerRole, 'public'>, string> = {
+  broker: 'a broker token',
+  admin: 'the admin token',
+  console: 'a console session',
+};
 
 function send(
   method: string,
