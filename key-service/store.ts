@@ -174,6 +174,11 @@ export class KeyStore {
          WHERE id > @after AND (@device IS NULL OR device_id = @device) AND (@action IS NULL OR action = @action)
          ORDER BY id LIMIT @limit`,
       ),
+      queryAuditNewest: p(
+        `SELECT id, at, actor, action, device_id, detail FROM audit
+         WHERE id > @after AND id < @before AND (@device IS NULL OR device_id = @device) AND (@action IS NULL OR action = @action)
+         ORDER BY id DESC LIMIT @limit`,
+      ),
       insertRevocation: p(`INSERT INTO revocations (subject, role, revoked_at) VALUES (?, ?, ?)`),
       revocations: p(`SELECT id, subject, role, revoked_at FROM revocations WHERE id > ? ORDER BY id LIMIT ?`),
       insertClient: p(
@@ -537,7 +542,10 @@ export class KeyStore {
 
   // --- audit and revocations -------------------------------------------------------------------------------
 
-  queryAudit(after: number, limit: number, deviceId: string | null, action: string | null): AuditRow[] {
+  /** Oldest first after `after`; with `before`, newest first below it. */
+  queryAudit(after: number, limit: number, deviceId: string | null, action: string | null, before?: number): AuditRow[] {
+    if (before !== undefined)
+      return this.s.queryAuditNewest!.all({ after, before, device: deviceId, action, limit }) as AuditRow[];
     return this.s.queryAudit!.all({ after, device: deviceId, action, limit }) as AuditRow[];
   }
 
