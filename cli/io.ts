@@ -25,9 +25,29 @@ export function quietOnBrokenPipe(): void {
       if (err.code !== 'EPIPE') throw err;
       if (closed[name]) return;
       closed[name] = true;
+      pipeBroken = true;
       process.emit('SIGTERM', 'SIGTERM');
     });
   }
+}
+
+let pipeBroken = false;
+
+/**
+ * Settles when the command should stop: Ctrl-C (SIGINT), SIGTERM, or a reader of its output that went away
+ * (also when that happened before this was asked, during start-up).
+ */
+export function stopRequested(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    if (pipeBroken) return resolve('SIGTERM');
+    const stop = (signal: NodeJS.Signals) => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      resolve(signal);
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
 }
 
 /** A usage mistake: exit status 2 and a hint to run --help. */
@@ -194,4 +214,38 @@ export function mqttFailureStatus(err: unknown): number {
   return code && /^(ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|EAI_AGAIN)$/.test(code)
     ? EXIT_UNREACHABLE
     : EXIT_FAILURE;
+}
+
+/** The words before the first option: `device add` in `qkey admin device add --help`. */
+export function leadingWords(argv: readonly string[]): string[] {
+  const words: string[] = [];
+  for (const a of argv) {
+    if (a.startsWith('-')) break;
+    if (a !== 'help') words.push(a);
+  }
+  return words;
+}
+
+/**
+ * A command's usage narrowed to the subcommand the user named: the blocks of its "Commands:" list that begin with
+ * those words, then everything after the list (the shared options). The whole usage when nothing matches.
+ */
+export function narrowUsage(usage: string, command: string, words: readonly string[]): string {
+  const lines = usage.split('\n');
+  const start = lines.indexOf('Commands:');
+  if (start < 0 || words.length === 0) return usage;
+  let end = lines.indexOf('', start);
+  if (end < 0) end = lines.length;
+  const blocks: string[][] = [];
+  for (const line of lines.slice(start + 1, end)) {
+    if (/^ {2}\S/.test(line)) blocks.push([line]);
+    else blocks.at(-1)?.push(line);
+  }
+  const prefix = words.join(' ');
+  const matching = blocks.filter((b) => {
+    const head = b[0]!.trim();
+    return head === prefix || head.startsWith(`${prefix} `);
+  });
+  if (matching.length === 0) return usage;
+  return [`Usage: qkey ${command} ${prefix} ...`, '', ...matching.flat(), ...lines.slice(end)].join('\n');
 }

@@ -123,6 +123,9 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       ...(options.logStream ? { stream: options.logStream } : {}),
     },
     bodyLimit: config.bodyLimit,
+    // Every request is logged once, when answered, at debug (below): at info a broker's revocation poll alone
+    // wrote a line a second. Answers of 500 and above are logged at warn by the error handler.
+    disableRequestLogging: true,
     // A request that stalls after its headers (a slow or never-sent body) must not hold its connection forever:
     // fastify's default is no limit, so a few thousand such connections from anyone used up the process's files.
     requestTimeout: REQUEST_TIMEOUT_MS,
@@ -179,6 +182,12 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
   });
 
   app.server.headersTimeout = HEADERS_TIMEOUT_MS;
+  app.addHook('onResponse', async (req, reply) => {
+    req.log.debug(
+      { method: req.method, url: req.url.split('?')[0], status: reply.statusCode, ms: Math.round(reply.elapsedTime) },
+      'request completed',
+    );
+  });
 
   // Who may call a route is decided by the group it is registered in, never by its URL.
   refuseUngroupedRoutes(app);
