@@ -63,7 +63,7 @@ function port(value: string, flag: string): number | null {
   try {
     return portFlag(value, flag);
   } catch {
-    throw new UsageError(`--${flag} must be a port number (0 to 65535) or "off", not ${JSON.stringify(value)}`);
+    throw new UsageError(`--${flag} must be a port number or "off" (0 to 65535), not ${JSON.stringify(value)}`);
   }
 }
 
@@ -98,8 +98,11 @@ export async function runBrokerCommand(argv: string[], io: CliIo): Promise<numbe
       // Checked with every other source against the schema (loadBrokerConfig), which names what is allowed.
       ...(values['log-level'] ? { logLevel: values['log-level'] as BrokerOverrides['logLevel'] } : {}),
     };
-    if (values['semi-space'] !== undefined)
-      overrides.semiSpaceMiB = intFlag(values['semi-space'], 'semi-space', 0, 65_536);
+    if (values['semi-space'] !== undefined) {
+      if (!/^\d+$/.test(values['semi-space']))
+        throw new UsageError(`--semi-space must be a whole number of MiB, not ${JSON.stringify(values['semi-space'])}`);
+      overrides.semiSpaceMiB = Number(values['semi-space']);
+    }
     const mqttL = plain(values.port, 'port');
     if (mqttL !== undefined) overrides.mqtt = mqttL;
     const tls = secure(values['tls-port'], 'tls-port');
@@ -118,8 +121,16 @@ export async function runBrokerCommand(argv: string[], io: CliIo): Promise<numbe
     io.err(`qkey broker: the key service at ${config.kmsUrl} did not answer within ${waitSeconds} s (--wait-kms)`);
     return EXIT_UNREACHABLE;
   }
-  const thread = config.semiSpaceMiB > 0 ? await startBrokerThread(config) : undefined;
-  const broker = thread ?? (await startBroker(config));
+  let thread, broker;
+  try {
+    thread = config.semiSpaceMiB > 0 ? await startBrokerThread(config) : undefined;
+    broker = thread ?? (await startBroker(config));
+  } catch (err) {
+    // The broker thread reports errors as plain ones: the key service's absence is recognised by its words.
+    if (!/key service unreachable/.test((err as Error).message)) throw err;
+    io.err(`qkey broker: ${(err as Error).message}`);
+    return EXIT_UNREACHABLE;
+  }
   const listening = Object.entries(broker.urls)
     .map(([k, v]) => `${k} ${v}`)
     .join(', ');

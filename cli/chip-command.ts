@@ -165,9 +165,16 @@ export async function runChipCommand(argv: string[], io: CliIo): Promise<number>
         return EXIT_OK;
       }
       case 'fill': {
+        // Every argument is checked before the PIN is asked for.
+        const topUp = values['top-up'] === undefined ? undefined : /^(\d+):(\d+)$/.exec(values['top-up']);
+        if (topUp === null) throw new UsageError('--top-up takes <low-water>:<target>, for example 32:256');
+        const up = count(values.up, 'up');
+        const down = count(values.down, 'down');
+        if (!topUp && up + down === 0 && !values['login-key'])
+          throw new UsageError('nothing to fill: give --up, --down or --login-key');
+        token = adminTokenFrom(values.token, values.data);
         const chip = SecurityChip.open(path, await readPin());
         try {
-          token = adminTokenFrom(values.token, values.data);
           const admin = new KmsClient(kmsUrl, { token: token.token });
           const machine = new FillingMachine(new Qrng(), admin, {
             issuer: () => loadIssuerKey(values.data),
@@ -176,19 +183,13 @@ export async function runChipCommand(argv: string[], io: CliIo): Promise<number>
           });
           const progress = (done: number, total: number) => io.err(`fill ${chip.deviceId}: ${done}/${total} keys`);
           let result;
-          if (values['top-up']) {
-            const m = /^(\d+):(\d+)$/.exec(values['top-up']);
-            if (!m) throw new UsageError('--top-up takes <low-water>:<target>, for example 32:256');
-            result = await machine.topUp(chip, Number(m[1]), Number(m[2]));
+          if (topUp) {
+            result = await machine.topUp(chip, Number(topUp[1]), Number(topUp[2]));
             if (!result) {
               io.out(`${chip.deviceId}: pools are above the low-water mark; nothing to do`);
               return EXIT_OK;
             }
           } else {
-            const up = count(values.up, 'up');
-            const down = count(values.down, 'down');
-            if (up + down === 0 && !values['login-key'])
-              throw new UsageError('nothing to fill: give --up, --down or --login-key');
             result = await machine.fill(chip, {
               up,
               down,

@@ -69,7 +69,7 @@ export function formatReport(r: SimReport): string {
         .map(([k, v]) => `${k} ${v}`)
         .join(', ') || 'none'
     }`,
-    ...(r.revoked > 0 ? [`cleanup    revoked the ${r.revoked} devices and application this run registered`] : []),
+    ...(r.revoked > 0 ? [`cleanup    revoked what this run registered: ${r.revoked} devices and applications`] : []),
     r.ok ? 'result     OK' : `result     FAILED: ${r.failures.join('; ')}`,
   ].join('\n');
 }

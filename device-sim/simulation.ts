@@ -274,7 +274,12 @@ export async function runSimulation(o: SimOptions): Promise<SimReport> {
           .finally(() => inFlight--);
       };
       // Spread devices over the period so they do not all publish in the same instant.
-      timers.push(setTimeout(() => timers.push(setInterval(tick, period)), Math.random() * period));
+      timers.push(
+        setTimeout(() => {
+          tick();
+          timers.push(setInterval(tick, period));
+        }, Math.random() * period),
+      );
     }
     let n = 0;
     if (o.commandRate && o.commandRate > 0) {

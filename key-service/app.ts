@@ -2,7 +2,13 @@
 import { readFileSync } from 'node:fs';
 import type { ServerOptions as HttpsServerOptions } from 'node:https';
 import type { Writable } from 'node:stream';
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, {
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  LogController,
+} from 'fastify';
 import { callerGroup, refuseUngroupedRoutes } from './access.js';
 import { canonicalUrl } from './canonical-url.js';
 import { ClaimQueue } from './claims.js';
@@ -76,6 +82,20 @@ function errorBody(code: KmsErrorCode, message: string, details: Array<Record<st
   return { message, code, details };
 }
 
+/**
+ * Routine request lines ("incoming request", "request completed") at debug: at info a broker's revocation poll
+ * alone wrote two lines a second. Failed requests keep fastify's levels, and the error handler warns on 5xx.
+ */
+class QuietRequestLog extends LogController {
+  override incomingRequest(request: FastifyRequest): void {
+    request.log.debug({ req: request }, 'incoming request');
+  }
+  override requestCompleted(error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    if (error) super.requestCompleted(error, request, reply);
+    else reply.log.debug({ res: reply, responseTime: reply.elapsedTime }, 'request completed');
+  }
+}
+
 export async function buildKms(config: Readonly<KmsConfig>, options: BuildOptions = {}): Promise<Kms> {
   const db = openDataDir(config.dataDir);
   try {
@@ -123,9 +143,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       ...(options.logStream ? { stream: options.logStream } : {}),
     },
     bodyLimit: config.bodyLimit,
-    // Every request is logged once, when answered, at debug (below): at info a broker's revocation poll alone
-    // wrote a line a second. Answers of 500 and above are logged at warn by the error handler.
-    disableRequestLogging: true,
+    logController: new QuietRequestLog(),
     // A request that stalls after its headers (a slow or never-sent body) must not hold its connection forever:
     // fastify's default is no limit, so a few thousand such connections from anyone used up the process's files.
     requestTimeout: REQUEST_TIMEOUT_MS,
@@ -182,12 +200,6 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
   });
 
   app.server.headersTimeout = HEADERS_TIMEOUT_MS;
-  app.addHook('onResponse', async (req, reply) => {
-    req.log.debug(
-      { method: req.method, url: req.url.split('?')[0], status: reply.statusCode, ms: Math.round(reply.elapsedTime) },
-      'request completed',
-    );
-  });
 
   // Who may call a route is decided by the group it is registered in, never by its URL.
   refuseUngroupedRoutes(app);
