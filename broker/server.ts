@@ -392,8 +392,11 @@ export async function startBroker(
       tokens.stop();
       kmsSession.stop();
       for (const w of wsServers) w.close();
-      await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+      // Stop accepting, then close the clients (aedes.close): a server's close waits for its open connections, so
+      // awaiting it first kept a stopping broker (Ctrl-C) alive as long as any client stayed connected.
+      const listenersClosed = servers.map((s) => new Promise<void>((r) => s.close(() => r())));
       await new Promise<void>((r) => aedes.close(() => r()));
+      await Promise.all(listenersClosed);
       await plugin.close();
     },
   };
