@@ -2,14 +2,14 @@
 // own words with exit 2, URLs without a scheme named as such, unreachable peers exit 3, the audit log newest
 // first with paging, the key service's request lines at debug, and output into a closed pipe ending quietly.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseArgsMessage } from '../../cli/io.js';
 import { runQkey as run } from '../helpers/cli.js';
 import { removeDir, startTestKms, type TestKms, tempDir } from '../helpers/kms.js';
-import { QKEY_BIN } from '../helpers/process.js';
+import { QKEY_BIN, spawnQkey } from '../helpers/process.js';
 
 describe('help', () => {
   const commands: Array<[string[], RegExp]> = [
@@ -203,6 +203,28 @@ describe('against a key service', () => {
       removeDir(debug.dataDir);
     }
   });
+});
+
+describe('qkey kms --log-file', () => {
+  it('writes the log to the file (0600), requests at debug, and only the start line to stdout', async () => {
+    const data = tempDir('qkey-kms-log-');
+    const log = join(data, 'kms.log');
+    try {
+      expect((await run('kms', 'init', '--data', join(data, 'd'))).code).toBe(0);
+      const kms = await spawnQkey(
+        ['kms', '--data', join(data, 'd'), '--port', '0', '--log-file', log, '--log-level', 'debug'],
+        /listening on (http:\S+)/,
+      );
+      await fetch(`${kms.ready}/healthz`);
+      expect(await kms.stop()).toBe(0);
+      expect(kms.output()).not.toMatch(/"msg"/);
+      const text = readFileSync(log, 'utf8');
+      expect(text).toMatch(/"level":20,[^\n]*"msg":"request completed"/);
+      expect(statSync(log).mode & 0o777).toBe(0o600);
+    } finally {
+      removeDir(data);
+    }
+  }, 30_000);
 });
 
 describe('a closed pipe', () => {
