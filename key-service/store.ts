@@ -543,7 +543,13 @@ export class KeyStore {
   // --- audit and revocations -------------------------------------------------------------------------------
 
   /** Oldest first after `after`; with `before`, newest first below it. */
-  queryAudit(after: number, limit: number, deviceId: string | null, action: string | null, before?: number): AuditRow[] {
+  queryAudit(
+    after: number,
+    limit: number,
+    deviceId: string | null,
+    action: string | null,
+    before?: number,
+  ): AuditRow[] {
     if (before !== undefined)
       return this.s.queryAuditNewest!.all({ after, before, device: deviceId, action, limit }) as AuditRow[];
     return this.s.queryAudit!.all({ after, device: deviceId, action, limit }) as AuditRow[];

@@ -63,7 +63,9 @@ function causeChain(cause: unknown): string {
   const parts: string[] = [];
   let e = cause as { message?: string; code?: string; cause?: unknown } | undefined;
   for (let depth = 0; e && depth < 4; depth++, e = e.cause as typeof e) {
-    const text = (e.code && !String(e.message).includes(e.code) ? `${e.code} ${e.message ?? ''}` : String(e.message ?? e)).trim();
+    const text = (
+      e.code && !String(e.message).includes(e.code) ? `${e.code} ${e.message ?? ''}` : String(e.message ?? e)
+    ).trim();
     if (text && !parts.includes(text)) parts.push(text);
   }
   return parts.join(': ') || String(cause);
