@@ -14,7 +14,6 @@ import {
   leadingWords,
   narrowUsage,
   parseCommandLine,
-  portFlag,
   stopRequested,
   UsageError,
   wantsHelp,
@@ -57,7 +56,12 @@ const OPTIONS = {
 function overridesFrom(values: { host?: string; port?: string; data?: string; 'log-level'?: string }): KmsOverrides {
   const o: KmsOverrides = {};
   if (values.host !== undefined) o.host = values.host;
-  if (values.port !== undefined) o.port = portFlag(values.port, 'port');
+  // Only the spelling is checked here; the range with every other source against the schema (loadKmsConfig).
+  if (values.port !== undefined) {
+    if (!/^\d+$/.test(values.port))
+      throw new UsageError(`--port must be a whole number from 0 to 65535, not ${JSON.stringify(values.port)}`);
+    o.port = Number(values.port);
+  }
   if (values.data !== undefined) o.dataDir = values.data;
   // Checked with every other source against the schema (loadKmsConfig), which names what is allowed.
   if (values['log-level'] !== undefined) o.logLevel = values['log-level'] as KmsOverrides['logLevel'];
