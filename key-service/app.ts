@@ -2,7 +2,13 @@
 import { readFileSync } from 'node:fs';
 import type { ServerOptions as HttpsServerOptions } from 'node:https';
 import type { Writable } from 'node:stream';
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, {
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  LogController,
+} from 'fastify';
 import { callerGroup, refuseUngroupedRoutes } from './access.js';
 import { canonicalUrl } from './canonical-url.js';
 import { ClaimQueue } from './claims.js';
@@ -79,6 +85,20 @@ function errorBody(code: KmsErrorCode, message: string, details: Array<Record<st
   return { message, code, details };
 }
 
+/**
+ * Routine request lines ("incoming request", "request completed") at debug: at info a broker's revocation poll
+ * alone wrote two lines a second. Failed requests keep fastify's levels, and the error handler warns on 5xx.
+ */
+class QuietRequestLog extends LogController {
+  override incomingRequest(request: FastifyRequest): void {
+    request.log.debug({ req: request }, 'incoming request');
+  }
+  override requestCompleted(error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    if (error) super.requestCompleted(error, request, reply);
+    else reply.log.debug({ res: reply, responseTime: reply.elapsedTime }, 'request completed');
+  }
+}
+
 export async function buildKms(config: Readonly<KmsConfig>, options: BuildOptions = {}): Promise<Kms> {
   const db = openDataDir(config.dataDir);
   try {
@@ -127,6 +147,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       ...(options.logStream ? { stream: options.logStream } : {}),
     },
     bodyLimit: config.bodyLimit,
+    logController: new QuietRequestLog(),
     // A request that stalls after its headers (a slow or never-sent body) must not hold its connection forever:
     // fastify's default is no limit, so a few thousand such connections from anyone used up the process's files.
     requestTimeout: REQUEST_TIMEOUT_MS,

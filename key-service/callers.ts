@@ -125,7 +125,10 @@ export function authenticateBroker(ctx: KmsContext, req: FastifyRequest): Caller
 
 /** Admin group: the admin bearer token, compared in constant time. */
 export function authenticateAdmin(ctx: KmsContext, req: FastifyRequest): Caller {
-  if (!secretEquals(bearer(authorizationHeader(req)), ctx.adminToken)) throw unauthorized('admin token required');
+  const header = authorizationHeader(req);
+  if (header === undefined) throw unauthorized('admin token required');
+  // A token that was sent but is not the admin token is refused in words of its own, not reported as missing.
+  if (!secretEquals(bearer(header), ctx.adminToken)) throw unauthorized('admin token refused');
   return { role: 'admin' };
 }
 

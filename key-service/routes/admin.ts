@@ -156,7 +156,8 @@ export function adminRoutes(app: RouteScope, ctx: KmsContext): void {
 
   app.get('/api/v1/admin/audit', { schema: wire.auditRoute }, async (req) => {
     const limit = req.query.limit ?? 100;
-    const rows = store.queryAudit(req.query.after ?? 0, limit, req.query.device_id ?? null, req.query.action ?? null);
+    const { after = 0, before, device_id = null, action = null } = req.query;
+    const rows = store.queryAudit(after, limit, device_id, action, before);
     return {
       entries: rows.map((r) => ({ ...r, detail: r.detail ? JSON.parse(r.detail) : null })),
       ...(rows.length === limit ? { next: rows[rows.length - 1]!.id } : {}),
