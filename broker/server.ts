@@ -4,7 +4,7 @@ import type { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import { createServer as createNetServer, type Server as NetServer } from 'node:net';
+import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer, type TLSSocket, type TlsOptions } from 'node:tls';
 import { Aedes } from 'aedes';
 import { pino, type Logger } from 'pino';
@@ -336,6 +336,15 @@ export async function startBroker(
   });
 
   const servers: Array<NetServer | HttpServer> = [];
+  // Every open connection of every listener, so that close() can end those Aedes does not know (before CONNECT).
+  const sockets = new Set<Socket>();
+  const keep = (server: NetServer | HttpServer) => {
+    server.on('connection', (socket: Socket) => {
+      sockets.add(socket);
+      socket.once('close', () => sockets.delete(socket));
+    });
+    servers.push(server);
+  };
   const wsServers: WebSocketServer[] = [];
   const urls: RunningBroker['urls'] = {};
   const host = config.host.includes(':') ? `[${config.host}]` : config.host;
@@ -345,7 +354,7 @@ export async function startBroker(
         coalesceWrites(socket);
         serve(socket, socket.remoteAddress);
       });
-      servers.push(s);
+      keep(s);
       urls.mqtt = `mqtt://${host}:${await listen(s, config.mqtt.port, config.host)}`;
     }
     if (config.tls) {
@@ -353,7 +362,7 @@ export async function startBroker(
         coalesceWrites(socket);
         serve(socket, socket.remoteAddress, socket);
       });
-      servers.push(s);
+      keep(s);
       urls.mqtts = `mqtts://${host}:${await listen(s, config.tls.port, config.host)}`;
     }
     for (const [kind, l] of [
@@ -374,7 +383,7 @@ export async function startBroker(
           req,
         ),
       );
-      servers.push(http);
+      keep(http);
       wsServers.push(wss);
       urls[kind] = `${kind}://${host}:${await listen(http, l.port, config.host)}`;
     }
@@ -400,7 +409,7 @@ export async function startBroker(
           );
         } else res.writeHead(404).end();
       });
-      servers.push(s);
+      keep(s);
       urls.http = `http://${host}:${await listen(s, config.http.port, config.host)}`;
     }
   } catch (err) {
@@ -424,8 +433,12 @@ export async function startBroker(
       policy.stop();
       kmsSession.stop();
       for (const w of wsServers) w.close();
-      await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+      // Stop accepting, then close the clients (aedes.close): a server's close waits for its open connections, so
+      // awaiting it first kept a stopping broker (Ctrl-C) alive as long as any client stayed connected.
+      const listenersClosed = servers.map((s) => new Promise<void>((r) => s.close(() => r())));
       await new Promise<void>((r) => aedes.close(() => r()));
+      for (const socket of sockets) socket.destroy();
+      await Promise.all(listenersClosed);
       await plugin.close();
     },
   };

@@ -1,12 +1,23 @@
 // `qkey admin ...`: the administrator's commands over the key service's admin API.
-import { join } from 'node:path';
-import { parseArgs } from 'node:util';
-import { KmsClient, KmsHttpError, KmsUnreachableError } from '../kms-api/client.js';
+import { type AuditJson, KmsClient } from '../kms-api/client.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
-import { ADMIN_TOKEN_FILE, findAdminToken } from '../common/admin-token.js';
+import { adminTokenFrom, namedAdminRefusal } from './admin-token.js';
 import { POLICY_OPTIONS, POLICY_USAGE, runPolicyCommand } from './admin-policy.js';
 import { isAppSm2PublicKey } from '../protocol/index.js';
-import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, idArgument, UsageError } from './io.js';
+import {
+  type CliIo,
+  EXIT_OK,
+  EXIT_USAGE,
+  idArgument,
+  intFlag,
+  kmsUrlFrom,
+  leadingWords,
+  narrowUsage,
+  parseCommandLine,
+  sharedFailure,
+  UsageError,
+  wantsHelp,
+} from './io.js';
 
 export const DEFAULT_KMS_URL = `http://127.0.0.1:${KMS_DEFAULTS.port}`;
 
@@ -21,23 +32,30 @@ Commands:
   device revoke <id> [--reason <text>]  revoke: tokens stop working, unused keys are destroyed
   device keys <id>                      every key of the device and its state (never key bytes)
   app add <id> [--publish <filter>]... [--subscribe <filter>]... [--sm2-public-key <hex>]
-                                       prints the client secret once; an SM2 public key (04 || x || y, 130 hex
-                                       digits) opts the app in to session keys
-  app list | app revoke <id>
+                                        register an application; prints the client secret once; an SM2 public
+                                        key (04 || x || y, 130 hex digits) opts it in to session keys
+  app list                              applications and their topic permissions
+  app revoke <id>                       revoke an application: its tokens stop working
   broker add <id> [--cert-fingerprint <sha256> | --cert-subject <dn>]
                                         prints the client secret once; a TLS client certificate with this
                                         SHA-256 fingerprint (hex, colons optional) or subject (RFC 4514, e.g.
                                         CN=broker-1,O=Example) then identifies the broker without a token
-  broker list | broker revoke <id>
+  broker list                           registered brokers
+  broker revoke <id>                    revoke a broker: its tokens stop working
   pools [--low]                         unused keys per device and fill batches pending too long;
                                         --low: only devices below low-water
-  audit [--device <id>] [--action <a>] [--after <n>] [--limit <n>]
+  audit [--device <id>] [--action <a>] [--limit <n>] [--before <id> | --after <id> | --all]
+                                        the audit log, newest first, --limit entries (default 100, at most
+                                        1000); says when there are older ones: page back with --before <id>,
+                                        or --all for everything; --after <id> reads oldest first from an id
 ${POLICY_USAGE}
 
   --kms <url>    key service (default ${DEFAULT_KMS_URL}; env QKEY_KMS_URL)
   --token <t>    admin token (env QKEY_ADMIN_TOKEN; default: read <data>/admin-token)
   --data <dir>   the key service's data folder, to find the admin token (default ./data)
-  --json         print the API's JSON instead of text`;
+  --json         print the API's JSON instead of text
+Exit status: 0 ok, 1 refused by the key service (its error code is printed), 2 usage error, 3 key service
+unreachable.`;
 
 const OPTIONS = {
   kms: { type: 'string' },
@@ -47,6 +65,8 @@ const OPTIONS = {
   serial: { type: 'string' },
   reason: { type: 'string' },
   after: { type: 'string' },
+  before: { type: 'string' },
+  all: { type: 'boolean' },
   limit: { type: 'string' },
   publish: { type: 'string', multiple: true },
   subscribe: { type: 'string', multiple: true },
@@ -69,14 +89,6 @@ export function normalizeFingerprint(text: string): string {
   if (!/^[0-9A-F]{64}$/.test(hex))
     throw new UsageError('--cert-fingerprint must be a SHA-256 fingerprint (64 hex digits)');
   return hex.match(/../g)!.join(':');
-}
-
-export function adminTokenFrom(flag: string | undefined, dataDir: string): string {
-  const token = flag || findAdminToken(dataDir);
-  if (token) return token;
-  throw new UsageError(
-    `no admin token: pass --token, set QKEY_ADMIN_TOKEN, or point --data at the key service's folder (${join(dataDir, ADMIN_TOKEN_FILE)} not found)`,
-  );
 }
 
 function brokerCertificate(fingerprint: string | undefined, subject: string | undefined) {
@@ -123,19 +135,53 @@ function table(rows: Array<Record<string, unknown>>, columns: string[]): string 
     .join('\n');
 }
 
+/** Newest first below --before (default: from the newest); oldest first from --after; every page with --all. */
+async function readAudit(
+  client: KmsClient,
+  values: { after?: string; before?: string; all?: boolean; device?: string; action?: string },
+  limit: number | undefined,
+): Promise<AuditJson> {
+  if (values.after !== undefined && values.before !== undefined)
+    throw new UsageError('give --after or --before, not both');
+  const filters = {
+    ...(values.device ? { device_id: values.device } : {}),
+    ...(values.action ? { action: values.action } : {}),
+  };
+  const pageSize = values.all ? 1000 : (limit ?? 100);
+  const cursor =
+    values.after !== undefined
+      ? { after: intFlag(values.after, 'after', 0, Number.MAX_SAFE_INTEGER) }
+      : {
+          before:
+            values.before === undefined
+              ? Number.MAX_SAFE_INTEGER
+              : intFlag(values.before, 'before', 1, Number.MAX_SAFE_INTEGER),
+        };
+  const entries: AuditJson['entries'] = [];
+  let page = await client.audit({ ...cursor, ...filters, limit: pageSize });
+  entries.push(...page.entries);
+  while (values.all && page.next !== undefined) {
+    const next = 'after' in cursor ? { after: page.next } : { before: page.next };
+    page = await client.audit({ ...next, ...filters, limit: pageSize });
+    entries.push(...page.entries);
+  }
+  return { entries, ...(page.next !== undefined && !values.all ? { next: page.next } : {}) };
+}
+
 export async function runAdminCommand(argv: string[], io: CliIo): Promise<number> {
+  if (wantsHelp(argv)) {
+    io.out(narrowUsage(ADMIN_USAGE, 'admin', leadingWords(argv)));
+    return EXIT_OK;
+  }
+  const { values, positionals } = parseCommandLine(argv, { options: OPTIONS, allowPositionals: true });
+  if (positionals.length === 0) {
+    io.err(ADMIN_USAGE);
+    return EXIT_USAGE;
+  }
+  const token = adminTokenFrom(values.token, values.data);
   try {
-    const { values, positionals } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
-    if (values.help || positionals.length === 0) {
-      io.out(ADMIN_USAGE);
-      return values.help ? EXIT_OK : EXIT_USAGE;
-    }
-    const client = new KmsClient(values.kms ?? process.env.QKEY_KMS_URL ?? DEFAULT_KMS_URL, {
-      token: adminTokenFrom(values.token, values.data),
-    });
-    const limit = values.limit === undefined ? undefined : Number(values.limit);
-    if (limit !== undefined && !(Number.isInteger(limit) && limit > 0))
-      throw new UsageError('--limit must be a positive integer');
+    const client = new KmsClient(kmsUrlFrom(values.kms, DEFAULT_KMS_URL), { token: token.token });
+    const limit = values.limit === undefined ? undefined : intFlag(values.limit, 'limit', 1, 1000);
     const print = (json: unknown, text: () => string) => io.out(values.json ? JSON.stringify(json, null, 2) : text());
     const [resource, action] = positionals;
     const command = action ? `${resource} ${action}` : resource!;
@@ -243,21 +289,24 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
         break;
       }
       case 'audit': {
-        const r = await client.audit({
-          ...(values.after ? { after: Number(values.after) } : {}),
-          ...(limit ? { limit } : {}),
-          ...(values.device ? { device_id: values.device } : {}),
-          ...(values.action ? { action: values.action } : {}),
-        });
-        print(r, () =>
-          table(
-            r.entries.map((e) => ({
-              ...e,
-              at: new Date(e.at).toISOString(),
-              detail: e.detail ? JSON.stringify(e.detail) : '',
-            })),
-            ['id', 'at', 'actor', 'action', 'device_id', 'detail'],
-          ),
+        const r = await readAudit(client, values, limit);
+        const more =
+          r.next === undefined
+            ? ''
+            : values.after !== undefined
+              ? `\n(there are newer entries: --after ${r.next}, or --all)`
+              : `\n(there are older entries: --before ${r.next}, or --all)`;
+        print(
+          r,
+          () =>
+            table(
+              r.entries.map((e) => ({
+                ...e,
+                at: new Date(e.at).toISOString(),
+                detail: e.detail ? JSON.stringify(e.detail) : '',
+              })),
+              ['id', 'at', 'actor', 'action', 'device_id', 'detail'],
+            ) + more,
         );
         break;
       }
@@ -270,18 +319,9 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
     }
     return EXIT_OK;
   } catch (err) {
-    if (err instanceof KmsHttpError) {
-      io.err(`qkey admin: ${err.code}: ${err.message}`);
-      return EXIT_FAILURE;
-    }
-    if (err instanceof KmsUnreachableError) {
-      io.err(`qkey admin: ${err.message}`);
-      return EXIT_FAILURE;
-    }
-    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      io.err(`qkey admin: ${(err as Error).message} (see qkey admin --help)`);
-      return EXIT_USAGE;
-    }
-    throw err;
+    const failed = namedAdminRefusal(err, token);
+    const status = sharedFailure(failed, 'qkey admin', io);
+    if (status !== undefined) return status;
+    throw failed;
   }
 }

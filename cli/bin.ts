@@ -10,5 +10,7 @@ if (unsupported) {
   process.exitCode = 1;
 } else {
   const { main } = await import('./qkey.js');
+  const { quietOnBrokenPipe } = await import('./io.js');
+  quietOnBrokenPipe();
   process.exitCode = await main(process.argv.slice(2));
 }

@@ -1,5 +1,4 @@
 // `qkey chip ...`: personalise, fill, inspect and log in with emulated security chips.
-import { parseArgs } from 'node:util';
 import { SecurityChip } from '../hsm-emulator/chip.js';
 import { ChipError } from '../hsm-emulator/chip-errors.js';
 import {
@@ -11,11 +10,26 @@ import {
 } from '../hsm-emulator/filling-machine.js';
 import { loadIssuerKey } from '../hsm-emulator/issuer-key.js';
 import { Qrng, QrngHealthError } from '../hsm-emulator/qrng.js';
-import { KmsClient, KmsHttpError, KmsUnreachableError } from '../kms-api/client.js';
+import { KmsClient } from '../kms-api/client.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
 import { parseSuite, type SuiteId } from '../protocol/index.js';
-import { adminTokenFrom, DEFAULT_KMS_URL } from './admin-command.js';
-import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, idArgument, UsageError } from './io.js';
+import { DEFAULT_KMS_URL } from './admin-command.js';
+import { adminTokenFrom, namedAdminRefusal } from './admin-token.js';
+import {
+  type CliIo,
+  EXIT_FAILURE,
+  EXIT_OK,
+  EXIT_USAGE,
+  idArgument,
+  intFlag,
+  kmsUrlFrom,
+  leadingWords,
+  narrowUsage,
+  parseCommandLine,
+  sharedFailure,
+  UsageError,
+  wantsHelp,
+} from './io.js';
 import { readNewPin, readPin } from './pin.js';
 
 export const CHIP_USAGE = `Usage: qkey chip <command> --chip <file> [options]
@@ -40,7 +54,9 @@ Commands:
   --token <t>     admin token for fill (env QKEY_ADMIN_TOKEN; default: <data>/admin-token)
   --data <dir>    the key service's data folder: admin token, and the filling station's batch-signing
                   key fill-issuer.sm2 (created on first use; default ./data)
-The PIN comes from QKEY_CHIP_PIN, or a prompt on the terminal (init asks twice).`;
+The PIN comes from QKEY_CHIP_PIN, or a prompt on the terminal (init asks twice).
+Exit status: 0 ok, 1 refused (the chip's or the key service's error code is printed), 2 usage error, 3 key
+service unreachable.`;
 
 const OPTIONS = {
   chip: { type: 'string' },
@@ -61,9 +77,7 @@ const OPTIONS = {
 } as const;
 
 function count(value: string, flag: string): number {
-  if (!/^\d+$/.test(value) || Number(value) > 1_000_000)
-    throw new UsageError(`--${flag} must be an integer in [0, 1000000]`);
-  return Number(value);
+  return intFlag(value, flag, 0, 1_000_000);
 }
 
 function suiteList(value: string): SuiteId[] {
@@ -92,17 +106,22 @@ function crashHook(point: string | undefined): { crashPoint?: (p: FillCrashPoint
 }
 
 export async function runChipCommand(argv: string[], io: CliIo): Promise<number> {
+  if (wantsHelp(argv)) {
+    io.out(narrowUsage(CHIP_USAGE, 'chip', leadingWords(argv)));
+    return EXIT_OK;
+  }
   let action: string | undefined;
+  let token: ReturnType<typeof adminTokenFrom> | undefined;
   try {
-    const { values, positionals } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+    const { values, positionals } = parseCommandLine(argv, { options: OPTIONS, allowPositionals: true });
     action = positionals[0];
-    if (values.help || !action) {
-      io.out(CHIP_USAGE);
-      return values.help ? EXIT_OK : EXIT_USAGE;
+    if (!action) {
+      io.err(CHIP_USAGE);
+      return EXIT_USAGE;
     }
     const path = values.chip;
     if (!path) throw new UsageError('missing --chip <file>');
-    const kmsUrl = values.kms ?? process.env.QKEY_KMS_URL ?? DEFAULT_KMS_URL;
+    const kmsUrl = kmsUrlFrom(values.kms, DEFAULT_KMS_URL);
 
     switch (action) {
       case 'init': {
@@ -146,9 +165,17 @@ export async function runChipCommand(argv: string[], io: CliIo): Promise<number>
         return EXIT_OK;
       }
       case 'fill': {
+        // Every argument is checked before the PIN is asked for.
+        const topUp = values['top-up'] === undefined ? undefined : /^(\d+):(\d+)$/.exec(values['top-up']);
+        if (topUp === null) throw new UsageError('--top-up takes <low-water>:<target>, for example 32:256');
+        const up = count(values.up, 'up');
+        const down = count(values.down, 'down');
+        if (!topUp && up + down === 0 && !values['login-key'])
+          throw new UsageError('nothing to fill: give --up, --down or --login-key');
+        token = adminTokenFrom(values.token, values.data);
         const chip = SecurityChip.open(path, await readPin());
         try {
-          const admin = new KmsClient(kmsUrl, { token: adminTokenFrom(values.token, values.data) });
+          const admin = new KmsClient(kmsUrl, { token: token.token });
           const machine = new FillingMachine(new Qrng(), admin, {
             issuer: () => loadIssuerKey(values.data),
             onEvent: (e) => io.out(describeFillEvent(e)),
@@ -156,19 +183,13 @@ export async function runChipCommand(argv: string[], io: CliIo): Promise<number>
           });
           const progress = (done: number, total: number) => io.err(`fill ${chip.deviceId}: ${done}/${total} keys`);
           let result;
-          if (values['top-up']) {
-            const m = /^(\d+):(\d+)$/.exec(values['top-up']);
-            if (!m) throw new UsageError('--top-up takes <low-water>:<target>, for example 32:256');
-            result = await machine.topUp(chip, Number(m[1]), Number(m[2]));
+          if (topUp) {
+            result = await machine.topUp(chip, Number(topUp[1]), Number(topUp[2]));
             if (!result) {
               io.out(`${chip.deviceId}: pools are above the low-water mark; nothing to do`);
               return EXIT_OK;
             }
           } else {
-            const up = count(values.up, 'up');
-            const down = count(values.down, 'down');
-            if (up + down === 0 && !values['login-key'])
-              throw new UsageError('nothing to fill: give --up, --down or --login-key');
             result = await machine.fill(chip, {
               up,
               down,
@@ -213,18 +234,17 @@ export async function runChipCommand(argv: string[], io: CliIo): Promise<number>
     }
   } catch (err) {
     const prefix = `qkey chip${action ? ` ${action}` : ''}`;
-    if (err instanceof ChipError || err instanceof KmsHttpError) {
-      io.err(`${prefix}: ${err.code}: ${err.message}`);
+    const failed = token ? namedAdminRefusal(err, token) : err;
+    if (failed instanceof ChipError) {
+      io.err(`${prefix}: ${failed.code}: ${failed.message}`);
       return EXIT_FAILURE;
     }
-    if (err instanceof QrngHealthError || err instanceof KmsUnreachableError || err instanceof FillError) {
-      io.err(`${prefix}: ${err.message}`);
+    if (failed instanceof QrngHealthError || failed instanceof FillError) {
+      io.err(`${prefix}: ${failed.message}`);
       return EXIT_FAILURE;
     }
-    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      io.err(`${prefix}: ${(err as Error).message} (see qkey chip --help)`);
-      return EXIT_USAGE;
-    }
-    throw err;
+    const status = sharedFailure(failed, prefix, io);
+    if (status !== undefined) return status;
+    throw failed;
   }
 }

@@ -2,7 +2,6 @@
 // broker, demo devices on emulated chips filled from the QRNG, and a dashboard application, shown live.
 import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { loadBrokerConfig } from '../broker/config.js';
 import { startBroker } from '../broker/server.js';
@@ -18,14 +17,21 @@ import { ensureDataDir } from '../key-service/data-dir.js';
 import { lockDataDir } from '../key-service/lock.js';
 import { readSecretFile, writeSecretFile } from '../common/secret-file.js';
 import { startKms } from '../key-service/server.js';
-import { type CliIo, EXIT_OK, EXIT_USAGE } from './io.js';
+import { type CliIo, EXIT_OK, intFlag, parseCommandLine, portFlag, stopRequested, wantsHelp } from './io.js';
 
 export const DEMO_USAGE = `Usage: qkey demo [--devices <n>] [--interval <ms>] [--duration <s>] [--data <dir>]
                  [--kms-port <n>] [--mqtt-port <n>] [--http-port <n>]
 
 Starts the key service and the broker with embedded defaults, fills demo chips from the QRNG (or tops up the
 ones from a previous run), connects the devices and a dashboard application, and shows the traffic live.
-Ctrl-C stops everything. --duration stops after that many seconds (0: run until Ctrl-C).
+Ctrl-C stops everything.
+  --devices <n>    demo devices, 1 to 100 (default 4)
+  --interval <ms>  telemetry period of each device, 50 to 3600000 ms (default 1000); the dashboard sends a
+                   command every 5 periods, to the devices in turn
+  --duration <s>   stop after that many seconds (default 0: run until Ctrl-C)
+  --data <dir>     the demo's key service, chips and logs (default ./data)
+  --kms-port, --mqtt-port, --http-port <n>   ports on 127.0.0.1 (defaults 7070, 1883, 9090; 0: any free one)
+Downlink keys rotate after 2 commands, so the status line shows a rotation within the first minute.
 Demo chips use the PIN in QKEY_DEMO_PIN (default "demo-pin"): demo only.`;
 
 const OPTIONS = {
@@ -53,25 +59,21 @@ async function appSecret(admin: KmsClient, dataDir: string, appId: string): Prom
 }
 
 export async function runDemoCommand(argv: string[], io: CliIo): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({ args: argv, options: OPTIONS, strict: true }));
-  } catch (err) {
-    io.err(`qkey demo: ${(err as Error).message} (see qkey demo --help)`);
-    return EXIT_USAGE;
-  }
-  if (values.help) {
+  if (wantsHelp(argv)) {
     io.out(DEMO_USAGE);
     return EXIT_OK;
   }
-  const count = Math.max(1, Math.min(100, Number(values.devices) || 4));
-  const interval = Math.max(50, Number(values.interval) || 1000);
-  const duration = Math.max(0, Number(values.duration) || 0);
+  const { values } = parseCommandLine(argv, { options: OPTIONS });
+  const count = intFlag(values.devices, 'devices', 1, 100);
+  const interval = intFlag(values.interval, 'interval', 50, 3_600_000);
+  const duration = intFlag(values.duration, 'duration', 0, 31_536_000);
+  const ports = {
+    kms: portFlag(values['kms-port'], 'kms-port'),
+    mqtt: portFlag(values['mqtt-port'], 'mqtt-port'),
+    http: portFlag(values['http-port'], 'http-port'),
+  };
   const pin = process.env.QKEY_DEMO_PIN ?? 'demo-pin';
-  const kmsConfig = loadKmsConfig(
-    { dataDir: values.data, port: Number(values['kms-port']), logLevel: 'info' },
-    { env: {} },
-  );
+  const kmsConfig = loadKmsConfig({ dataDir: values.data, port: ports.kms, logLevel: 'info' }, { env: {} });
   const dataDir = kmsConfig.dataDir;
   // The demo keeps its own key service: created on the first run, reused (and checked for damage) afterwards.
   for (const item of ensureDataDir(dataDir)) io.out(`qkey demo: created ${item}`);
@@ -92,9 +94,10 @@ export async function runDemoCommand(argv: string[], io: CliIo): Promise<number>
         {
           dataDir,
           kmsUrl: kms.url,
-          mqtt: { port: Number(values['mqtt-port']) },
-          http: { port: Number(values['http-port']) },
-          rotation: { messages: 20, bytes: 1 << 20, seconds: 600 }, // low, so the demo shows rotations
+          mqtt: { port: ports.mqtt },
+          http: { port: ports.http },
+          // Low, so the demo shows a downlink key rotation within its first minute (a device's third command).
+          rotation: { messages: 2, bytes: 1 << 20, seconds: 600 },
         },
         { env: {} },
       ),
@@ -170,13 +173,13 @@ export async function runDemoCommand(argv: string[], io: CliIo): Promise<number>
       const { hostname, port } = new URL(broker.urls.mqtt!);
       io.out(`\nConnect your own client (app token valid ${expires_in / 60} min; telemetry arrives as plaintext):`);
       io.out(
-        `  mosquitto_sub -h ${hostname} -p ${port} -i demo-guest/1 -u demo-guest -P '${access_token}' -t 'devices/+/up/#' -v`,
+        `  mosquitto_sub -h ${hostname} -p ${port} -i demo-guest/sub -u demo-guest -P '${access_token}' -t 'devices/+/up/#' -v`,
       );
       io.out(
-        `  mosquitto_pub -h ${hostname} -p ${port} -i demo-guest/1 -u demo-guest -P '${access_token}' -t devices/${devices[0]!.id}/down/cmd -q 1 -m hello`,
+        `  mosquitto_pub -h ${hostname} -p ${port} -i demo-guest/pub -u demo-guest -P '${access_token}' -t devices/${devices[0]!.id}/down/cmd -q 1 -m hello`,
       );
       io.out(
-        `  mqtt.js: mqtt.connect('${broker.urls.mqtt}', { clientId: 'demo-guest/1', username: 'demo-guest', password: '<the token above>' })`,
+        `  mqtt.js: mqtt.connect('${broker.urls.mqtt}', { clientId: 'demo-guest/app', username: 'demo-guest', password: '<the token above>' })`,
       );
       io.out(`Ctrl-C stops the demo.\n`);
     }
@@ -209,11 +212,10 @@ export async function runDemoCommand(argv: string[], io: CliIo): Promise<number>
       clearInterval(statusTimer);
     });
 
-    await new Promise<void>((resolve) => {
-      process.once('SIGINT', resolve);
-      process.once('SIGTERM', resolve);
-      if (duration > 0) setTimeout(resolve, duration * 1000).unref();
-    });
+    await Promise.race([
+      stopRequested(),
+      ...(duration > 0 ? [new Promise<void>((resolve) => setTimeout(resolve, duration * 1000).unref())] : []),
+    ]);
     io.out(
       `qkey demo: stopping (sent ${devices.reduce((a, d) => a + d.stats.sent, 0)}, dashboard received ${received}, commands ${commands})`,
     );

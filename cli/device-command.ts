@@ -1,13 +1,27 @@
 // `qkey device publish|listen`: a device from the command line — its chip file logs in, connects over MQTT, and
 // seals one uplink message or prints the downlink commands it opens.
-import { parseArgs } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
 import { SecurityChip } from '../hsm-emulator/chip.js';
 import { ChipError } from '../hsm-emulator/chip-errors.js';
-import { KmsClient, KmsHttpError, KmsUnreachableError } from '../kms-api/client.js';
+import { KmsClient } from '../kms-api/client.js';
 import { isProtocolError } from '../protocol/index.js';
 import { DEFAULT_KMS_URL } from './admin-command.js';
-import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, parseUint, UsageError } from './io.js';
+import {
+  type CliIo,
+  EXIT_FAILURE,
+  EXIT_OK,
+  EXIT_USAGE,
+  kmsUrlFrom,
+  leadingWords,
+  mqttFailureStatus,
+  narrowUsage,
+  parseCommandLine,
+  parseUint,
+  sharedFailure,
+  UsageError,
+  urlFlag,
+  wantsHelp,
+} from './io.js';
 import { readPin } from './pin.js';
 
 const DEFAULT_BROKER_URL = 'mqtt://127.0.0.1:1883';
@@ -28,7 +42,9 @@ Commands:
   --broker <url>  MQTT broker (default ${DEFAULT_BROKER_URL}; env QKEY_BROKER_URL)
   --kms <url>     key service, for the login (default ${DEFAULT_KMS_URL}; env QKEY_KMS_URL)
 The PIN comes from QKEY_CHIP_PIN, or a prompt on the terminal. Each run is one MQTT session, so it takes a fresh
-uplink key from the chip.`;
+uplink key from the chip.
+Exit status: 0 ok, 1 refused (by the chip, the key service or the broker), 2 usage error, 3 key service or
+broker unreachable.`;
 
 const OPTIONS = {
   chip: { type: 'string' },
@@ -52,13 +68,35 @@ async function connect(chip: SecurityChip, kmsUrl: string, brokerUrl: string): P
   const mac = Buffer.from(chip.loginProof(Buffer.from(challenge, 'base64'))).toString('base64');
   const { access_token } = await kms.deviceToken(chip.deviceId, challenge, mac);
   chip.beginSession();
-  return mqtt.connectAsync(brokerUrl, {
-    clientId: chip.deviceId,
-    username: chip.deviceId,
-    password: access_token,
-    reconnectPeriod: 0,
-    clean: true,
-  });
+  try {
+    // No retries: a refused connection rejects (with ECONNREFUSED) instead of leaving the command waiting.
+    return await mqtt.connectAsync(
+      brokerUrl,
+      {
+        clientId: chip.deviceId,
+        username: chip.deviceId,
+        password: access_token,
+        reconnectPeriod: 0,
+        connectTimeout: 10_000,
+        clean: true,
+      },
+      false,
+    );
+  } catch (err) {
+    throw new MqttConnectError(brokerUrl, err);
+  }
+}
+
+/** The broker could not be reached, or closed the connection before CONNACK; names the URL and the cause. */
+class MqttConnectError extends Error {
+  readonly status: number;
+  constructor(url: string, cause: unknown) {
+    const code = (cause as { code?: string }).code;
+    super(
+      `cannot connect to the broker at ${url}: ${code && !(cause as Error).message.includes(code) ? `${code} ` : ''}${(cause as Error).message}`,
+    );
+    this.status = mqttFailureStatus(cause);
+  }
 }
 
 function topicUnder(deviceId: string, direction: 'up' | 'down', suffix: string): string {
@@ -101,16 +139,25 @@ export async function runDeviceCommand(argv: string[], io: CliIo): Promise<numbe
   let chip: SecurityChip | undefined;
   let client: MqttClient | undefined;
   try {
-    const { values, positionals } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+    if (wantsHelp(argv)) {
+      io.out(narrowUsage(DEVICE_USAGE, 'device', leadingWords(argv)));
+      return EXIT_OK;
+    }
+    const { values, positionals } = parseCommandLine(argv, { options: OPTIONS, allowPositionals: true });
     action = positionals[0];
-    if (values.help || !action) {
-      io.out(DEVICE_USAGE);
-      return values.help ? EXIT_OK : EXIT_USAGE;
+    if (!action) {
+      io.err(DEVICE_USAGE);
+      return EXIT_USAGE;
     }
     if (action !== 'publish' && action !== 'listen') throw new UsageError(`unknown command ${JSON.stringify(action)}`);
     if (!values.chip) throw new UsageError('missing --chip <file>');
-    const kmsUrl = values.kms ?? process.env.QKEY_KMS_URL ?? DEFAULT_KMS_URL;
-    const brokerUrl = values.broker ?? process.env.QKEY_BROKER_URL ?? DEFAULT_BROKER_URL;
+    const kmsUrl = kmsUrlFrom(values.kms, DEFAULT_KMS_URL);
+    const brokerUrl =
+      values.broker !== undefined
+        ? urlFlag(values.broker, 'broker', '--broker')
+        : process.env.QKEY_BROKER_URL
+          ? urlFlag(process.env.QKEY_BROKER_URL, 'broker', 'QKEY_BROKER_URL')
+          : DEFAULT_BROKER_URL;
 
     if (action === 'publish') {
       if (!values.topic) throw new UsageError('missing --topic <t>');
@@ -172,15 +219,17 @@ export async function runDeviceCommand(argv: string[], io: CliIo): Promise<numbe
     return code;
   } catch (err) {
     const prefix = `qkey device${action ? ` ${action}` : ''}`;
-    if (err instanceof ChipError || err instanceof KmsHttpError || isProtocolError(err)) {
+    if (err instanceof ChipError || isProtocolError(err)) {
       io.err(`${prefix}: ${(err as { code: string }).code}: ${(err as Error).message}`);
       return EXIT_FAILURE;
     }
-    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      io.err(`${prefix}: ${(err as Error).message} (see qkey device --help)`);
-      return EXIT_USAGE;
+    if (err instanceof MqttConnectError) {
+      io.err(`${prefix}: ${err.message}`);
+      return err.status;
     }
-    io.err(`${prefix}: ${err instanceof KmsUnreachableError ? err.message : (err as Error).message}`);
+    const status = sharedFailure(err, prefix, io);
+    if (status !== undefined) return status;
+    io.err(`${prefix}: ${(err as Error).message}`);
     return EXIT_FAILURE;
   } finally {
     await client?.endAsync().catch(() => undefined);

@@ -1,5 +1,4 @@
 // `qkey envelope seal|open`: seal a payload or open an envelope from the command line, for firmware engineers.
-import { parseArgs } from 'node:util';
 import {
   type BackendChoice,
   bytesToHex,
@@ -14,15 +13,31 @@ import {
   SUITE_NAMES,
   sealEnvelope,
 } from '../protocol/index.js';
-import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, parseUint, requireFlag, UsageError } from './io.js';
+import {
+  type CliIo,
+  EXIT_FAILURE,
+  EXIT_OK,
+  EXIT_USAGE,
+  leadingWords,
+  narrowUsage,
+  parseCommandLine,
+  parseUint,
+  requireFlag,
+  sharedFailure,
+  UsageError,
+  wantsHelp,
+} from './io.js';
 
-export const ENVELOPE_USAGE = `Usage:
-  qkey envelope seal --key <hex> --key-index <n> --seq <n> --device <id> --topic <topic>
-                     --direction up|down|will [--suite <id>] --payload-hex <hex>
-  qkey envelope open --key <hex> --device <id> --topic <topic> --direction up|down|will
-                     --envelope-hex <hex> [--suite <id>]
+export const ENVELOPE_USAGE = `Usage: qkey envelope seal|open [options]
 
-seal prints the envelope as hex; open prints the payload as hex.
+Commands:
+  seal --key <hex> --key-index <n> --seq <n> --device <id> --topic <topic> --direction up|down|will
+       [--suite <id>] --payload-hex <hex>
+                       seal a payload; prints the envelope as hex
+  open --key <hex> --device <id> --topic <topic> --direction up|down|will --envelope-hex <hex>
+       [--key-index <n>] [--seq <n>] [--suite <id>]
+                       open an envelope; prints the payload as hex
+
   --key <hex>          SM4 key, 32 hex digits
   --key-index <n>      key index carried in the envelope (0..${MAX_KEY_INDEX}); open checks it if given
   --seq <n>            sequence number (0..${MAX_SEQ}); open checks it if given
@@ -67,12 +82,18 @@ function hexFlag(value: string | undefined, flag: string): Uint8Array {
 
 export async function runEnvelopeCommand(argv: string[], io: CliIo): Promise<number> {
   const [action, ...rest] = argv;
+  if (wantsHelp(argv)) {
+    io.out(narrowUsage(ENVELOPE_USAGE, 'envelope', leadingWords(argv)));
+    return EXIT_OK;
+  }
   try {
-    const { values } = parseArgs({ args: rest, options: OPTIONS, strict: true, allowPositionals: false });
-    if (values.help || action === undefined || action === 'help') {
-      io.out(ENVELOPE_USAGE);
-      return action === undefined ? EXIT_USAGE : EXIT_OK;
+    if (action === undefined) {
+      io.err(ENVELOPE_USAGE);
+      return EXIT_USAGE;
     }
+    if (action !== 'seal' && action !== 'open')
+      throw new UsageError(`unknown action ${JSON.stringify(action)} (expected seal or open)`);
+    const { values } = parseCommandLine(rest, { options: OPTIONS });
     const key = hexFlag(values.key, 'key');
     if (key.length !== 16) throw new UsageError('--key must be 16 bytes (32 hex digits)');
     const context = {
@@ -121,10 +142,8 @@ export async function runEnvelopeCommand(argv: string[], io: CliIo): Promise<num
       io.err(`qkey envelope ${action}: ${err.code}: ${err.message}`);
       return EXIT_FAILURE;
     }
-    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      io.err(`qkey envelope: ${(err as Error).message} (see qkey envelope --help)`);
-      return EXIT_USAGE;
-    }
+    const status = sharedFailure(err, 'qkey envelope', io);
+    if (status !== undefined) return status;
     throw err;
   }
 }

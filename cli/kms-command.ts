@@ -1,30 +1,46 @@
 // `qkey kms`: run the key service; `qkey kms init`: create a new one; `qkey kms rotate-master-key`: rewrap every
 // stored key under a new master key.
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { createWriteStream, type WriteStream } from 'node:fs';
 import { type KmsOverrides, loadKmsConfig } from '../key-service/config.js';
 import { checkDataDir, ensureDataDir, initDataDir, openDataDir } from '../key-service/data-dir.js';
 import { lockDataDir } from '../key-service/lock.js';
 import { rotateMasterKey } from '../key-service/master-key.js';
 import { ADMIN_TOKEN_FILE } from '../common/admin-token.js';
 import { startKms } from '../key-service/server.js';
-import { type CliIo, EXIT_OK, EXIT_USAGE, UsageError } from './io.js';
+import {
+  type CliIo,
+  EXIT_OK,
+  leadingWords,
+  narrowUsage,
+  parseCommandLine,
+  stopRequested,
+  UsageError,
+  wantsHelp,
+} from './io.js';
 
-export const KMS_USAGE = `Usage:
-  qkey kms init [--data <dir>] [--config <file>]
-  qkey kms [--init] [--host <addr>] [--port <n>] [--data <dir>] [--config <file>] [--log-level <level>]
-  qkey kms rotate-master-key [--data <dir>] [--config <file>]
+export const KMS_USAGE = `Usage: qkey kms [--init] [options]       run the key service until Ctrl-C
+       qkey kms init [--data <dir>] [--config <file>]
+       qkey kms rotate-master-key [--data <dir>] [--config <file>]
 
-init creates a new key service in the data folder (master key, database, admin token) and prints what it
-created; it never touches a folder that already holds one. Then qkey kms runs it (ETSI GS QKD 014 key delivery,
-login, admin API) until Ctrl-C; it refuses a missing, empty or damaged data folder and says what is missing.
+Commands:
+  init [--data <dir>] [--config <file>]
+                      create a new key service in the data folder (master key, database, admin token) and
+                      print what it created; it never touches a folder that already holds one
+  rotate-master-key [--data <dir>] [--config <file>]
+                      on a stopped service: rewrap every stored key under a new master key
+
+Without a command, runs the key service (ETSI GS QKD 014 key delivery, login, admin API) until Ctrl-C; it
+refuses a missing, empty or damaged data folder and says what is missing.
   --init              create the key service first if the data folder holds none yet (as init does)
   --host <addr>       listen address (default 127.0.0.1; env QKEY_KMS_HOST)
   --port <n>          TCP port, 0 for any free one (default 7070; env QKEY_KMS_PORT)
   --data <dir>        database, master key and admin token folder (default ./data; env QKEY_KMS_DATA)
   --config <file>     JSON configuration file (env QKEY_KMS_CONFIG); see README "Configuration"
-  --log-level <level> pino level: fatal, error, warn, info, debug (default info)
-rotate-master-key works on a stopped service: it rewraps every stored key under a new master key.`;
+  --log-level <level> pino level: fatal, error, warn, info, debug, trace, silent (default info); each request
+                      is logged at debug, so info shows starts, stops, warnings and errors
+  --log-file <file>   append the JSON log to this file (created 0600) instead of writing it to stdout
+Exit status: 0 ok (stopped by Ctrl-C or SIGTERM), 1 failed (the message names the folder or setting), 2 usage.`;
 
 const OPTIONS = {
   host: { type: 'string' },
@@ -32,6 +48,7 @@ const OPTIONS = {
   data: { type: 'string' },
   config: { type: 'string' },
   'log-level': { type: 'string' },
+  'log-file': { type: 'string' },
   init: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -39,8 +56,10 @@ const OPTIONS = {
 function overridesFrom(values: { host?: string; port?: string; data?: string; 'log-level'?: string }): KmsOverrides {
   const o: KmsOverrides = {};
   if (values.host !== undefined) o.host = values.host;
+  // Only the spelling is checked here; the range with every other source against the schema (loadKmsConfig).
   if (values.port !== undefined) {
-    if (!/^\d+$/.test(values.port)) throw new UsageError('--port must be a number');
+    if (!/^\d+$/.test(values.port))
+      throw new UsageError(`--port must be a whole number from 0 to 65535, not ${JSON.stringify(values.port)}`);
     o.port = Number(values.port);
   }
   if (values.data !== undefined) o.dataDir = values.data;
@@ -49,28 +68,22 @@ function overridesFrom(values: { host?: string; port?: string; data?: string; 'l
   return o;
 }
 
+/** An append-only log file, created 0600 (the log names devices and sources). */
+function logFile(path: string): WriteStream {
+  const stream = createWriteStream(path, { flags: 'a', mode: 0o600 });
+  stream.on('error', (err) => process.stderr.write(`qkey kms: cannot write the log file ${path}: ${err.message}\n`));
+  return stream;
+}
+
 export async function runKmsCommand(argv: string[], io: CliIo): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
-  } catch (err) {
-    io.err(`qkey kms: ${(err as Error).message} (see qkey kms --help)`);
-    return EXIT_USAGE;
-  }
-  const { values, positionals } = parsed;
-  if (values.help) {
-    io.out(KMS_USAGE);
+  if (wantsHelp(argv)) {
+    io.out(narrowUsage(KMS_USAGE, 'kms', leadingWords(argv)));
     return EXIT_OK;
   }
-  let overrides: KmsOverrides;
-  try {
-    overrides = overridesFrom(values);
-    if (positionals.length > 1 || (positionals[0] && !['init', 'rotate-master-key'].includes(positionals[0]))) {
-      throw new UsageError(`unknown action ${JSON.stringify(positionals.join(' '))}`);
-    }
-  } catch (err) {
-    io.err(`qkey kms: ${(err as Error).message} (see qkey kms --help)`);
-    return EXIT_USAGE;
+  const { values, positionals } = parseCommandLine(argv, { options: OPTIONS, allowPositionals: true });
+  const overrides = overridesFrom(values);
+  if (positionals.length > 1 || (positionals[0] && !['init', 'rotate-master-key'].includes(positionals[0]))) {
+    throw new UsageError(`unknown action ${JSON.stringify(positionals.join(' '))}`);
   }
   const config = loadKmsConfig(overrides, { configFile: values.config });
   if (positionals[0] === 'init') {
@@ -106,7 +119,7 @@ export async function runKmsCommand(argv: string[], io: CliIo): Promise<number> 
 
   let kms;
   try {
-    kms = await startKms(config);
+    kms = await startKms(config, values['log-file'] ? { logStream: logFile(values['log-file']) } : {});
   } catch (err) {
     release();
     throw err;
@@ -114,11 +127,7 @@ export async function runKmsCommand(argv: string[], io: CliIo): Promise<number> 
   io.out(
     `qkey kms listening on ${kms.url} (data ${config.dataDir}${config.adminToken ? '' : `, admin token in ${join(config.dataDir, ADMIN_TOKEN_FILE)}`})`,
   );
-  await new Promise<void>((resolve) => {
-    const stop = () => resolve();
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-  });
+  await stopRequested();
   io.out('qkey kms: stopping');
   await kms.close();
   release();

@@ -4,18 +4,41 @@ import { KmsClient } from '../kms-api/client.js';
 import type { DeviceTelemetry } from './simulated-device.js';
 
 export class SimulatedApp {
-  private constructor(private readonly client: MqttClient) {}
+  /** Connections made after the first (mqtt.js reconnects, resubscribing, while the app token is valid). */
+  reconnects = 0;
 
-  /** Connects with client credentials (an app token from the key service). */
-  static async connect(brokerUrl: string, kmsUrl: string, appId: string, secret: string): Promise<SimulatedApp> {
+  private constructor(private readonly client: MqttClient) {
+    client.on('connect', () => this.reconnects++);
+  }
+
+  /**
+   * Connects with client credentials (an app token from the key service). A first connection that fails rejects;
+   * with `reconnectMs`, a lost connection is retried every that many ms afterwards.
+   */
+  static async connect(
+    brokerUrl: string,
+    kmsUrl: string,
+    appId: string,
+    secret: string,
+    options: { reconnectMs?: number } = {},
+  ): Promise<SimulatedApp> {
     const { access_token } = await new KmsClient(kmsUrl).clientToken(appId, secret);
-    const client = await mqtt.connectAsync(brokerUrl, {
-      clientId: `${appId}/sim`,
-      username: appId,
-      password: access_token,
-      reconnectPeriod: 0,
-    });
+    const client = await mqtt.connectAsync(
+      brokerUrl,
+      {
+        clientId: `${appId}/sim`,
+        username: appId,
+        password: access_token,
+        reconnectPeriod: options.reconnectMs ?? 0,
+        connectTimeout: 10_000,
+      },
+      false,
+    );
     return new SimulatedApp(client);
+  }
+
+  get connected(): boolean {
+    return this.client.connected;
   }
 
   async onTelemetry(
@@ -37,6 +60,6 @@ export class SimulatedApp {
   }
 
   async close(): Promise<void> {
-    await this.client.endAsync();
+    await this.client.endAsync(true);
   }
 }

@@ -13,10 +13,13 @@ import type {
   RouteOptions,
 } from 'fastify';
 import type { KmsContext } from './context.js';
-import { authenticateAdmin, authenticateApp, authenticateBroker, type Caller } from './callers.js';
+import { authenticateAdmin, authenticateApp, authenticateBroker, authenticateConsole, type Caller } from './callers.js';
 
-/** The caller roles routes are grouped by. Devices call only public routes (login); apps also their sessions. */
-export const CALLER_ROLES = ['public', 'broker', 'admin', 'app'] as const;
+/**
+ * The caller roles routes are grouped by. Devices call only public routes (login); apps also their sessions;
+ * console = its pages.
+ */
+export const CALLER_ROLES = ['public', 'broker', 'admin', 'console', 'app'] as const;
 export type CallerRole = (typeof CALLER_ROLES)[number];
 
 declare module 'fastify' {
@@ -44,6 +47,7 @@ const AUTHENTICATE: Record<CallerRole, ((ctx: KmsContext, req: FastifyRequest) =
   broker: authenticateBroker,
   admin: authenticateAdmin,
   app: authenticateApp,
+  console: authenticateConsole,
 };
 
 /**
@@ -56,6 +60,8 @@ export const GROUP_BODY_LIMIT: Record<CallerRole, number | undefined> = {
   broker: undefined,
   admin: undefined,
   app: 4096,
+  // Console forms: a search, a reason, an id and a CSRF token.
+  console: 16 * 1024,
 };
 
 /** Route options each group has taken in; a route missing here was registered outside every group. */

@@ -2,7 +2,13 @@
 import { readFileSync } from 'node:fs';
 import type { ServerOptions as HttpsServerOptions } from 'node:https';
 import type { Writable } from 'node:stream';
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, {
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  LogController,
+} from 'fastify';
 import { callerGroup, refuseUngroupedRoutes } from './access.js';
 import { AppSessionStore } from './app-sessions.js';
 import { canonicalUrl } from './canonical-url.js';
@@ -15,6 +21,7 @@ import { KMS_ERRORS, KmsError, type KmsErrorCode } from './errors.js';
 import { ChallengeBook } from './login.js';
 import { LoginLimiter } from './login-limits.js';
 import { loadMasterKey } from './master-key.js';
+import { registerConsole } from './console/plugin.js';
 import { PolicyStore } from './policy-store.js';
 import { createKmsMetrics } from './metrics.js';
 import { adminRoutes } from './routes/admin.js';
@@ -80,6 +87,20 @@ function errorBody(code: KmsErrorCode, message: string, details: Array<Record<st
   return { message, code, details };
 }
 
+/**
+ * Routine request lines ("incoming request", "request completed") at debug: at info a broker's revocation poll
+ * alone wrote two lines a second. Failed requests keep fastify's levels, and the error handler warns on 5xx.
+ */
+class QuietRequestLog extends LogController {
+  override incomingRequest(request: FastifyRequest): void {
+    request.log.debug({ req: request }, 'incoming request');
+  }
+  override requestCompleted(error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    if (error) super.requestCompleted(error, request, reply);
+    else reply.log.debug({ res: reply, responseTime: reply.elapsedTime }, 'request completed');
+  }
+}
+
 export async function buildKms(config: Readonly<KmsConfig>, options: BuildOptions = {}): Promise<Kms> {
   const db = openDataDir(config.dataDir);
   try {
@@ -135,6 +156,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       ...(options.logStream ? { stream: options.logStream } : {}),
     },
     bodyLimit: config.bodyLimit,
+    logController: new QuietRequestLog(),
     // A request that stalls after its headers (a slow or never-sent body) must not hold its connection forever:
     // fastify's default is no limit, so a few thousand such connections from anyone used up the process's files.
     requestTimeout: REQUEST_TIMEOUT_MS,
@@ -216,6 +238,8 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     }),
   );
   app.register(callerGroup('app', context, (scope) => appSessionRoutes(scope, context)));
+  // The administrators' web console: its own two groups under /console, off unless configured (console/plugin.ts).
+  if (config.console.enabled) registerConsole(app, context, options.clock);
 
   let closed = false;
   return {

@@ -1,8 +1,10 @@
 // Who is calling: each caller group's credential check. Brokers present a broker token, a TLS client certificate
-// registered to them, or both naming the same broker; administrators present the admin token.
+// registered to them, or both naming the same broker; administrators present the admin token, or in the console
+// the session cookie that a login with the admin token opened.
 import type { TLSSocket } from 'node:tls';
 import type { FastifyRequest } from 'fastify';
 import { type TokenClaims, TokenError, verifyToken } from '../protocol/index.js';
+import { type ConsoleSession, consoleSessions, cookieName, readCookie } from './console/sessions.js';
 import type { KmsContext } from './context.js';
 import { KmsError } from './errors.js';
 import { secretEquals } from './secrets.js';
@@ -11,7 +13,8 @@ export type Caller =
   | { role: 'public' }
   | { role: 'admin' }
   | { role: 'app'; id: string }
-  | { role: 'broker'; id: string; via: 'token' | 'certificate' | 'token and certificate' };
+  | { role: 'broker'; id: string; via: 'token' | 'certificate' | 'token and certificate' }
+  | { role: 'console'; session: ConsoleSession };
 
 /** How long a broker found active in the store stays trusted; revoking a broker takes effect within this time. */
 const BROKER_RECHECK_MS = 1000;
@@ -150,8 +153,23 @@ export function appId(req: FastifyRequest): string {
 
 /** Admin group: the admin bearer token, compared in constant time. */
 export function authenticateAdmin(ctx: KmsContext, req: FastifyRequest): Caller {
-  if (!secretEquals(bearer(authorizationHeader(req)), ctx.adminToken)) throw unauthorized('admin token required');
+  const header = authorizationHeader(req);
+  if (header === undefined) throw unauthorized('admin token required');
+  // A token that was sent but is not the admin token is refused in words of its own, not reported as missing.
+  if (!secretEquals(bearer(header), ctx.adminToken)) throw unauthorized('admin token refused');
   return { role: 'admin' };
+}
+
+/**
+ * Console group: the session cookie of a console login (which checked the admin token as authenticateAdmin does).
+ * Bearer tokens are not accepted here, nor the cookie anywhere else: the admin API stays free of ambient credentials.
+ */
+export function authenticateConsole(ctx: KmsContext, req: FastifyRequest): Caller {
+  const sessions = consoleSessions(ctx);
+  const cookie = readCookie(req.headers.cookie, cookieName(ctx.config.tls !== undefined));
+  const session = sessions && cookie !== undefined ? sessions.find(cookie) : undefined;
+  if (!session) throw unauthorized('console session required');
+  return { role: 'console', session };
 }
 
 /** The calling broker's id; routes of the broker group only (their group hook has set it). */

@@ -69,8 +69,40 @@ export const KMS_CONFIG_SCHEMA = {
     maxKeysPerRequest: count(1, 1024, 16),
     claimBatchMax: count(1, 100_000, 512),
     bodyLimit: count(1024, 64 * 1024 * 1024, 1024 * 1024),
+    /** The administrators' web console at /console (key-service/console/): off unless enabled. */
+    console: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        enabled: { type: 'boolean', default: false, env: 'QKEY_KMS_CONSOLE' },
+        /** A console session ends after this many seconds without a request, and after maxSessionSeconds in all. */
+        idleSeconds: count(60, 86_400, 900),
+        maxSessionSeconds: count(60, 7 * 86_400, 8 * 3600),
+        /** Brokers' metrics URLs (their http listener's /metrics) that the Brokers page reads, server-side. */
+        brokerMetrics: {
+          type: 'array',
+          maxItems: 32,
+          items: { type: 'string', pattern: '^https?://', maxLength: 2048 },
+          default: [],
+        },
+        brokerTimeoutMs: count(100, 30_000, 2000),
+        /** Host names (the Host header) the console answers besides the listen host and loopback names. */
+        hostnames: {
+          type: 'array',
+          maxItems: 32,
+          items: { type: 'string', pattern: '^[A-Za-z0-9.-]{1,253}$' },
+          default: [],
+        },
+      },
+    },
   },
 } as const satisfies ConfigSchema;
+
+/** 127.0.0.0/8, ::1 and localhost: addresses no other machine can reach. */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127(\.\d{1,3}){3}$/.test(host);
+}
 
 export type KmsConfig = FromSchema<typeof KMS_CONFIG_SCHEMA>;
 /** What a config file, the environment or flags may set: any key, each optional. */
@@ -88,7 +120,13 @@ export function loadKmsConfig(
     file: options.configFile ?? env.QKEY_KMS_CONFIG,
     env,
     overrides,
-    refine: (c: KmsConfig) => (c.tls?.requireClientCert && !c.tls.ca ? ['tls.requireClientCert needs tls.ca'] : []),
+    refine: (c: KmsConfig) => [
+      ...(c.tls?.requireClientCert && !c.tls.ca ? ['tls.requireClientCert needs tls.ca'] : []),
+      // The console's session cookie must not cross a network in clear: off loopback it needs TLS.
+      ...(c.console.enabled && !c.tls && !isLoopback(c.host)
+        ? [`console.enabled on host ${c.host} needs tls (or a loopback host)`]
+        : []),
+    ],
   });
   return Object.freeze({ ...config, dataDir: resolve(config.dataDir) });
 }

@@ -174,6 +174,11 @@ export class KeyStore {
          WHERE id > @after AND (@device IS NULL OR device_id = @device) AND (@action IS NULL OR action = @action)
          ORDER BY id LIMIT @limit`,
       ),
+      queryAuditNewest: p(
+        `SELECT id, at, actor, action, device_id, detail FROM audit
+         WHERE id > @after AND id < @before AND (@device IS NULL OR device_id = @device) AND (@action IS NULL OR action = @action)
+         ORDER BY id DESC LIMIT @limit`,
+      ),
       insertRevocation: p(`INSERT INTO revocations (subject, role, revoked_at) VALUES (?, ?, ?)`),
       revocations: p(`SELECT id, subject, role, revoked_at FROM revocations WHERE id > ? ORDER BY id LIMIT ?`),
       insertClient: p(
@@ -193,6 +198,14 @@ export class KeyStore {
       ),
       revokeClient: p(`UPDATE clients SET state = 'revoked', revoked_at = ? WHERE client_id = ? AND state = 'active'`),
       activeBroker: p(`SELECT 1 FROM clients WHERE client_id = ? AND role = 'broker' AND state = 'active'`),
+      lastSeen: p(
+        `SELECT at FROM audit WHERE device_id = ? AND action IN ('login', 'key.claim.enc', 'key.claim.dec', 'key.retire')
+         ORDER BY id DESC LIMIT 1`,
+      ),
+      deviceKeyCounts: p(
+        `SELECT direction, state, COUNT(*) AS n, MIN(key_index) AS first, MAX(key_index) AS last
+         FROM keys WHERE device_id = ? GROUP BY direction, state ORDER BY direction, state`,
+      ),
     };
   }
 
@@ -274,6 +287,24 @@ export class KeyStore {
 
   listKeys(deviceId: string): KeyRow[] {
     return this.s.listKeys!.all(deviceId) as KeyRow[];
+  }
+
+  /** When the device last logged in or had a key claimed or retired for it (ms), null if never. */
+  lastSeen(deviceId: string): number | null {
+    return (this.s.lastSeen!.get(deviceId) as { at: number } | undefined)?.at ?? null;
+  }
+
+  /** A device's keys counted by direction and state, with the lowest and highest index in each (no key material). */
+  deviceKeyCounts(
+    deviceId: string,
+  ): Array<{ direction: Direction; state: KeyState; n: number; first: number; last: number }> {
+    return this.s.deviceKeyCounts!.all(deviceId) as Array<{
+      direction: Direction;
+      state: KeyState;
+      n: number;
+      first: number;
+      last: number;
+    }>;
   }
 
   /** Revokes a device: its unused keys are destroyed, pending batches cancelled, login key erased, tokens revoked. */
@@ -537,7 +568,16 @@ export class KeyStore {
 
   // --- audit and revocations -------------------------------------------------------------------------------
 
-  queryAudit(after: number, limit: number, deviceId: string | null, action: string | null): AuditRow[] {
+  /** Oldest first after `after`; with `before`, newest first below it. */
+  queryAudit(
+    after: number,
+    limit: number,
+    deviceId: string | null,
+    action: string | null,
+    before?: number,
+  ): AuditRow[] {
+    if (before !== undefined)
+      return this.s.queryAuditNewest!.all({ after, before, device: deviceId, action, limit }) as AuditRow[];
     return this.s.queryAudit!.all({ after, device: deviceId, action, limit }) as AuditRow[];
   }
 

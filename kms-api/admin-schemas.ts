@@ -373,6 +373,8 @@ export const auditQuery = {
   additionalProperties: false,
   properties: {
     after: { type: 'integer', minimum: 0 },
+    /** Entries older than this id, newest first (paging back from the newest: omit `after`, pass `next` here). */
+    before: { type: 'integer', minimum: 1 },
     limit: { type: 'integer', minimum: 1, maximum: 1000 },
     device_id: idSchema,
     action: { type: 'string', maxLength: 64 },

@@ -54,9 +54,22 @@ export class KmsHttpError extends Error {
 export class KmsUnreachableError extends Error {
   readonly code = 'KMS_UNREACHABLE';
   constructor(url: string, cause: unknown) {
-    super(`key service unreachable at ${url}: ${(cause as Error)?.message ?? cause}`);
+    super(`key service unreachable at ${url}: ${causeChain(cause)}`);
     this.name = 'KmsUnreachableError';
   }
+}
+
+/** "fetch failed: ECONNREFUSED connect ECONNREFUSED 127.0.0.1:7070": the message and the system's cause under it. */
+function causeChain(cause: unknown): string {
+  const parts: string[] = [];
+  let e = cause as { message?: string; code?: string; cause?: unknown } | undefined;
+  for (let depth = 0; e && depth < 4; depth++, e = e.cause as typeof e) {
+    const text = (
+      e.code && !String(e.message).includes(e.code) ? `${e.code} ${e.message ?? ''}` : String(e.message ?? e)
+    ).trim();
+    if (text && !parts.includes(text)) parts.push(text);
+  }
+  return parts.join(': ') || String(cause);
 }
 
 export interface KmsClientOptions {

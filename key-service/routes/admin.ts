@@ -7,7 +7,8 @@ import { checkedSm2PublicKey } from './app-sessions.js';
 import type { BatchRow, ClientRow, DeviceRow, FillKey } from '../store.js';
 
 const ADMIN = 'admin';
-const DEFAULT_APP_ACL = { publish: ['devices/+/down/#'], subscribe: ['devices/+/up/#'] };
+/** What an app may publish and subscribe to when its registration names nothing (the console's too). */
+export const DEFAULT_APP_ACL = { publish: ['devices/+/down/#'], subscribe: ['devices/+/up/#'] };
 
 /** Admin group. */
 export function adminRoutes(app: RouteScope, ctx: KmsContext): void {
@@ -163,7 +164,8 @@ export function adminRoutes(app: RouteScope, ctx: KmsContext): void {
 
   app.get('/api/v1/admin/audit', { schema: wire.auditRoute }, async (req) => {
     const limit = req.query.limit ?? 100;
-    const rows = store.queryAudit(req.query.after ?? 0, limit, req.query.device_id ?? null, req.query.action ?? null);
+    const { after = 0, before, device_id = null, action = null } = req.query;
+    const rows = store.queryAudit(after, limit, device_id, action, before);
     return {
       entries: rows.map((r) => ({ ...r, detail: r.detail ? JSON.parse(r.detail) : null })),
       ...(rows.length === limit ? { next: rows[rows.length - 1]!.id } : {}),

@@ -33,7 +33,7 @@ describe('qkey broker arguments', () => {
     expect(r.out).toMatch(/--semi-space <MiB>/);
   });
 
-  it('a broker thread that cannot start says why and exits 1 (the built binary, key service down)', async () => {
+  it('a broker thread that cannot start says why and exits 3 (the built binary, key service down, --wait-kms 0)', async () => {
     const closed = createServer();
     await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
     const port = (closed.address() as { port: number }).port;
@@ -42,15 +42,32 @@ describe('qkey broker arguments', () => {
     try {
       const r = spawnSync(
         process.execPath,
-        [QKEY_BIN, 'broker', '--port', '0', '--http-port', 'off', '--kms', `http://127.0.0.1:${port}`, '--data', dir],
+        [
+          QKEY_BIN,
+          'broker',
+          '--port',
+          '0',
+          '--http-port',
+          'off',
+          '--kms',
+          `http://127.0.0.1:${port}`,
+          '--data',
+          dir,
+          '--wait-kms',
+          '0',
+        ],
         {
           encoding: 'utf8',
           timeout: 20_000,
           env: { ...process.env, QKEY_BROKER_SECRET: 'not-checked-before-the-kms' },
         },
       );
-      expect(r.status).toBe(1);
-      expect(r.stderr).toMatch(new RegExp(`qkey broker: key service unreachable at http://127.0.0.1:${port}`));
+      expect(r.status).toBe(3);
+      expect(r.stderr).toMatch(
+        new RegExp(
+          `qkey broker: key service unreachable at http://127.0.0.1:${port}: fetch failed: connect ECONNREFUSED`,
+        ),
+      );
       expect(r.stdout).not.toMatch(/listening/);
       expect(r.stdout + r.stderr).not.toContain('not-checked-before-the-kms'); // the secret is never printed
     } finally {

@@ -88,13 +88,18 @@ describe('qkey chip and qkey admin', () => {
       '--up',
       '1',
     );
-    expect(unreachable.code).toBe(1);
-    expect(unreachable.err).toMatch(/key service unreachable/);
+    expect(unreachable.code).toBe(3);
+    expect(unreachable.err).toMatch(/key service unreachable at http:\/\/127.0.0.1:1: fetch failed/);
     const missing = await run('chip', 'status', '--chip', join(dir, 'none.chip'));
     expect(missing.err).toMatch(/CHIP_ERR_NOT_FOUND/);
     const badAdmin = await run('admin', '--kms', t.url, '--token', 'wrong', 'device', 'list');
     expect(badAdmin).toMatchObject({ code: 1 });
-    expect(badAdmin.err).toMatch(/KMS_ERR_UNAUTHORIZED/);
+    expect(badAdmin.err).toMatch(
+      /KMS_ERR_UNAUTHORIZED: admin token refused by the key service \(the token from --token/,
+    );
+    const noToken = await run('admin', '--kms', t.url, '--data', join(dir, 'nowhere'), 'device', 'list');
+    expect(noToken).toMatchObject({ code: 2 });
+    expect(noToken.err).toMatch(/no admin token: pass --token, set QKEY_ADMIN_TOKEN/);
     const help = await run('chip', '--help');
     expect(help.code).toBe(0);
     expect(help.out.replace(/\s+/g, ' ')).toMatch(/batches of at most 4096 keys, all or nothing per batch/);

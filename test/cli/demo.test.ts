@@ -28,7 +28,7 @@ const demo = () =>
       '--interval',
       '200',
       '--duration',
-      '5',
+      '11',
     ],
     {
       timeout: 60_000,
@@ -41,6 +41,12 @@ it('runs the whole system, shows telemetry and commands, and reuses its state on
   expect(first.stdout).toMatch(/dashboard <- demo-device-0002 #0: [\d.]+ °C/);
   expect(first.stdout).toMatch(/demo-device-000\d <- command "set-interval 200ms #1" \(opened in the chip\)/);
   expect(first.stdout).toMatch(/\[status\] online 2\/2/);
+  // Downlink keys rotate after 2 commands: with 2 devices and a command every 5 intervals (1 s), a device's third
+  // command comes at about 5 s, and the status line of 10 s shows it.
+  expect(first.stdout).toMatch(/\| rotations [1-9]\d* \|/);
+  // The printed client lines each have a client id of their own (a shared one would kick the other off).
+  expect(first.stdout).toMatch(/mosquitto_sub .* -i demo-guest\/sub /);
+  expect(first.stdout).toMatch(/mosquitto_pub .* -i demo-guest\/pub /);
   const [, sent, received] = /stopping \(sent (\d+), dashboard received (\d+)/.exec(first.stdout)!;
   expect(Number(sent)).toBeGreaterThan(10);
   expect(Number(received)).toBeGreaterThanOrEqual(Number(sent) - 2); // the last readings may be in flight at stop

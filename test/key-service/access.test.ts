@@ -58,9 +58,11 @@ afterAll(async () => {
 
 /** The credentials each role's callers hold, and none. */
 const ROLE_CREDENTIALS = ['no credential', 'a device token', 'an app token', 'a broker token', 'the admin token'];
+/** The console is off here (its session-cookie routes are walked in test/console/access.test.ts). */
 const RIGHT: Record<Exclude<CallerRole, 'public'>, string> = {
   broker: 'a broker token',
   admin: 'the admin token',
+  console: 'a console session',
   app: 'an app token',
 };
 
