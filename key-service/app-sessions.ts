@@ -12,7 +12,16 @@ export interface AppKeyLevels {
   filled: number;
   issued: number;
   claimed: number;
+  expired: number;
 }
+
+/** Seconds an issued key stays claimable by its broker; after that it is erased unclaimed (§22.4). */
+export const APP_KEY_CLAIM_SECONDS = 300;
+/**
+ * Issued keys one app may hold unclaimed at once: each handshake takes a key from the shared pool, so without a
+ * bound an app with valid credentials could drain it by never announcing its keys to the broker.
+ */
+export const MAX_UNCLAIMED_APP_KEYS = 8;
 
 /** The master-key wrap item of an app key (master-key.ts rewraps the same names on rotation). */
 const itemOf = (keyId: string) => `app-key:${keyId}`;
@@ -24,6 +33,7 @@ export class AppSessionStore {
     private readonly db: Db,
     private readonly master: MasterKey,
     private readonly audit: Audit,
+    private readonly now: () => number = Date.now,
   ) {
     const p = (sql: string) => db.prepare(sql);
     this.s = {
@@ -44,6 +54,8 @@ export class AppSessionStore {
         `UPDATE app_keys SET state = 'claimed', wrapped = NULL, claimed_at = ? WHERE key_id = ? AND state = 'issued'`,
       ),
       levels: p(`SELECT state, COUNT(*) AS n FROM app_keys GROUP BY state`),
+      expire: p(`UPDATE app_keys SET state = 'expired', wrapped = NULL WHERE state = 'issued' AND issued_at <= ?`),
+      unclaimed: p(`SELECT COUNT(*) AS n FROM app_keys WHERE app_id = ? AND state = 'issued'`),
     };
   }
 
@@ -90,9 +102,14 @@ export class AppSessionStore {
    */
   issue(appId: string, brokerId: string): { keyId: string; key: Uint8Array } {
     const row = this.db.transaction(() => {
+      this.expireUnclaimed();
+      if ((this.s.unclaimed!.get(appId) as { n: number }).n >= MAX_UNCLAIMED_APP_KEYS)
+        throw new KmsError('KMS_ERR_RATE_LIMITED', `more than ${MAX_UNCLAIMED_APP_KEYS} session keys unclaimed`, {
+          retryAfterSeconds: APP_KEY_CLAIM_SECONDS,
+        });
       const fresh = this.s.nextFresh!.get() as { key_id: string; wrapped: Buffer } | undefined;
       if (!fresh) throw new KmsError('KMS_ERR_POOL_EMPTY', undefined, { details: [{ pool: 'app' }] });
-      this.s.issue!.run(appId, brokerId, Date.now(), fresh.key_id);
+      this.s.issue!.run(appId, brokerId, this.now(), fresh.key_id);
       this.audit(appId, 'app.session.issue', null, { client_id: appId, broker_id: brokerId, key_ID: fresh.key_id });
       return fresh;
     })();
@@ -105,6 +122,7 @@ export class AppSessionStore {
    */
   claim(appId: string, brokerId: string, keyIds: string[]): Array<{ keyId: string; key: Uint8Array }> {
     const rows = this.db.transaction(() => {
+      this.expireUnclaimed();
       const refused: Array<Record<string, unknown>> = [];
       const found: Array<{ key_id: string; wrapped: Buffer }> = [];
       for (const id of keyIds) {
@@ -118,7 +136,7 @@ export class AppSessionStore {
         else found.push({ key_id: k!.key_id, wrapped: k!.wrapped! });
       }
       if (refused.length > 0) throw new KmsError('KMS_ERR_KEY_UNAVAILABLE', undefined, { details: refused });
-      const now = Date.now();
+      const now = this.now();
       for (const k of found)
         if (this.s.claim!.run(now, k.key_id).changes !== 1)
           throw new KmsError('KMS_ERR_KEY_UNAVAILABLE', undefined, {
@@ -130,8 +148,14 @@ export class AppSessionStore {
     return rows.map((r) => ({ keyId: r.key_id, key: this.master.unwrap(itemOf(r.key_id), r.wrapped) }));
   }
 
+  /** Erases the keys issued longer ago than APP_KEY_CLAIM_SECONDS and never claimed. */
+  private expireUnclaimed(): void {
+    const n = this.s.expire!.run(this.now() - APP_KEY_CLAIM_SECONDS * 1000).changes;
+    if (n > 0) this.audit('kms', 'app_keys.expire', null, { count: n });
+  }
+
   levels(): AppKeyLevels {
-    const out: AppKeyLevels = { filled: 0, issued: 0, claimed: 0 };
+    const out: AppKeyLevels = { filled: 0, issued: 0, claimed: 0, expired: 0 };
     for (const r of this.s.levels!.all() as Array<{ state: keyof AppKeyLevels; n: number }>) out[r.state] = r.n;
     return out;
   }

@@ -140,7 +140,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     limiter: new LoginLimiter(config.loginLimits, options.clock),
     metrics,
     policies: new PolicyStore(db, (...audit) => store.audit(...audit)),
-    appSessions: new AppSessionStore(db, master, (...audit) => store.audit(...audit)),
+    appSessions: new AppSessionStore(db, master, (...audit) => store.audit(...audit), options.clock),
     appChallenges: new ChallengeBook(
       config.challengeTtl * 1000,
       config.loginLimits.openChallengesPerSource,

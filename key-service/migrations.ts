@@ -122,7 +122,8 @@ export const MIGRATIONS: readonly string[] = [
   INSERT INTO meta (name, value) VALUES ('policy_version', '0');
   `,
   // 6: application sessions (docs/PROTOCOL.md §22): an app's SM2 public key, and the pool of QRNG keys that become
-  // application session keys (filled by an administrator, issued to one app for one broker, claimed once by it).
+  // application session keys (filled by an administrator, issued to one app for one broker, claimed once by it, or
+  // expired unclaimed).
   `
   CREATE TABLE app_sm2_keys (
     app_id TEXT PRIMARY KEY REFERENCES clients(client_id),
@@ -134,7 +135,7 @@ export const MIGRATIONS: readonly string[] = [
     key_id TEXT PRIMARY KEY,
     batch_id TEXT NOT NULL,
     wrapped BLOB,
-    state TEXT NOT NULL CHECK (state IN ('filled', 'issued', 'claimed')),
+    state TEXT NOT NULL CHECK (state IN ('filled', 'issued', 'claimed', 'expired')),
     app_id TEXT,
     broker_id TEXT,
     created_at INTEGER NOT NULL,
@@ -143,5 +144,6 @@ export const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX app_keys_fresh ON app_keys (created_at, key_id) WHERE state = 'filled';
   CREATE INDEX app_keys_batch ON app_keys (batch_id);
+  CREATE INDEX app_keys_issued ON app_keys (app_id, issued_at) WHERE state = 'issued';
   `,
 ];

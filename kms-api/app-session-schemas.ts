@@ -45,9 +45,14 @@ export const appKeyFillResponse = {
 } as const;
 export const appKeyLevels = {
   type: 'object',
-  required: ['filled', 'issued', 'claimed'],
+  required: ['filled', 'issued', 'claimed', 'expired'],
   additionalProperties: false,
-  properties: { filled: { type: 'integer' }, issued: { type: 'integer' }, claimed: { type: 'integer' } },
+  properties: {
+    filled: { type: 'integer' },
+    issued: { type: 'integer' },
+    claimed: { type: 'integer' },
+    expired: { type: 'integer' },
+  },
 } as const;
 
 export const sessionChallengeBody = {

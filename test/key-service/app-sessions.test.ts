@@ -6,6 +6,7 @@ import { Qrng } from '../../hsm-emulator/qrng.js';
 import { challengeMessage, signChallenge, unwrapSessionKey } from '../../protocol/index.js';
 import { join } from 'node:path';
 import { DB_FILE } from '../../key-service/app.js';
+import { APP_KEY_CLAIM_SECONDS, MAX_UNCLAIMED_APP_KEYS } from '../../key-service/app-sessions.js';
 import { openDatabase } from '../../key-service/db.js';
 import { rotateMasterKey } from '../../key-service/master-key.js';
 import { removeDir, startTestKms, type TestKms } from '../helpers/kms.js';
@@ -304,5 +305,33 @@ describe('the app key pool across a master-key rotation', () => {
     const d = await challenge(alice);
     const next = await session(alice, { broker_id: 'broker-1', challenge: d.challenge, signature: sign(d, alice.sm2) });
     expect(next.status).toBe(200);
+  });
+});
+
+describe('issued keys an app never has claimed', () => {
+  it('are bounded per app (the shared pool cannot be drained) and expire after the claim window', async () => {
+    expect((await fill('qrng-3', 12)).status).toBe(201);
+    const dave = await addApp('dave');
+    const issue = async () => {
+      const c = await challenge(dave);
+      return session(dave, { broker_id: 'broker-1', challenge: c.challenge, signature: sign(c, dave.sm2) });
+    };
+    const ids: string[] = [];
+    for (let i = 0; i < MAX_UNCLAIMED_APP_KEYS; i++) ids.push((await issue()).body.key_ID as string);
+    const refused = await issue();
+    expect([refused.status, refused.body.code]).toEqual([429, 'KMS_ERR_RATE_LIMITED']);
+    // Claiming one frees a place.
+    await call('POST', '/api/v1/apps/dave/dec_keys', broker1, { key_IDs: [{ key_ID: ids[0] }] });
+    expect((await issue()).status).toBe(200);
+    const before = (await call('GET', '/api/v1/admin/app-keys', ADMIN)).body;
+    now += APP_KEY_CLAIM_SECONDS * 1000 + 1;
+    const late = await call('POST', '/api/v1/apps/dave/dec_keys', broker1, { key_IDs: [{ key_ID: ids[1] }] });
+    expect(late.body.details).toEqual([{ key_ID: ids[1], reason: 'expired' }]);
+    expect((await issue()).status).toBe(200);
+    // Every key issued before the window closed expired (dave's and the earlier tests'); only the new one is issued.
+    expect((await call('GET', '/api/v1/admin/app-keys', ADMIN)).body).toMatchObject({
+      issued: 1,
+      expired: before.expired + before.issued,
+    });
   });
 });
