@@ -41,6 +41,18 @@ interface OutgoingStore {
   outgoingClearMessageId(client: { id: string }, packet: QueuedPacket): Promise<QueuedPacket | undefined>;
 }
 
+/** One stored queue entry: its client, its payload bytes (0 for a PUBREL) and its packet identifier if sent. */
+export interface QueuedEntry {
+  clientId: string;
+  bytes: number;
+  messageId: number | undefined;
+}
+
+/** A persistence that keeps queues across restarts lists what it holds, so the bound starts from it. */
+export interface QueueCensus {
+  queuedEntries(): Iterable<QueuedEntry>;
+}
+
 /** Keys of dropped messages remembered per connected client, oldest forgotten first. */
 const RECENT_DROPS = 1024;
 const WRAPPED = Symbol('qkey.queueBound');
@@ -118,6 +130,19 @@ export class QueueBound {
     return key;
   }
 
+  /** Each client's stored queue as a durable persistence holds it when the broker starts. */
+  private seed(entries: Iterable<QueuedEntry>): void {
+    for (const e of entries) {
+      const l = this.ledgers.get(e.clientId) ?? this.ledger(e.clientId);
+      l.messages++;
+      l.bytes += e.bytes;
+      this.total.messages++;
+      this.total.bytes += e.bytes;
+      // A PUBLISH sent before (it has its packet identifier) releases its bytes when it turns into a PUBREL.
+      if (e.bytes > 0 && e.messageId !== undefined) (l.byMessageId ??= new Map()).set(e.messageId, e.bytes);
+    }
+  }
+
   /** What one client's queue holds, as the persistence reported it. */
   queued(clientId: string): { messages: number; bytes: number } {
     const l = this.ledgers.get(clientId);
@@ -127,6 +152,9 @@ export class QueueBound {
   /** A persistence whose outgoing queue is bounded; every other call goes to `inner` unchanged. */
   wrap<P extends object>(inner: P): P {
     if ((inner as { [WRAPPED]?: boolean })[WRAPPED]) return inner;
+    // A durable store holds queues from before this process started: they count from the start.
+    const durable = inner as Partial<QueueCensus>;
+    if (typeof durable.queuedEntries === 'function') this.seed(durable.queuedEntries());
     const store = inner as unknown as OutgoingStore;
     const own: Record<PropertyKey, unknown> = {
       [WRAPPED]: true,

@@ -2,9 +2,10 @@
 // and not yet released, and retained messages, in one file under the broker's data folder. It implements the
 // aedes-persistence interface and passes that package's abstract test suite (test/broker/persistence-abstract).
 import { Readable } from 'node:stream';
+import type { QueuedEntry } from '../queue-bound.js';
 import { decodePacket, encodePacket, type PacketRow, type StoredPacket } from './codec.js';
 import { GroupCommit } from './group-commit.js';
-import { openStore, type StoreDb, type StoreSync } from './store-file.js';
+import { classify, openStore, type StoreDb, type StoreSync } from './store-file.js';
 import { type IndexedSubscription, patternMatcher, subscriptionIndex } from './topic-index.js';
 
 interface ClientRef {
@@ -42,15 +43,25 @@ export class SqlitePersistence {
    * key the broker holds for that connection only), so a will of a process that died cannot be published.
    */
   private readonly wills = new Map<string, StoredPacket>();
-  private readonly q;
+  private readonly q: ReturnType<SqlitePersistence['prepare']>;
   private destroyed = false;
   private currentBroker: BrokerRef | undefined;
 
   constructor(o: SqlitePersistenceOptions) {
     this.db = openStore(o.file, o.sync);
     this.commit = new GroupCommit(this.db);
+    try {
+      this.q = this.prepare();
+      this.loadSubscriptions();
+    } catch (err) {
+      this.db.close();
+      throw classify(err, o.file);
+    }
+  }
+
+  private prepare() {
     const db = this.db;
-    this.q = {
+    return {
       retainedPut: db.prepare(
         `INSERT INTO retained (topic, meta, payload) VALUES (?, ?, ?)
          ON CONFLICT (topic) DO UPDATE SET meta = excluded.meta, payload = excluded.payload`,
@@ -85,6 +96,11 @@ export class SqlitePersistence {
       ),
       outDel: db.prepare('DELETE FROM outgoing WHERE seq = ?'),
       outOf: db.prepare('SELECT message_id AS messageId, meta, payload FROM outgoing WHERE client = ? ORDER BY seq'),
+      census: db.prepare(
+        `SELECT client AS clientId, message_id AS messageId,
+           CASE WHEN json_extract(meta, '$.cmd') = 'pubrel' THEN 0 ELSE length(payload) END AS bytes
+         FROM outgoing ORDER BY seq`,
+      ),
       outMaxCounter: db.prepare('SELECT max(broker_counter) FROM outgoing WHERE broker_id = ?').pluck(),
       inPut: db.prepare(
         `INSERT INTO incoming (client, message_id, meta, payload) VALUES (?, ?, ?, ?)
@@ -94,7 +110,6 @@ export class SqlitePersistence {
       inDel: db.prepare('DELETE FROM incoming WHERE client = ? AND message_id = ?'),
       inDelAll: db.prepare('DELETE FROM incoming WHERE client = ?'),
     };
-    this.loadSubscriptions();
   }
 
   get broker(): BrokerRef | undefined {
@@ -261,6 +276,12 @@ export class SqlitePersistence {
   outgoingStream(client: ClientRef): Readable {
     const rows = this.q.outOf.all(client.id) as Array<PacketRow & { messageId: number | null }>;
     return Readable.from(rows.map(queued));
+  }
+
+  /** Every stored queue entry, in order (the queue bound counts them when the broker starts: queue-bound.ts). */
+  *queuedEntries(): Iterable<QueuedEntry> {
+    const rows = this.q.census.all() as Array<{ clientId: string; bytes: number | null; messageId: number | null }>;
+    for (const r of rows) yield { clientId: r.clientId, bytes: r.bytes ?? 0, messageId: r.messageId ?? undefined };
   }
 
   async incomingStorePacket(client: ClientRef, packet: StoredPacket): Promise<void> {

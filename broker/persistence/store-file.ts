@@ -97,7 +97,8 @@ function migrate(db: StoreDb, file: string): void {
   }
 }
 
-function classify(err: unknown, file: string): Error {
+/** An SQLite failure while opening or reading `file`, as the store error it means (others unchanged). */
+export function classify(err: unknown, file: string): Error {
   if (err instanceof StoreError) return err;
   const code = (err as { code?: string }).code ?? '';
   if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED'))
