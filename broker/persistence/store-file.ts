@@ -58,6 +58,8 @@ export function openStore(file: string): StoreDb {
     // SQLite does not wait for the disk at a commit; wal-sync.ts does, off the event loop, before any write of that
     // commit is acknowledged (the guarantee of synchronous=FULL). Checkpoints still sync the WAL and the file.
     db.pragma('synchronous = NORMAL');
+    // A command acknowledged and deleted leaves no plaintext behind in the file's free pages.
+    db.pragma('secure_delete = ON');
     check(db, file);
     migrate(db, file);
     return db;
