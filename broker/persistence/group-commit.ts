@@ -1,6 +1,7 @@
-// Group commit for the broker's store: the writes of one turn of the event loop share one transaction, committed
-// once and synced to disk (wal-sync.ts), after which each of them resolves. A write is acknowledged only once it
-// is durable.
+// Group commit for the broker's store: writes share one transaction, committed once and synced to disk
+// (wal-sync.ts), after which each of them resolves; a write is acknowledged only once it is durable. The
+// transaction is committed at the end of the current turn of the event loop, or, while a sync runs, when it ends:
+// under load one commit (and one sync) carries everything written during the previous sync.
 import type { StoreDb } from './store-file.js';
 import type { WalSync } from './wal-sync.js';
 
@@ -28,22 +29,26 @@ export class GroupCommit {
 
   /**
    * Runs `write` now, inside the open transaction (begun if none is), and resolves with its result once that
-   * transaction is committed. A write that throws is undone alone (a savepoint) and rejects at once.
+   * transaction is committed. A write that throws rejects at once and leaves nothing behind: a single statement is
+   * undone by SQLite itself; a write of several statements passes `several` and runs in a savepoint.
    */
-  run<T>(write: () => T): Promise<T> {
+  run<T>(write: () => T, several = false): Promise<T> {
     if (!this.open) {
       this.tx.begin();
       this.open = true;
-      setImmediate(() => this.commit());
+      if (this.wal.busy) this.wal.whenIdle(() => this.commit());
+      else setImmediate(() => this.commit());
     }
     let result: T;
-    this.tx.savepoint();
+    if (several) this.tx.savepoint();
     try {
       result = write();
-      this.tx.release();
+      if (several) this.tx.release();
     } catch (err) {
-      this.tx.undo();
-      this.tx.release();
+      if (several) {
+        this.tx.undo();
+        this.tx.release();
+      }
       return Promise.reject(err instanceof Error ? err : new Error(String(err)));
     }
     return new Promise<T>((resolve, reject) => this.waiting.push({ resolve: () => resolve(result), reject }));

@@ -96,7 +96,11 @@ export class SqlitePersistence {
       outReplace: db.prepare(
         'UPDATE outgoing SET broker_id = ?, broker_counter = ?, message_id = ?, meta = ?, payload = ? WHERE seq = ?',
       ),
-      outDel: db.prepare('DELETE FROM outgoing WHERE seq = ?'),
+      outTake: db.prepare(
+        `DELETE FROM outgoing
+         WHERE seq = (SELECT seq FROM outgoing WHERE client = ? AND message_id = ? ORDER BY seq LIMIT 1)
+         RETURNING message_id AS messageId, meta, payload`,
+      ),
       outOf: db.prepare('SELECT message_id AS messageId, meta, payload FROM outgoing WHERE client = ? ORDER BY seq'),
       census: db.prepare(
         `SELECT client AS clientId, message_id AS messageId,
@@ -173,7 +177,7 @@ export class SqlitePersistence {
         this.q.subPut.run(client.id, sub.topic, JSON.stringify(record));
         this.index(client.id, sub.topic, record, stored === undefined ? undefined : parseRecord(stored));
       }
-    });
+    }, true);
   }
 
   async removeSubscriptions(client: ClientRef, topics: string[]): Promise<void> {
@@ -184,7 +188,7 @@ export class SqlitePersistence {
         this.q.subDel.run(client.id, topic);
         this.unindex(client.id, topic, parseRecord(stored));
       }
-    });
+    }, true);
   }
 
   async subscriptionsByClient(client: ClientRef): Promise<Array<SubscriptionRecord & { topic: string }>> {
@@ -230,7 +234,7 @@ export class SqlitePersistence {
     const counter = packet.brokerCounter ?? null;
     return this.commit.run(() => {
       for (const s of subs) this.q.outPut.run(s.clientId, brokerId, counter, row.meta, row.payload);
-    });
+    }, subs.length > 1);
   }
 
   /**
@@ -268,11 +272,11 @@ export class SqlitePersistence {
 
   async outgoingClearMessageId(client: ClientRef, packet: StoredPacket): Promise<StoredPacket | undefined> {
     if (typeof packet?.messageId !== 'number') return undefined;
-    const row = this.q.outByMessageId.get(client.id, packet.messageId) as
-      (PacketRow & { seq: number; messageId: number }) | undefined;
-    if (!row) return undefined;
-    await this.commit.run(() => void this.q.outDel.run(row.seq));
-    return queued(row);
+    const messageId = packet.messageId;
+    const row = await this.commit.run(
+      () => this.q.outTake.get(client.id, messageId) as (PacketRow & { messageId: number }) | undefined,
+    );
+    return row && queued(row);
   }
 
   outgoingStream(client: ClientRef): Readable {

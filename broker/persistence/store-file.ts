@@ -27,8 +27,6 @@ const MIGRATIONS = [
      seq INTEGER PRIMARY KEY AUTOINCREMENT, client TEXT NOT NULL, broker_id TEXT, broker_counter INTEGER,
      message_id INTEGER, meta TEXT NOT NULL, payload BLOB) STRICT;
    CREATE INDEX outgoing_client ON outgoing (client, seq);
-   CREATE INDEX outgoing_message ON outgoing (client, message_id);
-   CREATE INDEX outgoing_counter ON outgoing (client, broker_counter);
    CREATE TABLE incoming (
      client TEXT NOT NULL, message_id INTEGER NOT NULL, meta TEXT NOT NULL, payload BLOB,
      PRIMARY KEY (client, message_id)) STRICT;`,

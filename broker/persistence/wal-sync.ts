@@ -12,7 +12,20 @@ export class WalSync {
   /** Resolvers waiting for a sync that starts after their commit. */
   private next: Array<{ resolve: () => void; reject: (err: Error) => void }> = [];
 
+  /** Called once when the running sync ends (group-commit.ts commits then, with what gathered meanwhile). */
+  private idle: Array<() => void> = [];
+
   constructor(private readonly walFile: string) {}
+
+  /** Whether a sync is running. */
+  get busy(): boolean {
+    return this.running;
+  }
+
+  /** Runs `fn` when the running sync ends. */
+  whenIdle(fn: () => void): void {
+    this.idle.push(fn);
+  }
 
   /** Resolves once everything committed before this call is on disk. */
   sync(): Promise<void> {
@@ -51,6 +64,7 @@ export class WalSync {
     for (const w of waiting)
       if (err) w.reject(err);
       else w.resolve();
-    if (this.next.length > 0) this.start();
+    for (const fn of this.idle.splice(0)) fn();
+    if (this.next.length > 0 && !this.running) this.start();
   }
 }
