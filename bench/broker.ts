@@ -306,17 +306,18 @@ const ok = {
   memory: fanMem && fanMem.extraKiB <= TARGETS.memoryKiB,
   durable: durable && durable.ratio >= TARGETS.durablePersistent,
 };
+const figure = (v: number | undefined, unit: string) => (v === undefined ? 'not measured' : `${v.toFixed(2)}${unit}`);
 console.log(
-  `\ntarget: uplink >= ${TARGETS.uplink}x plain Aedes (worst case ${Math.min(...uplinkRatios).toFixed(2)}x): ${verdict(ok.uplink)}`,
+  `\ntarget: uplink >= ${TARGETS.uplink}x plain Aedes (worst case ${figure(uplinkRatios.length ? Math.min(...uplinkRatios) : undefined, 'x')}): ${verdict(ok.uplink)}`,
 );
 console.log(
-  `target: fan-out >= ${TARGETS.fanout}x plain Aedes (in memory ${fanMem?.fanRatio.toFixed(2)}x): ${verdict(ok.fanout)}`,
+  `target: fan-out >= ${TARGETS.fanout}x plain Aedes (in memory ${figure(fanMem?.fanRatio, 'x')}): ${verdict(ok.fanout)}`,
 );
 console.log(
-  `target: <= ${TARGETS.memoryKiB} KiB extra per device session (${fanMem?.extraKiB.toFixed(1)} KiB): ${verdict(ok.memory)}`,
+  `target: <= ${TARGETS.memoryKiB} KiB extra per device session (${figure(fanMem?.extraKiB, ' KiB')}): ${verdict(ok.memory)}`,
 );
 console.log(
-  `target: durable (embedded) >= ${TARGETS.durablePersistent}x in memory for QoS 1 to persistent sessions (${durable?.ratio.toFixed(2)}x): ${verdict(ok.durable)}`,
+  `target: durable (embedded) >= ${TARGETS.durablePersistent}x in memory for QoS 1 to persistent sessions (${figure(durable?.ratio, 'x')}): ${verdict(ok.durable)}`,
 );
 
 await new Promise<void>((r) => plainServer.close(() => r()));
