@@ -237,7 +237,9 @@ describe('kill -9 and restart', () => {
     const { client_secret } = await sys.kms.admin.registerApp('dur-bound-ops', { publish: ['devices/+/down/#'] });
     const token = (await sys.kms.anon.clientToken('dur-bound-ops', client_secret)).access_token;
     const ops = await connectApp(broker.url, 'dur-bound-ops', token);
-    for (const c of ['m1', 'm2', 'm3']) await ops.publishAsync(`devices/${chip.deviceId}/down/cmd`, c, { qos: 1 });
+    // QoS 2: PUBCOMP comes after the message is stored. (Aedes answers a QoS 1 PUBLISH with PUBACK before it
+    // stores it: a kill -9 in between loses that message; docs/ARCHITECTURE.md, "Persistence".)
+    for (const c of ['m1', 'm2', 'm3']) await ops.publishAsync(`devices/${chip.deviceId}/down/cmd`, c, { qos: 2 });
     await ops.endAsync();
     await broker.kill();
     await broker.start();
