@@ -19,6 +19,7 @@ import { guardPackets, type InputRefusal } from './packet-guard.js';
 import { type BrokerPersistence, openPersistence } from './persistence/index.js';
 import { createQkeyPlugin, type QkeyPlugin } from './plugin.js';
 import { sm4GcmAddonStatus } from '../protocol/index.js';
+import { PolicyFeed } from './policy/feed.js';
 import { TokenAuthority } from './token-authority.js';
 import { coalesceWrites } from './write-coalescing.js';
 
@@ -28,6 +29,8 @@ export interface RunningBroker {
   /** URLs of the listeners that are on: mqtt://, mqtts://, ws://, wss://, and http:// for health and metrics. */
   urls: { mqtt?: string; mqtts?: string; ws?: string; wss?: string; http?: string };
   registry: Registry;
+  /** The policy table this broker enforces, followed from the key service. */
+  policy: PolicyFeed;
   close(): Promise<void>;
 }
 
@@ -119,6 +122,17 @@ function createMetrics() {
       name: 'broker_hook_errors_total',
       help: 'Failures inside a plugin hook (the message or client in hand was dropped)',
       labelNames: ['hook'],
+      registers: [registry],
+    }),
+    policyViolations: new Counter({
+      name: 'broker_policy_violations_total',
+      help: 'Publishes refused (leg=publish) and deliveries dropped (leg=forward) by the policy table, by rule',
+      labelNames: ['leg', 'rule'],
+      registers: [registry],
+    }),
+    policyVersion: new Gauge({
+      name: 'broker_policy_version',
+      help: "Version of the key service's policy table in force at this broker",
       registers: [registry],
     }),
     kmsUp: new Gauge({
@@ -230,7 +244,20 @@ async function startOn(
   const kms = await kmsSession.start();
   const tokens = new TokenAuthority(kms, { pollMs: config.revocationPollMs, ...(options.now && { now: options.now }) });
   await tokens.start();
+  const policy = new PolicyFeed(kms, config.revocationPollMs);
+  try {
+    await policy.start();
+  } catch (err) {
+    tokens.stop();
+    kmsSession.stop();
+    throw err;
+  }
   const m = createMetrics();
+  m.policyVersion.set(policy.current.version);
+  policy.onChange((p) => {
+    m.policyVersion.set(p.version);
+    log.info({ version: p.version, entries: p.size }, 'policy table changed');
+  });
   const certificates = config.clientCertificates ? new ClientCertificates(config.clientCertificates) : undefined;
   const plugin = createQkeyPlugin({
     certificates,
@@ -247,6 +274,7 @@ async function startOn(
     maxDownlinkClaimsPerMinute: config.maxDownlinkClaimsPerMinute,
     connectionLogLevel: config.connectionLogLevel,
     log,
+    policy,
     events: {
       rejected: (reason) => m.rejected.inc({ reason }),
       authFailed: (code, reason, who) => {
@@ -260,6 +288,7 @@ async function startOn(
       subscribeRefused: (reason) => m.subscribeRefused.inc({ reason }),
       will: (outcome) => m.wills.inc({ outcome }),
       hookError: (hook) => m.hookErrors.inc({ hook }),
+      policy: (leg, rule) => m.policyViolations.inc({ leg, rule }),
       session: (deviceId, e) => {
         m.sessionEvents.inc({ kind: e.kind });
         if (e.kind === 'downlink-rotated') m.rotations.inc();
@@ -393,6 +422,7 @@ async function startOn(
   } catch (err) {
     for (const s of servers) s.close();
     tokens.stop();
+    policy.stop();
     kmsSession.stop();
     await new Promise<void>((r) => aedes.close(() => r()));
     throw err;
@@ -404,8 +434,10 @@ async function startOn(
     plugin,
     urls,
     registry: m.registry,
+    policy,
     async close() {
       tokens.stop();
+      policy.stop();
       kmsSession.stop();
       for (const w of wsServers) w.close();
       await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));

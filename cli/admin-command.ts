@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { KmsClient, KmsHttpError, KmsUnreachableError } from '../kms-api/client.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
 import { ADMIN_TOKEN_FILE, findAdminToken } from '../common/admin-token.js';
+import { POLICY_OPTIONS, POLICY_USAGE, runPolicyCommand } from './admin-policy.js';
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, idArgument, UsageError } from './io.js';
 
 export const DEFAULT_KMS_URL = `http://127.0.0.1:${KMS_DEFAULTS.port}`;
@@ -28,6 +29,7 @@ Commands:
   pools [--low]                         unused keys per device and fill batches pending too long;
                                         --low: only devices below low-water
   audit [--device <id>] [--action <a>] [--after <n>] [--limit <n>]
+${POLICY_USAGE}
 
   --kms <url>    key service (default ${DEFAULT_KMS_URL}; env QKEY_KMS_URL)
   --token <t>    admin token (env QKEY_ADMIN_TOKEN; default: read <data>/admin-token)
@@ -51,6 +53,7 @@ const OPTIONS = {
   'cert-fingerprint': { type: 'string' },
   'cert-subject': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
+  ...POLICY_OPTIONS,
 } as const;
 
 /** A SHA-256 fingerprint as `openssl x509 -fingerprint -sha256` prints it (AB:CD:...), from any usual spelling. */
@@ -246,6 +249,10 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
         break;
       }
       default:
+        if (resource === 'policy') {
+          await runPolicyCommand(action, positionals, values, client, print, table);
+          break;
+        }
         throw new UsageError(`unknown command ${JSON.stringify(command)}`);
     }
     return EXIT_OK;

@@ -1,5 +1,19 @@
 // SM2 (GB/T 32918) for the factory batch format: key pairs, signatures and public-key encryption via sm-crypto,
 // with every secret scalar (private keys, signature nonces) drawn from node:crypto rather than sm-crypto's RNG.
+//
+// SM2 chosen by measurement (`npm run bench:sm2`; test/hsm-emulator/sm2-vectors.test.ts checks each candidate):
+// - node:crypto (OpenSSL, Node 22 and 24) makes keys on the SM2 curve, but crypto.sign on them is ECDSA, not the
+//   GB/T 32918.2 signature (it does not verify the GB/T 32918.5 example), and publicEncrypt refuses SM2 keys (no
+//   GB/T 32918.4). It is not a correct SM2, however fast (its ECDSA runs about 30x sm-crypto's signatures).
+// - sm-crypto passes the GB/T 32918.5 examples and OpenSSL's SM2 vectors, and is slow: on the development machine
+//   about 30-40 signatures, 20 verifications, 15-25 encryptions and 45-60 decryptions a second per core, so about
+//   6-8 handshakes (sign + verify + encrypt + decrypt of a 16-byte key) a second.
+// - sm-crypto-v2 (the same API over @noble/curves) passes the same vectors, opens sm-crypto's ciphertexts and
+//   verifies its signatures, and makes about 4x as many handshakes (about 25 a second: 660 signatures, 75
+//   verifications, 75 encryptions, 85 decryptions).
+// Factory batches, signed and sealed once per fill, keep sm-crypto here: their rate does not matter. Code that runs
+// SM2 per application session should use sm-crypto-v2 (a dev dependency for the bench today; a runtime one then).
+
 import { randomBytes } from 'node:crypto';
 import { BigInteger } from 'jsbn';
 import smCrypto from 'sm-crypto';

@@ -14,11 +14,13 @@ import { KMS_ERRORS, KmsError, type KmsErrorCode } from './errors.js';
 import { ChallengeBook } from './login.js';
 import { LoginLimiter } from './login-limits.js';
 import { loadMasterKey } from './master-key.js';
+import { PolicyStore } from './policy-store.js';
 import { createKmsMetrics } from './metrics.js';
 import { adminRoutes } from './routes/admin.js';
 import { authRoutes } from './routes/auth.js';
 import { etsiRoutes } from './routes/etsi.js';
 import { opsRoutes } from './routes/ops.js';
+import { adminPolicyRoutes, brokerPolicyRoutes } from './routes/policies.js';
 import { revocationRoutes } from './routes/revocations.js';
 import { loadAdminToken, loadSigningKey } from './secrets.js';
 import { KeyStore } from './store.js';
@@ -114,6 +116,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     ),
     limiter: new LoginLimiter(config.loginLimits, options.clock),
     metrics,
+    policies: new PolicyStore(db, (...audit) => store.audit(...audit)),
   };
 
   const app = Fastify({
@@ -192,9 +195,15 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     callerGroup('broker', context, (scope) => {
       etsiRoutes(scope, context);
       revocationRoutes(scope, context);
+      brokerPolicyRoutes(scope, context);
     }),
   );
-  app.register(callerGroup('admin', context, (scope) => adminRoutes(scope, context)));
+  app.register(
+    callerGroup('admin', context, (scope) => {
+      adminRoutes(scope, context);
+      adminPolicyRoutes(scope, context);
+    }),
+  );
 
   let closed = false;
   return {

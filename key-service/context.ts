@@ -6,6 +6,7 @@ import type { KmsConfig } from './config.js';
 import type { ChallengeBook } from './login.js';
 import type { LoginLimiter } from './login-limits.js';
 import type { KmsMetrics } from './metrics.js';
+import type { PolicyStore } from './policy-store.js';
 import type { SigningKey } from './secrets.js';
 import type { KeyStore } from './store.js';
 
@@ -18,6 +19,7 @@ export interface KmsContext {
   challenges: ChallengeBook;
   limiter: LoginLimiter;
   metrics: KmsMetrics;
+  policies: PolicyStore;
 }
 
 export function issueToken(

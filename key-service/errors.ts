@@ -8,6 +8,7 @@ export const KMS_ERRORS = {
   KMS_ERR_KEY_SIZE: { status: 400, message: 'unsupported key size (only 128 bits)' },
   KMS_ERR_TOO_MANY_KEYS: { status: 400, message: 'more keys requested than max_key_per_request' },
   KMS_ERR_EXTENSION: { status: 400, message: 'unsupported mandatory extension' },
+  KMS_ERR_POLICY_INVALID: { status: 400, message: 'invalid policy entry' },
   KMS_ERR_UNAUTHORIZED: { status: 401, message: 'missing, invalid or insufficient credentials' },
   KMS_ERR_LOGIN_FAILED: { status: 401, message: 'login failed' },
   KMS_ERR_NOT_FOUND: { status: 404, message: 'no such resource' },

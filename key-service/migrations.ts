@@ -106,4 +106,19 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE batches ADD COLUMN suites TEXT;
   ALTER TABLE devices ADD COLUMN suites TEXT;
   `,
+  // 5: the policy table (kms-api/policy-schemas.ts): one row per (role, principal or none, topic filter); the
+  // table's version, bumped by every change, is kept in meta as 'policy_version'.
+  `
+  CREATE TABLE policies (
+    policy_id TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('device', 'app')),
+    principal TEXT,
+    filter TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE UNIQUE INDEX policies_subject_filter ON policies (role, COALESCE(principal, ''), filter);
+  INSERT INTO meta (name, value) VALUES ('policy_version', '0');
+  `,
 ];

@@ -23,6 +23,7 @@ import type {
   TokenResponse,
 } from './auth-schemas.js';
 import type { ErrorBody } from './common-schemas.js';
+import type { PolicyBodyJson, PolicyEntryJson, PolicyFeedJson, PolicyTableJson } from './policy-schemas.js';
 import type { DecKeysRequest, EncKeysRequest, KeyContainer, KeyStatusJson, RetireRequest } from './etsi-schemas.js';
 
 export type { DeliveredKeyJson, KeyStatusJson } from './etsi-schemas.js';
@@ -251,5 +252,26 @@ export class KmsClient {
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(query)) if (v !== undefined) q.set(k, String(v));
     return this.request<AuditJson>('GET', `/api/v1/admin/audit?${q}`);
+  }
+
+  // --- policy table (kms-api/policy-schemas.ts) ---
+  /** Broker: the table, or only its version when that is still `known`. */
+  policyFeed(known: number) {
+    return this.request<PolicyFeedJson>('GET', `/api/v1/policies?known=${known}`);
+  }
+  policies() {
+    return this.request<PolicyTableJson>('GET', '/api/v1/admin/policies');
+  }
+  policy(policyId: string) {
+    return this.request<PolicyEntryJson>('GET', `/api/v1/admin/policies/${encodeURIComponent(policyId)}`);
+  }
+  setPolicy(policyId: string, body: PolicyBodyJson) {
+    return this.request<PolicyEntryJson>('PUT', `/api/v1/admin/policies/${encodeURIComponent(policyId)}`, body);
+  }
+  deletePolicy(policyId: string) {
+    return this.request<{ policy_id: string; deleted: true; version: number }>(
+      'DELETE',
+      `/api/v1/admin/policies/${encodeURIComponent(policyId)}`,
+    );
   }
 }

@@ -22,6 +22,8 @@ declare module 'sm-crypto' {
   export const sm2: {
     generateKeyPairHex(a?: string, b?: number): { privateKey: string; publicKey: string };
     verifyPublicKey(publicKey: string): boolean;
+    /** The uncompressed public point (04 || x || y, hex) of private scalar `privateKey` (hex). */
+    getPublicKeyFromPrivateKey(privateKey: string): string;
     doEncrypt(msg: number[], publicKey: string, cipherMode: 0 | 1): string;
     doDecrypt(data: string, privateKey: string, cipherMode: 0 | 1, options: { output: 'array' }): number[];
     doSignature(

@@ -8,7 +8,9 @@ import type { DeviceSessionKeys, RotationLimits, SessionEvent } from '../session
 import { ClaimBudget } from '../claim-budget.js';
 import { DEFAULT_UPLINK_LINGER_SECONDS, UplinkKeys } from '../uplink-keys.js';
 import type { TokenAuthority } from '../token-authority.js';
-import type { Principal, TopicTemplates } from '../topic-policy.js';
+import { deviceFilter, type Principal, type TopicTemplates } from '../topic-policy.js';
+import { EMPTY_POLICY, type PolicyViolation, rotationFor } from '../policy/evaluate.js';
+import type { PolicySource } from '../policy/feed.js';
 
 /** Why a publish was refused; each is a metric label. */
 export type RejectReason =
@@ -22,6 +24,7 @@ export type RejectReason =
   | 'revoked'
   | 'kms_unavailable'
   | 'too_large'
+  | 'policy'
   | 'error';
 
 /** What became of a device's uplink publish: `opened`, a `duplicate` acknowledged and dropped, or why it was refused. */
@@ -55,6 +58,8 @@ export interface PluginEvents {
   subscribeRefused?: (reason: 'acl' | 'limit') => void;
   will?: (outcome: 'published' | 'refused') => void;
   hookError?: (hook: HookName) => void;
+  /** A publish refused (`publish`) or a delivery dropped (`forward`) by the policy table, by the rule it broke. */
+  policy?: (leg: 'publish' | 'forward', rule: PolicyViolation) => void;
 }
 
 export interface PluginLog {
@@ -101,6 +106,8 @@ export interface QkeyPluginOptions {
   /** Mutual TLS: connections' certificate identities and whether a certificate alone may replace a device token. */
   certificates?: ClientCertificates;
   log?: PluginLog;
+  /** The policy table in force (policy/feed.ts); none: the broker's behaviour without a policy. */
+  policy?: PolicySource;
 }
 
 /** A device will's envelope, read (not opened) at CONNECT: its key is this connection's uplink key. */
@@ -160,6 +167,7 @@ export class PluginContext {
   /** The uplink keys this broker holds, per device, across that device's connections. */
   readonly uplinks: UplinkKeys;
   readonly downlinkBudget: ClaimBudget;
+  readonly policy: PolicySource;
   readonly counters: PluginCounters = {
     uplink: {
       opened: 0,
@@ -174,6 +182,7 @@ export class PluginContext {
       revoked: 0,
       kms_unavailable: 0,
       too_large: 0,
+      policy: 0,
       error: 0,
     },
     uplinkBytes: 0,
@@ -192,7 +201,15 @@ export class PluginContext {
     this.maxDownlinkPayload = o.maxDownlinkPayload ?? DEFAULT_MAX_PAYLOAD;
     this.maxSubscriptions = o.maxSubscriptionsPerClient ?? DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT;
     this.downlinkBudget = new ClaimBudget(o.maxDownlinkClaimsPerMinute ?? DEFAULT_DOWNLINK_CLAIMS_PER_MINUTE);
+    this.policy = o.policy ?? { current: EMPTY_POLICY };
     this.uplinks = new UplinkKeys(o.kms, (o.uplinkKeyLingerSeconds ?? DEFAULT_UPLINK_LINGER_SECONDS) * 1000);
+  }
+
+  /** A device session's downlink rotation limits: the configured ones, tightened by the policy table. */
+  rotationFor(deviceId: string): RotationLimits {
+    const policy = this.policy.current;
+    if (policy.size === 0) return this.rotation;
+    return rotationFor(policy, deviceId, deviceFilter(this.topics.downlink, deviceId), this.rotation);
   }
 
   /**

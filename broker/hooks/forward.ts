@@ -6,6 +6,7 @@ import { isProtocolError } from '../../protocol/index.js';
 import type { DeviceSessionKeys } from '../session-keys.js';
 import { isStatusTopicOf, mayReceive, type Principal } from '../topic-policy.js';
 import { type ClientState, DROPPED_PAYLOAD, type PluginContext } from './context.js';
+import { deliveryPolicy } from './policy.js';
 
 type Deliver = (packet: AedesPublishPacket, cb: () => void) => void;
 interface DeliveringClient {
@@ -58,6 +59,8 @@ export function authorizeForward(
   const state = ctx.states.get(client);
   // Read permission again on every delivery: a negated filter of a persistent session may still be stored.
   if (!state || !mayReceive(state.principal, packet.topic, ctx.topics)) return null;
+  const policy = deliveryPolicy(ctx, client, state, packet);
+  if (policy !== 'as-usual') return policy === 'pass' ? packet : null;
   if (state.principal.role !== 'device') return packet;
   // §9.4: the broker's status notices to the device are plaintext (a reason, never data).
   if (isStatusTopicOf(ctx.topics, state.principal.id, packet.topic)) return packet;

@@ -3,6 +3,7 @@
 // closes the connection and is counted by reason; a hook failure drops the message the same way.
 import type { Client, PublishPacket } from 'aedes';
 import {
+  DEFAULT_MAX_PAYLOAD,
   isProtocolError,
   openEnvelope,
   type ParsedEnvelope,
@@ -18,7 +19,9 @@ import {
   type PublishCallback,
   type RejectReason,
 } from './context.js';
+import { envelopePolicy, publishPolicy } from './policy.js';
 import { authorizeWill, isWillOf } from './will.js';
+import type { PolicyViolation } from '../policy/evaluate.js';
 
 const PROTOCOL_REASONS: Partial<Record<ProtocolErrorCode, RejectReason>> = {
   PROTO_ERR_TRUNCATED: 'malformed',
@@ -66,8 +69,11 @@ export function authorizePublish(
 function decide(ctx: PluginContext, client: Client, state: ClientState, packet: PublishPacket): Verdict {
   if (!mayPublish(state.principal, packet.topic, ctx.topics))
     return refuse(ctx, client, state, packet, 'acl', 'topic not permitted');
+  const policy = publishPolicy(ctx, state.principal, packet);
+  if ('violation' in policy) return refusePolicy(ctx, client, state, packet, policy.violation);
   const payload = packet.payload as Buffer;
   if (state.principal.role !== 'device') return checkDownlinkSize(ctx, client, state, packet, payload.length);
+  if (policy.take === 'pass') return checkPlaintextSize(ctx, client, state, packet, payload.length);
   // The empty payload passes: MQTT's retained-message delete marker.
   if (payload.length === 0) return null;
   let parsed: ParsedEnvelope;
@@ -78,6 +84,8 @@ function decide(ctx: PluginContext, client: Client, state: ClientState, packet: 
     const reason = err.code === 'PROTO_ERR_TRUNCATED' ? 'plaintext' : (PROTOCOL_REASONS[err.code] ?? 'malformed');
     return refuse(ctx, client, state, packet, reason, err.code);
   }
+  const violation = envelopePolicy(policy.rule, parsed.ciphertext.length, parsed.suite);
+  if (violation) return refusePolicy(ctx, client, state, packet, violation, parsed.keyIndex);
   const keys = state.keys!;
   const ready = keys.readyUplinkKey(parsed.keyIndex);
   if (ready) return openUplink(ctx, client, state, packet, parsed, ready);
@@ -105,6 +113,32 @@ function checkDownlinkSize(
 ): Verdict {
   if (length <= ctx.maxDownlinkPayload || downlinkOwner(ctx.topics, packet.topic) === undefined) return null;
   return refuse(ctx, client, state, packet, 'too_large', `${length} > ${ctx.maxDownlinkPayload} bytes`);
+}
+
+/** A device's plaintext publish (its policy allows one) within the broker's largest uplink payload. */
+function checkPlaintextSize(
+  ctx: PluginContext,
+  client: Client,
+  state: ClientState,
+  packet: PublishPacket,
+  length: number,
+): Verdict {
+  const max = ctx.parseOptions.maxPayload ?? DEFAULT_MAX_PAYLOAD;
+  if (length <= max) return null;
+  return refuse(ctx, client, state, packet, 'too_large', `${length} > ${max} bytes`);
+}
+
+/** Refused by the policy table: counted by the rule broken, then refused as any publish is. */
+function refusePolicy(
+  ctx: PluginContext,
+  client: Client,
+  state: ClientState,
+  packet: PublishPacket,
+  rule: PolicyViolation,
+  keyIndex?: number,
+): Error | Promise<Error> {
+  ctx.o.events?.policy?.('publish', rule);
+  return refuse(ctx, client, state, packet, 'policy', `policy: ${rule}`, keyIndex);
 }
 
 function openUplink(

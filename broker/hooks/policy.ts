@@ -1,0 +1,72 @@
+// The policy steps of the publish and forward hooks: which entry governs the message (policy/evaluate.ts) and what
+// it allows. A refused publish closes the connection as every refusal does; a refused delivery is dropped for that
+// one subscriber. Both are counted by rule.
+import type { AedesPublishPacket, Client, PublishPacket } from 'aedes';
+import { ENVELOPE_VERSION } from '../../protocol/index.js';
+import {
+  contentViolation,
+  defaultRule,
+  deliveryFor,
+  headerViolation,
+  type PolicyRule,
+  type PolicyViolation,
+  publishHandling,
+  ruleFor,
+} from '../policy/evaluate.js';
+import { isStatusTopicOf, type Principal } from '../topic-policy.js';
+import type { ClientState, PluginContext } from './context.js';
+
+/** The rule in force for `principal` on `topic`. */
+export function ruleOf(ctx: PluginContext, principal: Principal, topic: string): PolicyRule {
+  return ruleFor(ctx.policy.current, principal, topic) ?? defaultRule(principal.role);
+}
+
+/**
+ * What the publish step decided: a violation, or how to take the payload. `open`: an envelope, checked against the
+ * rule's suites and size before its key is claimed; `pass`: plaintext, size already checked.
+ */
+export type PublishPolicy = { violation: PolicyViolation } | { take: 'open'; rule: PolicyRule } | { take: 'pass' };
+
+/** The QoS, retain and encryption rules of a publish, and its size when it is taken as plaintext. */
+export function publishPolicy(ctx: PluginContext, principal: Principal, packet: PublishPacket): PublishPolicy {
+  const rule = ruleOf(ctx, principal, packet.topic);
+  const header = headerViolation(rule, packet.qos, packet.retain);
+  if (header) return { violation: header };
+  const handling = publishHandling(rule, principal.role);
+  if (handling === 'encryption') return { violation: handling };
+  const payload = packet.payload as Buffer;
+  // `optional`: an envelope is recognised by its version byte (docs/PROTOCOL.md §4); anything else is plaintext.
+  if (handling === 'open' || (handling === 'open-if-sealed' && payload[0] === ENVELOPE_VERSION))
+    return { take: 'open', rule };
+  const violation = contentViolation(rule, payload.length);
+  return violation ? { violation } : { take: 'pass' };
+}
+
+/** An envelope's plaintext size and suite against the rule, before its key is claimed. */
+export function envelopePolicy(rule: PolicyRule, plaintextLength: number, suite: number): PolicyViolation | undefined {
+  return contentViolation(rule, plaintextLength, suite);
+}
+
+/**
+ * The forward hook's policy step: `as-usual` (the hook seals for a device, passes to an application), `pass`
+ * (plaintext to this subscriber), or `drop` (counted). Status notices to a device are the broker's own: as usual.
+ */
+export function deliveryPolicy(
+  ctx: PluginContext,
+  client: Client,
+  state: ClientState,
+  packet: AedesPublishPacket,
+): 'as-usual' | 'pass' | 'drop' {
+  const principal = state.principal;
+  if (ctx.policy.current.size === 0) return 'as-usual';
+  if (principal.role === 'device' && isStatusTopicOf(ctx.topics, principal.id, packet.topic)) return 'as-usual';
+  // Every delivery reaches the forward hook as plaintext: nothing sealed is stored (forward.ts).
+  const plaintext = packet.payload as Buffer;
+  const suite = state.keys?.downlinkSuite ?? 0;
+  const decision = deliveryFor(ruleOf(ctx, principal, packet.topic), principal.role, plaintext.length, suite);
+  if (decision === 'seal') return 'as-usual';
+  if (decision === 'pass') return principal.role === 'device' ? 'pass' : 'as-usual';
+  ctx.o.events?.policy?.('forward', decision);
+  ctx.o.log?.warn({ client: client.id, topic: packet.topic, rule: decision }, 'delivery dropped by policy');
+  return 'drop';
+}
