@@ -60,16 +60,12 @@ export function deliveryPolicy(
   const principal = state.principal;
   if (ctx.policy.current.size === 0) return 'as-usual';
   if (principal.role === 'device' && isStatusTopicOf(ctx.topics, principal.id, packet.topic)) return 'as-usual';
-  const payload = packet.payload as Buffer;
-  const plaintext = ctx.plaintextOf.get(payload) ?? payload;
+  // Every delivery reaches the forward hook as plaintext: nothing sealed is stored (forward.ts).
+  const plaintext = packet.payload as Buffer;
   const suite = state.keys?.downlinkSuite ?? 0;
   const decision = deliveryFor(ruleOf(ctx, principal, packet.topic), principal.role, plaintext.length, suite);
   if (decision === 'seal') return 'as-usual';
-  if (decision === 'pass') {
-    // A stored copy sealed for an earlier session goes out as its plaintext.
-    packet.payload = plaintext;
-    return principal.role === 'device' ? 'pass' : 'as-usual';
-  }
+  if (decision === 'pass') return principal.role === 'device' ? 'pass' : 'as-usual';
   ctx.o.events?.policy?.('forward', decision);
   ctx.o.log?.warn({ client: client.id, topic: packet.topic, rule: decision }, 'delivery dropped by policy');
   return 'drop';
