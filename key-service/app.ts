@@ -17,6 +17,7 @@ import { loadMasterKey } from './master-key.js';
 import { createKmsMetrics } from './metrics.js';
 import { adminRoutes } from './routes/admin.js';
 import { authRoutes } from './routes/auth.js';
+import { bulkRoutes } from './routes/bulk.js';
 import { etsiRoutes } from './routes/etsi.js';
 import { opsRoutes } from './routes/ops.js';
 import { revocationRoutes } from './routes/revocations.js';
@@ -191,6 +192,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
   app.register(
     callerGroup('broker', context, (scope) => {
       etsiRoutes(scope, context);
+      bulkRoutes(scope, context);
       revocationRoutes(scope, context);
     }),
   );

@@ -25,6 +25,7 @@ import type {
   TokenKeysJson,
   TokenResponse,
 } from './auth-schemas.js';
+import type { BulkClaimItem, BulkClaimsJson, BulkRetireItem, BulkRetireJson } from './bulk-schemas.js';
 import type { ErrorBody } from './common-schemas.js';
 import type { DecKeysRequest, EncKeysRequest, KeyContainer, KeyStatusJson, RetireRequest } from './etsi-schemas.js';
 
@@ -101,6 +102,33 @@ interface RawResponse {
   text: string;
 }
 
+/** ETSI 014 enc_keys body; the session id travels as a mandatory extension (§6.2). */
+export function encKeysBody(number: number, sessionId?: string): EncKeysRequest {
+  return { number, size: 128, ...(sessionId ? { extension_mandatory: [{ qkey_session_id: sessionId }] } : {}) };
+}
+
+/** ETSI 014 dec_keys body; `proofs[i]`, when given, is the proof of use of `keyIds[i]` (docs/KMS-API.md). */
+export function decKeysBody(
+  keyIds: string[],
+  sessionId?: string,
+  proofs: ReadonlyArray<UplinkProof | undefined> = [],
+): DecKeysRequest {
+  return {
+    key_IDs: keyIds.map((key_ID, i) => {
+      const proof = proofs[i];
+      if (!proof) return { key_ID };
+      const envelope = Buffer.from(proof.envelope.buffer, proof.envelope.byteOffset, proof.envelope.byteLength);
+      return {
+        key_ID,
+        key_ID_extension: {
+          qkey_proof: { envelope: envelope.toString('base64'), topic: proof.topic, direction: proof.direction },
+        },
+      };
+    }),
+    ...(sessionId ? { key_IDs_extension: { qkey_session_id: sessionId } } : {}),
+  };
+}
+
 export class KmsClient {
   readonly baseUrl: string;
   private readonly token: string | (() => string) | undefined;
@@ -124,10 +152,15 @@ export class KmsClient {
     this.transport.agent.destroy();
   }
 
-  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    return this.requestJson<T>(method, path, body === undefined ? undefined : JSON.stringify(body));
+  }
+
+  /** A request whose body is JSON text already (the coalescer measures items as it serializes them). */
+  async requestJson<T>(method: string, path: string, bodyJson: string | undefined): Promise<T> {
     let res: RawResponse;
     try {
-      res = await this.exchange(method, path, body === undefined ? undefined : JSON.stringify(body));
+      res = await this.exchange(method, path, bodyJson);
     } catch (err) {
       throw new KmsUnreachableError(this.baseUrl, err);
     }
@@ -158,8 +191,7 @@ export class KmsClient {
       headers['content-type'] = 'application/json';
       headers['content-length'] = Buffer.byteLength(body);
     }
-    if (this.token)
-      headers.authorization = `Bearer ${typeof this.token === 'function' ? this.token() : this.token}`;
+    if (this.token) headers.authorization = `Bearer ${typeof this.token === 'function' ? this.token() : this.token}`;
     return new Promise((resolve, reject) => {
       const req = send({
         agent,
@@ -172,10 +204,7 @@ export class KmsClient {
       });
       // One timer cleared on completion (not AbortSignal.timeout(), which fires for every request and builds a
       // DOMException each time: visible in the broker's profile after a 10,000-device storm).
-      const timer = setTimeout(
-        () => req.destroy(new Error(`no answer within ${this.timeoutMs} ms`)),
-        this.timeoutMs,
-      );
+      const timer = setTimeout(() => req.destroy(new Error(`no answer within ${this.timeoutMs} ms`)), this.timeoutMs);
       const fail = (err: Error) => {
         clearTimeout(timer);
         reject(err);
@@ -224,34 +253,25 @@ export class KmsClient {
     return this.request<KeyStatusJson>('GET', `/api/v1/keys/${encodeURIComponent(saeId)}/status`);
   }
   encKeys(saeId: string, number: number, sessionId?: string) {
-    const body: EncKeysRequest = {
-      number,
-      size: 128,
-      ...(sessionId ? { extension_mandatory: [{ qkey_session_id: sessionId }] } : {}),
-    };
+    const body = encKeysBody(number, sessionId);
     return this.request<KeyContainer>('POST', `/api/v1/keys/${encodeURIComponent(saeId)}/enc_keys`, body);
   }
   /** ETSI 014 dec_keys; `proofs[i]`, when given, is the proof of use of `keyIds[i]` (docs/KMS-API.md). */
   decKeys(saeId: string, keyIds: string[], sessionId?: string, proofs: ReadonlyArray<UplinkProof | undefined> = []) {
-    const body: DecKeysRequest = {
-      key_IDs: keyIds.map((key_ID, i) => {
-        const proof = proofs[i];
-        if (!proof) return { key_ID };
-        const envelope = Buffer.from(proof.envelope.buffer, proof.envelope.byteOffset, proof.envelope.byteLength);
-        return {
-          key_ID,
-          key_ID_extension: {
-            qkey_proof: { envelope: envelope.toString('base64'), topic: proof.topic, direction: proof.direction },
-          },
-        };
-      }),
-      ...(sessionId ? { key_IDs_extension: { qkey_session_id: sessionId } } : {}),
-    };
+    const body = decKeysBody(keyIds, sessionId, proofs);
     return this.request<KeyContainer>('POST', `/api/v1/keys/${encodeURIComponent(saeId)}/dec_keys`, body);
   }
   retire(saeId: string, keyIds: string[]) {
     const body: RetireRequest = { key_IDs: keyIds.map((key_ID) => ({ key_ID })) };
     return this.request<{ retired: number }>('POST', `/api/v1/keys/${encodeURIComponent(saeId)}/retire`, body);
+  }
+
+  // --- bulk extension (docs/KMS-API.md): each item answered on its own ---
+  bulkClaims(claims: BulkClaimItem[]) {
+    return this.request<BulkClaimsJson>('POST', '/api/v1/bulk/claims', { claims });
+  }
+  bulkRetire(retirements: BulkRetireItem[]) {
+    return this.request<BulkRetireJson>('POST', '/api/v1/bulk/retirements', { retirements });
   }
 
   // --- admin ---

@@ -230,7 +230,7 @@ async function claimWillKey(client: Client, keys: DeviceSessionKeys, will: Devic
 }
 
 function openKeySession(ctx: PluginContext, client: Client, principal: Principal, suite: SuiteId): DeviceSessionKeys {
-  const keys = new DeviceSessionKeys(ctx.o.kms, ctx.uplinks, principal.id, randomUUID(), ctx.rotation, (e) =>
+  const keys = new DeviceSessionKeys(ctx.keyDelivery, ctx.uplinks, principal.id, randomUUID(), ctx.rotation, (e) =>
     ctx.o.events?.session?.(principal.id, e),
   );
   keys.downlinkSuite = suite;
