@@ -15,6 +15,7 @@ import { parseArgs } from 'node:util';
 import { BROKER_DEFAULTS } from '../broker/config.js';
 import { SINGLE_HOST_LOGIN_LIMITS } from '../device-sim/local-system.js';
 import { DeliveryLedger, percentile } from '../device-sim/stats.js';
+import { POOL_CENSUS_INTERVAL_MS } from '../key-service/metrics.js';
 import { KmsClient } from '../kms-api/client.js';
 import { ENVELOPE_OVERHEAD, EnvelopeKey, loginProof, SUITE_SM4_GCM, sealEnvelope } from '../protocol/index.js';
 import { LeanMqttClient } from './_lean-mqtt.js';
@@ -446,7 +447,7 @@ try {
 
   // Teardown: every device disconnects, then the broker shuts down, retiring on its way out the uplink keys its
   // devices' sessions held (they would otherwise linger for a reconnect, docs/PROTOCOL.md §9).
-  const held = claimedKeys(await (await fetch(`${kms.line}/metrics`)).text());
+  const held = delivered(await (await fetch(`${kms.line}/metrics`)).text()); // none retired yet: no rotation, no linger
   t = performance.now();
   const teardownFrom = monotonicUs();
   for (const c of clients.splice(0)) c.end();
@@ -454,6 +455,8 @@ try {
   await broker.exited;
   const teardownSeconds = (performance.now() - t) / 1000;
   teardownWindow = [teardownFrom, monotonicUs()];
+  // The key service's key-state gauges are recounted at most once per POOL_CENSUS_INTERVAL_MS.
+  await new Promise((r) => setTimeout(r, POOL_CENSUS_INTERVAL_MS + 500));
   const left = claimedKeys(await (await fetch(`${kms.line}/metrics`)).text());
   console.log(
     `teardown: ${online.length} sessions ended and the broker shut down in ${teardownSeconds.toFixed(1)} s, ${held - left}/${held} claimed keys retired (target: < 5 s, every key retired: ${teardownSeconds < 5 && left === 0 ? 'PASS' : 'FAIL'})`,
