@@ -105,7 +105,9 @@ try {
     }
   }
   console.log(`bench/kms-client: ${REQUESTS} requests each, load average ${(await import('node:os')).loadavg()[0]}`);
-  console.log(table([['in flight', 'client', 'connections', 'requests/s', 'client CPU us/request', 'CPU vs fetch'], ...rows]));
+  console.log(
+    table([['in flight', 'client', 'connections', 'requests/s', 'client CPU us/request', 'CPU vs fetch'], ...rows]),
+  );
 } finally {
   server.stop();
 }
