@@ -148,9 +148,13 @@ export class UplinkKeys {
     return claim;
   }
 
-  /** Retires every held key (broker shutdown). */
+  /** Retires every held key (broker shutdown), and every key whose claim is still in flight once it arrives. */
   async close(): Promise<void> {
     this.closed = true;
+    // A claim answered from now on is retired by adopt(): wait for those, so their retirements are queued at the
+    // coalescer before the broker closes it (its close sends and waits for what is queued).
+    const claiming = [...this.devices.values()].flatMap((d) => [...d.claiming.values()].map((c) => c.claim));
+    await Promise.allSettled(claiming);
     await Promise.all([...this.devices.keys()].map((id) => this.forget(id)));
   }
 

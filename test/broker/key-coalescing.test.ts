@@ -80,3 +80,26 @@ it('claims the first keys of many sessions in one request, refuses a forged one 
   expect(await retired(devs[2]!)).toEqual([0]);
   expect(await retired(devs[3]!)).toEqual([]);
 });
+
+it('retires a key whose claim was still in flight when the broker began shutting down', async () => {
+  const dev = await provisionDevice(t.admin, 'coal-inflight', 2, 0);
+  let unanswered = 0;
+  const counting = Object.create(broker) as KmsClient;
+  counting.requestJson = (method, path, json) => {
+    unanswered++;
+    return broker.requestJson(method, path, json).finally(() => unanswered--);
+  };
+  const delivery = new KmsCoalescer(counting);
+  const uplinks = new UplinkKeys(delivery);
+  const session = new DeviceSessionKeys(delivery, uplinks, dev.deviceId, 's-inflight');
+  const claim = session.uplinkKey(0, proof(dev, 0)); // queued at the coalescer, not sent yet
+  // Shutdown as the broker's plugin does it, without waiting for the claim: its key must still be retired by the
+  // time the coalescer has closed.
+  await session.close();
+  await uplinks.close();
+  await delivery.close();
+  expect(unanswered).toBe(0); // the broker's thread may end now: nothing it sent is still waiting
+  await claim;
+  const { keys } = await t.admin.deviceKeys(dev.deviceId);
+  expect(keys.find((k) => k.key_index === 0)!.state).toBe('retired');
+});
