@@ -196,7 +196,7 @@ export class KmsClient {
       const req = send({
         agent,
         protocol: url.protocol,
-        hostname: url.hostname,
+        hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'), // an IPv6 literal without its URL brackets
         port: url.port,
         method,
         path: `${url.pathname.replace(/\/+$/, '')}${path}`,
