@@ -344,7 +344,8 @@ let stormWindow: [number, number] | undefined;
 let teardownWindow: [number, number] | undefined;
 const deviceIds = Array.from({ length: N }, (_, i) => `scale-${String(i).padStart(5, '0')}`);
 const topicOf = (id: string) => `devices/${id}/up/telemetry`;
-const admin = new KmsClient(kms.line, { token: ADMIN, timeoutMs: 60_000 });
+// As many connections as logins in flight (the storm's concurrency), as fetch opened before KmsClient pooled them.
+const admin = new KmsClient(kms.line, { token: ADMIN, timeoutMs: 60_000, connections: CONCURRENCY });
 const clients: LeanMqttClient[] = [];
 let qkey: PhaseResult | undefined;
 try {
