@@ -66,7 +66,7 @@ export interface KmsClientOptions {
   /** A bearer token, or a function returning the current one (for tokens that are renewed). */
   token?: string | (() => string);
   timeoutMs?: number;
-  /** Keep-alive connections kept open to the key service at most (default DEFAULT_KMS_CONNECTIONS). */
+  /** Keep-alive connections to the key service at most, shared with clients of the same URL and count. */
   connections?: number;
 }
 
@@ -84,16 +84,28 @@ export interface KmsTransport {
   send: typeof httpRequest;
 }
 
+/**
+ * One pool per key-service origin and connection count, shared by every client in the process (as fetch shares its
+ * global dispatcher): a program making a client per device or per call still keeps a few connections, not one each.
+ */
+const transports = new Map<string, KmsTransport>();
+
 function transportFor(baseUrl: string, connections: number): KmsTransport {
   const url = new URL(baseUrl);
+  const name = `${url.origin} ${connections}`;
+  const known = transports.get(name);
+  if (known) return { ...known, url };
   const https = url.protocol === 'https:';
   if (!https && url.protocol !== 'http:') throw new Error(`key service URL must be http or https: ${baseUrl}`);
   // lifo: the most recently used connection first, so idle ones age out (Node closes a free socket shortly before
   // the server's advertised Keep-Alive timeout, so a request is never written to a connection the server closes).
+  // Free sockets are unreferenced: an idle pool never keeps the process alive.
   const options = { keepAlive: true, maxSockets: connections, scheduling: 'lifo' as const };
-  return https
+  const transport = https
     ? { url, agent: new HttpsAgent(options), send: httpsRequest as typeof httpRequest }
     : { url, agent: new HttpAgent(options), send: httpRequest };
+  transports.set(name, transport);
+  return transport;
 }
 
 interface RawResponse {
@@ -145,11 +157,6 @@ export class KmsClient {
   /** The same key service and connections, with another credential. */
   withToken(token: string | (() => string)): KmsClient {
     return new KmsClient(this.baseUrl, { token, timeoutMs: this.timeoutMs }, this.transport);
-  }
-
-  /** Closes the idle keep-alive connections (open ones close once their request is answered). */
-  close(): void {
-    this.transport.agent.destroy();
   }
 
   request<T>(method: string, path: string, body?: unknown): Promise<T> {

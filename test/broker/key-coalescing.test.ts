@@ -85,9 +85,9 @@ it('retires a key whose claim was still in flight when the broker began shutting
   const dev = await provisionDevice(t.admin, 'coal-inflight', 2, 0);
   let unanswered = 0;
   const counting = Object.create(broker) as KmsClient;
-  counting.requestJson = (method, path, json) => {
+  counting.requestJson = <T>(method: string, path: string, json: string | undefined) => {
     unanswered++;
-    return broker.requestJson(method, path, json).finally(() => unanswered--);
+    return broker.requestJson<T>(method, path, json).finally(() => unanswered--);
   };
   const delivery = new KmsCoalescer(counting);
   const uplinks = new UplinkKeys(delivery);

@@ -38,7 +38,6 @@ describe('KmsClient', () => {
     await new Promise<void>((r) => server!.listen(0, '::1', r));
     const client = new KmsClient(`http://[::1]:${(server.address() as { port: number }).port}`);
     expect(await client.request('GET', '/anything')).toEqual({});
-    client.close();
   });
 
   it('leaves no timer behind once a request is answered', async () => {
