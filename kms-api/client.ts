@@ -71,7 +71,7 @@ export interface KmsClientOptions {
 }
 
 /**
- * Connections to the key service at most, per client and its withToken copies. bench/kms-client.ts, 64 requests
+ * Connections to one key service at most, shared by the clients of a process. bench/kms-client.ts, 64 requests
  * in flight: 4, 16 and 64 connections within 10% of each other in requests/s and CPU per request (each about 0.35x
  * fetch's CPU); 16 leaves room for slow claims without holding many sockets at the key service.
  */
