@@ -93,7 +93,7 @@ try {
       const viaPool: Call = () => client.request('POST', PATH, BODY);
       await measure(viaPool, REQUESTS / 10, concurrency);
       const p = await measure(viaPool, REQUESTS, concurrency);
-        rows.push([
+      rows.push([
         String(concurrency),
         'KmsClient',
         String(connections),
