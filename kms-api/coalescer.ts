@@ -22,6 +22,8 @@ type ItemAnswer<R> = { ok: R } | { error: BulkItemError };
 
 interface Waiting<I, R> {
   item: I;
+  /** The same request through its single route (KmsClient's own method). */
+  one: () => Promise<R>;
   json: string;
   resolve(result: R): void;
   reject(err: unknown): void;
@@ -45,18 +47,16 @@ class Lane<I, R> {
     private readonly maxBytes: number,
     private readonly sendBulk: (json: string) => Promise<Array<ItemAnswer<R>>>,
     private readonly wrap: (items: string[]) => string,
-    private readonly sendOne: (item: I) => Promise<R>,
   ) {}
 
-  add(item: I): Promise<R> {
+  add(item: I, one: () => Promise<R>): Promise<R> {
     const json = JSON.stringify(item);
     // An item a bulk request cannot carry (a claim proved by a large envelope) goes through its own route.
-    if (this.closed || this.bulkMissing || Buffer.byteLength(json) + ENVELOPE_BYTES > this.maxBytes)
-      return this.sendOne(item);
+    if (this.closed || this.bulkMissing || Buffer.byteLength(json) + ENVELOPE_BYTES > this.maxBytes) return one();
     return new Promise<R>((resolve, reject) => {
       const bytes = Buffer.byteLength(json) + 1;
       if (this.bytes + bytes + ENVELOPE_BYTES > this.maxBytes) this.flush();
-      this.queue.push({ item, json, resolve, reject });
+      this.queue.push({ item, one, json, resolve, reject });
       this.bytes += bytes;
       if (this.queue.length >= this.maxItems) this.flush();
       else if (!this.scheduled) {
@@ -106,7 +106,7 @@ class Lane<I, R> {
   }
 
   private async each(batch: Array<Waiting<I, R>>): Promise<void> {
-    await Promise.all(batch.map((w) => this.sendOne(w.item).then(w.resolve, w.reject)));
+    await Promise.all(batch.map((w) => w.one().then(w.resolve, w.reject)));
   }
 }
 
@@ -144,14 +144,6 @@ export class KmsCoalescer implements KeyDelivery {
           )
         ).results.map((r): ItemAnswer<KeyContainer> => (r.error ? { error: r.error } : { ok: { keys: r.keys ?? [] } })),
       (items) => `{"claims":[${items.join(',')}]}`,
-      (item) =>
-        item.enc_keys
-          ? kms.request<KeyContainer>('POST', `/api/v1/keys/${encodeURIComponent(item.SAE_ID)}/enc_keys`, item.enc_keys)
-          : kms.request<KeyContainer>(
-              'POST',
-              `/api/v1/keys/${encodeURIComponent(item.SAE_ID)}/dec_keys`,
-              item.dec_keys,
-            ),
     );
     this.retirements = new Lane(
       maxItems,
@@ -167,16 +159,13 @@ export class KmsCoalescer implements KeyDelivery {
           r.error ? { error: r.error } : { ok: { retired: r.retired ?? 0 } },
         ),
       (items) => `{"retirements":[${items.join(',')}]}`,
-      (item) =>
-        kms.retire(
-          item.SAE_ID,
-          item.key_IDs.map((k) => k.key_ID),
-        ),
     );
   }
 
   encKeys(saeId: string, number: number, sessionId?: string): Promise<KeyContainer> {
-    return this.claims.add({ SAE_ID: saeId, enc_keys: encKeysBody(number, sessionId) });
+    return this.claims.add({ SAE_ID: saeId, enc_keys: encKeysBody(number, sessionId) }, () =>
+      this.kms.encKeys(saeId, number, sessionId),
+    );
   }
 
   decKeys(
@@ -185,11 +174,15 @@ export class KmsCoalescer implements KeyDelivery {
     sessionId?: string,
     proofs: ReadonlyArray<UplinkProof | undefined> = [],
   ): Promise<KeyContainer> {
-    return this.claims.add({ SAE_ID: saeId, dec_keys: decKeysBody(keyIds, sessionId, proofs) });
+    return this.claims.add({ SAE_ID: saeId, dec_keys: decKeysBody(keyIds, sessionId, proofs) }, () =>
+      this.kms.decKeys(saeId, keyIds, sessionId, proofs),
+    );
   }
 
   retire(saeId: string, keyIds: string[]): Promise<{ retired: number }> {
-    return this.retirements.add({ SAE_ID: saeId, key_IDs: keyIds.map((key_ID) => ({ key_ID })) });
+    return this.retirements.add({ SAE_ID: saeId, key_IDs: keyIds.map((key_ID) => ({ key_ID })) }, () =>
+      this.kms.retire(saeId, keyIds),
+    );
   }
 
   /** Sends what is queued, waits for every answer; later requests go one by one through the single routes. */
