@@ -1,7 +1,7 @@
 // Reads a V8 .cpuprofile (node --cpu-prof) and tells, for a window of time, how busy the profiled thread was and
 // which share of that busy time was spent in the key-service client: the client's own modules (kms-api/), Node's
 // HTTP client (node:_http_*) and the fetch implementation (undici, in node:internal/deps).
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 interface ProfileNode {
@@ -21,11 +21,15 @@ interface Profile {
 const CLIENT_FRAME = /\/kms-api\/|node:_http_(client|agent|outgoing|incoming|common)|internal\/deps\/undici/;
 const IDLE = new Set(['(idle)', '(program)', '(garbage collector)']);
 
-/** The largest profile in `dir`: the broker thread's (the process's main thread only waits for it). */
-export function largestProfile(dir: string): string {
+/**
+ * The broker thread's profile in `dir`: node names each CPU.<date>.<time>.<pid>.<thread id>.<seq>.cpuprofile, and the
+ * broker runs on a worker thread (id above 0) unless it was started without one (then the main thread's, id 0).
+ */
+export function brokerThreadProfile(dir: string): string {
+  const threadOf = (f: string) => Number(f.split('.').at(-3));
   const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
   if (files.length === 0) throw new Error(`no .cpuprofile in ${dir}`);
-  return join(dir, files.sort((a, b) => statSync(join(dir, b)).size - statSync(join(dir, a)).size)[0]!);
+  return join(dir, files.sort((a, b) => threadOf(b) - threadOf(a))[0]!);
 }
 
 export interface WindowShare {

@@ -19,7 +19,7 @@ import { POOL_CENSUS_INTERVAL_MS } from '../key-service/metrics.js';
 import { KmsClient } from '../kms-api/client.js';
 import { ENVELOPE_OVERHEAD, EnvelopeKey, loginProof, SUITE_SM4_GCM, sealEnvelope } from '../protocol/index.js';
 import { LeanMqttClient } from './_lean-mqtt.js';
-import { largestProfile, monotonicUs, windowShare } from './_profile-share.js';
+import { brokerThreadProfile, monotonicUs, windowShare } from './_profile-share.js';
 import { provisionBenchDevice } from './_provision.js';
 
 const { values } = parseArgs({
@@ -477,7 +477,7 @@ try {
  */
 // The broker thread's profile (written when it exited): how busy it was, and the key-service client's share of that.
 if (values['profile-broker'] && stormWindow) {
-  const file = largestProfile(values['profile-broker']);
+  const file = brokerThreadProfile(values['profile-broker']);
   for (const [phase, w] of [
     ['connect storm', stormWindow],
     ['teardown', teardownWindow],
