@@ -25,6 +25,7 @@ import { PolicyStore } from './policy-store.js';
 import { createKmsMetrics } from './metrics.js';
 import { adminRoutes } from './routes/admin.js';
 import { authRoutes } from './routes/auth.js';
+import { bulkRoutes } from './routes/bulk.js';
 import { etsiRoutes } from './routes/etsi.js';
 import { opsRoutes } from './routes/ops.js';
 import { adminPolicyRoutes, brokerPolicyRoutes } from './routes/policies.js';
@@ -216,6 +217,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
   app.register(
     callerGroup('broker', context, (scope) => {
       etsiRoutes(scope, context);
+      bulkRoutes(scope, context);
       revocationRoutes(scope, context);
       brokerPolicyRoutes(scope, context);
     }),

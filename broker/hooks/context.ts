@@ -3,6 +3,7 @@
 import type { ClientCertificates } from '../client-certificate.js';
 import type { Client } from 'aedes';
 import type { KmsClient } from '../../kms-api/client.js';
+import { KmsCoalescer } from '../../kms-api/coalescer.js';
 import { DEFAULT_MAX_PAYLOAD, type ParsedEnvelope } from '../../protocol/index.js';
 import type { DeviceSessionKeys, RotationLimits, SessionEvent } from '../session-keys.js';
 import { ClaimBudget } from '../claim-budget.js';
@@ -165,6 +166,8 @@ export class PluginContext {
   readonly maxDownlinkPayload: number;
   readonly maxSubscriptions: number;
   /** The uplink keys this broker holds, per device, across that device's connections. */
+  /** Claims and retirements of all sessions, coalesced per event-loop turn into bulk requests. */
+  readonly keyDelivery: KmsCoalescer;
   readonly uplinks: UplinkKeys;
   readonly downlinkBudget: ClaimBudget;
   readonly policy: PolicySource;
@@ -202,7 +205,8 @@ export class PluginContext {
     this.maxSubscriptions = o.maxSubscriptionsPerClient ?? DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT;
     this.downlinkBudget = new ClaimBudget(o.maxDownlinkClaimsPerMinute ?? DEFAULT_DOWNLINK_CLAIMS_PER_MINUTE);
     this.policy = o.policy ?? { current: EMPTY_POLICY };
-    this.uplinks = new UplinkKeys(o.kms, (o.uplinkKeyLingerSeconds ?? DEFAULT_UPLINK_LINGER_SECONDS) * 1000);
+    this.keyDelivery = new KmsCoalescer(o.kms);
+    this.uplinks = new UplinkKeys(this.keyDelivery, (o.uplinkKeyLingerSeconds ?? DEFAULT_UPLINK_LINGER_SECONDS) * 1000);
   }
 
   /** A device session's downlink rotation limits: the configured ones, tightened by the policy table. */
