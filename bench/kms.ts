@@ -1,5 +1,6 @@
 // bench/kms: durable key claims per second over HTTP at 1, 16 and 64 concurrent clients, downlink (enc_keys) and
-// uplink with proof of use (dec_keys), group commit vs one transaction per claim, all measured in this run.
+// uplink with proof of use (dec_keys), group commit vs one transaction per claim, and one-key claims carried many
+// to a request by the bulk extension (POST /api/v1/bulk/claims), all measured in this run.
 // Run: npm run bench:kms [-- --seconds 3 --keys-per-request 1 --api enc,dec]; --help lists the options.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -18,6 +19,7 @@ const USAGE = `npm run bench:kms [-- options]
   --keys-per-request LIST   keys claimed per request, comma-separated (default 1,4)
   --concurrency LIST        concurrent keep-alive clients, comma-separated (default 1,16,64)
   --api LIST                enc (downlink, enc_keys), dec (uplink with proof of use, dec_keys); default enc,dec
+  --bulk-items LIST         one-key enc_keys claims per bulk request, comma-separated (default 16,64; 0: none)
 A short run: npm run bench:kms -- --seconds 1 --keys-per-request 1 --concurrency 16`;
 
 const { values } = parseArgs({
@@ -26,6 +28,7 @@ const { values } = parseArgs({
     'keys-per-request': { type: 'string', default: '1,4' },
     concurrency: { type: 'string', default: '1,16,64' },
     api: { type: 'string', default: 'enc,dec' },
+    'bulk-items': { type: 'string', default: '16,64' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -38,6 +41,10 @@ const seconds = Number(values.seconds);
 const keysPerRequest = values['keys-per-request'].split(',').map(Number);
 const levels = values.concurrency.split(',').map(Number);
 const apis = values.api.split(',') as Api[];
+const bulkItems = values['bulk-items']
+  .split(',')
+  .map(Number)
+  .filter((n) => n > 0);
 if (!apis.every((a) => a === 'enc' || a === 'dec')) throw new Error(`--api: enc and/or dec, not ${values.api}`);
 const BIN = fileURLToPath(new URL('../cli/bin.js', import.meta.url));
 const ADMIN = 'bench-admin-token';
@@ -195,6 +202,32 @@ async function run(
   return { rate: keys / r.seconds, cpuPerKey, errors: r.failed, failures: r.failures };
 }
 
+/**
+ * One-key downlink claims, `items` to a bulk request (each item its own claim, answered on its own); keys claimed per
+ * second. Every item succeeds while the pool lasts (the pools are sized for it), so a 200 counts `items` keys.
+ */
+async function runBulk(server: Server, concurrency: number, items: number, runSeconds = seconds) {
+  const { hostname, port } = new URL(server.url);
+  const item = {
+    SAE_ID: DEVICE,
+    enc_keys: { number: 1, size: 128, extension_mandatory: [{ qkey_session_id: 'bench' }] },
+  };
+  const req = jsonPost(
+    hostname,
+    Number(port),
+    '/api/v1/bulk/claims',
+    { claims: Array.from({ length: items }, () => item) },
+    { authorization: `Bearer ${server.broker}` },
+  );
+  const cpuBefore = server.cpuSeconds();
+  const r = await load(hostname, Number(port), req, concurrency, runSeconds);
+  const cpuAfter = server.cpuSeconds();
+  const keys = r.ok * items;
+  const cpuPerKey =
+    cpuBefore === undefined || cpuAfter === undefined || keys === 0 ? undefined : (cpuAfter - cpuBefore) / keys;
+  return { rate: keys / r.seconds, cpuPerKey, errors: r.failed, failures: r.failures };
+}
+
 /** Requests per second the HTTP stack serves for a trivial route: the ceiling for one-key requests. */
 async function ceiling(server: Server, concurrency: number): Promise<number> {
   const { hostname, port } = new URL(server.url);
@@ -211,7 +244,10 @@ async function ceiling(server: Server, concurrency: number): Promise<number> {
 // Up to 8,000 requests/s (well above the measured HTTP ceiling) for a 1 s warm-up and each measured run: a pool
 // that ran dry would turn the last runs into errors (KMS_ERR_POOL_EMPTY, or unknown uplink keys), not measurements.
 const keysPerRequestSum = keysPerRequest.reduce((a, b) => a + b, 0);
-const estimate = Math.ceil(8_000 * keysPerRequestSum * (seconds + 1) * levels.length + 50_000);
+const bulkSum = bulkItems.reduce((a, b) => a + b, 0);
+const estimate = Math.ceil(
+  8_000 * (keysPerRequestSum + (bulkSum > 0 ? 8 : 0)) * (seconds + 1) * levels.length + 50_000,
+);
 const pools = (n: number) => ({ up: apis.includes('dec') ? n : 0, down: apis.includes('enc') ? n : 0 });
 console.log(
   `bench/kms: ${seconds} s per run; provisioning up to ${estimate} keys per pool and server (once per run)...`,
@@ -273,6 +309,28 @@ try {
   console.log(
     `\ndurable key claims per second (over HTTP, claim committed with synchronous=FULL before the response)\n${table(rows)}`,
   );
+  if (bulkItems.length > 0 && apis.includes('enc')) {
+    const bulkRows = [
+      ['claims/bulk request', 'clients', 'bulk, group commit', 'server CPU/key', 'vs enc_keys, 1 key/request'],
+    ];
+    for (const c of levels) {
+      const one = results.find((r) => r.api === 'enc' && r.perRequest === 1 && r.clients === c);
+      for (const items of bulkItems) {
+        await runBulk(grouped, c, items, 1); // warm-up
+        const b = await runBulk(grouped, c, items);
+        bulkRows.push([
+          String(items),
+          String(c),
+          fmt(b),
+          micros(b.cpuPerKey),
+          one ? `${(b.rate / one.group).toFixed(2)}x` : '-',
+        ]);
+      }
+    }
+    console.log(
+      `\none-key downlink claims through POST /api/v1/bulk/claims (same run, same server)\n${table(bulkRows)}`,
+    );
+  }
 } finally {
   grouped.stop();
   single.stop();

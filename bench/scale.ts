@@ -15,9 +15,11 @@ import { parseArgs } from 'node:util';
 import { BROKER_DEFAULTS } from '../broker/config.js';
 import { SINGLE_HOST_LOGIN_LIMITS } from '../device-sim/local-system.js';
 import { DeliveryLedger, percentile } from '../device-sim/stats.js';
+import { POOL_CENSUS_INTERVAL_MS } from '../key-service/metrics.js';
 import { KmsClient } from '../kms-api/client.js';
 import { ENVELOPE_OVERHEAD, EnvelopeKey, loginProof, SUITE_SM4_GCM, sealEnvelope } from '../protocol/index.js';
 import { LeanMqttClient } from './_lean-mqtt.js';
+import { brokerThreadProfile, monotonicUs, windowShare } from './_profile-share.js';
 import { provisionBenchDevice } from './_provision.js';
 
 const { values } = parseArgs({
@@ -61,17 +63,18 @@ function start(
   ready: RegExp,
   nodeFlags: string[] = [],
   script = BIN,
-): Promise<{ pid: number; line: string; stop(): void }> {
+): Promise<{ pid: number; line: string; stop(): void; exited: Promise<unknown> }> {
   const p = spawn(process.execPath, ['--max-old-space-size=4096', ...nodeFlags, script, ...args], {
     env,
     stdio: ['ignore', 'pipe', 'inherit'],
   });
+  const exited = new Promise((r) => p.once('exit', r));
   return new Promise((resolve, reject) => {
     let out = '';
     p.stdout!.on('data', (c: Buffer) => {
       out += c.toString();
       const m = ready.exec(out);
-      if (m) resolve({ pid: p.pid!, line: m[1]!, stop: () => p.kill('SIGTERM') });
+      if (m) resolve({ pid: p.pid!, line: m[1]!, stop: () => p.kill('SIGTERM'), exited });
     });
     p.once('exit', (code) => reject(new Error(`${args[0]} exited ${code}`)));
   });
@@ -331,9 +334,18 @@ function report(r: PhaseResult, targets: boolean): void {
     );
 }
 
+/** Keys in state claimed, both directions, from the key service's metrics. */
+const claimedKeys = (metrics: string) =>
+  [...metrics.matchAll(/^kms_keys\{direction="(?:up|down)",state="claimed"\} (\d+)/gm)].reduce(
+    (n, m) => n + Number(m[1]),
+    0,
+  );
+let stormWindow: [number, number] | undefined;
+let teardownWindow: [number, number] | undefined;
 const deviceIds = Array.from({ length: N }, (_, i) => `scale-${String(i).padStart(5, '0')}`);
 const topicOf = (id: string) => `devices/${id}/up/telemetry`;
-const admin = new KmsClient(kms.line, { token: ADMIN, timeoutMs: 60_000 });
+// As many connections as logins in flight (the storm's concurrency), as fetch opened before KmsClient pooled them.
+const admin = new KmsClient(kms.line, { token: ADMIN, timeoutMs: 60_000, connections: CONCURRENCY });
 const clients: LeanMqttClient[] = [];
 let qkey: PhaseResult | undefined;
 try {
@@ -370,6 +382,7 @@ try {
   const kmsBefore = await (await fetch(`${kms.line}/metrics`)).text();
   const delivered = (text: string) => Number(/^kms_keys_delivered_total (\d+)/m.exec(text)?.[1] ?? 0);
   t = performance.now();
+  const stormFrom = monotonicUs();
   let failures = 0;
   await pool(devs, CONCURRENCY, async (d) => {
     try {
@@ -388,6 +401,7 @@ try {
     }
   });
   const stormSeconds = (performance.now() - t) / 1000;
+  stormWindow = [stormFrom, monotonicUs()];
   const claimsAtConnect = delivered(await (await fetch(`${kms.line}/metrics`)).text()) - delivered(kmsBefore);
   console.log(
     `connect storm: ${N - failures}/${N} connected in ${stormSeconds.toFixed(1)} s (target: all within 60 s: ${failures === 0 && stormSeconds <= 60 ? 'PASS' : 'FAIL'}), ${claimsAtConnect} keys claimed while connecting (a CONNECT claims none, docs/PROTOCOL.md §9.3)`,
@@ -431,6 +445,23 @@ try {
   console.log(
     `memory: broker ${rssMiB(broker.pid).toFixed(0)} MiB RSS, key service ${rssMiB(kms.pid).toFixed(0)} MiB RSS (with ${online.length} connected devices)`,
   );
+
+  // Teardown: every device disconnects, then the broker shuts down, retiring on its way out the uplink keys its
+  // devices' sessions held (they would otherwise linger for a reconnect, docs/PROTOCOL.md §9).
+  const held = delivered(await (await fetch(`${kms.line}/metrics`)).text()); // none retired yet: no rotation, no linger
+  t = performance.now();
+  const teardownFrom = monotonicUs();
+  for (const c of clients.splice(0)) c.end();
+  broker.stop();
+  await broker.exited;
+  const teardownSeconds = (performance.now() - t) / 1000;
+  teardownWindow = [teardownFrom, monotonicUs()];
+  // The key service's key-state gauges are recounted at most once per POOL_CENSUS_INTERVAL_MS.
+  await new Promise((r) => setTimeout(r, POOL_CENSUS_INTERVAL_MS + 500));
+  const left = claimedKeys(await (await fetch(`${kms.line}/metrics`)).text());
+  console.log(
+    `teardown: ${online.length} sessions ended and the broker shut down in ${teardownSeconds.toFixed(1)} s, ${held - left}/${held} claimed keys retired (target: < 5 s, every key retired: ${teardownSeconds < 5 && left === 0 ? 'PASS' : 'FAIL'})`,
+  );
 } finally {
   for (const c of clients.splice(0)) c.end();
   broker.stop();
@@ -444,6 +475,21 @@ try {
  * the same telemetry load (JSON padded to the envelope's length). It tells what on this machine comes from Aedes,
  * Node and the kernel, and what from QKey.
  */
+// The broker thread's profile (written when it exited): how busy it was, and the key-service client's share of that.
+if (values['profile-broker'] && stormWindow) {
+  const file = brokerThreadProfile(values['profile-broker']);
+  for (const [phase, w] of [
+    ['connect storm', stormWindow],
+    ['teardown', teardownWindow],
+  ] as const) {
+    if (!w) continue;
+    const s = windowShare(file, w[0], w[1]);
+    console.log(
+      `broker thread profile, ${phase}: busy ${(s.busy * 100).toFixed(0)}%, key-service client ${(s.client * 100).toFixed(1)}% of that${phase === 'connect storm' ? ` (target < 8%: ${s.client < 0.08 ? 'PASS' : 'FAIL'})` : ''}`,
+    );
+  }
+}
+
 if (values.baseline && qkey) {
   const semiSpaceMiB = Number(values['broker-semi-space'] ?? BROKER_DEFAULTS.semiSpaceMiB);
   await new Promise((r) => setTimeout(r, 2000)); // let the QKey processes exit

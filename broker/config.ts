@@ -72,6 +72,8 @@ export const BROKER_CONFIG_SCHEMA = {
     },
     brokerSecret: { type: 'string', minLength: 1, maxLength: 256, writeOnly: true, env: 'QKEY_BROKER_SECRET' },
     dataDir: { type: 'string', minLength: 1, default: './data', env: 'QKEY_KMS_DATA' },
+    /** Where sessions, queues and retained messages live: `sqlite` (<dataDir>/broker-<id>.db) or `memory`. */
+    persistence: { enum: ['memory', 'sqlite'], default: 'sqlite', env: 'QKEY_BROKER_PERSISTENCE' },
     topics: {
       type: 'object',
       additionalProperties: false,

@@ -6,7 +6,7 @@ import { createServer as createHttpServer, type IncomingMessage, type Server as 
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer, type TLSSocket, type TlsOptions } from 'node:tls';
-import { Aedes } from 'aedes';
+import { Aedes, type AedesOptions } from 'aedes';
 import { pino, type Logger } from 'pino';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { createWebSocketStream, WebSocketServer } from 'ws';
@@ -16,6 +16,7 @@ import { ClientCertificates } from './client-certificate.js';
 import { BrokerKmsSession, brokerSecret } from './credentials.js';
 import { createBoundedEmitter } from './mq-emitter.js';
 import { guardPackets, type InputRefusal } from './packet-guard.js';
+import { type BrokerPersistence, openPersistence } from './persistence/index.js';
 import { createQkeyPlugin, type QkeyPlugin } from './plugin.js';
 import { sm4GcmAddonStatus } from '../protocol/index.js';
 import { PolicyFeed } from './policy/feed.js';
@@ -215,13 +216,27 @@ function followKmsHealth(tokens: TokenAuthority, gauge: Gauge, log: Logger): voi
   });
 }
 
-export async function startBroker(
+export interface StartOptions {
+  logger?: Logger;
+  /** The clock tokens are checked against, Unix seconds (tests move it; default: the system clock). */
+  now?: () => number;
+}
+
+export async function startBroker(config: Readonly<BrokerConfig>, options: StartOptions = {}): Promise<RunningBroker> {
+  // Opened first: a store another broker holds, or a damaged one, stops the start before anything else.
+  const store = openPersistence(config.persistence, config.dataDir, config.brokerId);
+  try {
+    return await startOn(store, config, options);
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+}
+
+async function startOn(
+  store: BrokerPersistence,
   config: Readonly<BrokerConfig>,
-  options: {
-    logger?: Logger;
-    /** The clock tokens are checked against, Unix seconds (tests move it; default: the system clock). */
-    now?: () => number;
-  } = {},
+  options: StartOptions,
 ): Promise<RunningBroker> {
   const log = options.logger ?? pino({ level: config.logLevel });
   const secret = await brokerSecret(config.kmsUrl, config.brokerId, config.dataDir, config.brokerSecret);
@@ -286,6 +301,7 @@ export async function startBroker(
     id: config.brokerId,
     concurrency: config.concurrency,
     mq: createBoundedEmitter({ concurrency: config.concurrency }),
+    ...(store.aedes && { persistence: store.aedes as unknown as AedesOptions['persistence'] }),
   });
   await aedes.listen();
   plugin.attach(aedes);
@@ -440,6 +456,7 @@ export async function startBroker(
       for (const socket of sockets) socket.destroy();
       await Promise.all(listenersClosed);
       await plugin.close();
+      await store.close();
     },
   };
 }

@@ -1,7 +1,8 @@
 // The keys of one device connection at the broker: uplink keys through the broker's UplinkKeys (claimed at the first
 // envelope naming them, docs/PROTOCOL.md §9), downlink keys claimed when the first command is sealed and rotated
 // without ever making delivery wait once the first one is here.
-import type { KmsClient, UplinkProof } from '../kms-api/client.js';
+import type { UplinkProof } from '../kms-api/client.js';
+import type { KeyDelivery } from '../kms-api/coalescer.js';
 import { EnvelopeKey, MAX_SEQ, SUITE_SM4_GCM, type SuiteId, sealEnvelope } from '../protocol/index.js';
 import type { ClaimBudget } from './claim-budget.js';
 import type { HeldUplinkKey, UplinkKeys } from './uplink-keys.js';
@@ -54,7 +55,8 @@ export class DeviceSessionKeys {
   downlinkBudget: ClaimBudget | undefined;
 
   constructor(
-    private readonly kms: KmsClient,
+    /** The broker's coalescer: claims and retirements of many devices travel in one request. */
+    private readonly kms: KeyDelivery,
     private readonly uplinks: UplinkKeys,
     readonly deviceId: string,
     readonly sessionId: string,

@@ -1,6 +1,7 @@
 // The uplink keys this broker holds, per device: each claimed once, with the envelope that proves the device used it
 // (docs/PROTOCOL.md §9), shared by that device's connections to this broker, and retired once the chip has moved on.
-import { type KmsClient, KmsHttpError, type UplinkProof } from '../kms-api/client.js';
+import { KmsHttpError, type UplinkProof } from '../kms-api/client.js';
+import type { KeyDelivery } from '../kms-api/coalescer.js';
 import { EnvelopeKey, keyIdFor, ReplayWindow, SUITE_SM4_GCM } from '../protocol/index.js';
 
 /** Why an uplink key could not be had; each is a refusal reason the device is told (docs/PROTOCOL.md §9.4). */
@@ -57,7 +58,8 @@ export class UplinkKeys {
   private closed = false;
 
   constructor(
-    private readonly kms: KmsClient,
+    /** The broker's coalescer: claims and retirements of many devices travel in one request. */
+    private readonly kms: KeyDelivery,
     private readonly lingerMs = DEFAULT_UPLINK_LINGER_SECONDS * 1000,
   ) {}
 
@@ -146,9 +148,13 @@ export class UplinkKeys {
     return claim;
   }
 
-  /** Retires every held key (broker shutdown). */
+  /** Retires every held key (broker shutdown), and every key whose claim is still in flight once it arrives. */
   async close(): Promise<void> {
     this.closed = true;
+    // A claim answered from now on is retired by adopt(): wait for those, so their retirements are queued at the
+    // coalescer before the broker closes it (its close sends and waits for what is queued).
+    const claiming = [...this.devices.values()].flatMap((d) => [...d.claiming.values()].map((c) => c.claim));
+    await Promise.allSettled(claiming);
     await Promise.all([...this.devices.keys()].map((id) => this.forget(id)));
   }
 

@@ -31,7 +31,10 @@ Runs the MQTT broker (Aedes + QKey plugin; MQTT 3.1.1) until Ctrl-C.
   --wait-kms <s>         wait up to this long for the key service to answer at start, retrying with backoff
                          (default 30; 0: do not wait)
   --broker-id <id>       this broker's id at the key service (default qkey-broker)
-  --data <dir>           key service data folder, for first-run self-registration (default ./data)
+  --data <dir>           data folder: the broker's store, and the key service's for first-run self-registration
+                         (default ./data)
+  --persistence <kind>   sqlite (default): sessions, queued messages and retained messages in <data>/broker-<id>.db,
+                         kept across restarts; memory: lost when the broker stops
   --config <file>        JSON configuration (env QKEY_BROKER_CONFIG); see README "Configuration"
   --log-level <level>    pino level (default info)
   --semi-space <MiB>     V8 young-generation semi-space of the broker thread (default 128; 0 = V8's default,
@@ -51,6 +54,7 @@ const OPTIONS = {
   kms: { type: 'string' },
   'broker-id': { type: 'string' },
   data: { type: 'string' },
+  persistence: { type: 'string' },
   config: { type: 'string' },
   'log-level': { type: 'string' },
   'semi-space': { type: 'string' },
@@ -98,6 +102,11 @@ export async function runBrokerCommand(argv: string[], io: CliIo): Promise<numbe
       // Checked with every other source against the schema (loadBrokerConfig), which names what is allowed.
       ...(values['log-level'] ? { logLevel: values['log-level'] as BrokerOverrides['logLevel'] } : {}),
     };
+    if (values.persistence !== undefined) {
+      if (values.persistence !== 'memory' && values.persistence !== 'sqlite')
+        throw new UsageError(`--persistence must be "sqlite" or "memory", not ${JSON.stringify(values.persistence)}`);
+      overrides.persistence = values.persistence;
+    }
     if (values['semi-space'] !== undefined) {
       if (!/^\d+$/.test(values['semi-space']))
         throw new UsageError(`--semi-space must be a whole number of MiB, not ${JSON.stringify(values['semi-space'])}`);

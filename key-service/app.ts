@@ -27,6 +27,7 @@ import { createKmsMetrics } from './metrics.js';
 import { adminRoutes } from './routes/admin.js';
 import { adminAppSessionRoutes, appSessionRoutes, brokerAppKeyRoutes } from './routes/app-sessions.js';
 import { authRoutes } from './routes/auth.js';
+import { bulkRoutes } from './routes/bulk.js';
 import { etsiRoutes } from './routes/etsi.js';
 import { opsRoutes } from './routes/ops.js';
 import { adminPolicyRoutes, brokerPolicyRoutes } from './routes/policies.js';
@@ -225,6 +226,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
   app.register(
     callerGroup('broker', context, (scope) => {
       etsiRoutes(scope, context);
+      bulkRoutes(scope, context);
       revocationRoutes(scope, context);
       brokerPolicyRoutes(scope, context);
       brokerAppKeyRoutes(scope, context);

@@ -35,7 +35,7 @@ export function codeBlocks(markdown: string): Block[] {
 }
 
 /** The shell blocks run here, and why the others are not. */
-const RUN = ['Provisioning a device', 'Connecting'];
+const RUN = ['Provisioning a device', 'Policies', 'Connecting'];
 const NOT_RUN: Record<string, string> = {
   'Quick start': 'npm ci / npm start / npm test: CI runs them itself',
   Configuration: 'mutual TLS needs a TLS key service and certificates: test/key-service covers it',

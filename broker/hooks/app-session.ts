@@ -103,19 +103,15 @@ export function sealForApp(
   state: ClientState,
   packet: AedesPublishPacket,
 ): AedesPublishPacket | null {
-  let plaintext = packet.payload as Buffer;
-  plaintext = ctx.plaintextOf.get(plaintext) ?? plaintext;
-  if (plaintext.length === 0) {
-    packet.payload = plaintext;
-    return packet;
-  }
+  // Every delivery reaches the forward hook as plaintext: nothing sealed is stored (forward.ts).
+  const plaintext = packet.payload as Buffer;
+  if (plaintext.length === 0) return packet;
   const sealed = state.app!.seal(plaintext, packet.topic, MAX_PAYLOAD_LIMIT);
   if (!sealed) {
     ctx.o.events?.downlink?.('dropped_no_key');
     return null;
   }
   const out = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
-  ctx.plaintextOf.set(out, plaintext);
   packet.payload = out;
   return packet;
 }

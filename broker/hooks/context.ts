@@ -3,6 +3,7 @@
 import type { ClientCertificates } from '../client-certificate.js';
 import type { Client } from 'aedes';
 import type { KmsClient } from '../../kms-api/client.js';
+import { KmsCoalescer } from '../../kms-api/coalescer.js';
 import { DEFAULT_MAX_PAYLOAD, type ParsedEnvelope } from '../../protocol/index.js';
 import type { AppSessionKeys } from '../app-session-keys.js';
 import type { DeviceSessionKeys, RotationLimits, SessionEvent } from '../session-keys.js';
@@ -34,7 +35,10 @@ export type UplinkOutcome = 'opened' | 'duplicate' | RejectReason;
 /** The payload of a publish the broker acknowledged but passes on to no one (a QoS 1 retransmission, publish.ts). */
 export const DROPPED_PAYLOAD: Buffer = Buffer.alloc(0);
 
-/** What became of one delivery to a device. */
+/**
+ * What became of one delivery to a device: `sealed` live or retained, `resealed` from the session's stored queue
+ * (queued while away, or unacknowledged and sent again after a reconnect), or why it was dropped.
+ */
 export type DownlinkOutcome = 'sealed' | 'resealed' | 'dropped_no_key' | 'dropped_too_large' | 'dropped_error';
 
 /** The hooks, as named in logs and in broker_hook_errors_total. */
@@ -159,18 +163,14 @@ export class PluginContext {
   readonly emptyIdPersistent = new WeakSet<Client>();
   /** Clients whose CONNECT had an empty client id: the broker assigns one in the principal's namespace. */
   readonly emptyId = new WeakSet<Client>();
-  /**
-   * Sealed downlink payload -> its plaintext. Aedes stores the packet authorizeForward returned for in-flight and
-   * queued QoS 1/2 messages and passes that stored packet through authorizeForward again after a reconnect; this
-   * lets the broker seal the original plaintext under the new session's key instead of sealing an envelope again.
-   */
-  readonly plaintextOf = new WeakMap<Buffer, Buffer>();
   readonly topics: TopicTemplates;
   readonly rotation: RotationLimits;
   readonly parseOptions: { maxPayload?: number };
   readonly maxDownlinkPayload: number;
   readonly maxSubscriptions: number;
   /** The uplink keys this broker holds, per device, across that device's connections. */
+  /** Claims and retirements of all sessions, coalesced per event-loop turn into bulk requests. */
+  readonly keyDelivery: KmsCoalescer;
   readonly uplinks: UplinkKeys;
   readonly downlinkBudget: ClaimBudget;
   readonly policy: PolicySource;
@@ -208,7 +208,8 @@ export class PluginContext {
     this.maxSubscriptions = o.maxSubscriptionsPerClient ?? DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT;
     this.downlinkBudget = new ClaimBudget(o.maxDownlinkClaimsPerMinute ?? DEFAULT_DOWNLINK_CLAIMS_PER_MINUTE);
     this.policy = o.policy ?? { current: EMPTY_POLICY };
-    this.uplinks = new UplinkKeys(o.kms, (o.uplinkKeyLingerSeconds ?? DEFAULT_UPLINK_LINGER_SECONDS) * 1000);
+    this.keyDelivery = new KmsCoalescer(o.kms);
+    this.uplinks = new UplinkKeys(this.keyDelivery, (o.uplinkKeyLingerSeconds ?? DEFAULT_UPLINK_LINGER_SECONDS) * 1000);
   }
 
   /** A device session's downlink rotation limits: the configured ones, tightened by the policy table. */

@@ -37,7 +37,10 @@ export function publishPolicy(
   const rule = ruleOf(ctx, principal, packet.topic);
   const header = headerViolation(rule, packet.qos, packet.retain);
   if (header) return { violation: header };
-  const handling = publishHandling(rule, principal.role, appSealed);
+  let handling = publishHandling(rule, principal.role, appSealed);
+  // An application holding a session key seals everything it publishes (docs/PROTOCOL.md §22.6): its size and suite
+  // are checked once the envelope is open.
+  if (appSealed && handling !== 'encryption') handling = 'open';
   if (handling === 'encryption') return { violation: handling };
   const payload = packet.payload as Buffer;
   // `optional`: an envelope is recognised by its version byte (docs/PROTOCOL.md §4); anything else is plaintext.
@@ -65,17 +68,13 @@ export function deliveryPolicy(
   const principal = state.principal;
   if (ctx.policy.current.size === 0) return 'as-usual';
   if (principal.role === 'device' && isStatusTopicOf(ctx.topics, principal.id, packet.topic)) return 'as-usual';
-  const payload = packet.payload as Buffer;
-  const plaintext = ctx.plaintextOf.get(payload) ?? payload;
+  // Every delivery reaches the forward hook as plaintext: nothing sealed is stored (forward.ts).
+  const plaintext = packet.payload as Buffer;
   const suite = state.keys?.downlinkSuite ?? 0;
   const sealed = state.app?.active === true;
   const decision = deliveryFor(ruleOf(ctx, principal, packet.topic), principal.role, plaintext.length, suite, sealed);
   if (decision === 'seal') return 'as-usual';
-  if (decision === 'pass') {
-    // A stored copy sealed for an earlier session goes out as its plaintext.
-    packet.payload = plaintext;
-    return principal.role === 'device' ? 'pass' : 'as-usual';
-  }
+  if (decision === 'pass') return principal.role === 'device' ? 'pass' : 'as-usual';
   ctx.o.events?.policy?.('forward', decision);
   ctx.o.log?.warn({ client: client.id, topic: packet.topic, rule: decision }, 'delivery dropped by policy');
   return 'drop';

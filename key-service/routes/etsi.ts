@@ -107,72 +107,87 @@ export function etsiRoutes(app: RouteScope, ctx: KmsContext): void {
     };
   });
 
-  const enc = async (req: FastifyRequest, saeId: string, input: wire.EncKeysRequest) => {
-    const number = input.number ?? 1;
-    if ((input.size ?? KEY_SIZE) !== KEY_SIZE)
-      throw new KmsError('KMS_ERR_KEY_SIZE', undefined, { details: [{ size: input.size }] });
-    if (number > ctx.config.maxKeysPerRequest)
-      throw new KmsError('KMS_ERR_TOO_MANY_KEYS', `at most ${ctx.config.maxKeysPerRequest}`);
-    if (input.additional_slave_SAE_IDs?.length)
-      throw new KmsError('KMS_ERR_BAD_REQUEST', 'additional_slave_SAE_IDs is not supported (max_SAE_ID_count is 0)');
-    const sessionId = sessionFromExtensions(input.extension_mandatory, input.extension_optional);
-    const keys = await ctx.claims.submit({
-      kind: 'enc',
-      deviceId: saeId,
-      count: number,
-      brokerId: brokerId(req),
-      sessionId,
-    });
-    return container(keys);
-  };
-
   app.post(`${prefix}/enc_keys`, { schema: wire.encKeysPostRoute }, (req) =>
-    enc(req, req.params.SAE_ID, req.body ?? {}),
+    encKeys(ctx, req, req.params.SAE_ID, req.body ?? {}),
   );
-  app.get(`${prefix}/enc_keys`, { schema: wire.encKeysGetRoute }, (req) => enc(req, req.params.SAE_ID, req.query));
-
-  const dec = async (
-    req: FastifyRequest,
-    saeId: string,
-    keyIds: string[],
-    session: string | null,
-    proofs: Array<UplinkProof | undefined> = [],
-  ) => {
-    if (new Set(keyIds).size !== keyIds.length) throw new KmsError('KMS_ERR_BAD_REQUEST', 'duplicate key_ID');
-    if (keyIds.length > ctx.config.maxKeysPerRequest)
-      throw new KmsError('KMS_ERR_TOO_MANY_KEYS', `at most ${ctx.config.maxKeysPerRequest}`);
-    const keys = await ctx.claims
-      .submit({ kind: 'dec', deviceId: saeId, keyIds, proofs, brokerId: brokerId(req), sessionId: session })
-      .catch((err: unknown) => {
-        logProofRefusal(req, saeId, err);
-        throw err;
-      });
-    return container(keys);
-  };
+  app.get(`${prefix}/enc_keys`, { schema: wire.encKeysGetRoute }, (req) =>
+    encKeys(ctx, req, req.params.SAE_ID, req.query),
+  );
 
   app.post(`${prefix}/dec_keys`, { schema: wire.decKeysPostRoute, bodyLimit: wire.DEC_KEYS_BODY_LIMIT }, (req) =>
-    dec(
-      req,
-      req.params.SAE_ID,
-      req.body.key_IDs.map((k) => k.key_ID),
-      req.body.key_IDs_extension?.qkey_session_id ?? null,
-      req.body.key_IDs.map((k) => proofOf(k.key_ID, k.key_ID_extension?.qkey_proof)),
-    ),
+    decKeysPost(ctx, req, req.params.SAE_ID, req.body),
   );
   // A GET request has no way to carry a proof of use: it is refused as proof_required, like a POST without one.
   app.get(`${prefix}/dec_keys`, { schema: wire.decKeysGetRoute }, (req) =>
-    dec(req, req.params.SAE_ID, [req.query.key_ID], null),
+    decKeys(ctx, req, req.params.SAE_ID, [req.query.key_ID], null),
   );
 
   // Extension (not in ETSI 014): the broker reports keys it stopped using (session over or rotation).
-  app.post(`${prefix}/retire`, { schema: wire.retireRoute }, async (req) => {
-    ctx.store.requireDevice(req.params.SAE_ID);
-    return {
-      retired: ctx.store.retireKeys(
-        req.params.SAE_ID,
-        req.body.key_IDs.map((k) => k.key_ID),
-        brokerId(req),
-      ),
-    };
+  app.post(`${prefix}/retire`, { schema: wire.retireRoute }, async (req) => ({
+    retired: retireKeys(
+      ctx,
+      req,
+      req.params.SAE_ID,
+      req.body.key_IDs.map((k) => k.key_ID),
+    ),
+  }));
+}
+
+/** ETSI 014 enc_keys for one device, claimed by the calling broker (also one item of a bulk claim). */
+export async function encKeys(ctx: KmsContext, req: FastifyRequest, saeId: string, input: wire.EncKeysRequest) {
+  const number = input.number ?? 1;
+  if ((input.size ?? KEY_SIZE) !== KEY_SIZE)
+    throw new KmsError('KMS_ERR_KEY_SIZE', undefined, { details: [{ size: input.size }] });
+  if (number > ctx.config.maxKeysPerRequest)
+    throw new KmsError('KMS_ERR_TOO_MANY_KEYS', `at most ${ctx.config.maxKeysPerRequest}`);
+  if (input.additional_slave_SAE_IDs?.length)
+    throw new KmsError('KMS_ERR_BAD_REQUEST', 'additional_slave_SAE_IDs is not supported (max_SAE_ID_count is 0)');
+  const sessionId = sessionFromExtensions(input.extension_mandatory, input.extension_optional);
+  const keys = await ctx.claims.submit({
+    kind: 'enc',
+    deviceId: saeId,
+    count: number,
+    brokerId: brokerId(req),
+    sessionId,
   });
+  return container(keys);
+}
+
+/** ETSI 014 dec_keys for one device, each key with its proof of use (also one item of a bulk claim). */
+export async function decKeys(
+  ctx: KmsContext,
+  req: FastifyRequest,
+  saeId: string,
+  keyIds: string[],
+  session: string | null,
+  proofs: Array<UplinkProof | undefined> = [],
+) {
+  if (new Set(keyIds).size !== keyIds.length) throw new KmsError('KMS_ERR_BAD_REQUEST', 'duplicate key_ID');
+  if (keyIds.length > ctx.config.maxKeysPerRequest)
+    throw new KmsError('KMS_ERR_TOO_MANY_KEYS', `at most ${ctx.config.maxKeysPerRequest}`);
+  const keys = await ctx.claims
+    .submit({ kind: 'dec', deviceId: saeId, keyIds, proofs, brokerId: brokerId(req), sessionId: session })
+    .catch((err: unknown) => {
+      logProofRefusal(req, saeId, err);
+      throw err;
+    });
+  return container(keys);
+}
+
+/** A POST dec_keys body's claim. */
+export async function decKeysPost(ctx: KmsContext, req: FastifyRequest, saeId: string, body: wire.DecKeysRequest) {
+  return decKeys(
+    ctx,
+    req,
+    saeId,
+    body.key_IDs.map((k) => k.key_ID),
+    body.key_IDs_extension?.qkey_session_id ?? null,
+    body.key_IDs.map((k) => proofOf(k.key_ID, k.key_ID_extension?.qkey_proof)),
+  );
+}
+
+/** The retire extension for one device: marks the calling broker's claimed keys among `keyIds` retired. */
+export function retireKeys(ctx: KmsContext, req: FastifyRequest, saeId: string, keyIds: string[]): number {
+  ctx.store.requireDevice(saeId);
+  return ctx.store.retireKeys(saeId, keyIds, brokerId(req));
 }

@@ -24,6 +24,7 @@ describe('loadBrokerConfig', () => {
     expect(c.mqtt).toEqual({ port: 1883 });
     expect(c.concurrency).toBe(BROKER_DEFAULTS.concurrency);
     expect(c.tls).toBeNull();
+    expect(c.persistence).toBe('sqlite'); // durable by default
     expect(c.rotation).toEqual({ messages: 10_000, bytes: 16 * 1024 * 1024, seconds: 3600 });
     expect(Object.isFrozen(c.rotation)).toBe(true);
     // Mosquitto's max_queued_messages default; a byte bound so that large payloads cannot multiply it.
@@ -75,6 +76,7 @@ describe('loadBrokerConfig', () => {
     [{ maxQueuedMessages: -1 }, /"maxQueuedMessages" = -1 .* expected an integer from 0 to 10000000/],
     [{ maxQueuedBytes: 1.5 }, /"maxQueuedBytes" = 1.5 .* expected an integer from 0/],
     [{ connectionLogLevel: 'trace' }, /"connectionLogLevel" = "trace" .* expected one of "info", "debug"/],
+    [{ persistence: 'redis' }, /"persistence" = "redis" .* expected one of "memory", "sqlite"/],
     [{ maxPacketSize: 0 }, /"maxPacketSize" = 0 .* expected an integer from 1/],
     [{ maxPreConnectBytes: 1.5 }, /"maxPreConnectBytes" = 1.5 .* expected an integer from 1/],
     [{ maxTopicFiltersPerPacket: -1 }, /"maxTopicFiltersPerPacket" = -1 .* expected an integer from 1/],

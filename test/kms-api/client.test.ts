@@ -31,6 +31,15 @@ describe('KmsClient', () => {
     await expect(new KmsClient(url, { timeoutMs: 2000 }).status('dev-1')).rejects.toBeInstanceOf(KmsUnreachableError);
   });
 
+  it('reaches a key service at an IPv6 literal address', async () => {
+    server = createServer((s) =>
+      s.once('data', () => s.end('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}')),
+    );
+    await new Promise<void>((r) => server!.listen(0, '::1', r));
+    const client = new KmsClient(`http://[::1]:${(server.address() as { port: number }).port}`);
+    expect(await client.request('GET', '/anything')).toEqual({});
+  });
+
   it('leaves no timer behind once a request is answered', async () => {
     const url = await peer((s) =>
       s.once('data', () => s.end('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}')),
