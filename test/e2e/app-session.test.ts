@@ -109,6 +109,36 @@ describe('an application with a session key', () => {
     await app.close();
   });
 
+  it("the policy's largest payload applies to a sealed app's plaintext, not its envelope", async () => {
+    const { version } = await sys.kms.admin.setPolicy('app-size', {
+      role: 'app',
+      principal: 'app-size',
+      filter: 'devices/+/down/#',
+      encryption: 'optional',
+      max_payload: 8,
+    });
+    for (let i = 0; sys.broker.policy.current.version < version; i++) {
+      if (i > 200) throw new Error('policy not picked up');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const app = await newApp('app-size');
+    const chip = await sys.device('dev-size-app');
+    const dev = await sys.connectDevice(chip);
+    await dev.subscribeAsync('devices/dev-size-app/down/#', { qos: 1 });
+    const cmd = nextMessage(dev, 5000, (t) => t.endsWith('/down/cmd'));
+    await app.publish('devices/dev-size-app/down/cmd', '12345678', { qos: 1 }); // 8 bytes: within, its envelope is 34
+    expect(Buffer.from(chip.openDownlink((await cmd).payload, 'devices/dev-size-app/down/cmd')).toString()).toBe(
+      '12345678',
+    );
+    app.client.publish(
+      'devices/dev-size-app/down/cmd',
+      Buffer.from(app.seal('devices/dev-size-app/down/cmd', Buffer.from('123456789'))),
+      { qos: 1 },
+    );
+    await closed(app.client);
+    expect(refusal('app-size/session')).toBe('policy');
+  });
+
   it('an app without a session key gets nothing on a required topic', async () => {
     const plain = await sys.connectApp('app-plain-e2e', ACL);
     await plain.subscribeAsync('devices/+/up/#', { qos: 1 });
