@@ -68,7 +68,7 @@ describe('qkey broker arguments', () => {
       expect(r.status).toBe(3);
       expect(r.stderr).toMatch(
         new RegExp(
-          `qkey broker: key service unreachable at http://127.0.0.1:${port}: fetch failed: connect ECONNREFUSED`,
+          `qkey broker: key service unreachable at http://127.0.0.1:${port}: connect ECONNREFUSED`,
         ),
       );
       expect(r.stdout).not.toMatch(/listening/);

@@ -187,7 +187,7 @@ describe('against a key service', () => {
     const r = await run('admin', '--kms', `http://127.0.0.1:${port}`, '--token', 'x', 'pools');
     expect(r.code).toBe(3);
     expect(r.err).toMatch(
-      new RegExp(`key service unreachable at http://127.0.0.1:${port}: fetch failed: connect ECONNREFUSED`),
+      new RegExp(`key service unreachable at http://127.0.0.1:${port}: connect ECONNREFUSED`),
     );
   });
 
