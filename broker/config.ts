@@ -72,6 +72,14 @@ export const BROKER_CONFIG_SCHEMA = {
     },
     brokerSecret: { type: 'string', minLength: 1, maxLength: 256, writeOnly: true, env: 'QKEY_BROKER_SECRET' },
     dataDir: { type: 'string', minLength: 1, default: './data', env: 'QKEY_KMS_DATA' },
+    /** Several brokers: Redis for routing and sessions (broker/redis/); null runs this broker alone, in memory. */
+    redis: {
+      type: ['string', 'null'],
+      pattern: '^rediss?://',
+      default: null,
+      writeOnly: true,
+      env: 'QKEY_BROKER_REDIS',
+    },
     topics: {
       type: 'object',
       additionalProperties: false,

@@ -6,7 +6,7 @@ import { createServer as createHttpServer, type IncomingMessage, type Server as 
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, type Server as NetServer } from 'node:net';
 import { createServer as createTlsServer, type TLSSocket, type TlsOptions } from 'node:tls';
-import { Aedes } from 'aedes';
+import { Aedes, type AedesOptions } from 'aedes';
 import { pino, type Logger } from 'pino';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { createWebSocketStream, WebSocketServer } from 'ws';
@@ -17,6 +17,7 @@ import { BrokerKmsSession, brokerSecret } from './credentials.js';
 import { createBoundedEmitter } from './mq-emitter.js';
 import { guardPackets, type InputRefusal } from './packet-guard.js';
 import { createQkeyPlugin, type QkeyPlugin } from './plugin.js';
+import { redisLocation, startRedisEngine } from './redis/engine.js';
 import { sm4GcmAddonStatus } from '../protocol/index.js';
 import { TokenAuthority } from './token-authority.js';
 import { coalesceWrites } from './write-coalescing.js';
@@ -217,6 +218,20 @@ export async function startBroker(
   await tokens.start();
   const m = createMetrics();
   const certificates = config.clientCertificates ? new ClientCertificates(config.clientCertificates) : undefined;
+  // Several brokers: the queues live in Redis, which bounds them itself, across brokers (broker/redis/).
+  const redis = config.redis
+    ? await startRedisEngine(config.redis, {
+        brokerId: config.brokerId,
+        concurrency: config.concurrency,
+        maxQueuedMessages: config.maxQueuedMessages,
+        maxQueuedBytes: config.maxQueuedBytes,
+        onDropped: (clientId, reason) => {
+          plugin.queues.dropped[reason]++;
+          log.debug({ client: clientId, reason }, 'queue full: message dropped for this client');
+        },
+        onLost: (reason) => log.error({ reason }, 'broker id lease in Redis lost'),
+      })
+    : undefined;
   const plugin = createQkeyPlugin({
     certificates,
     kms,
@@ -228,6 +243,7 @@ export async function startBroker(
     maxSubscriptionsPerClient: config.maxSubscriptionsPerClient,
     maxQueuedMessages: config.maxQueuedMessages,
     maxQueuedBytes: config.maxQueuedBytes,
+    queuesBoundedByPersistence: redis !== undefined,
     uplinkKeyLingerSeconds: config.uplinkKeyLingerSeconds,
     maxDownlinkClaimsPerMinute: config.maxDownlinkClaimsPerMinute,
     connectionLogLevel: config.connectionLogLevel,
@@ -256,7 +272,8 @@ export async function startBroker(
   const aedes = new Aedes({
     id: config.brokerId,
     concurrency: config.concurrency,
-    mq: createBoundedEmitter({ concurrency: config.concurrency }),
+    mq: redis?.mq ?? createBoundedEmitter({ concurrency: config.concurrency }),
+    ...(redis && { persistence: redis.persistence as unknown as AedesOptions['persistence'] }),
   });
   await aedes.listen();
   plugin.attach(aedes);
@@ -379,9 +396,13 @@ export async function startBroker(
     tokens.stop();
     kmsSession.stop();
     await new Promise<void>((r) => aedes.close(() => r()));
+    await redis?.close();
     throw err;
   }
-  log.info({ urls, sm4gcm: sm4GcmAddonStatus().reason }, 'broker listening');
+  log.info(
+    { urls, sm4gcm: sm4GcmAddonStatus().reason, ...(config.redis && { redis: redisLocation(config.redis) }) },
+    'broker listening',
+  );
 
   return {
     aedes,
@@ -395,6 +416,7 @@ export async function startBroker(
       await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
       await new Promise<void>((r) => aedes.close(() => r()));
       await plugin.close();
+      await redis?.close();
     },
   };
 }

@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { type BrokerOverrides, loadBrokerConfig } from '../broker/config.js';
 import { startBroker } from '../broker/server.js';
+import { redisLocation } from '../broker/redis/engine.js';
 import { startBrokerThread } from '../broker/thread.js';
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './io.js';
 
@@ -17,6 +18,8 @@ Runs the MQTT broker (Aedes + QKey plugin) until Ctrl-C.
   --http-port <n>        /healthz and /metrics (default 9090; "off" to disable)
   --kms <url>            key service (default http://127.0.0.1:7070; env QKEY_KMS_URL)
   --broker-id <id>       this broker's id at the key service (default qkey-broker)
+  --redis <url>          several brokers: share routing and sessions over this Redis (redis:// or rediss://;
+                         env QKEY_BROKER_REDIS); each broker needs its own --broker-id
   --data <dir>           key service data folder, for first-run self-registration (default ./data)
   --config <file>        JSON configuration (env QKEY_BROKER_CONFIG); see README "Configuration"
   --log-level <level>    pino level (default info)
@@ -36,6 +39,7 @@ const OPTIONS = {
   kms: { type: 'string' },
   'broker-id': { type: 'string' },
   data: { type: 'string' },
+  redis: { type: 'string' },
   config: { type: 'string' },
   'log-level': { type: 'string' },
   'semi-space': { type: 'string' },
@@ -75,6 +79,7 @@ export async function runBrokerCommand(argv: string[], io: CliIo): Promise<numbe
       ...(values.kms ? { kmsUrl: values.kms } : {}),
       ...(values['broker-id'] ? { brokerId: values['broker-id'] } : {}),
       ...(values.data ? { dataDir: values.data } : {}),
+      ...(values.redis ? { redis: values.redis } : {}),
       // Checked with every other source against the schema (loadBrokerConfig), which names what is allowed.
       ...(values['log-level'] ? { logLevel: values['log-level'] as BrokerOverrides['logLevel'] } : {}),
     };
@@ -105,7 +110,10 @@ export async function runBrokerCommand(argv: string[], io: CliIo): Promise<numbe
     .map(([k, v]) => `${k} ${v}`)
     .join(', ');
   const heap = thread ? `, broker thread with ${thread.semiSpaceMiB} MiB semi-space` : '';
-  io.out(`qkey broker listening: ${listening} (key service ${config.kmsUrl}, broker id ${config.brokerId}${heap})`);
+  const shared = config.redis ? `, sharing ${redisLocation(config.redis)}` : '';
+  io.out(
+    `qkey broker listening: ${listening} (key service ${config.kmsUrl}, broker id ${config.brokerId}${shared}${heap})`,
+  );
   // Runs until Ctrl-C or SIGTERM; a broker thread that ends by itself is a failure, reported with its reason.
   const failure = await new Promise<string | undefined>((resolve) => {
     process.once('SIGINT', () => resolve(undefined));

@@ -284,7 +284,9 @@ export class RedisPersistence {
   async destroy(): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
-    await this.broadcast?.brokerUnsubscribe().catch(() => undefined);
+    // Once Aedes closed its emitter (it does at close) there is nothing left to unsubscribe from.
+    const mq = (this.broker as { mq?: { closed?: boolean } } | undefined)?.mq;
+    if (mq && !mq.closed) await this.broadcast?.brokerUnsubscribe().catch(() => undefined);
     await this.db.quit().catch(() => this.db.disconnect());
   }
 }
