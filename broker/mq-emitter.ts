@@ -1,6 +1,13 @@
 // Aedes' message emitter (mqemitter) made safe under overload: its queue drains iteratively and in linear time.
 import mqemitter from 'mqemitter';
 
+/**
+ * An emitter shared by several brokers (mqemitter-redis) offers its local delivery under this key: `done` runs once
+ * this broker's own subscribers have the message, where a shared emit completes when Redis has it.
+ */
+export const LOCAL_EMIT = Symbol.for('qkey.localEmit');
+export type LocalEmit = (message: mqemitter.Message, done: (err?: Error) => void) => void;
+
 /** Backlogged messages started per event-loop turn. */
 const DRAIN_BATCH = 1024;
 

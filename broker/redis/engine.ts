@@ -2,7 +2,7 @@
 // sessions, queues and retained messages where any broker finds them, and a lease keeps broker ids apart.
 import { Redis } from 'ioredis';
 import MQEmitterRedis from 'mqemitter-redis';
-import { boundEmitter } from '../mq-emitter.js';
+import { boundEmitter, LOCAL_EMIT, type LocalEmit } from '../mq-emitter.js';
 import { NodeLease } from './node-lease.js';
 import { RedisPersistence } from './persistence.js';
 
@@ -67,6 +67,9 @@ export async function startRedisEngine(url: string, o: RedisEngineOptions): Prom
   const mq = boundEmitter(MQEmitterRedis({ pubConn, subConn, concurrency: o.concurrency }), {
     concurrency: o.concurrency,
   });
+  // mqemitter-redis keeps mqemitter's own emit, the local delivery, as _emit.
+  const local = (mq as unknown as { _emit: LocalEmit })._emit;
+  (mq as unknown as Record<symbol, LocalEmit>)[LOCAL_EMIT] = (message, done) => local.call(mq, message, done);
   const persistence = new RedisPersistence({
     redis: store,
     prefix: REDIS_PREFIX,

@@ -120,11 +120,16 @@ export class RedisPersistence {
     else await this.db.hset(this.key('retained'), packet.topic!, encodeRecord(packet));
   }
 
-  createRetainedStream(pattern: string): AsyncGenerator<PersistedPacket> {
+  createRetainedStream(pattern: string): Readable {
     return this.createRetainedStreamCombi([pattern]);
   }
 
-  async *createRetainedStreamCombi(patterns: string[]): AsyncGenerator<PersistedPacket> {
+  /** Retained messages whose topic matches any of `patterns`, each once (Aedes pipes this stream). */
+  createRetainedStreamCombi(patterns: string[]): Readable {
+    return Readable.from(this.retainedMatching(patterns));
+  }
+
+  private async *retainedMatching(patterns: string[]): AsyncGenerator<PersistedPacket> {
     const matcher = new QlobberTrue(QLOBBER_OPTIONS);
     for (const p of patterns) matcher.add(p);
     let cursor = '0';
@@ -137,7 +142,36 @@ export class RedisPersistence {
   }
 
   // Subscriptions: one hash per client (topic -> subscription) and the set of clients that have any.
-  async addSubscriptions(client: ClientRef, subs: StoredSubscription[]): Promise<void> {
+  /**
+   * Aedes stores a SUBSCRIBE's whole filter list once per filter, concurrently; the broadcast that tells the other
+   * brokers waits for its own echo under one (client, first filter) key, so concurrent identical calls would leave
+   * all but one waiting forever. A call identical to the one in flight shares it; other changes of one client's
+   * subscriptions run one after another.
+   */
+  addSubscriptions(client: ClientRef, subs: StoredSubscription[]): Promise<void> {
+    return this.inTurn(client.id, `+${encodeRecord({ subs })}`, () => this.storeSubscriptions(client, subs));
+  }
+
+  removeSubscriptions(client: ClientRef, topics: string[]): Promise<void> {
+    return this.inTurn(client.id, `-${JSON.stringify(topics)}`, () => this.dropSubscriptions(client, topics));
+  }
+
+  private readonly subscriptionChanges = new Map<string, { what: string; done: Promise<void> }>();
+
+  private inTurn(clientId: string, what: string, change: () => Promise<void>): Promise<void> {
+    const last = this.subscriptionChanges.get(clientId);
+    if (last?.what === what) return last.done;
+    const done = (last?.done ?? Promise.resolve()).catch(() => undefined).then(change);
+    const entry = { what, done };
+    this.subscriptionChanges.set(clientId, entry);
+    const forget = () => {
+      if (this.subscriptionChanges.get(clientId) === entry) this.subscriptionChanges.delete(clientId);
+    };
+    done.then(forget, forget);
+    return done;
+  }
+
+  private async storeSubscriptions(client: ClientRef, subs: StoredSubscription[]): Promise<void> {
     if (subs.length === 0) return;
     const fields: string[] = [];
     for (const s of subs) fields.push(s.topic, encodeRecord(s));
@@ -149,7 +183,7 @@ export class RedisPersistence {
     await this.broadcast!.addedSubscriptions(client, subs);
   }
 
-  async removeSubscriptions(client: ClientRef, topics: string[]): Promise<void> {
+  private async dropSubscriptions(client: ClientRef, topics: string[]): Promise<void> {
     const subKey = this.key('sub', id(client.id));
     if (topics.length > 0) await this.db.hdel(subKey, ...topics);
     if ((await this.db.exists(subKey)) === 0) await this.db.srem(this.key('clients'), client.id);
