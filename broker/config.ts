@@ -72,7 +72,10 @@ export const BROKER_CONFIG_SCHEMA = {
     },
     brokerSecret: { type: 'string', minLength: 1, maxLength: 256, writeOnly: true, env: 'QKEY_BROKER_SECRET' },
     dataDir: { type: 'string', minLength: 1, default: './data', env: 'QKEY_KMS_DATA' },
-    /** Several brokers: Redis for routing and sessions (broker/redis/); null runs this broker alone, in memory. */
+    /** Where sessions, queues and retained messages live: `sqlite` (<dataDir>/broker-<id>.db) or `memory`. */
+    persistence: { enum: ['memory', 'sqlite'], default: 'sqlite', env: 'QKEY_BROKER_PERSISTENCE' },
+    /** Several brokers: Redis for routing and sessions (broker/redis/); null runs this broker alone
+    // on `persistence`, which Redis replaces when set. */
     redis: {
       type: ['string', 'null'],
       pattern: '^rediss?://',

@@ -32,13 +32,10 @@ export class QkeyPlugin {
 
   constructor(options: QkeyPluginOptions) {
     this.ctx = new PluginContext(options, { topics: DEFAULT_TOPICS, rotation: DEFAULT_ROTATION });
-    const ctx = this.ctx;
     this.queues = new QueueBound({
       maxMessages: options.maxQueuedMessages,
       maxBytes: options.maxQueuedBytes,
       log: options.log,
-      // A device's delivered copy carries the sealed payload; the queue holds the plaintext.
-      storedPayload: (payload) => ctx.plaintextOf.get(payload) ?? payload,
     });
     options.tokens.onRevoked((subject) => this.guarded('lifecycle', null, () => disconnectSubject(this.ctx, subject)));
   }

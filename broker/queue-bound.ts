@@ -22,11 +22,6 @@ export interface QueueLog {
 
 export interface QueueBoundOptions extends Partial<QueueLimits> {
   log?: QueueLog;
-  /**
-   * The payload Aedes stored for a packet it hands to outgoingUpdate, when a forward hook replaced the payload of
-   * the delivered copy (the QKey plugin seals it): the bytes released at PUBREC are the stored ones. Default: as is.
-   */
-  storedPayload?: (payload: Buffer) => Buffer;
 }
 
 /** One queue entry as Aedes hands it over: a PUBLISH, or the PUBREL that replaces a QoS 2 PUBLISH at PUBREC. */
@@ -46,6 +41,18 @@ interface OutgoingStore {
   outgoingClearMessageId(client: { id: string }, packet: QueuedPacket): Promise<QueuedPacket | undefined>;
 }
 
+/** One stored queue entry: its client, its payload bytes (0 for a PUBREL) and its packet identifier if sent. */
+export interface QueuedEntry {
+  clientId: string;
+  bytes: number;
+  messageId: number | undefined;
+}
+
+/** A persistence that keeps queues across restarts lists what it holds, so the bound starts from it. */
+export interface QueueCensus {
+  queuedEntries(): Iterable<QueuedEntry>;
+}
+
 /** Keys of dropped messages remembered per connected client, oldest forgotten first. */
 const RECENT_DROPS = 1024;
 const WRAPPED = Symbol('qkey.queueBound');
@@ -60,6 +67,11 @@ class Ledger {
   dropped = 0;
   /** Messages dropped while the client was connected: their live delivery must not go out (see wasDropped). */
   recent: Set<string> | undefined;
+  /**
+   * Payload bytes of live deliveries as stored, noted before the forward hook may replace the delivered copy's
+   * payload (the QKey plugin seals it) and taken when Aedes hands that copy to outgoingUpdate, a tick later.
+   */
+  delivering: Map<string, number> | undefined;
 }
 
 export class QueueBound {
@@ -69,7 +81,6 @@ export class QueueBound {
   /** Entries and payload bytes held in all clients' queues. */
   readonly total = { messages: 0, bytes: 0 };
   private readonly ledgers = new Map<string, Ledger>();
-  private readonly storedPayload: (payload: Buffer) => Buffer;
   private clients: Record<string, unknown> = {};
 
   constructor(private readonly o: QueueBoundOptions = {}) {
@@ -77,7 +88,6 @@ export class QueueBound {
       maxMessages: o.maxMessages ?? DEFAULT_QUEUE_LIMITS.maxMessages,
       maxBytes: o.maxBytes ?? DEFAULT_QUEUE_LIMITS.maxBytes,
     };
-    this.storedPayload = o.storedPayload ?? ((p) => p);
   }
 
   /**
@@ -98,8 +108,39 @@ export class QueueBound {
       });
     }
     const forward = aedes.authorizeForward;
-    aedes.authorizeForward = (client, packet) =>
-      this.wasDropped(client, packet) ? null : forward.call(aedes, client, packet);
+    aedes.authorizeForward = (client, packet) => {
+      if (this.wasDropped(client, packet)) return null;
+      const noted = this.noteDelivery(client, packet);
+      const out = forward.call(aedes, client, packet);
+      if (!out && noted) this.ledgers.get(client.id)?.delivering?.delete(noted);
+      return out;
+    };
+  }
+
+  /**
+   * A live QoS 1/2 delivery to a persistent session (no packet identifier yet, not retained: Aedes' deliverQoS
+   * then calls outgoingUpdate with it) has its stored payload size noted under the message's key.
+   */
+  private noteDelivery(client: Client, packet: AedesPublishPacket): string | undefined {
+    if (client.clean !== false || packet.messageId !== undefined || packet.qos === 0 || packet.retain) return;
+    const l = this.ledgers.get(client.id);
+    if (!l) return;
+    const key = keyOf(packet as QueuedPacket);
+    (l.delivering ??= new Map()).set(key, bytesOf(packet.payload as Buffer));
+    return key;
+  }
+
+  /** Each client's stored queue as a durable persistence holds it when the broker starts. */
+  private seed(entries: Iterable<QueuedEntry>): void {
+    for (const e of entries) {
+      const l = this.ledgers.get(e.clientId) ?? this.ledger(e.clientId);
+      l.messages++;
+      l.bytes += e.bytes;
+      this.total.messages++;
+      this.total.bytes += e.bytes;
+      // A PUBLISH sent before (it has its packet identifier) releases its bytes when it turns into a PUBREL.
+      if (e.bytes > 0 && e.messageId !== undefined) (l.byMessageId ??= new Map()).set(e.messageId, e.bytes);
+    }
   }
 
   /** What one client's queue holds, as the persistence reported it. */
@@ -111,6 +152,9 @@ export class QueueBound {
   /** A persistence whose outgoing queue is bounded; every other call goes to `inner` unchanged. */
   wrap<P extends object>(inner: P): P {
     if ((inner as { [WRAPPED]?: boolean })[WRAPPED]) return inner;
+    // A durable store holds queues from before this process started: they count from the start.
+    const durable = inner as Partial<QueueCensus>;
+    if (typeof durable.queuedEntries === 'function') this.seed(durable.queuedEntries());
     const store = inner as unknown as OutgoingStore;
     const own: Record<PropertyKey, unknown> = {
       [WRAPPED]: true,
@@ -238,6 +282,7 @@ export class QueueBound {
 
   /** A packet identifier assigned to a PUBLISH entry, or the entry turned into a PUBREL (its payload is gone). */
   private async update(store: OutgoingStore, client: { id: string }, packet: QueuedPacket): Promise<unknown> {
+    const noted = packet.cmd === 'publish' ? this.takeNoted(client.id, packet) : undefined;
     const result = await store.outgoingUpdate(client, packet);
     const l = this.ledgers.get(client.id);
     if (!l || typeof packet.messageId !== 'number') return result;
@@ -249,10 +294,19 @@ export class QueueBound {
       }
     } else if (packet.cmd === 'publish' && packet.payload !== undefined) {
       l.byMessageId ??= new Map();
-      const p = packet.payload;
-      l.byMessageId.set(packet.messageId, bytesOf(typeof p === 'string' ? p : this.storedPayload(p)));
+      // A live delivery's payload may be the forward hook's (sealed); a stored one's is the stored payload.
+      l.byMessageId.set(packet.messageId, noted ?? bytesOf(packet.payload));
     }
     return result;
+  }
+
+  private takeNoted(clientId: string, packet: QueuedPacket): number | undefined {
+    const delivering = this.ledgers.get(clientId)?.delivering;
+    if (!delivering) return undefined;
+    const key = keyOf(packet);
+    const noted = delivering.get(key);
+    if (noted !== undefined) delivering.delete(key);
+    return noted;
   }
 
   /** The entry the persistence removed, if any, leaves the ledger; a message dropped here was never stored. */

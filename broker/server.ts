@@ -16,6 +16,7 @@ import { ClientCertificates } from './client-certificate.js';
 import { BrokerKmsSession, brokerSecret } from './credentials.js';
 import { createBoundedEmitter } from './mq-emitter.js';
 import { guardPackets, type InputRefusal } from './packet-guard.js';
+import { type BrokerPersistence, openPersistence } from './persistence/index.js';
 import { createQkeyPlugin, type QkeyPlugin } from './plugin.js';
 import { redisLocation, startRedisEngine } from './redis/engine.js';
 import { sm4GcmAddonStatus } from '../protocol/index.js';
@@ -202,13 +203,28 @@ function followKmsHealth(tokens: TokenAuthority, gauge: Gauge, log: Logger): voi
   });
 }
 
-export async function startBroker(
+export interface StartOptions {
+  logger?: Logger;
+  /** The clock tokens are checked against, Unix seconds (tests move it; default: the system clock). */
+  now?: () => number;
+}
+
+export async function startBroker(config: Readonly<BrokerConfig>, options: StartOptions = {}): Promise<RunningBroker> {
+  // Opened first: a store another broker holds, or a damaged one, stops the start before anything else.
+  // With Redis the sessions live there (broker/redis/), and no store file is opened.
+  const store = openPersistence(config.redis ? 'memory' : config.persistence, config.dataDir, config.brokerId);
+  try {
+    return await startOn(store, config, options);
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+}
+
+async function startOn(
+  store: BrokerPersistence,
   config: Readonly<BrokerConfig>,
-  options: {
-    logger?: Logger;
-    /** The clock tokens are checked against, Unix seconds (tests move it; default: the system clock). */
-    now?: () => number;
-  } = {},
+  options: StartOptions,
 ): Promise<RunningBroker> {
   const log = options.logger ?? pino({ level: config.logLevel });
   const secret = await brokerSecret(config.kmsUrl, config.brokerId, config.dataDir, config.brokerSecret);
@@ -274,6 +290,7 @@ export async function startBroker(
     concurrency: config.concurrency,
     mq: redis?.mq ?? createBoundedEmitter({ concurrency: config.concurrency }),
     ...(redis && { persistence: redis.persistence as unknown as AedesOptions['persistence'] }),
+    ...(!redis && store.aedes && { persistence: store.aedes as unknown as AedesOptions['persistence'] }),
   });
   await aedes.listen();
   plugin.attach(aedes);
@@ -417,6 +434,7 @@ export async function startBroker(
       await new Promise<void>((r) => aedes.close(() => r()));
       await plugin.close();
       await redis?.close();
+      await store.close();
     },
   };
 }

@@ -18,9 +18,12 @@ Runs the MQTT broker (Aedes + QKey plugin) until Ctrl-C.
   --http-port <n>        /healthz and /metrics (default 9090; "off" to disable)
   --kms <url>            key service (default http://127.0.0.1:7070; env QKEY_KMS_URL)
   --broker-id <id>       this broker's id at the key service (default qkey-broker)
-  --redis <url>          several brokers: share routing and sessions over this Redis (redis:// or rediss://;
-                         env QKEY_BROKER_REDIS); each broker needs its own --broker-id
-  --data <dir>           key service data folder, for first-run self-registration (default ./data)
+  --data <dir>           data folder: the broker's store, and the key service's for first-run self-registration
+                         (default ./data)
+  --persistence <kind>   sqlite (default): sessions, queued messages and retained messages in <data>/broker-<id>.db,
+                         kept across restarts; memory: lost when the broker stops
+  --redis <url>          several brokers: share routing, sessions and queues over this Redis (redis:// or
+                         rediss://; env QKEY_BROKER_REDIS) instead of --persistence; each broker its own --broker-id
   --config <file>        JSON configuration (env QKEY_BROKER_CONFIG); see README "Configuration"
   --log-level <level>    pino level (default info)
   --semi-space <MiB>     V8 young-generation semi-space of the broker thread (default 128; 0 = V8's default,
@@ -40,6 +43,7 @@ const OPTIONS = {
   'broker-id': { type: 'string' },
   data: { type: 'string' },
   redis: { type: 'string' },
+  persistence: { type: 'string' },
   config: { type: 'string' },
   'log-level': { type: 'string' },
   'semi-space': { type: 'string' },
@@ -83,6 +87,11 @@ export async function runBrokerCommand(argv: string[], io: CliIo): Promise<numbe
       // Checked with every other source against the schema (loadBrokerConfig), which names what is allowed.
       ...(values['log-level'] ? { logLevel: values['log-level'] as BrokerOverrides['logLevel'] } : {}),
     };
+    if (values.persistence !== undefined) {
+      if (values.persistence !== 'memory' && values.persistence !== 'sqlite')
+        throw new UsageError(`--persistence must be "sqlite" or "memory", not ${JSON.stringify(values.persistence)}`);
+      overrides.persistence = values.persistence;
+    }
     if (values['semi-space'] !== undefined) {
       if (!/^\d+$/.test(values['semi-space'])) throw new UsageError('--semi-space must be a whole number of MiB');
       overrides.semiSpaceMiB = Number(values['semi-space']);

@@ -30,7 +30,10 @@ export type UplinkOutcome = 'opened' | 'duplicate' | RejectReason;
 /** The payload of a publish the broker acknowledged but passes on to no one (a QoS 1 retransmission, publish.ts). */
 export const DROPPED_PAYLOAD: Buffer = Buffer.alloc(0);
 
-/** What became of one delivery to a device. */
+/**
+ * What became of one delivery to a device: `sealed` live or retained, `resealed` from the session's stored queue
+ * (queued while away, or unacknowledged and sent again after a reconnect), or why it was dropped.
+ */
 export type DownlinkOutcome = 'sealed' | 'resealed' | 'dropped_no_key' | 'dropped_too_large' | 'dropped_error';
 
 /** The hooks, as named in logs and in broker_hook_errors_total. */
@@ -151,12 +154,6 @@ export class PluginContext {
   readonly emptyIdPersistent = new WeakSet<Client>();
   /** Clients whose CONNECT had an empty client id: the broker assigns one in the principal's namespace. */
   readonly emptyId = new WeakSet<Client>();
-  /**
-   * Sealed downlink payload -> its plaintext. Aedes stores the packet authorizeForward returned for in-flight and
-   * queued QoS 1/2 messages and passes that stored packet through authorizeForward again after a reconnect; this
-   * lets the broker seal the original plaintext under the new session's key instead of sealing an envelope again.
-   */
-  readonly plaintextOf = new WeakMap<Buffer, Buffer>();
   readonly topics: TopicTemplates;
   readonly rotation: RotationLimits;
   readonly parseOptions: { maxPayload?: number };

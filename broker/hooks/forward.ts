@@ -68,25 +68,28 @@ export function authorizeForward(
   }
 }
 
-/** Seals for this one device subscriber by assigning a new payload to this same packet. */
+/**
+ * Seals for this one device subscriber by assigning a new payload to this same packet. What reaches this hook is
+ * always the plaintext: the packet is this delivery's own copy (Aedes makes one per subscriber, live, retained or
+ * read from the session's stored queue), and the persistence stores a message when it is published, before any
+ * delivery, and never takes a payload from a delivered copy (outgoingUpdate records the packet identifier only).
+ * So the envelope exists only on the wire, a redelivery after a reconnect or a restart is sealed once, under the
+ * new session's key, and any persistence that serialises packets works alike.
+ */
 function sealFor(ctx: PluginContext, state: ClientState, packet: AedesPublishPacket): AedesPublishPacket | null {
-  let plaintext = packet.payload as Buffer;
-  const original = ctx.plaintextOf.get(plaintext);
-  if (original) plaintext = original;
-  if (plaintext.length === 0) {
-    packet.payload = plaintext;
-    return packet;
-  }
+  const plaintext = packet.payload as Buffer;
+  if (plaintext.length === 0) return packet;
   const sealed = state.keys!.sealDownlink(plaintext, packet.topic, ctx.maxDownlinkPayload);
   if (!sealed) {
     ctx.o.events?.downlink?.('dropped_no_key');
     return null;
   }
   const out = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
-  ctx.plaintextOf.set(out, plaintext);
   packet.payload = out;
   ctx.counters.downlinkBytes += out.length;
-  ctx.o.events?.downlink?.(original ? 'resealed' : 'sealed');
+  // A packet identifier before delivery: Aedes read this packet from the session's stored queue (connect.js
+  // emptyQueue); a live delivery gets its identifier after this hook.
+  ctx.o.events?.downlink?.(packet.messageId === undefined ? 'sealed' : 'resealed');
   return packet;
 }
 

@@ -105,7 +105,12 @@ describe('broker killed', () => {
     cleanup.push(() => sys.stop());
     const { client_secret } = await sys.kms.admin.registerBroker('proc-broker');
     const env = { QKEY_BROKER_SECRET: client_secret, QKEY_BROKER_LOG_LEVEL: 'warn' };
-    const args = ['broker', '--port', '0', '--http-port', 'off', '--kms', sys.kms.url, '--broker-id', 'proc-broker'];
+    const data = tempDir();
+    cleanup.push(() => removeDir(data));
+    const args = [
+      ...['broker', '--port', '0', '--http-port', 'off', '--kms', sys.kms.url, '--broker-id', 'proc-broker'],
+      ...['--data', data],
+    ];
     let broker = await spawnQkey(args, /mqtt (mqtt:\/\/\S+),?/, env);
     // `qkey broker` runs the broker on a thread whose semi-space V8 really set (reported from inside the thread).
     await vi.waitFor(() => expect(broker.output()).toMatch(/broker thread with 128 MiB semi-space/));

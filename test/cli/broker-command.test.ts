@@ -13,6 +13,8 @@ describe('qkey broker arguments', () => {
     [['--semi-space=-5'], /--semi-space must be a whole number of MiB/],
     [['--port', '70000'], /--port must be a port number or "off"/],
     [['--tls-port', '8883'], /--tls-port needs --cert and --key/],
+    [['--persistence', 'redis'], /--persistence must be "sqlite" or "memory", not "redis"/],
+    [['--persistence', 'SQLite'], /--persistence must be "sqlite" or "memory", not "SQLite"/],
   ])('refuses %j', async (args, message) => {
     const r = await run('broker', ...args);
     expect(r.code).toBe(2);
@@ -27,10 +29,11 @@ describe('qkey broker arguments', () => {
     );
   });
 
-  it('lists --semi-space in its help', async () => {
+  it('lists --semi-space and --persistence in its help', async () => {
     const r = await run('broker', '--help');
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/--semi-space <MiB>/);
+    expect(r.out).toMatch(/--persistence <kind> +sqlite \(default\)/);
   });
 
   it('a broker thread that cannot start says why and exits 1 (the built binary, key service down)', async () => {

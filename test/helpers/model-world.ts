@@ -295,6 +295,8 @@ export class ModelWorld {
         {
           mqtt: { port: 0 },
           http: null,
+          // The model's broker restart loses the broker's state, as it expects (test/broker/durable.test.ts keeps it).
+          persistence: 'memory',
           kmsUrl: `http://127.0.0.1:${this.kmsPort || new URL(this.kms.url).port}`,
           brokerId,
           brokerSecret: secret,

@@ -67,6 +67,8 @@ export async function systemOn(
         brokerId: 'test-broker',
         brokerSecret: client_secret,
         revocationPollMs: 200,
+        // Durability has its own tests (test/broker/durable.test.ts), which choose the store and its folder.
+        persistence: 'memory',
         ...overrides,
       },
       { env: {} },
