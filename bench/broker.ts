@@ -1,6 +1,7 @@
-// bench/broker: plain Aedes and the QKey broker under the same load in the same run: uplink device-to-application
-// messages/s (QoS 0 and 1, 64 B and 1 KiB), downlink fan-out from one application to 1,000 devices, and memory
-// per connected device session. Run: npm run bench:broker [-- --devices 1000 --messages 20000]
+// bench/broker: plain Aedes and each QKey broker configuration (in memory, durable embedded, ...) under the same
+// load in the same run: uplink device-to-application messages/s (QoS 0 and 1, 64 B and 1 KiB), downlink fan-out
+// from one application to 1,000 devices, QoS 1 commands to devices with persistent sessions, and memory per
+// connected device session. Run: npm run bench:broker [-- --devices 1000 --messages 20000 --sessions 100]
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
@@ -9,6 +10,9 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Aedes } from 'aedes';
 import mqtt, { type MqttClient } from 'mqtt';
+import { pino } from 'pino';
+import { type BrokerOverrides, loadBrokerConfig } from '../broker/config.js';
+import { startBroker } from '../broker/server.js';
 import { startLocalSystem } from '../device-sim/local-system.js';
 import { EnvelopeKey, loginProof, sealEnvelope } from '../protocol/index.js';
 import { formatRate, median, table } from './_measure.js';
@@ -19,20 +23,69 @@ const { values } = parseArgs({
     devices: { type: 'string', default: '1000' },
     messages: { type: 'string', default: '40000' },
     rounds: { type: 'string', default: '5' },
+    sessions: { type: 'string', default: '100' },
+    'per-session': { type: 'string', default: '100' },
+    /** Which measurements to run, comma-separated: uplink, fanout (with memory), persistent. */
+    only: { type: 'string', default: 'uplink,fanout,persistent' },
   },
 });
+const ONLY = new Set(values.only.split(','));
 const FANOUT_DEVICES = Number(values.devices);
 const MESSAGES = Number(values.messages);
 const ROUNDS = Number(values.rounds);
-const TARGETS = { uplink: 0.8, fanout: 0.6, memoryKiB: 20 };
+const SESSIONS = Number(values.sessions);
+const PER_SESSION = Number(values['per-session']);
+/** Ratios against plain Aedes, and durable against in memory for QoS 1 to persistent sessions. */
+const TARGETS = { uplink: 0.8, fanout: 0.6, memoryKiB: 20, durablePersistent: 0.7 };
 
 const dir = mkdtempSync(join(tmpdir(), 'qkey-bench-broker-'));
+const BROKER = { maxPayload: 1 << 20 } satisfies BrokerOverrides;
 const local = await startLocalSystem(dir, {
   brokerId: 'bench-broker',
   kms: { maxKeysPerRequest: 16 },
-  broker: { maxPayload: 1 << 20 },
+  broker: { ...BROKER, persistence: 'memory' },
 });
-const { admin, broker: qkey } = local;
+const { admin } = local;
+
+/**
+ * The QKey configurations measured beside plain Aedes, each a broker on the same key service. The first is the
+ * in-memory one (the reference of the durability targets). Another deployment adds itself here: a name, and the
+ * broker configuration keys that make it.
+ */
+const CONFIGURATIONS: Array<{ name: string; overrides: BrokerOverrides }> = [
+  { name: 'QKey in memory', overrides: { persistence: 'memory' } },
+  { name: 'QKey durable (embedded)', overrides: { persistence: 'sqlite' } },
+];
+
+interface Measured {
+  name: string;
+  url: string;
+  secure: boolean;
+  close(): Promise<void>;
+}
+
+const brokers: Measured[] = [];
+for (const [i, c] of CONFIGURATIONS.entries()) {
+  const brokerId = `bench-broker-${i}`;
+  const { client_secret } = await admin.registerBroker(brokerId);
+  const running = await startBroker(
+    loadBrokerConfig(
+      {
+        ...BROKER,
+        mqtt: { port: 0 },
+        http: null,
+        kmsUrl: local.kms.url,
+        brokerId,
+        brokerSecret: client_secret,
+        dataDir: dir,
+        ...c.overrides,
+      },
+      { env: {} },
+    ),
+    { logger: pino({ level: 'silent' }) },
+  );
+  brokers.push({ name: c.name, url: running.urls.mqtt!, secure: true, close: () => running.close() });
+}
 const plainAedes = new Aedes();
 await plainAedes.listen();
 const plainServer: Server = createServer((s) => plainAedes.handle(s));
@@ -52,9 +105,9 @@ async function tokenFor(d: BenchDevice): Promise<string> {
   return (await admin.deviceToken(d.id, challenge, mac)).access_token;
 }
 
-async function connect(url: string, d: BenchDevice, secure: boolean): Promise<MqttClient> {
+async function connect(url: string, d: BenchDevice, secure: boolean, clean = true): Promise<MqttClient> {
   const auth = secure ? { username: d.id, password: await tokenFor(d) } : {};
-  return mqtt.connectAsync(url, { clientId: d.id, reconnectPeriod: 0, ...auth });
+  return mqtt.connectAsync(url, { clientId: d.id, reconnectPeriod: 0, clean, ...auth });
 }
 
 async function appClient(url: string, secure: boolean, id: string): Promise<MqttClient> {
@@ -114,6 +167,28 @@ async function fanout(
   return rate;
 }
 
+/**
+ * QoS 1 commands to devices holding persistent sessions (clean session 0): one application sends `PER_SESSION`
+ * commands to each of the connected `clients`; each is stored in the session's queue, delivered, acknowledged and
+ * removed. Deliveries per second until every device has all of its commands.
+ */
+async function persistentQos1(url: string, secure: boolean, devs: BenchDevice[], clients: MqttClient[], tag: string) {
+  const app = await appClient(url, secure, `app-pers-${tag}`);
+  const total = devs.length * PER_SESSION;
+  let received = 0;
+  const done = new Promise<void>((resolve) => {
+    for (const c of clients) c.on('message', () => ++received === total && resolve());
+  });
+  const start = performance.now();
+  for (let k = 0; k < PER_SESSION; k++)
+    for (const d of devs) app.publish(`devices/${d.id}/down/cmd`, 'set 42', { qos: 1 });
+  await Promise.race([done, new Promise((r) => setTimeout(r, 120_000))]);
+  const rate = received / ((performance.now() - start) / 1000);
+  for (const c of clients) c.removeAllListeners('message');
+  await app.endAsync(true);
+  return rate;
+}
+
 /** Heap, external and array-buffer memory after garbage has had a few chances to go (finalizers run late). */
 async function heap(): Promise<number> {
   for (let i = 0; i < 4; i++) {
@@ -125,92 +200,128 @@ async function heap(): Promise<number> {
 }
 
 console.log(
-  `bench/broker: ${MESSAGES} uplink messages per run, ${FANOUT_DEVICES} devices for fan-out, median of ${ROUNDS} rounds${(globalThis as { gc?: unknown }).gc ? '' : ' (run with --expose-gc for steadier memory figures)'}`,
+  `bench/broker: ${MESSAGES} uplink messages per run, ${FANOUT_DEVICES} devices for fan-out, ${SESSIONS} persistent sessions x ${PER_SESSION} commands, median of ${ROUNDS} rounds${(globalThis as { gc?: unknown }).gc ? '' : ' (run with --expose-gc for steadier memory figures)'}`,
 );
-const rows = [['uplink', 'plain Aedes', 'QKey', 'ratio']];
+const plain: Measured = { name: 'plain Aedes', url: plainUrl, secure: false, close: async () => undefined };
+const all = [plain, ...brokers];
+const header = (what: string) => [what, ...all.map((b) => b.name), ...brokers.map((b) => `${b.name} / plain`)];
+/** The median of each broker's rounds, round 0 (JIT and path warm-up) not counted, brokers interleaved per round. */
+async function measure(run: (b: Measured, tag: string) => Promise<number>, warmup = true): Promise<number[]> {
+  const rates: number[][] = all.map(() => []);
+  for (let r = warmup ? 0 : 1; r <= ROUNDS; r++)
+    for (const [i, b] of all.entries()) {
+      const rate = await run(b, `${i}r${r}`);
+      if (r > 0) rates[i]!.push(rate);
+    }
+  return rates.map(median);
+}
+const row = (what: string, rates: number[]) => [
+  what,
+  ...rates.map((r) => `${formatRate(r)} msg`),
+  ...rates.slice(1).map((r) => `${(r / rates[0]!).toFixed(2)}x`),
+];
+
+const uplinkRows = [header('uplink')];
 const uplinkRatios: number[] = [];
-for (const [size, qos] of [
+const UPLINK_CASES = [
   [64, 0],
   [64, 1],
   [1024, 0],
   [1024, 1],
-] as const) {
-  const p: number[] = [];
-  const q: number[] = [];
-  // Round 0 warms up the JIT and both brokers' paths for this size and QoS; it is not counted.
-  for (let r = 0; r <= ROUNDS; r++) {
-    const rp = await uplink(plainUrl, false, size, qos, `p${size}${qos}${r}`);
-    const rq = await uplink(qkey.urls.mqtt!, true, size, qos, `q${size}${qos}${r}`);
-    if (r > 0) {
-      p.push(rp);
-      q.push(rq);
-    }
-  }
-  const ratio = median(q) / median(p);
-  uplinkRatios.push(ratio);
-  rows.push([
-    `${size} B, QoS ${qos}`,
-    `${formatRate(median(p))} msg`,
-    `${formatRate(median(q))} msg`,
-    `${ratio.toFixed(2)}x`,
-  ]);
+] as const;
+for (const [size, qos] of ONLY.has('uplink') ? UPLINK_CASES : []) {
+  const rates = await measure((b, tag) => uplink(b.url, b.secure, size, qos, `${size}q${qos}b${tag}`));
+  uplinkRatios.push(...rates.slice(1).map((r) => r / rates[0]!));
+  uplinkRows.push(row(`${size} B, QoS ${qos}`, rates));
 }
-console.log(`\n${table(rows)}`);
+if (ONLY.has('uplink')) console.log(`\n${table(uplinkRows)}`);
 
-// Fan-out and memory: connect the same number of devices to each broker, measuring memory as they connect.
-const devsPlain = await provision('fan-p', FANOUT_DEVICES, 4);
-const devsQkey = await provision('fan-q', FANOUT_DEVICES, 4);
-const before = await heap();
-const plainClients = [];
-for (const d of devsPlain) plainClients.push(await connect(plainUrl, d, false));
-await Promise.all(plainClients.map((c, i) => c.subscribeAsync(`devices/${devsPlain[i]!.id}/down/#`, { qos: 1 })));
-const afterPlain = await heap();
-const qkeyClients = [];
-for (const d of devsQkey) qkeyClients.push(await connect(qkey.urls.mqtt!, d, true));
-await Promise.all(qkeyClients.map((c, i) => c.subscribeAsync(`devices/${devsQkey[i]!.id}/down/#`, { qos: 1 })));
-const afterQkey = await heap();
-const perPlain = (afterPlain - before) / FANOUT_DEVICES;
-const perQkey = (afterQkey - afterPlain) / FANOUT_DEVICES;
-const fp: number[] = [];
-const fq: number[] = [];
-for (let r = 0; r < ROUNDS; r++) {
-  fp.push(await fanout(plainUrl, false, devsPlain, plainClients, `p${r}`));
-  fq.push(await fanout(qkey.urls.mqtt!, true, devsQkey, qkeyClients, `q${r}`));
+/** Fan-out and memory: the same number of devices on each broker, memory measured as they connect. */
+async function fanoutAndMemory(): Promise<{ fanRatio: number; extraKiB: number }> {
+  const heaps: number[] = [await heap()];
+  const devsOf: BenchDevice[][] = [];
+  const clientsOf: MqttClient[][] = [];
+  for (const [i, b] of all.entries()) {
+    const devs = await provision(`fan-${i}`, FANOUT_DEVICES, 4);
+    const clients = [];
+    for (const d of devs) clients.push(await connect(b.url, d, b.secure));
+    await Promise.all(clients.map((c, k) => c.subscribeAsync(`devices/${devs[k]!.id}/down/#`, { qos: 1 })));
+    devsOf.push(devs);
+    clientsOf.push(clients);
+    // Memory of plain Aedes and of the in-memory QKey broker (the first two).
+    if (i < 2) heaps.push(await heap());
+  }
+  const perPlain = (heaps[1]! - heaps[0]!) / FANOUT_DEVICES;
+  const perQkey = (heaps[2]! - heaps[1]!) / FANOUT_DEVICES;
+  const fan = await measure((b, tag) => {
+    const i = all.indexOf(b);
+    return fanout(b.url, b.secure, devsOf[i]!, clientsOf[i]!, tag);
+  }, false);
+  console.log(`\n${table([header('downlink fan-out'), row(`1 app -> ${FANOUT_DEVICES} devices, QoS 1`, fan)])}`);
+  await Promise.all(clientsOf.flat().map((c) => c.endAsync(true)));
+  const extraKiB = (perQkey - perPlain) / 1024;
+  console.log(
+    `\nmemory per connected device (broker + clients in this process): plain ${(perPlain / 1024).toFixed(1)} KiB, QKey ${(perQkey / 1024).toFixed(1)} KiB, extra ${extraKiB.toFixed(1)} KiB`,
+  );
+  return { fanRatio: fan[1]! / fan[0]!, extraKiB };
 }
-const fanRatio = median(fq) / median(fp);
-console.log(
-  `\n${table([
-    ['downlink fan-out', 'plain Aedes', 'QKey', 'ratio'],
-    [
-      `1 app -> ${FANOUT_DEVICES} devices, QoS 1`,
-      `${formatRate(median(fp))} msg`,
-      `${formatRate(median(fq))} msg`,
-      `${fanRatio.toFixed(2)}x`,
-    ],
-  ])}`,
-);
-const extraKiB = (perQkey - perPlain) / 1024;
-console.log(
-  `\nmemory per connected device (broker + clients in this process): plain ${(perPlain / 1024).toFixed(1)} KiB, QKey ${(perQkey / 1024).toFixed(1)} KiB, extra ${extraKiB.toFixed(1)} KiB`,
-);
+
+/** QoS 1 to persistent sessions on each broker; each configuration's ratio to the in-memory QKey broker. */
+async function persistentSessions(): Promise<Array<{ name: string; ratio: number }>> {
+  const devsOf: BenchDevice[][] = [];
+  const clientsOf: MqttClient[][] = [];
+  for (const [i, b] of all.entries()) {
+    const devs = await provision(`pers-${i}`, SESSIONS, 4);
+    const clients = [];
+    for (const d of devs) {
+      const c = await connect(b.url, d, b.secure, false);
+      await c.subscribeAsync(`devices/${d.id}/down/#`, { qos: 1 });
+      clients.push(c);
+    }
+    devsOf.push(devs);
+    clientsOf.push(clients);
+  }
+  const pers = await measure((b, tag) => {
+    const i = all.indexOf(b);
+    return persistentQos1(b.url, b.secure, devsOf[i]!, clientsOf[i]!, tag);
+  });
+  console.log(
+    `\n${table([header('persistent sessions'), row(`1 app -> ${SESSIONS} sessions x ${PER_SESSION}, QoS 1`, pers)])}`,
+  );
+  await Promise.all(clientsOf.flat().map((c) => c.endAsync(true)));
+  const ratios = brokers.slice(1).map((b, k) => ({ name: b.name, ratio: pers[k + 2]! / pers[1]! }));
+  for (const d of ratios)
+    console.log(`${d.name} / ${brokers[0]!.name}, QoS 1 to persistent sessions: ${d.ratio.toFixed(2)}x`);
+  return ratios;
+}
+
+const fanMem = ONLY.has('fanout') ? await fanoutAndMemory() : undefined;
+const durable = ONLY.has('persistent')
+  ? (await persistentSessions()).find((d) => d.name === 'QKey durable (embedded)')
+  : undefined;
+const verdict = (ok: boolean | undefined) => (ok === undefined ? 'not measured' : ok ? 'PASS' : 'FAIL');
 const ok = {
-  uplink: Math.min(...uplinkRatios) >= TARGETS.uplink,
-  fanout: fanRatio >= TARGETS.fanout,
-  memory: extraKiB <= TARGETS.memoryKiB,
+  uplink: uplinkRatios.length ? Math.min(...uplinkRatios) >= TARGETS.uplink : undefined,
+  fanout: fanMem && fanMem.fanRatio >= TARGETS.fanout,
+  memory: fanMem && fanMem.extraKiB <= TARGETS.memoryKiB,
+  durable: durable && durable.ratio >= TARGETS.durablePersistent,
 };
 console.log(
-  `\ntarget: uplink >= ${TARGETS.uplink}x plain Aedes (worst case ${Math.min(...uplinkRatios).toFixed(2)}x): ${ok.uplink ? 'PASS' : 'FAIL'}`,
+  `\ntarget: uplink >= ${TARGETS.uplink}x plain Aedes (worst case ${Math.min(...uplinkRatios).toFixed(2)}x): ${verdict(ok.uplink)}`,
 );
 console.log(
-  `target: fan-out >= ${TARGETS.fanout}x plain Aedes (${fanRatio.toFixed(2)}x): ${ok.fanout ? 'PASS' : 'FAIL'}`,
+  `target: fan-out >= ${TARGETS.fanout}x plain Aedes (in memory ${fanMem?.fanRatio.toFixed(2)}x): ${verdict(ok.fanout)}`,
 );
 console.log(
-  `target: <= ${TARGETS.memoryKiB} KiB extra per device session (${extraKiB.toFixed(1)} KiB): ${ok.memory ? 'PASS' : 'FAIL'}`,
+  `target: <= ${TARGETS.memoryKiB} KiB extra per device session (${fanMem?.extraKiB.toFixed(1)} KiB): ${verdict(ok.memory)}`,
+);
+console.log(
+  `target: durable (embedded) >= ${TARGETS.durablePersistent}x in memory for QoS 1 to persistent sessions (${durable?.ratio.toFixed(2)}x): ${verdict(ok.durable)}`,
 );
 
-await Promise.all([...plainClients, ...qkeyClients].map((c) => c.endAsync(true)));
 await new Promise<void>((r) => plainServer.close(() => r()));
 await new Promise<void>((r) => plainAedes.close(() => r()));
+for (const b of brokers) await b.close();
 await local.close();
 rmSync(dir, { recursive: true, force: true });
-process.exitCode = ok.uplink && ok.fanout && ok.memory ? 0 : 1;
+process.exitCode = Object.values(ok).every((v) => v !== false) ? 0 : 1;
