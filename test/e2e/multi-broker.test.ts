@@ -251,6 +251,18 @@ describe('one redis-server, brokers A and B', () => {
     await disconnect(fresh);
   });
 
+  it('a retained command published on A is delivered on B to a device that subscribes there, sealed for it', async () => {
+    const chip = await device('dev-retained');
+    const appA = await app(a.urls.mqtt!, 'retained');
+    await appA.publishAsync('devices/dev-retained/down/config', 'interval=60', { qos: 1, retain: true });
+    const onB = await connectDevice(b.urls.mqtt!, chip, { clean: true, subscribe: true });
+    const p = await nextPublish(onB);
+    expect(p.retain).toBe(true);
+    expect(opened(chip, p)).toBe('interval=60');
+    puback(onB, p);
+    await disconnect(onB);
+  });
+
   it('a revocation reaches every broker: devices on A and on B are disconnected', async () => {
     const one = await device('dev-revoke-a');
     const two = await device('dev-revoke-b');
