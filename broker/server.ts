@@ -235,6 +235,7 @@ async function startOn(
   const m = createMetrics();
   const certificates = config.clientCertificates ? new ClientCertificates(config.clientCertificates) : undefined;
   // Several brokers: the queues live in Redis, which bounds them itself, across brokers (broker/redis/).
+  const dropWarned = new Map<string, number>();
   const redis = config.redis
     ? await startRedisEngine(config.redis, {
         brokerId: config.brokerId,
@@ -243,7 +244,12 @@ async function startOn(
         maxQueuedBytes: config.maxQueuedBytes,
         onDropped: (clientId, reason) => {
           plugin.queues.dropped[reason]++;
-          log.debug({ client: clientId, reason }, 'queue full: message dropped for this client');
+          // Logged at warn once a minute per client; every drop is counted.
+          const now = Date.now();
+          if ((dropWarned.get(clientId) ?? 0) > now - 60_000) return;
+          if (dropWarned.size >= 10_000) dropWarned.clear();
+          dropWarned.set(clientId, now);
+          log.warn({ client: clientId, reason }, 'queue full: new messages for this client are dropped');
         },
         onLost: (reason) => log.error({ reason }, 'broker id lease in Redis lost'),
       })

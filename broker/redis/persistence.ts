@@ -76,6 +76,8 @@ interface OutgoingCommands {
 }
 
 const id = (clientId: string) => encodeURIComponent(clientId);
+/** Clients whose subscriptions are read in one round trip when a broker starts. */
+const SETUP_BATCH = 500;
 const identity = (p: PersistedPacket) => `${p.brokerId ?? ''}\n${p.brokerCounter ?? ''}`;
 
 export class RedisPersistence {
@@ -104,12 +106,20 @@ export class RedisPersistence {
   async setup(broker: unknown): Promise<void> {
     this.broker = broker;
     this.broadcast = new BroadcastPersistence(broker, this.trie);
-    for (const clientId of await this.db.smembers(this.key('clients'))) {
-      const subs = await this.db.hgetall(this.key('sub', id(clientId)));
-      for (const text of Object.values(subs)) {
-        const sub = decodeRecord<StoredSubscription>(text);
-        if (sub.qos > 0) this.trie.add(sub.topic, { ...sub, clientId });
-      }
+    const clients = await this.db.smembers(this.key('clients'));
+    for (let i = 0; i < clients.length; i += SETUP_BATCH) {
+      const batch = clients.slice(i, i + SETUP_BATCH);
+      const read = this.db.pipeline();
+      for (const clientId of batch) read.hgetall(this.key('sub', id(clientId)));
+      const results = (await read.exec()) ?? [];
+      batch.forEach((clientId, k) => {
+        const [err, subs] = results[k] ?? [new Error('no reply')];
+        if (err) throw err;
+        for (const text of Object.values(subs as Record<string, string>)) {
+          const sub = decodeRecord<StoredSubscription>(text);
+          if (sub.qos > 0) this.trie.add(sub.topic, { ...sub, clientId });
+        }
+      });
     }
     await this.broadcast.brokerSubscribe();
   }

@@ -138,6 +138,22 @@ describe('several subscribers, several brokers', () => {
     await b.destroy();
   });
 
+  test("a broker that starts later knows every persistent session's subscriptions", async () => {
+    const prefix = `t${randomUUID()}:`;
+    const a = await setUp(store(prefix));
+    for (let i = 0; i < 1200; i++)
+      await a.addSubscriptions(client(`dev-${i}`), [
+        { topic: `devices/dev-${i}/down/#`, qos: 1 },
+        { topic: `devices/dev-${i}/status`, qos: 0 },
+      ]);
+    const b = await setUp(store(prefix)); // more clients than one read batch
+    expect((await b.subscriptionsByTopic('devices/dev-1150/down/cmd')).map((s) => s.clientId)).toEqual(['dev-1150']);
+    expect(await b.subscriptionsByTopic('devices/dev-1150/status')).toEqual([]); // QoS 0: nothing to queue
+    expect(await b.countOffline()).toMatchObject({ clientsCount: 1200 });
+    await a.destroy();
+    await b.destroy();
+  });
+
   test('QoS 2: the PUBREL replaces the copy with that identifier only, on any broker', async () => {
     const prefix = `t${randomUUID()}:`;
     const a = await setUp(store(prefix));
