@@ -1,12 +1,30 @@
 // Group commit for the broker's store: the writes of one turn of the event loop share one transaction, committed
-// (and synced to disk) once, after which each of them resolves. A write is acknowledged only once it is durable.
+// once and synced to disk (wal-sync.ts), after which each of them resolves. A write is acknowledged only once it
+// is durable.
 import type { StoreDb } from './store-file.js';
+import type { WalSync } from './wal-sync.js';
 
 export class GroupCommit {
   private waiting: Array<{ resolve: () => void; reject: (err: Error) => void }> = [];
   private open = false;
+  private readonly tx;
 
-  constructor(private readonly db: StoreDb) {}
+  constructor(
+    private readonly db: StoreDb,
+    private readonly wal: WalSync,
+  ) {
+    const run = (sql: string) => {
+      const stmt = db.prepare(sql);
+      return () => void stmt.run();
+    };
+    this.tx = {
+      begin: run('BEGIN IMMEDIATE'),
+      commit: run('COMMIT'),
+      savepoint: run('SAVEPOINT w'),
+      release: run('RELEASE w'),
+      undo: run('ROLLBACK TO w'),
+    };
+  }
 
   /**
    * Runs `write` now, inside the open transaction (begun if none is), and resolves with its result once that
@@ -14,17 +32,18 @@ export class GroupCommit {
    */
   run<T>(write: () => T): Promise<T> {
     if (!this.open) {
-      this.db.exec('BEGIN IMMEDIATE');
+      this.tx.begin();
       this.open = true;
       setImmediate(() => this.commit());
     }
     let result: T;
-    this.db.exec('SAVEPOINT w');
+    this.tx.savepoint();
     try {
       result = write();
-      this.db.exec('RELEASE w');
+      this.tx.release();
     } catch (err) {
-      this.db.exec('ROLLBACK TO w; RELEASE w');
+      this.tx.undo();
+      this.tx.release();
       return Promise.reject(err instanceof Error ? err : new Error(String(err)));
     }
     return new Promise<T>((resolve, reject) => this.waiting.push({ resolve: () => resolve(result), reject }));
@@ -37,12 +56,15 @@ export class GroupCommit {
     this.waiting = [];
     this.open = false;
     try {
-      this.db.exec('COMMIT');
+      this.tx.commit();
     } catch (err) {
       if (this.db.inTransaction) this.db.exec('ROLLBACK');
       for (const w of waiting) w.reject(err instanceof Error ? err : new Error(String(err)));
       return;
     }
-    for (const w of waiting) w.resolve();
+    this.wal.sync().then(
+      () => waiting.forEach((w) => w.resolve()),
+      (err: Error) => waiting.forEach((w) => w.reject(err)),
+    );
   }
 }

@@ -2,7 +2,6 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { SqlitePersistence } from './sqlite.js';
-import type { StoreSync } from './store-file.js';
 
 export { StoreError, type StoreErrorCode } from './store-file.js';
 export { SqlitePersistence } from './sqlite.js';
@@ -23,16 +22,11 @@ export function storeFile(dataDir: string, brokerId: string): string {
   return join(dataDir, `broker-${brokerId}.db`);
 }
 
-export function openPersistence(
-  kind: PersistenceKind,
-  dataDir: string,
-  brokerId: string,
-  sync: StoreSync = 'full',
-): BrokerPersistence {
+export function openPersistence(kind: PersistenceKind, dataDir: string, brokerId: string): BrokerPersistence {
   if (kind === 'memory') return { aedes: undefined, file: undefined, close: async () => undefined };
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const file = storeFile(dataDir, brokerId);
-  const store = new SqlitePersistence({ file, sync });
+  const store = new SqlitePersistence({ file });
   let closed = false;
   return {
     aedes: store,

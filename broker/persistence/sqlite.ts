@@ -5,7 +5,8 @@ import { Readable } from 'node:stream';
 import type { QueuedEntry } from '../queue-bound.js';
 import { decodePacket, encodePacket, type PacketRow, type StoredPacket } from './codec.js';
 import { GroupCommit } from './group-commit.js';
-import { classify, openStore, type StoreDb, type StoreSync } from './store-file.js';
+import { classify, openStore, type StoreDb } from './store-file.js';
+import { WalSync } from './wal-sync.js';
 import { type IndexedSubscription, patternMatcher, subscriptionIndex } from './topic-index.js';
 
 interface ClientRef {
@@ -29,12 +30,12 @@ interface BrokerRef {
 export interface SqlitePersistenceOptions {
   /** The store file (created if absent). */
   file: string;
-  sync?: StoreSync;
 }
 
 export class SqlitePersistence {
   private readonly db: StoreDb;
   private readonly commit: GroupCommit;
+  private readonly wal: WalSync;
   private readonly trie = subscriptionIndex();
   /** Clients with at least one stored subscription (Aedes' countOffline). */
   private readonly subscribed = new Map<string, number>();
@@ -48,8 +49,9 @@ export class SqlitePersistence {
   private currentBroker: BrokerRef | undefined;
 
   constructor(o: SqlitePersistenceOptions) {
-    this.db = openStore(o.file, o.sync);
-    this.commit = new GroupCommit(this.db);
+    this.db = openStore(o.file);
+    this.wal = new WalSync(`${o.file}-wal`);
+    this.commit = new GroupCommit(this.db, this.wal);
     try {
       this.q = this.prepare();
       this.loadSubscriptions();
@@ -85,7 +87,7 @@ export class SqlitePersistence {
         'INSERT INTO outgoing (client, broker_id, broker_counter, message_id, meta, payload) VALUES (?, ?, ?, NULL, ?, ?)',
       ),
       outByCounter: db.prepare(
-        'SELECT seq, message_id AS messageId FROM outgoing WHERE client = ? AND broker_id IS ? AND broker_counter IS ? ORDER BY seq',
+        'SELECT seq, message_id AS messageId FROM outgoing WHERE client = ? AND broker_counter = ? AND broker_id IS ? ORDER BY seq',
       ),
       outByMessageId: db.prepare(
         'SELECT seq, message_id AS messageId, meta, payload FROM outgoing WHERE client = ? AND message_id = ? ORDER BY seq LIMIT 1',
@@ -238,7 +240,7 @@ export class SqlitePersistence {
    */
   async outgoingUpdate(client: ClientRef, packet: StoredPacket): Promise<void> {
     if (packet.cmd === 'publish' || packet.cmd === undefined) {
-      const rows = this.q.outByCounter.all(client.id, packet.brokerId ?? null, packet.brokerCounter ?? null) as Array<{
+      const rows = this.q.outByCounter.all(client.id, packet.brokerCounter ?? null, packet.brokerId ?? null) as Array<{
         seq: number;
         messageId: number | null;
       }>;
@@ -329,6 +331,9 @@ export class SqlitePersistence {
     if (this.destroyed) throw new Error('destroyed called twice!');
     this.destroyed = true;
     this.commit.commit();
+    // What the last commit wrote is synced before the file closes (closing checkpoints the WAL into it).
+    await this.wal.sync();
+    this.wal.close();
     this.db.close();
   }
 
