@@ -105,6 +105,7 @@ export class RedisPersistence {
   /** Loads every stored subscription into this broker's matcher, then follows the other brokers' changes. */
   async setup(broker: unknown): Promise<void> {
     this.broker = broker;
+    await this.resumeCounter(broker as { id?: string; counter?: number });
     this.broadcast = new BroadcastPersistence(broker, this.trie);
     const clients = await this.db.smembers(this.key('clients'));
     for (let i = 0; i < clients.length; i += SETUP_BATCH) {
@@ -122,6 +123,19 @@ export class RedisPersistence {
       });
     }
     await this.broadcast.brokerSubscribe();
+  }
+
+  /**
+   * Aedes numbers each message it publishes by its id and a counter (brokerCounter) that starts at 0 in every
+   * process, and queue entries are found by that pair: a broker restarted under the same id must not number a new
+   * message like one still queued from its previous run. Each start of a broker id takes the next epoch in Redis,
+   * and its counter starts at (epoch - 1) x 2^32: 0 the first time, as Aedes' own (exact in a double below 2^53:
+   * 2^21 starts of up to 2^32 messages each).
+   */
+  private async resumeCounter(broker: { id?: string; counter?: number }): Promise<void> {
+    if (typeof broker.counter !== 'number' || typeof broker.id !== 'string') return;
+    const epoch = await this.db.incr(this.key('epoch', encodeURIComponent(broker.id)));
+    broker.counter = Math.max(broker.counter, (epoch - 1) * 2 ** 32);
   }
 
   // Retained messages: one hash, topic -> packet. An empty payload deletes [MQTT-3.3.1-10].

@@ -154,6 +154,29 @@ describe('several subscribers, several brokers', () => {
     await b.destroy();
   });
 
+  test('a broker restarted under the same id numbers its messages above every number it used before', async () => {
+    const prefix = `t${randomUUID()}:`;
+    const mq = mqemitter();
+    const broker = (counter: number) => ({
+      id: 'broker-a',
+      counter,
+      mq,
+      publish: mq.emit.bind(mq),
+      subscribe: mq.on.bind(mq),
+      unsubscribe: mq.removeListener.bind(mq),
+    });
+    const first = broker(0);
+    const a = store(prefix);
+    await a.setup(first);
+    first.counter += 1000; // a run's messages
+    await a.destroy();
+    const second = broker(0); // a new process: Aedes starts at 0
+    const b = store(prefix);
+    await b.setup(second);
+    expect(second.counter).toBeGreaterThan(first.counter);
+    await b.destroy();
+  });
+
   test('QoS 2: the PUBREL replaces the copy with that identifier only, on any broker', async () => {
     const prefix = `t${randomUUID()}:`;
     const a = await setUp(store(prefix));
