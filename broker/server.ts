@@ -322,11 +322,13 @@ async function startOn(
   /** Every MQTT connection, whatever the transport: input bounds first, then Aedes. */
   const serve = (stream: Duplex, source: string | undefined, tlsSocket?: TLSSocket, req?: IncomingMessage) => {
     if (certificates && tlsSocket) certificates.record(stream, tlsSocket);
-    const connection: { client?: { connected: boolean } } = {};
+    const connection: { client?: { connected: boolean; connackSent?: boolean } } = {};
     guardPackets(
       stream,
       limits,
-      () => connection.client?.connected === true,
+      // Accepted once CONNACK is out: Aedes marks the client connected only after sending a persistent session's
+      // stored queue, which with a shared store takes a round trip, while the client may already be publishing.
+      () => connection.client?.connected === true || connection.client?.connackSent === true,
       (reason: InputRefusal) => {
         m.inputRefused.inc({ reason });
         log.warn({ reason, source }, 'connection refused: input over its bounds');

@@ -288,10 +288,17 @@ export class RedisPersistence {
     else await this.db.qkeyUpdate(list, hash, 'publish', identity(packet), String(packet.messageId), '');
   }
 
+  /**
+   * Removes the copy with this packet identifier (PUBACK, PUBCOMP, a refused queued copy). Without one, Aedes asks to
+   * clear a live delivery it did not send: refused by the forward hook, or dropped by its duplicate check, which keeps
+   * one counter per publishing broker and so also drops a message that arrives after a later one. Over Redis the
+   * publishes of one broker can reach another out of order (each waits for its own store round trip), and clearing
+   * then would lose the message: the copy stays, and goes out (or is refused and cleared) at the next reconnect.
+   */
   async outgoingClearMessageId(client: ClientRef, packet: PersistedPacket): Promise<PersistedPacket | undefined> {
+    if (packet.messageId === undefined || packet.messageId === null) return undefined;
     const [list, hash] = this.queueKeys(client.id);
-    const mid = packet.messageId === undefined || packet.messageId === null ? '' : String(packet.messageId);
-    const removed = await this.db.qkeyClear(list, hash, mid, identity(packet));
+    const removed = await this.db.qkeyClear(list, hash, String(packet.messageId), identity(packet));
     return removed ? withMessageId(removed[0], removed[1]) : undefined;
   }
 
