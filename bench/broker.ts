@@ -2,7 +2,9 @@
 // load in the same run: uplink device-to-application messages/s (QoS 0 and 1, 64 B and 1 KiB), downlink fan-out
 // from one application to 1,000 devices, QoS 1 commands to devices with persistent sessions, and memory per
 // connected device session. Run: npm run bench:broker [-- --devices 1000 --messages 20000 --sessions 100]
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -25,6 +27,11 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '5' },
     sessions: { type: 'string', default: '100' },
     'per-session': { type: 'string', default: '100' },
+    /**
+     * The Redis of the "QKey over Redis" configuration; by default a redis-server started here (append-only file,
+     * fsync always) on a free port in the bench's temporary folder, if one is installed.
+     */
+    redis: { type: 'string' },
     /** Which measurements to run, comma-separated: uplink, fanout (with memory), persistent. */
     only: { type: 'string', default: 'uplink,fanout,persistent' },
   },
@@ -56,6 +63,32 @@ const CONFIGURATIONS: Array<{ name: string; overrides: BrokerOverrides }> = [
   { name: 'QKey in memory', overrides: { persistence: 'memory' } },
   { name: 'QKey durable (embedded)', overrides: { persistence: 'sqlite' } },
 ];
+const redis = values.redis ? { url: values.redis, stop: () => undefined } : await startRedisServer();
+if (redis) CONFIGURATIONS.push({ name: 'QKey over Redis', overrides: { redis: redis.url } });
+else console.log('QKey over Redis: not measured (no redis-server installed, and no --redis <url>)');
+
+/** A redis-server of its own for this run, or undefined when none is installed. */
+async function startRedisServer(): Promise<{ url: string; stop(): void } | undefined> {
+  const bin = ['/usr/bin/redis-server', '/usr/local/bin/redis-server'].find((b) => existsSync(b));
+  if (!bin) return undefined;
+  const probe = createServer();
+  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', ''];
+  const p = spawn(bin, [...args, '--appendonly', 'yes', '--appendfsync', 'always'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    p.stdout.on('data', (c: Buffer) => {
+      out += c.toString();
+      if (out.includes('Ready to accept connections')) resolve();
+    });
+    p.once('exit', () => reject(new Error(`redis-server exited:\n${out}`)));
+  });
+  return { url: `redis://127.0.0.1:${port}`, stop: () => p.kill('SIGKILL') };
+}
 
 interface Measured {
   name: string;
@@ -323,6 +356,7 @@ console.log(
 await new Promise<void>((r) => plainServer.close(() => r()));
 await new Promise<void>((r) => plainAedes.close(() => r()));
 for (const b of brokers) await b.close();
+redis?.stop();
 await local.close();
 rmSync(dir, { recursive: true, force: true });
 process.exitCode = Object.values(ok).every((v) => v !== false) ? 0 : 1;

@@ -1,10 +1,10 @@
 // bench/scale: a connect storm of 10,000 devices (login, connect, key claims), then each device publishing once per
 // second for 60 s, against a key service and a broker in their own processes; then the same telemetry load on
 // Aedes without QKey as a baseline measured in the same run. Run: npm run bench:scale [-- --devices 10000
-// --seconds 60 --rate 1 --concurrency 200 --warmup 0 --profile-broker DIR --timeline FILE --no-baseline; README
-// lists the rest]. Devices and the application are lean MQTT clients (bench/_lean-mqtt.ts) that keep their keys in
-// memory: at this scale the chip file is the device's business, not what the storm measures, and the load generator
-// must cost less than the broker it loads.
+// --seconds 60 --rate 1 --concurrency 200 --warmup 0 --profile-broker DIR --timeline FILE --no-baseline
+// --brokers N --redis URL; README lists the rest]. Devices and the application are lean MQTT clients
+// (bench/_lean-mqtt.ts) that keep their keys in memory: at this scale the chip file is the device's business, not
+// what the storm measures, and the load generator must cost less than the broker it loads.
 import { execFileSync, spawn } from 'node:child_process';
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -43,6 +43,12 @@ const { values } = parseArgs({
     pin: { type: 'boolean', default: true },
     /** Write one CSV row per second of the phase (rate, latency, broker CPU, event-loop lag, GC) to this file. */
     timeline: { type: 'string' },
+    /**
+     * Several brokers over one Redis (--brokers N --redis <url>): devices are dealt round-robin over the brokers, the
+     * application connects to the first one, so (N-1)/N of the messages cross from one broker to another.
+     */
+    brokers: { type: 'string', default: '1' },
+    redis: { type: 'string' },
     /** Afterwards, the same telemetry phase against Aedes without QKey (no authentication, no envelopes). */
     baseline: { type: 'boolean', default: true },
   },
@@ -53,6 +59,9 @@ const SECONDS = Number(values.seconds);
 const RATE = Number(values.rate);
 if (!(RATE > 0 && RATE <= 100)) throw new Error(`--rate must be a number of messages per second in (0, 100]`);
 const CONCURRENCY = Number(values.concurrency);
+const BROKERS = Number(values.brokers);
+if (!(Number.isInteger(BROKERS) && BROKERS >= 1)) throw new Error('--brokers must be a whole number, at least 1');
+if (BROKERS > 1 && !values.redis) throw new Error('--brokers above 1 needs --redis <url>: brokers share one Redis');
 const BIN = fileURLToPath(new URL('../cli/bin.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'qkey-bench-scale-'));
 const ADMIN = 'scale-admin';
@@ -139,20 +148,39 @@ const kms = await start(
 );
 pin(kms.pid, othersCpus);
 writeFileSync(join(dir, 'broker.json'), JSON.stringify({ revocationPollMs: 2000 }));
-const broker = await start(
-  [
-    'broker',
-    ...['--port', '0', '--http-port', '0', '--kms', kms.line, '--data', dir, '--config', join(dir, 'broker.json')],
-    ...(values['broker-semi-space'] === undefined ? [] : ['--semi-space', values['broker-semi-space']]),
-  ],
-  /listening: (.*)$/m,
-  [
-    ...(values['profile-broker'] ? ['--cpu-prof', `--cpu-prof-dir=${values['profile-broker']}`] : []),
-    ...values['broker-node-flags'].split(' ').filter(Boolean),
-  ],
-);
-pin(broker.pid, brokerCpu);
-const mqttUrl = /mqtt (mqtt:\/\/[^,\s]+)/.exec(broker.line)![1]!;
+const brokerNodes = [];
+for (let i = 0; i < BROKERS; i++) {
+  const node = await start(
+    [
+      'broker',
+      ...['--port', '0', '--http-port', '0', '--kms', kms.line, '--data', dir, '--config', join(dir, 'broker.json')],
+      ...(values.redis ? ['--redis', values.redis, '--broker-id', `scale-broker-${i}`] : []),
+      ...(values['broker-semi-space'] === undefined ? [] : ['--semi-space', values['broker-semi-space']]),
+    ],
+    /listening: (.*)$/m,
+    [
+      ...(values['profile-broker'] ? ['--cpu-prof', `--cpu-prof-dir=${values['profile-broker']}`] : []),
+      ...values['broker-node-flags'].split(' ').filter(Boolean),
+    ],
+  );
+  // Several brokers share the broker's core: the load generator keeps the rest, as with one.
+  pin(node.pid, brokerCpu);
+  brokerNodes.push(node);
+}
+const broker = brokerNodes[0]!;
+const mqttUrls = brokerNodes.map((b) => /mqtt (mqtt:\/\/[^,\s]+)/.exec(b.line)![1]!);
+const mqttUrl = mqttUrls[0]!;
+/** The redis-server's pid (INFO server), to count its CPU with the brokers'. */
+const redisPid = values.redis ? await redisServerPid(values.redis) : undefined;
+async function redisServerPid(url: string): Promise<number> {
+  const { Redis } = await import('ioredis');
+  const r = new Redis(url);
+  try {
+    return Number(/process_id:(\d+)/.exec(await r.info('server'))![1]);
+  } finally {
+    r.disconnect();
+  }
+}
 const brokerHttp = /http (http:\/\/[^,\s]+)/.exec(broker.line)![1]!;
 
 /**
@@ -191,7 +219,12 @@ function gcSeconds(metrics: string): Record<string, number> {
 }
 const brokerMetrics = async () => (await fetch(`${brokerHttp}/metrics`)).text();
 const brokerGc = async () => gcSeconds(await brokerMetrics());
-const qkeyBroker = { pid: broker.pid, metrics: brokerMetrics };
+const qkeyBroker = { pid: broker.pid, pids: brokerNodes.map((b) => b.pid), metrics: brokerMetrics };
+/** CPU seconds of all the target's processes (the brokers; over Redis, the redis-server too). */
+const targetCpu = (target: { pid: number; pids?: number[] }) =>
+  [...(target.pids ?? [target.pid]), ...(target.pids && redisPid ? [redisPid] : [])]
+    .map(cpuTimes)
+    .reduce((a, b) => ({ user: a.user + b.user, system: a.system + b.system }));
 interface PhaseDevice {
   id: string;
   client: LeanMqttClient;
@@ -228,7 +261,7 @@ interface PhaseResult {
 async function telemetryPhase(
   devices: PhaseDevice[],
   app: LeanMqttClient,
-  target: { pid: number; metrics?: () => Promise<string> },
+  target: { pid: number; pids?: number[]; metrics?: () => Promise<string> },
   { timelineFile, seconds = SECONDS }: { timelineFile?: string | undefined; seconds?: number } = {},
 ): Promise<PhaseResult> {
   const ledger = new DeliveryLedger();
@@ -254,7 +287,7 @@ async function telemetryPhase(
     sent.set(d.id, (sent.get(d.id) ?? 0) + 1); // messages sent in this phase
     d.client.publish(topicOf(d.id), payload);
   };
-  const cpuBefore = cpuTimes(target.pid);
+  const cpuBefore = targetCpu(target);
   const machineBefore = machineCpu();
   const hereBefore = process.cpuUsage();
   const loopDelay = monitorEventLoopDelay({ resolution: 10 });
@@ -272,7 +305,7 @@ async function telemetryPhase(
   clearInterval(timer);
   clearInterval(timeline);
   const phase = (performance.now() - t) / 1000;
-  const cpuAfter = cpuTimes(target.pid);
+  const cpuAfter = targetCpu(target);
   const machine = busyShares(machineBefore, machineCpu());
   const here = process.cpuUsage(hereBefore);
   loopDelay.disable();
@@ -352,7 +385,11 @@ try {
   console.log(
     `bench/scale: ${N} devices, ${SECONDS} s at ${RATE} msg/s each, connect concurrency ${CONCURRENCY}; ${pinning ? `broker pinned to CPU ${brokerCpu}, key service and load generator to CPU ${othersCpus}` : 'no CPU pinning'}`,
   );
-  console.log(`broker: ${broker.line}`);
+  for (const b of brokerNodes) console.log(`broker: ${b.line}`);
+  if (values.redis)
+    console.log(
+      `${BROKERS} broker(s) over Redis (redis-server pid ${redisPid}); devices round-robin over them, the application on the first: ${(100 * (BROKERS - 1)) / BROKERS}% of messages cross brokers. "broker" CPU below is all brokers and the redis-server together`,
+    );
   interface Dev {
     id: string;
     loginKey: Buffer;
@@ -389,7 +426,8 @@ try {
       const { challenge } = await admin.challenge(d.id);
       const mac = Buffer.from(loginProof(d.loginKey, d.id, Buffer.from(challenge, 'base64'))).toString('base64');
       const { access_token } = await admin.deviceToken(d.id, challenge, mac);
-      d.client = await LeanMqttClient.connect(mqttUrl, {
+      // Round-robin over the brokers by device number (one broker: all on it).
+      d.client = await LeanMqttClient.connect(mqttUrls[Number(d.id.slice('scale-'.length)) % BROKERS]!, {
         clientId: d.id,
         username: d.id,
         password: access_token,
@@ -443,7 +481,7 @@ try {
       .join(', ')}`,
   );
   console.log(
-    `memory: broker ${rssMiB(broker.pid).toFixed(0)} MiB RSS, key service ${rssMiB(kms.pid).toFixed(0)} MiB RSS (with ${online.length} connected devices)`,
+    `memory: broker ${brokerNodes.map((b) => rssMiB(b.pid).toFixed(0)).join(' + ')} MiB RSS, key service ${rssMiB(kms.pid).toFixed(0)} MiB RSS (with ${online.length} connected devices)`,
   );
 
   // Teardown: every device disconnects, then the broker shuts down, retiring on its way out the uplink keys its
@@ -464,7 +502,7 @@ try {
   );
 } finally {
   for (const c of clients.splice(0)) c.end();
-  broker.stop();
+  for (const b of brokerNodes) b.stop();
   kms.stop();
   setTimeout(() => rmSync(dir, { recursive: true, force: true }), 1000);
 }

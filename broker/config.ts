@@ -74,6 +74,15 @@ export const BROKER_CONFIG_SCHEMA = {
     dataDir: { type: 'string', minLength: 1, default: './data', env: 'QKEY_KMS_DATA' },
     /** Where sessions, queues and retained messages live: `sqlite` (<dataDir>/broker-<id>.db) or `memory`. */
     persistence: { enum: ['memory', 'sqlite'], default: 'sqlite', env: 'QKEY_BROKER_PERSISTENCE' },
+    /** Several brokers: Redis for routing and sessions (broker/redis/); null runs this broker alone
+    // on `persistence`, which Redis replaces when set. */
+    redis: {
+      type: ['string', 'null'],
+      pattern: '^rediss?://',
+      default: null,
+      writeOnly: true,
+      env: 'QKEY_BROKER_REDIS',
+    },
     topics: {
       type: 'object',
       additionalProperties: false,

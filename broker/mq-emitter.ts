@@ -1,6 +1,13 @@
 // Aedes' message emitter (mqemitter) made safe under overload: its queue drains iteratively and in linear time.
 import mqemitter from 'mqemitter';
 
+/**
+ * An emitter shared by several brokers (mqemitter-redis) offers its local delivery under this key: `done` runs once
+ * this broker's own subscribers have the message, where a shared emit completes when Redis has it.
+ */
+export const LOCAL_EMIT = Symbol.for('qkey.localEmit');
+export type LocalEmit = (message: mqemitter.Message, done: (err?: Error) => void) => void;
+
 /** Backlogged messages started per event-loop turn. */
 const DRAIN_BATCH = 1024;
 
@@ -66,8 +73,16 @@ export interface BoundedEmitterOptions {
  * order is unchanged.
  */
 export function createBoundedEmitter(options: BoundedEmitterOptions = {}): mqemitter.MQEmitter {
+  return boundEmitter(mqemitter({ concurrency: options.concurrency ?? 100 }), options);
+}
+
+/**
+ * The same bound on an emitter built elsewhere on mqemitter 7.x (mqemitter-redis: its local delivery of what arrives
+ * from Redis runs through the same queue). `options.concurrency` is the emitter's own.
+ */
+export function boundEmitter<E extends mqemitter.MQEmitter>(emitter: E, options: BoundedEmitterOptions = {}): E {
   const maxDepth = options.maxDepth ?? 64;
-  const mq = mqemitter({ concurrency: options.concurrency ?? 100 }) as EmitterInternals;
+  const mq = emitter as unknown as EmitterInternals;
   const run = mq._do;
   if (typeof run !== 'function' || typeof mq.current !== 'number' || !Array.isArray(mq._messageQueue))
     throw new Error('unsupported mqemitter version: expected the 7.x internals _do, current and _messageQueue');
@@ -112,5 +127,5 @@ export function createBoundedEmitter(options: BoundedEmitterOptions = {}): mqemi
     schedule();
     return mq;
   };
-  return mq;
+  return emitter;
 }

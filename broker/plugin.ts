@@ -79,7 +79,7 @@ export class QkeyPlugin {
     aedes.on('clientError', (client, err) => noteEnd(ctx, client, `error: ${err?.message}`));
     aedes.on('keepaliveTimeout', (client) => noteEnd(ctx, client, 'keepalive timeout'));
     // Last: it wraps the persistence and the forward hook installed above.
-    this.queues.attach(aedes);
+    if (!ctx.o.queuesBoundedByPersistence) this.queues.attach(aedes);
   }
 
   principalOf(client: Client): Principal | undefined {

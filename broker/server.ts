@@ -18,6 +18,7 @@ import { createBoundedEmitter } from './mq-emitter.js';
 import { guardPackets, type InputRefusal } from './packet-guard.js';
 import { type BrokerPersistence, openPersistence } from './persistence/index.js';
 import { createQkeyPlugin, type QkeyPlugin } from './plugin.js';
+import { redisLocation, startRedisEngine } from './redis/engine.js';
 import { sm4GcmAddonStatus } from '../protocol/index.js';
 import { PolicyFeed } from './policy/feed.js';
 import { TokenAuthority } from './token-authority.js';
@@ -224,7 +225,8 @@ export interface StartOptions {
 
 export async function startBroker(config: Readonly<BrokerConfig>, options: StartOptions = {}): Promise<RunningBroker> {
   // Opened first: a store another broker holds, or a damaged one, stops the start before anything else.
-  const store = openPersistence(config.persistence, config.dataDir, config.brokerId);
+  // With Redis the sessions live there (broker/redis/), and no store file is opened.
+  const store = openPersistence(config.redis ? 'memory' : config.persistence, config.dataDir, config.brokerId);
   try {
     return await startOn(store, config, options);
   } catch (err) {
@@ -259,6 +261,26 @@ async function startOn(
     log.info({ version: p.version, entries: p.size }, 'policy table changed');
   });
   const certificates = config.clientCertificates ? new ClientCertificates(config.clientCertificates) : undefined;
+  // Several brokers: the queues live in Redis, which bounds them itself, across brokers (broker/redis/).
+  const dropWarned = new Map<string, number>();
+  const redis = config.redis
+    ? await startRedisEngine(config.redis, {
+        brokerId: config.brokerId,
+        concurrency: config.concurrency,
+        maxQueuedMessages: config.maxQueuedMessages,
+        maxQueuedBytes: config.maxQueuedBytes,
+        onDropped: (clientId, reason) => {
+          plugin.queues.dropped[reason]++;
+          // Logged at warn once a minute per client; every drop is counted.
+          const now = Date.now();
+          if ((dropWarned.get(clientId) ?? 0) > now - 60_000) return;
+          if (dropWarned.size >= 10_000) dropWarned.clear();
+          dropWarned.set(clientId, now);
+          log.warn({ client: clientId, reason }, 'queue full: new messages for this client are dropped');
+        },
+        onLost: (reason) => log.error({ reason }, 'broker id lease in Redis lost'),
+      })
+    : undefined;
   const plugin = createQkeyPlugin({
     certificates,
     kms,
@@ -270,6 +292,7 @@ async function startOn(
     maxSubscriptionsPerClient: config.maxSubscriptionsPerClient,
     maxQueuedMessages: config.maxQueuedMessages,
     maxQueuedBytes: config.maxQueuedBytes,
+    queuesBoundedByPersistence: redis !== undefined,
     uplinkKeyLingerSeconds: config.uplinkKeyLingerSeconds,
     maxDownlinkClaimsPerMinute: config.maxDownlinkClaimsPerMinute,
     connectionLogLevel: config.connectionLogLevel,
@@ -300,8 +323,9 @@ async function startOn(
   const aedes = new Aedes({
     id: config.brokerId,
     concurrency: config.concurrency,
-    mq: createBoundedEmitter({ concurrency: config.concurrency }),
-    ...(store.aedes && { persistence: store.aedes as unknown as AedesOptions['persistence'] }),
+    mq: redis?.mq ?? createBoundedEmitter({ concurrency: config.concurrency }),
+    ...(redis && { persistence: redis.persistence as unknown as AedesOptions['persistence'] }),
+    ...(!redis && store.aedes && { persistence: store.aedes as unknown as AedesOptions['persistence'] }),
   });
   await aedes.listen();
   plugin.attach(aedes);
@@ -327,11 +351,13 @@ async function startOn(
   /** Every MQTT connection, whatever the transport: input bounds first, then Aedes. */
   const serve = (stream: Duplex, source: string | undefined, tlsSocket?: TLSSocket, req?: IncomingMessage) => {
     if (certificates && tlsSocket) certificates.record(stream, tlsSocket);
-    const connection: { client?: { connected: boolean } } = {};
+    const connection: { client?: { connected: boolean; connackSent?: boolean } } = {};
     guardPackets(
       stream,
       limits,
-      () => connection.client?.connected === true,
+      // Accepted once CONNACK is out: Aedes marks the client connected only after sending a persistent session's
+      // stored queue, which with a shared store takes a round trip, while the client may already be publishing.
+      () => connection.client?.connected === true || connection.client?.connackSent === true,
       (reason: InputRefusal) => {
         m.inputRefused.inc({ reason });
         log.warn({ reason, source }, 'connection refused: input over its bounds');
@@ -434,9 +460,13 @@ async function startOn(
     policy.stop();
     kmsSession.stop();
     await new Promise<void>((r) => aedes.close(() => r()));
+    await redis?.close();
     throw err;
   }
-  log.info({ urls, sm4gcm: sm4GcmAddonStatus().reason }, 'broker listening');
+  log.info(
+    { urls, sm4gcm: sm4GcmAddonStatus().reason, ...(config.redis && { redis: redisLocation(config.redis) }) },
+    'broker listening',
+  );
 
   return {
     aedes,
@@ -456,6 +486,7 @@ async function startOn(
       for (const socket of sockets) socket.destroy();
       await Promise.all(listenersClosed);
       await plugin.close();
+      await redis?.close();
       await store.close();
     },
   };

@@ -1,6 +1,7 @@
 // `qkey broker`: run the Aedes broker with the QKey plugin until Ctrl-C.
 import { type BrokerOverrides, loadBrokerConfig } from '../broker/config.js';
 import { startBroker } from '../broker/server.js';
+import { redisLocation } from '../broker/redis/engine.js';
 import { startBrokerThread } from '../broker/thread.js';
 import {
   type CliIo,
@@ -35,6 +36,8 @@ Runs the MQTT broker (Aedes + QKey plugin; MQTT 3.1.1) until Ctrl-C.
                          (default ./data)
   --persistence <kind>   sqlite (default): sessions, queued messages and retained messages in <data>/broker-<id>.db,
                          kept across restarts; memory: lost when the broker stops
+  --redis <url>          several brokers: share routing, sessions and queues over this Redis (redis:// or
+                         rediss://; env QKEY_BROKER_REDIS) instead of --persistence; each broker its own --broker-id
   --config <file>        JSON configuration (env QKEY_BROKER_CONFIG); see README "Configuration"
   --log-level <level>    pino level (default info)
   --semi-space <MiB>     V8 young-generation semi-space of the broker thread (default 128; 0 = V8's default,
@@ -54,6 +57,7 @@ const OPTIONS = {
   kms: { type: 'string' },
   'broker-id': { type: 'string' },
   data: { type: 'string' },
+  redis: { type: 'string' },
   persistence: { type: 'string' },
   config: { type: 'string' },
   'log-level': { type: 'string' },
@@ -99,6 +103,7 @@ export async function runBrokerCommand(argv: string[], io: CliIo): Promise<numbe
       ...(values.kms ? { kmsUrl: urlFlag(values.kms, 'kms', '--kms') } : {}),
       ...(values['broker-id'] ? { brokerId: values['broker-id'] } : {}),
       ...(values.data ? { dataDir: values.data } : {}),
+      ...(values.redis ? { redis: values.redis } : {}),
       // Checked with every other source against the schema (loadBrokerConfig), which names what is allowed.
       ...(values['log-level'] ? { logLevel: values['log-level'] as BrokerOverrides['logLevel'] } : {}),
     };
@@ -144,7 +149,10 @@ export async function runBrokerCommand(argv: string[], io: CliIo): Promise<numbe
     .map(([k, v]) => `${k} ${v}`)
     .join(', ');
   const heap = thread ? `, broker thread with ${thread.semiSpaceMiB} MiB semi-space` : '';
-  io.out(`qkey broker listening: ${listening} (key service ${config.kmsUrl}, broker id ${config.brokerId}${heap})`);
+  const shared = config.redis ? `, sharing ${redisLocation(config.redis)}` : '';
+  io.out(
+    `qkey broker listening: ${listening} (key service ${config.kmsUrl}, broker id ${config.brokerId}${shared}${heap})`,
+  );
   // Runs until Ctrl-C or SIGTERM; a broker thread that ends by itself is a failure, reported with its reason.
   const failure = await new Promise<string | undefined>((resolve) => {
     void stopRequested().then(() => resolve(undefined));

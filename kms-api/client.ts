@@ -63,7 +63,7 @@ export class KmsUnreachableError extends Error {
   }
 }
 
-/** "fetch failed: ECONNREFUSED connect ECONNREFUSED 127.0.0.1:7070": the message and the system's cause under it. */
+/** "connect ECONNREFUSED 127.0.0.1:7070": the message and the system's causes under it, each once. */
 function causeChain(cause: unknown): string {
   const parts: string[] = [];
   let e = cause as { message?: string; code?: string; cause?: unknown } | undefined;

@@ -38,6 +38,7 @@ export function codeBlocks(markdown: string): Block[] {
 const RUN = ['Provisioning a device', 'Policies', 'Connecting'];
 const NOT_RUN: Record<string, string> = {
   'Quick start': 'npm ci / npm start / npm test: CI runs them itself',
+  'Several brokers': 'fixed ports and a Redis daemon: test/e2e/multi-broker.test.ts runs the same setup on free ports',
   Configuration: 'mutual TLS needs a TLS key service and certificates: test/key-service covers it',
 };
 

@@ -92,6 +92,8 @@ export interface QkeyPluginOptions {
    */
   maxQueuedMessages?: number;
   maxQueuedBytes?: number;
+  /** The persistence bounds the queues itself, across brokers (broker/redis/): the plugin's bound stays out. */
+  queuesBoundedByPersistence?: boolean;
   /**
    * Seconds the uplink keys of a device stay held after its last connection to this broker ended, so that a
    * reconnect (an MQTT library's, or a QoS 1 resend) continues under them (docs/PROTOCOL.md §9.1).

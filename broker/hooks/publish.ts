@@ -10,6 +10,7 @@ import {
   parseEnvelope,
   type ProtocolErrorCode,
 } from '../../protocol/index.js';
+import { LOCAL_EMIT, type LocalEmit } from '../mq-emitter.js';
 import { type HeldUplinkKey, UplinkKeyError } from '../uplink-keys.js';
 import { deviceFilter, downlinkOwner, mayPublish } from '../topic-policy.js';
 import {
@@ -249,16 +250,24 @@ function refuse(
 /** Longest wait for a status notice to be written before the refused connection is closed anyway. */
 const STATUS_NOTICE_MS = 1000;
 
-/** Publishes a status notice (QoS 0, not retained, plaintext JSON) and resolves once it went out or timed out. */
+/**
+ * Publishes a status notice (QoS 0, not retained, plaintext JSON) and resolves once it went out or timed out. With
+ * several brokers (a shared emitter) a publish completes when Redis has it, before it is back and written to the
+ * device, which the refusal then disconnects: the notice goes to this broker's subscribers, the device among them.
+ */
 function tellDevice(client: Client, topic: string, notice: StatusNotice): Promise<void> {
   const broker = (client as unknown as { broker: StatusPublisher }).broker;
+  const local = broker.mq[LOCAL_EMIT];
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, STATUS_NOTICE_MS);
     const payload = Buffer.from(JSON.stringify(notice));
-    broker.publish({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }, () => {
+    const packet: PublishPacket = { cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false };
+    const done = () => {
       clearTimeout(timer);
       resolve();
-    });
+    };
+    if (local) local(packet as unknown as Parameters<LocalEmit>[0], done);
+    else broker.publish(packet, done);
   });
 }
 
@@ -271,6 +280,7 @@ export interface StatusNotice {
 
 interface StatusPublisher {
   publish(packet: PublishPacket, done: (err?: Error) => void): void;
+  mq: { [LOCAL_EMIT]?: LocalEmit };
 }
 
 function failed(ctx: PluginContext, client: Client, state: ClientState, err: unknown): Error {

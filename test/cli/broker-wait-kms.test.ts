@@ -21,7 +21,7 @@ it('waits for a key service that starts after it, saying so, then listens', asyn
   initDataDir(dir);
   const broker = await spawnQkey(
     ['broker', '--port', '0', '--http-port', 'off', '--kms', `http://127.0.0.1:${port}`, '--data', dir],
-    /waiting for the key service: key service unreachable at http:\/\/127\.0\.0\.1:\d+: fetch failed: connect ECONNREFUSED/,
+    /waiting for the key service: key service unreachable at http:\/\/127\.0\.0\.1:\d+: connect ECONNREFUSED/,
     { QKEY_ADMIN_TOKEN: 'test-admin-token' },
   );
   const kms = await startTestKms({ port }, dir);

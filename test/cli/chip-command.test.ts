@@ -89,7 +89,7 @@ describe('qkey chip and qkey admin', () => {
       '1',
     );
     expect(unreachable.code).toBe(3);
-    expect(unreachable.err).toMatch(/key service unreachable at http:\/\/127.0.0.1:1: fetch failed/);
+    expect(unreachable.err).toMatch(/key service unreachable at http:\/\/127.0.0.1:1: connect ECONNREFUSED/);
     const missing = await run('chip', 'status', '--chip', join(dir, 'none.chip'));
     expect(missing.err).toMatch(/CHIP_ERR_NOT_FOUND/);
     const badAdmin = await run('admin', '--kms', t.url, '--token', 'wrong', 'device', 'list');
