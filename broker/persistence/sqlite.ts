@@ -86,21 +86,17 @@ export class SqlitePersistence {
       outPut: db.prepare(
         'INSERT INTO outgoing (client, broker_id, broker_counter, message_id, meta, payload) VALUES (?, ?, ?, NULL, ?, ?)',
       ),
+      // No ORDER BY in the three look-ups below: the index finds the rows (one, but for odd clients) and the lowest
+      // seq is picked in JS; an ORDER BY seq made SQLite sort, measured 4 -> 25 us per look-up.
       outByCounter: db.prepare(
-        'SELECT seq, message_id AS messageId FROM outgoing WHERE client = ? AND broker_counter = ? AND broker_id IS ? ORDER BY seq',
+        'SELECT seq, message_id AS messageId FROM outgoing WHERE client = ? AND broker_counter = ? AND broker_id IS ?',
       ),
-      outByMessageId: db.prepare(
-        'SELECT seq, message_id AS messageId, meta, payload FROM outgoing WHERE client = ? AND message_id = ? ORDER BY seq LIMIT 1',
-      ),
+      outSeqsByMessageId: db.prepare('SELECT seq FROM outgoing WHERE client = ? AND message_id = ?').pluck(),
       outSetMessageId: db.prepare('UPDATE outgoing SET message_id = ? WHERE seq = ?'),
       outReplace: db.prepare(
         'UPDATE outgoing SET broker_id = ?, broker_counter = ?, message_id = ?, meta = ?, payload = ? WHERE seq = ?',
       ),
-      outTake: db.prepare(
-        `DELETE FROM outgoing
-         WHERE seq = (SELECT seq FROM outgoing WHERE client = ? AND message_id = ? ORDER BY seq LIMIT 1)
-         RETURNING message_id AS messageId, meta, payload`,
-      ),
+      outTake: db.prepare('DELETE FROM outgoing WHERE seq = ? RETURNING message_id AS messageId, meta, payload'),
       outOf: db.prepare('SELECT message_id AS messageId, meta, payload FROM outgoing WHERE client = ? ORDER BY seq'),
       census: db.prepare(
         `SELECT client AS clientId, message_id AS messageId,
@@ -244,18 +240,20 @@ export class SqlitePersistence {
    */
   async outgoingUpdate(client: ClientRef, packet: StoredPacket): Promise<void> {
     if (packet.cmd === 'publish' || packet.cmd === undefined) {
-      const rows = this.q.outByCounter.all(client.id, packet.brokerCounter ?? null, packet.brokerId ?? null) as Array<{
-        seq: number;
-        messageId: number | null;
-      }>;
+      const rows = (
+        this.q.outByCounter.all(client.id, packet.brokerCounter ?? null, packet.brokerId ?? null) as Array<{
+          seq: number;
+          messageId: number | null;
+        }>
+      ).sort((a, b) => a.seq - b.seq);
       const row =
         rows.find((r) => r.messageId === packet.messageId) ?? rows.find((r) => r.messageId === null) ?? rows[0];
       if (!row) throw new Error('no such packet');
       if (row.messageId === (packet.messageId ?? null)) return;
       return this.commit.run(() => void this.q.outSetMessageId.run(packet.messageId ?? null, row.seq));
     }
-    const target = this.q.outByMessageId.get(client.id, packet.messageId) as { seq: number } | undefined;
-    if (!target) throw new Error('no such packet');
+    const target = this.firstWithMessageId(client.id, packet.messageId);
+    if (target === undefined) throw new Error('no such packet');
     const row = encodePacket(packet);
     return this.commit.run(
       () =>
@@ -265,7 +263,7 @@ export class SqlitePersistence {
           packet.messageId,
           row.meta,
           row.payload,
-          target.seq,
+          target,
         ),
     );
   }
@@ -273,10 +271,17 @@ export class SqlitePersistence {
   async outgoingClearMessageId(client: ClientRef, packet: StoredPacket): Promise<StoredPacket | undefined> {
     if (typeof packet?.messageId !== 'number') return undefined;
     const messageId = packet.messageId;
-    const row = await this.commit.run(
-      () => this.q.outTake.get(client.id, messageId) as (PacketRow & { messageId: number }) | undefined,
-    );
+    const row = await this.commit.run(() => {
+      const seq = this.firstWithMessageId(client.id, messageId);
+      return seq === undefined ? undefined : (this.q.outTake.get(seq) as PacketRow & { messageId: number });
+    });
     return row && queued(row);
+  }
+
+  /** The client's oldest queue entry with this packet identifier (its seq), if any. */
+  private firstWithMessageId(clientId: string, messageId: unknown): number | undefined {
+    const seqs = this.q.outSeqsByMessageId.all(clientId, messageId) as number[];
+    return seqs.length === 0 ? undefined : Math.min(...seqs);
   }
 
   outgoingStream(client: ClientRef): Readable {

