@@ -60,10 +60,6 @@ export function openStore(file: string): StoreDb {
     // SQLite does not wait for the disk at a commit; wal-sync.ts does, off the event loop, before any write of that
     // commit is acknowledged (the guarantee of synchronous=FULL). Checkpoints still sync the WAL and the file.
     db.pragma('synchronous = NORMAL');
-    // A checkpoint (copy the WAL into the file, sync both) runs on the event loop inside a COMMIT: every 10000 pages
-    // instead of SQLite's 1000, most rows queued and deleted between two checkpoints are never copied, and the
-    // syncs are fewer (measured, bench/broker.ts persistent, durable/in memory: 0.66x -> see docs/ARCHITECTURE.md).
-    db.pragma('wal_autocheckpoint = 10000');
     // A command acknowledged and deleted leaves no plaintext behind in the file's free pages.
     db.pragma('secure_delete = ON');
     check(db, file);
