@@ -32,6 +32,8 @@ const { values } = parseArgs({
      * fsync always) on a free port in the bench's temporary folder, if one is installed.
      */
     redis: { type: 'string' },
+    /** Leave "QKey over Redis" out: a round of it takes most of a run's time, a cost a store-tuning loop skips. */
+    'no-redis': { type: 'boolean', default: false },
     /** Which measurements to run, comma-separated: uplink, fanout (with memory), persistent. */
     only: { type: 'string', default: 'uplink,fanout,persistent' },
   },
@@ -63,8 +65,13 @@ const CONFIGURATIONS: Array<{ name: string; overrides: BrokerOverrides }> = [
   { name: 'QKey in memory', overrides: { persistence: 'memory' } },
   { name: 'QKey durable (embedded)', overrides: { persistence: 'sqlite' } },
 ];
-const redis = values.redis ? { url: values.redis, stop: () => undefined } : await startRedisServer();
+const redis = values['no-redis']
+  ? undefined
+  : values.redis
+    ? { url: values.redis, stop: () => undefined }
+    : await startRedisServer();
 if (redis) CONFIGURATIONS.push({ name: 'QKey over Redis', overrides: { redis: redis.url } });
+else if (values['no-redis']) console.log('QKey over Redis: not measured (--no-redis)');
 else console.log('QKey over Redis: not measured (no redis-server installed, and no --redis <url>)');
 
 /** A redis-server of its own for this run, or undefined when none is installed. */
