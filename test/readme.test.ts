@@ -4,11 +4,11 @@
 // user would: for the key service's or the broker's port, or for a new client to be connected to the broker.
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { removeDir, tempDir } from './helpers/kms.js';
 import { QKEY_BIN } from './helpers/process.js';
+import { freePort } from './helpers/ports.js';
 
 interface Block {
   heading: string;
@@ -44,14 +44,6 @@ const NOT_RUN: Record<string, string> = {
 
 const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
 const shellBlocks = codeBlocks(readme).filter((b) => b.lang === 'sh');
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 const dir = tempDir('qkey-readme-');
 afterAll(() => removeDir(dir));

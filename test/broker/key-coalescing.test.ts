@@ -4,16 +4,17 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { DeviceSessionKeys } from '../../broker/session-keys.js';
 import { UplinkKeys } from '../../broker/uplink-keys.js';
-import type { KmsClient, UplinkProof } from '../../kms-api/client.js';
+import type { KmsClient } from '../../kms-api/client.js';
 import { KmsCoalescer } from '../../kms-api/coalescer.js';
-import { sealEnvelope } from '../../protocol/index.js';
 import {
   brokerClient,
   type ProvisionedDevice,
+  proofFor,
   provisionDevice,
   removeDir,
   startTestKms,
   type TestKms,
+  uplinkProof,
 } from '../helpers/kms.js';
 
 let t: TestKms;
@@ -27,19 +28,6 @@ afterAll(async () => {
   removeDir(t.dataDir);
 });
 
-function proof(dev: ProvisionedDevice, index: number, key = dev.keys.get(index)!.key): UplinkProof {
-  const topic = `devices/${dev.deviceId}/up/t`;
-  const envelope = sealEnvelope(new TextEncoder().encode('21.5'), {
-    key,
-    keyIndex: index,
-    seq: 1,
-    deviceId: dev.deviceId,
-    topic,
-    direction: 'up',
-  });
-  return { envelope, topic, direction: 'up' };
-}
-
 it('claims the first keys of many sessions in one request, refuses a forged one alone, retires all at shutdown', async () => {
   const devs = await Promise.all([0, 1, 2, 3].map((i) => provisionDevice(t.admin, `coal-${i}`, 2, 2)));
   const paths: string[] = [];
@@ -52,9 +40,9 @@ it('claims the first keys of many sessions in one request, refuses a forged one 
   const uplinks = new UplinkKeys(delivery);
   const sessions = devs.map((d, i) => new DeviceSessionKeys(delivery, uplinks, d.deviceId, `s-${i}`));
 
-  const forged = proof(devs[3]!, 0, devs[2]!.keys.get(0)!.key); // sealed under another device's key
+  const forged = proofFor(devs[3]!.deviceId, 0, devs[2]!.keys.get(0)!.key); // sealed under another device's key
   const claims = await Promise.allSettled([
-    ...sessions.slice(0, 3).map((s, i) => s.uplinkKey(0, proof(devs[i]!, 0))),
+    ...sessions.slice(0, 3).map((s, i) => s.uplinkKey(0, uplinkProof(devs[i]!, 0))),
     sessions[3]!.uplinkKey(0, forged),
   ]);
   expect(claims.map((c) => c.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'rejected']);
@@ -92,7 +80,7 @@ it('retires a key whose claim was still in flight when the broker began shutting
   const delivery = new KmsCoalescer(counting);
   const uplinks = new UplinkKeys(delivery);
   const session = new DeviceSessionKeys(delivery, uplinks, dev.deviceId, 's-inflight');
-  const claim = session.uplinkKey(0, proof(dev, 0)); // queued at the coalescer, not sent yet
+  const claim = session.uplinkKey(0, uplinkProof(dev, 0)); // queued at the coalescer, not sent yet
   // Shutdown as the broker's plugin does it, without waiting for the claim: its key must still be retired by the
   // time the coalescer has closed.
   await session.close();

@@ -1,19 +1,11 @@
 // `qkey broker` started before its key service waits for it with backoff, then starts; with --wait-kms 1 and no
 // key service it gives up with exit 3.
 import { spawnSync } from 'node:child_process';
-import { createServer } from 'node:net';
 import { expect, it } from 'vitest';
 import { removeDir, startTestKms, tempDir } from '../helpers/kms.js';
 import { QKEY_BIN, spawnQkey } from '../helpers/process.js';
 import { initDataDir } from '../../key-service/data-dir.js';
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
+import { freePort } from '../helpers/ports.js';
 
 it('waits for a key service that starts after it, saying so, then listens', async () => {
   const port = await freePort();

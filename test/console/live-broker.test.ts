@@ -1,21 +1,12 @@
 // The Brokers page against a real broker: its /metrics read by the console show the connected device, the uplink
 // messages it opened, a replay it refused, and that it reaches the key service.
-import { createServer } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closed, systemOn, type TestSystem } from '../helpers/system.js';
 import { startTestKms } from '../helpers/kms.js';
 import { ConsoleBrowser } from './client.js';
+import { freePort } from '../helpers/ports.js';
 
 let sys: TestSystem;
-
-/** A free loopback port: the broker's metrics URL must be in the key service's configuration before it starts. */
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 beforeAll(async () => {
   const port = await freePort();

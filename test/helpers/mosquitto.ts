@@ -1,10 +1,10 @@
 // Mosquitto, the reference broker, as a child process on a free loopback port with extra configuration lines.
 import { spawn } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { removeDir, tempDir } from './kms.js';
+import { freePort } from './ports.js';
 
 export interface Mosquitto {
   url: string;
@@ -46,15 +46,4 @@ export async function startMosquitto(lines: string[] = []): Promise<Mosquitto> {
       removeDir(dir);
     },
   };
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
 }

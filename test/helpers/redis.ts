@@ -2,8 +2,8 @@
 // of several brokers sharing one Redis.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { removeDir, tempDir } from './kms.js';
+import { freePort } from './ports.js';
 
 export interface TestRedis {
   url: string;
@@ -54,15 +54,4 @@ export async function startRedis(): Promise<TestRedis> {
     // Another process took the port between freePort() and redis-server's bind: try another.
     if (attempt >= 3) throw new Error(`redis-server did not start:\n${out}`);
   }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
 }
