@@ -25,11 +25,18 @@ export function hexToBytes(hex: string, name = 'hex'): Uint8Array {
   if (typeof hex !== 'string' || !HEX_RE.test(hex)) {
     throw new ArgumentError(`${name} must be an even-length hex string`);
   }
-  return new Uint8Array(Buffer.from(hex, 'hex'));
+  // No Buffer: the browser client (browser/) loads this module as it is.
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+  return out;
 }
 
+const HEX_DIGITS = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+
 export function bytesToHex(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
+  let out = '';
+  for (const b of bytes) out += HEX_DIGITS[b];
+  return out;
 }
 
 /** Constant-time equality for equal-length inputs; unequal lengths return false at once (lengths are public). */
