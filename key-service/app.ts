@@ -13,6 +13,7 @@ import { callerGroup, refuseUngroupedRoutes } from './access.js';
 import { AppSessionStore } from './app-sessions.js';
 import { canonicalUrl } from './canonical-url.js';
 import { ClaimQueue } from './claims.js';
+import { registerCors } from './cors.js';
 import type { KmsConfig } from './config.js';
 import type { KmsContext } from './context.js';
 import { openDataDir } from './data-dir.js';
@@ -215,6 +216,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
 
   app.server.headersTimeout = HEADERS_TIMEOUT_MS;
 
+  registerCors(app, config.corsOrigins);
   // Who may call a route is decided by the group it is registered in, never by its URL.
   refuseUngroupedRoutes(app);
   app.register(
