@@ -8,12 +8,7 @@
 // a private field, uses it for the signature and the unwrap, and never logs, sends or returns it. The client secret
 // is used once for the token and not kept.
 import mqtt, { type IClientPublishOptions, type IClientSubscribeOptions, type MqttClient } from 'mqtt';
-import {
-  APP_SESSION_TOPIC,
-  challengeMessage,
-  signChallenge,
-  unwrapSessionKey,
-} from '../protocol/app-session.js';
+import { APP_SESSION_TOPIC, challengeMessage, signChallenge, unwrapSessionKey } from '../protocol/app-session.js';
 import { EnvelopeKey, openEnvelope, parseEnvelope, sealEnvelope } from '../protocol/envelope.js';
 import { ReplayWindow } from '../protocol/replay-window.js';
 import type { SessionChallengeJson, SessionKeyJson } from '../kms-api/app-session-schemas.js';

@@ -26,7 +26,8 @@ const BROWSER_ENTRIES = {
 /** The module specifiers a file imports or re-exports (tsc's and the packages' ES module output). */
 function specifiers(source) {
   const out = new Set();
-  for (const m of source.matchAll(/(?:^|[\s;])(?:import|export)\s*(?:[^'"();]*?\sfrom\s*)?['"]([^'"]+)['"]/g)) out.add(m[1]);
+  for (const m of source.matchAll(/(?:^|[\s;])(?:import|export)\s*(?:[^'"();]*?\sfrom\s*)?['"]([^'"]+)['"]/g))
+    out.add(m[1]);
   for (const m of source.matchAll(/\bimport\(\s*['"]([^'"]+)['"]\s*\)/g)) out.add(m[1]);
   return [...out];
 }

@@ -15,6 +15,10 @@ import { Qrng } from '../../hsm-emulator/qrng.js';
 import { sm2KeyPair } from '../../hsm-emulator/sm2.js';
 import { bytesToHex, type Direction, hexToBytes, openEnvelope, sealEnvelope } from '../../protocol/index.js';
 import type { SuiteId } from '../../protocol/suites.js';
+import type { CryptoBackend } from '../../protocol/backend.js';
+import type * as Envelope from '../../protocol/envelope.js';
+import type * as Client from '../../browser/app-session-client.js';
+import type { KmsRequestError } from '../../browser/app-session-client.js';
 import { startTestKms } from '../helpers/kms.js';
 import { freePort } from '../helpers/ports.js';
 import { nextMessage, systemOn, type TestSystem } from '../helpers/system.js';
@@ -25,6 +29,13 @@ const CHROMIUM = process.env.QKEY_CHROMIUM ?? '/usr/bin/chromium';
 const ROOT = join(import.meta.dirname, '..', '..');
 const OUT = join('/tmp', `qkey-browser-client-${process.pid}`);
 const ACL = { publish: ['devices/+/down/#'], subscribe: ['devices/+/up/#'] };
+
+/** What the page's module script and the tests put on the page's global object. */
+interface PageGlobals {
+  qkey: { client: typeof Client; envelope: typeof Envelope; browserBackend: CryptoBackend };
+  session: Client.BrowserAppSession;
+  received: Array<{ topic: string; text: string; envelope: number[] }>;
+}
 
 let sys: TestSystem;
 let browser: Browser;
@@ -127,15 +138,19 @@ describe('browser application client in headless Chromium', () => {
   it('loads without a bundler, with the browser SM4 under protocol/envelope.js', async () => {
     expect(pageErrors).toEqual([]);
     const usesBrowserBackend = await page.evaluate(() => {
-      const q = (window as any).qkey;
+      const q = (globalThis as unknown as PageGlobals).qkey;
       return new q.envelope.EnvelopeKey(new Uint8Array(16)).backend === q.browserBackend;
     });
     expect(usesBrowserBackend).toBe(true);
   });
 
   it('seals the docs/PROTOCOL.md vectors and random envelopes exactly as the Node implementation', async () => {
-    type V = { key: string; suite: number; keyIndex: number; seq: number; deviceId?: string; appId?: string };
-    type W = V & { topic: string; direction: Direction; payload: string; envelope: string };
+    type W = { key: string; suite: SuiteId; keyIndex: number; seq: number; deviceId?: string; appId?: string } & {
+      topic: string;
+      direction: Direction;
+      payload: string;
+      envelope: string;
+    };
     const cases: W[] = [
       ...loadVectors<W>('qkey-envelope.json').vectors,
       ...loadVectors<W>('qkey-app-envelope.json').vectors,
@@ -144,7 +159,7 @@ describe('browser application client in headless Chromium', () => {
     for (let i = 0; i < 100; i++) {
       const c = {
         key: randomBytes(16).toString('hex'),
-        suite: 1 + (i % 2),
+        suite: (1 + (i % 2)) as SuiteId,
         keyIndex: randomInt(0, 2 ** 32),
         seq: randomInt(0, 2 ** 32),
         deviceId: `app-${i}`,
@@ -153,17 +168,15 @@ describe('browser application client in headless Chromium', () => {
         payload: randomBytes(randomInt(1, 2000)).toString('hex'),
         envelope: '',
       };
-      c.envelope = bytesToHex(
-        sealEnvelope(hexToBytes(c.payload), { ...c, key: hexToBytes(c.key), suite: c.suite as SuiteId }),
-      );
+      c.envelope = bytesToHex(sealEnvelope(hexToBytes(c.payload), { ...c, key: hexToBytes(c.key) }));
       cases.push(c);
     }
     const results = await page.evaluate((cases) => {
-      const q = (window as any).qkey;
+      const q = (globalThis as unknown as PageGlobals).qkey;
       const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
       const bytes = (s: string) => Uint8Array.from(s.match(/../g) ?? [], (x) => parseInt(x, 16));
       return cases.map((c) => {
-        const ctx = { deviceId: c.deviceId ?? c.appId, topic: c.topic, direction: c.direction };
+        const ctx = { deviceId: (c.deviceId ?? c.appId)!, topic: c.topic, direction: c.direction };
         const key = new q.envelope.EnvelopeKey(bytes(c.key));
         const sealed = hex(q.envelope.sealEnvelope(bytes(c.payload), { ...c, ...ctx, key }));
         const opened = hex(q.envelope.openEnvelope(bytes(c.envelope), { ...ctx, key }).payload);
@@ -177,9 +190,9 @@ describe('browser application client in headless Chromium', () => {
     // And what the page sealed opens in Node.
     const last = cases.at(-1)!;
     const ctx = { deviceId: last.deviceId!, topic: last.topic, direction: last.direction };
-    expect(bytesToHex(openEnvelope(hexToBytes(results.at(-1)!.sealed), { ...ctx, key: hexToBytes(last.key) }).payload)).toBe(
-      last.payload,
-    );
+    expect(
+      bytesToHex(openEnvelope(hexToBytes(results.at(-1)!.sealed), { ...ctx, key: hexToBytes(last.key) }).payload),
+    ).toBe(last.payload);
   });
 
   it('opens a session, opens sealed telemetry, sends a sealed command the device opens, refuses replays', async () => {
@@ -190,7 +203,7 @@ describe('browser application client in headless Chromium', () => {
 
     await page.evaluate(
       async (o) => {
-        const w = window as any;
+        const w = globalThis as unknown as PageGlobals;
         w.session = await w.qkey.client.BrowserAppSession.start(o);
         w.received = [];
         w.session.onMessage((topic: string, plaintext: Uint8Array, envelope: Uint8Array) =>
@@ -200,44 +213,52 @@ describe('browser application client in headless Chromium', () => {
       },
       { brokerUrl: sys.broker.urls.ws!, kmsUrl: sys.kms.url, brokerId: 'test-broker', ...app },
     );
-    expect(await page.evaluate(() => (window as any).session.keyIndex)).toBe(0);
+    expect(await page.evaluate(() => (globalThis as unknown as PageGlobals).session.keyIndex)).toBe(0);
 
     const topic = 'devices/dev-browser/up/telemetry';
     dev.publish(topic, Buffer.from(chip.sealUplink(Buffer.from('{"t":21.5}'), topic)), { qos: 1 });
     await page.waitForFunction('window.received.length > 0', { timeout: 5000 });
-    const got = await page.evaluate(() => (window as any).received[0]);
+    const got = (await page.evaluate(() => (globalThis as unknown as PageGlobals).received[0]))!;
     expect(got.topic).toBe(topic);
     expect(got.text).toBe('{"t":21.5}');
     // It came sealed app-down under the page's session key (generation 0), not in clear.
     expect(Buffer.from(got.envelope as number[]).toString()).not.toContain('21.5');
     expect(got.envelope.slice(0, 6)).toEqual([1, 1, 0, 0, 0, 0]);
 
-    // The same envelope again (a replay), and one with a flipped bit: neither opens, both are counted.
+    // The same envelope again (a replay), and one claiming an unseen sequence number (past the replay window, it fails
+    // at the tag: the header is authenticated): neither opens, both are counted, no handler sees them.
     const replay = await page.evaluate((topic) => {
-      const w = window as any;
-      const env = Uint8Array.from(w.received[0].envelope);
+      const w = globalThis as unknown as PageGlobals;
+      const env = Uint8Array.from(w.received[0]!.envelope);
       const again = w.session.open(topic, env);
-      env[env.length - 1] ^= 1;
+      env[9]! ^= 0x40;
       const altered = w.session.open(topic, env);
-      return { again: again === undefined, altered: altered === undefined, refused: w.session.refused, n: w.received.length };
+      return {
+        again: again === undefined,
+        altered: altered === undefined,
+        refused: w.session.refused,
+        n: w.received.length,
+      };
     }, topic);
     expect(replay).toEqual({ again: true, altered: true, refused: 2, n: 1 });
 
     // A command sealed app-up in the page; the broker opens it and reseals it for the device.
     const cmd = nextMessage(dev, 5000, (t) => t.endsWith('/down/cmd'));
-    await page.evaluate(() => (window as any).session.publish('devices/dev-browser/down/cmd', 'reboot', { qos: 1 }));
+    await page.evaluate(() =>
+      (globalThis as unknown as PageGlobals).session.publish('devices/dev-browser/down/cmd', 'reboot', { qos: 1 }),
+    );
     const delivered = await cmd;
     expect(Buffer.from(chip.openDownlink(delivered.payload, 'devices/dev-browser/down/cmd')).toString()).toBe('reboot');
 
     // Rotation from the page: generation 1, and traffic goes on under it.
-    await page.evaluate(() => (window as any).session.rotate());
-    expect(await page.evaluate(() => (window as any).session.keyIndex)).toBe(1);
+    await page.evaluate(() => (globalThis as unknown as PageGlobals).session.rotate());
+    expect(await page.evaluate(() => (globalThis as unknown as PageGlobals).session.keyIndex)).toBe(1);
     dev.publish(topic, Buffer.from(chip.sealUplink(Buffer.from('22'), topic)), { qos: 1 });
     await page.waitForFunction('window.received.length > 1', { timeout: 5000 });
-    const second = await page.evaluate(() => (window as any).received[1]);
+    const second = (await page.evaluate(() => (globalThis as unknown as PageGlobals).received[1]))!;
     expect(second.text).toBe('22');
     expect(second.envelope.slice(2, 6)).toEqual([0, 0, 0, 1]);
-    await page.evaluate(() => (window as any).session.close());
+    await page.evaluate(() => (globalThis as unknown as PageGlobals).session.close());
   });
 
   it('a wrong SM2 private key gets no session key, and a session key does not unwrap under another key', async () => {
@@ -246,10 +267,11 @@ describe('browser application client in headless Chromium', () => {
     const outcome = await page.evaluate(
       async (o) => {
         try {
-          await (window as any).qkey.client.BrowserAppSession.start(o);
+          await (globalThis as unknown as PageGlobals).qkey.client.BrowserAppSession.start(o);
           return 'started';
-        } catch (e: any) {
-          return `${e.name} ${e.status} ${e.code}`;
+        } catch (e) {
+          const k = e as KmsRequestError;
+          return `${k.name} ${k.status} ${k.code}`;
         }
       },
       {
@@ -269,7 +291,7 @@ describe('browser application client in headless Chromium', () => {
     const wrapped = bytesToHex(wrapSessionKey(key, app.sm2.publicKey));
     const unwrapped = await page.evaluate(
       (w, right, wrong) => {
-        const c = (window as any).qkey.client;
+        const c = (globalThis as unknown as PageGlobals).qkey.client;
         const bytes = Uint8Array.from(w.match(/../g)!, (x: string) => parseInt(x, 16));
         const hex = (b?: Uint8Array) => (b ? Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('') : null);
         return { right: hex(c.unwrapSessionKey(bytes, right)), wrong: hex(c.unwrapSessionKey(bytes, wrong)) };
@@ -289,7 +311,7 @@ describe('browser application client in headless Chromium', () => {
       await foreign.waitForFunction('window.qkey !== undefined', { timeout: 10_000 });
       const result = await foreign.evaluate(
         async (o) => {
-          const kms = await (window as any).qkey.client.BrowserAppSession.start(o).then(
+          const kms = await (globalThis as unknown as PageGlobals).qkey.client.BrowserAppSession.start(o).then(
             () => 'started',
             (e: Error) => e.name,
           );
