@@ -19,8 +19,8 @@ const NODE_BACKEND = join(DIST, 'protocol', 'backend.js');
 const BROWSER_BACKEND = join(DIST, 'browser', 'backend.js');
 /** Packages whose Node entry is not their browser ES module build. */
 const BROWSER_ENTRIES = {
-  mqtt: 'node_modules/mqtt/dist/mqtt.esm.js',
-  'sm-crypto-v2': 'node_modules/sm-crypto-v2/dist/index.mjs',
+  mqtt: 'dist/mqtt.esm.js',
+  'sm-crypto-v2': 'dist/index.mjs',
 };
 
 /** The module specifiers a file imports or re-exports (tsc's and the packages' ES module output). */
@@ -32,58 +32,84 @@ function specifiers(source) {
   return [...out];
 }
 
+/** A package's folder as Node finds it: node_modules here or in a folder above (an installed package's are hoisted). */
+function packageDir(name) {
+  for (let dir = ROOT; ; dir = dirname(dir)) {
+    const candidate = join(dir, 'node_modules', name);
+    if (existsSync(join(candidate, 'package.json'))) return candidate;
+    if (dirname(dir) === dir) throw new Error(`package ${name} is not installed`);
+  }
+}
+
+/** Where each file goes in the output: dist files keep their place, a package's go to vendor/<package>/. */
+const places = new Map();
+/** The package folder and name each vendored file belongs to, for the files it imports by relative paths. */
+const packageOf = new Map();
+
+function place(file, pkg) {
+  if (places.has(file)) return;
+  if (pkg) {
+    packageOf.set(file, pkg);
+    places.set(file, join('vendor', pkg.name, relative(pkg.dir, file)));
+  } else {
+    if (!file.startsWith(DIST + '/')) throw new Error(`${file} is outside dist/`);
+    places.set(file, relative(DIST, file));
+  }
+}
+
 /** A bare specifier's file: the browser build above, or the package's "exports" entry under the import condition. */
 function resolveBare(spec) {
-  if (BROWSER_ENTRIES[spec]) return join(ROOT, BROWSER_ENTRIES[spec]);
   if (spec.startsWith('node:')) throw new Error(`${spec} cannot load in a browser`);
   const parts = spec.split('/');
   const name = spec.startsWith('@') ? parts.slice(0, 2).join('/') : parts[0];
   const sub = spec.slice(name.length);
-  const dir = join(ROOT, 'node_modules', name);
-  const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'));
-  const entry = pkg.exports?.[`.${sub}`] ?? pkg.exports?.[`.${sub}.js`];
-  const target = typeof entry === 'string' ? entry : (entry?.import ?? entry?.default);
+  const dir = packageDir(name);
+  let target = sub === '' ? BROWSER_ENTRIES[name] : undefined;
+  if (target === undefined) {
+    const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'));
+    const entry = pkg.exports?.[`.${sub}`] ?? pkg.exports?.[`.${sub}.js`];
+    target = typeof entry === 'string' ? entry : (entry?.import ?? entry?.default);
+  }
   if (typeof target !== 'string') throw new Error(`no ES module export for ${spec}`);
-  return join(dir, target);
-}
-
-/** Where a file goes in the output: dist files keep their place, packages go under vendor/. */
-function placeOf(file) {
-  if (file.startsWith(DIST + '/')) return relative(DIST, file);
-  return join('vendor', relative(join(ROOT, 'node_modules'), file));
+  const file = join(dir, target);
+  place(file, { dir, name });
+  return file;
 }
 
 export function buildBrowserClient(outDir, base) {
   if (!existsSync(ENTRY)) throw new Error(`${relative(ROOT, ENTRY)} is missing: run npm run build first`);
   const imports = {};
-  const files = new Set();
   const queue = [ENTRY, BROWSER_BACKEND];
+  for (const f of queue) place(f);
+  const done = new Set();
   while (queue.length > 0) {
     const file = queue.pop();
-    if (files.has(file)) continue;
-    files.add(file);
+    if (done.has(file)) continue;
+    done.add(file);
     for (const spec of specifiers(readFileSync(file, 'utf8'))) {
       let target;
       if (spec.startsWith('.')) {
         target = resolve(dirname(file), spec);
         if (target === NODE_BACKEND) continue; // mapped to the browser backend below
+        place(target, packageOf.get(file));
       } else {
         target = resolveBare(spec);
-        imports[spec] = base + placeOf(target);
+        imports[spec] = base + places.get(target);
       }
       queue.push(target);
     }
   }
-  imports[base + placeOf(NODE_BACKEND)] = base + placeOf(BROWSER_BACKEND);
+  place(NODE_BACKEND);
+  imports[base + places.get(NODE_BACKEND)] = base + places.get(BROWSER_BACKEND);
   rmSync(outDir, { recursive: true, force: true });
-  for (const file of files) {
-    const to = join(outDir, placeOf(file));
+  for (const file of done) {
+    const to = join(outDir, places.get(file));
     mkdirSync(dirname(to), { recursive: true });
     copyFileSync(file, to);
   }
-  const sorted = Object.fromEntries(Object.entries(imports).sort(([a], [b]) => a.localeCompare(b)));
+  const sorted = Object.fromEntries(Object.entries(imports).sort(([x], [y]) => x.localeCompare(y)));
   writeFileSync(join(outDir, 'importmap.json'), `${JSON.stringify({ imports: sorted }, null, 2)}\n`);
-  return { files: [...files].map(placeOf).sort(), importMap: { imports: sorted } };
+  return { files: [...done].map((f) => places.get(f)).sort(), importMap: { imports: sorted } };
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === import.meta.filename) {
