@@ -4,7 +4,7 @@
 // sends a sealed command a device opens; the page refuses a replayed or altered envelope and a wrong SM2 key gets no
 // session; the page's SM4-GCM matches the Node implementation byte for byte; a page on a foreign origin gets nothing.
 import { execFileSync } from 'node:child_process';
-import { randomBytes, randomInt } from 'node:crypto';
+import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
@@ -52,17 +52,24 @@ function assertBuilt(): void {
     if (statSync(join(ROOT, src)).mtimeMs > built) throw new Error(`dist/ is older than ${src}: npm run build`);
 }
 
-const PAGE = (importMap: string) => `<!doctype html>
-<meta charset="utf-8"><title>qkey browser client</title>
-<script type="importmap">${importMap}</script>
-<script type="module">
+const MODULE_SCRIPT = `
   import * as client from '/qkey/browser/app-session-client.js';
   import * as envelope from '/qkey/protocol/envelope.js';
   import { browserBackend } from '/qkey/browser/backend.js';
   window.qkey = { client, envelope, browserBackend };
-</script>`;
+`;
+const PAGE = (importMap: string) => `<!doctype html>
+<meta charset="utf-8"><title>qkey browser client</title>
+<script type="importmap">${importMap}</script>
+<script type="module">${MODULE_SCRIPT}</script>`;
 
-/** Serves the built client under /qkey/ and the page at /, nothing else (a fixed map, no file-system paths). */
+const sha256 = (text: string) => `'sha256-${createHash('sha256').update(text).digest('base64')}'`;
+
+/**
+ * Serves the built client under /qkey/ and the page at /, nothing else (a fixed map, no file-system paths), under
+ * the strict Content-Security-Policy SECURITY.md recommends: scripts from this origin and the two inline scripts
+ * by hash, connections to the key service and the broker alone, mqtt.js's timer worker.
+ */
 async function staticServer(port: number, files: string[], importMap: string): Promise<void> {
   const routes = new Map<string, { type: string; body: Buffer }>();
   routes.set('/', { type: 'text/html; charset=utf-8', body: Buffer.from(PAGE(importMap)) });
@@ -70,7 +77,17 @@ async function staticServer(port: number, files: string[], importMap: string): P
   const server = createServer((req, res) => {
     const r = routes.get(req.url ?? '');
     if (!r) return void res.writeHead(404).end();
-    res.writeHead(200, { 'content-type': r.type, 'x-content-type-options': 'nosniff' }).end(r.body);
+    const csp = [
+      "default-src 'none'",
+      `script-src 'self' ${sha256(importMap)} ${sha256(MODULE_SCRIPT)}`,
+      `connect-src ${sys.kms.url} ${sys.broker.urls.ws!}`,
+      // mqtt.js runs its keepalive timer in a worker made from a blob, so that a background tab's throttled timers
+      // do not let the connection time out.
+      'worker-src blob:',
+    ].join('; ');
+    res
+      .writeHead(200, { 'content-type': r.type, 'x-content-type-options': 'nosniff', 'content-security-policy': csp })
+      .end(r.body);
   });
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
   servers.push(server);
@@ -123,6 +140,9 @@ beforeAll(async () => {
   });
   page = await browser.newPage();
   page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.on('console', (m) => {
+    if (/Content Security Policy|Refused/i.test(m.text())) pageErrors.push(m.text());
+  });
   await page.goto(`${pageOrigin}/`);
   await page.waitForFunction('window.qkey !== undefined', { timeout: 10_000 });
 }, 60_000);
@@ -135,7 +155,7 @@ afterAll(async () => {
 });
 
 describe('browser application client in headless Chromium', () => {
-  it('loads without a bundler, with the browser SM4 under protocol/envelope.js', async () => {
+  it('loads without a bundler under a strict CSP, with the browser SM4 under protocol/envelope.js', async () => {
     expect(pageErrors).toEqual([]);
     const usesBrowserBackend = await page.evaluate(() => {
       const q = (globalThis as unknown as PageGlobals).qkey;
@@ -259,6 +279,7 @@ describe('browser application client in headless Chromium', () => {
     expect(second.text).toBe('22');
     expect(second.envelope.slice(2, 6)).toEqual([0, 0, 0, 1]);
     await page.evaluate(() => (globalThis as unknown as PageGlobals).session.close());
+    expect(pageErrors).toEqual([]); // the CSP let the session's own connections through, and nothing refused
   });
 
   it('a wrong SM2 private key gets no session key, and a session key does not unwrap under another key', async () => {
