@@ -77,6 +77,17 @@ describe('browser backend known answers', () => {
 });
 
 describe('browser backend against the native backend, random inputs', () => {
+  it("protocol/_bytes.ts's hex (no Buffer, for the page) agrees with Buffer's, either letter case", () => {
+    for (let n = 0; n < 300; n++) {
+      const bytes = randomBytes(n);
+      const hex = bytes.toString('hex');
+      expect(bytesToHex(bytes)).toBe(hex);
+      expect(Buffer.from(hexToBytes(hex)).equals(bytes)).toBe(true);
+      expect(Buffer.from(hexToBytes(hex.toUpperCase())).equals(bytes)).toBe(true);
+    }
+    for (const bad of ['0', 'zz', '0g', ' 00', '0x00']) expect(() => hexToBytes(bad)).toThrow();
+  });
+
   it('SM4 blocks, CTR, CBC, SM3 and HMAC-SM3 agree', () => {
     for (let i = 0; i < 50; i++) {
       const key = randomBytes(16);
