@@ -5,8 +5,9 @@
 // backend differs (browser/backend.ts). README "Applications in a browser" shows a page using it.
 //
 // The SM2 private key is the caller's: the page passes it in (from wherever it keeps it) and this module holds it in
-// a private field, uses it for the signature and the unwrap, and never logs, sends or returns it. The client secret
-// is used once for the token and not kept.
+// a private field, uses it for the signature and the unwrap, and never logs, sends or returns it. The app token comes
+// either from the client secret (held the same way, for the logins a rotation needs once the token has expired) or,
+// so that no long-lived secret sits in the page, from the caller's `token` function (e.g. the page's own server).
 import mqtt, { type IClientPublishOptions, type IClientSubscribeOptions, type MqttClient } from 'mqtt';
 import { APP_SESSION_TOPIC, challengeMessage, signChallenge, unwrapSessionKey } from '../protocol/app-session.js';
 import { EnvelopeKey, openEnvelope, parseEnvelope, sealEnvelope } from '../protocol/envelope.js';
@@ -23,12 +24,23 @@ export interface BrowserAppSessionOptions {
   /** The broker's id at the key service: the session key is issued for that broker alone. */
   brokerId: string;
   appId: string;
-  secret: string;
+  /** The app's client secret; or instead `token`. */
+  secret?: string;
+  /** Instead of `secret`: a fresh app token (and its lifetime in seconds) whenever the client needs one. */
+  token?: () => Promise<AppToken>;
   /** The app's SM2 key pair (hex); the public key is the one registered at the key service. */
   sm2: { privateKey: string; publicKey: string };
   /** Envelopes sealed under one key before the client rotates on its own (keep it below the broker's limit). */
   rotateAfterMessages?: number;
 }
+
+export interface AppToken {
+  access_token: string;
+  expires_in: number;
+}
+
+/** A token this close to its expiry is replaced before a handshake (and the broker's CONNECT). */
+const TOKEN_MARGIN_MS = 30_000;
 
 /** A key-service answer other than success: the status and the error code, never a request body or secret. */
 export class KmsRequestError extends Error {
@@ -76,8 +88,24 @@ async function post<T>(kmsUrl: string, path: string, body: unknown, token?: stri
   return (await res.json()) as T;
 }
 
+/** Logs in with the secret, or asks the caller; refuses options that give both or neither. */
+function tokenSource(o: BrowserAppSessionOptions): () => Promise<AppToken> {
+  if ((o.secret === undefined) === (o.token === undefined)) throw new TypeError('give either secret or token');
+  if (o.token) return o.token;
+  const { appId, kmsUrl, secret } = o;
+  return () =>
+    post<AppToken>(kmsUrl, '/api/v1/auth/token', {
+      grant_type: 'client_credentials',
+      client_id: appId,
+      client_secret: secret,
+    });
+}
+
 export class BrowserAppSession {
   readonly #sm2: { privateKey: string; publicKey: string };
+  readonly #login: () => Promise<AppToken>;
+  #token: string;
+  #tokenExpiresAt: number;
   readonly #generations = new Map<number, Generation>();
   #generation = -1;
   #rotating: Promise<void> | undefined;
@@ -87,22 +115,24 @@ export class BrowserAppSession {
 
   private constructor(
     readonly client: MqttClient,
-    private readonly token: string,
-    private readonly o: Omit<BrowserAppSessionOptions, 'secret' | 'sm2'>,
+    private readonly o: Omit<BrowserAppSessionOptions, 'secret' | 'sm2' | 'token'>,
     sm2: { privateKey: string; publicKey: string },
+    login: () => Promise<AppToken>,
+    token: AppToken,
   ) {
     this.#sm2 = { ...sm2 };
+    this.#login = login;
+    this.#token = token.access_token;
+    this.#tokenExpiresAt = Date.now() + token.expires_in * 1000;
     client.on('message', (topic, payload) => void this.open(topic, payload));
   }
 
   /** Logs in, connects over WebSocket, and completes the first handshake before resolving. */
   static async start(options: BrowserAppSessionOptions): Promise<BrowserAppSession> {
-    const { secret, sm2, ...o } = options;
-    const { access_token } = await post<{ access_token: string }>(o.kmsUrl, '/api/v1/auth/token', {
-      grant_type: 'client_credentials',
-      client_id: o.appId,
-      client_secret: secret,
-    });
+    const { secret: _secret, token: _token, sm2, ...o } = options;
+    const login = tokenSource(options);
+    const token = await login();
+    const { access_token } = token;
     const client = await mqtt.connectAsync(o.brokerUrl, {
       clientId: `${o.appId}/browser`,
       username: o.appId,
@@ -111,7 +141,7 @@ export class BrowserAppSession {
       // mqtt.js offers the "mqtt" WebSocket subprotocol [MQTT-6.0.0-3]; the broker refuses any other.
       protocolVersion: 4,
     });
-    const session = new BrowserAppSession(client, access_token, o, sm2);
+    const session = new BrowserAppSession(client, o, sm2, login, token);
     try {
       await session.rotate();
     } catch (err) {
@@ -136,12 +166,23 @@ export class BrowserAppSession {
     return this.#rotating;
   }
 
+  /** The app token, logged in again when it is about to expire (a connection outlives its token, §18). */
+  async #freshToken(): Promise<string> {
+    if (Date.now() > this.#tokenExpiresAt - TOKEN_MARGIN_MS) {
+      const t = await this.#login();
+      this.#token = t.access_token;
+      this.#tokenExpiresAt = Date.now() + t.expires_in * 1000;
+    }
+    return this.#token;
+  }
+
   async #handshake(): Promise<void> {
+    const token = await this.#freshToken();
     const c = await post<SessionChallengeJson>(
       this.o.kmsUrl,
       '/api/v1/apps/session/challenge',
       { broker_id: this.o.brokerId },
-      this.token,
+      token,
     );
     // The key service names the ids the signature binds; a challenge for another app or broker is not signed.
     if (c.app_id !== this.o.appId || c.broker_id !== this.o.brokerId) throw new Error('challenge for another session');
@@ -157,7 +198,7 @@ export class BrowserAppSession {
       this.o.kmsUrl,
       '/api/v1/apps/session',
       { broker_id: this.o.brokerId, challenge: c.challenge, signature: toBase64(signature) },
-      this.token,
+      token,
     );
     const key = unwrapSessionKey(fromBase64(issued.wrapped_key), this.#sm2.privateKey);
     if (!key) throw new Error('the session key did not decrypt under this SM2 key');

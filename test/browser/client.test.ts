@@ -18,7 +18,7 @@ import type { SuiteId } from '../../protocol/suites.js';
 import type { CryptoBackend } from '../../protocol/backend.js';
 import type * as Envelope from '../../protocol/envelope.js';
 import type * as Client from '../../browser/app-session-client.js';
-import type { KmsRequestError } from '../../browser/app-session-client.js';
+import type { AppToken, KmsRequestError } from '../../browser/app-session-client.js';
 import { startTestKms } from '../helpers/kms.js';
 import { freePort } from '../helpers/ports.js';
 import { nextMessage, systemOn, type TestSystem } from '../helpers/system.js';
@@ -113,7 +113,8 @@ beforeAll(async () => {
   await staticServer(pagePort, files, importMap);
   await staticServer(foreignPort, files, importMap);
 
-  const kms = await startTestKms({ corsOrigins: [pageOrigin] });
+  // App tokens live 10 s, inside the client's 30 s margin: every handshake logs in again first (the test sees it).
+  const kms = await startTestKms({ corsOrigins: [pageOrigin], tokenTtl: { app: 10 } });
   sys = await systemOn(kms, { ws: { port: 0 }, wsOrigins: [pageOrigin] });
   const qrng = new Qrng();
   await fillAppKeys(
@@ -280,6 +281,34 @@ describe('browser application client in headless Chromium', () => {
     expect(second.envelope.slice(2, 6)).toEqual([0, 0, 0, 1]);
     await page.evaluate(() => (globalThis as unknown as PageGlobals).session.close());
     expect(pageErrors).toEqual([]); // the CSP let the session's own connections through, and nothing refused
+  });
+
+  it("with the caller's token function instead of a secret: the page never sees the secret", async () => {
+    const app = await newApp('app-browser-token');
+    let calls = 0;
+    await page.exposeFunction('qkeyAppToken', () => {
+      calls++;
+      return sys.kms.anon.clientToken(app.appId, app.secret);
+    });
+    const result = await page.evaluate(
+      async (o) => {
+        const g = globalThis as unknown as PageGlobals & { qkeyAppToken: () => Promise<AppToken> };
+        const Session = g.qkey.client.BrowserAppSession;
+        const refusals: string[] = [];
+        for (const bad of [{ ...o }, { ...o, secret: 'x', token: g.qkeyAppToken }])
+          await Session.start(bad).catch((e: Error) => refusals.push(e.name));
+        const session = await Session.start({ ...o, token: g.qkeyAppToken });
+        const first = session.keyIndex;
+        await session.rotate();
+        const second = session.keyIndex;
+        await session.close();
+        return { refusals, first, second };
+      },
+      { brokerUrl: sys.broker.urls.ws!, kmsUrl: sys.kms.url, brokerId: 'test-broker', appId: app.appId, sm2: app.sm2 },
+    );
+    expect(result).toEqual({ refusals: ['TypeError', 'TypeError'], first: 0, second: 1 });
+    // One token for CONNECT, and one before each handshake (the 10 s token is inside the 30 s margin).
+    expect(calls).toBe(3);
   });
 
   it('a wrong SM2 private key gets no session key, and a session key does not unwrap under another key', async () => {
