@@ -30,6 +30,11 @@ export interface BrowserAppSessionOptions {
   token?: () => Promise<AppToken>;
   /** The app's SM2 key pair (hex); the public key is the one registered at the key service. */
   sm2: { privateKey: string; publicKey: string };
+  /**
+   * The MQTT client id is `<appId>/<clientName>` (docs/PROTOCOL.md §14). Default: `browser-` and 16 random hex digits,
+   * so two tabs of one app do not take each other's connection over [MQTT-3.1.4-2].
+   */
+  clientName?: string;
   /** Envelopes sealed under one key before the client rotates on its own (keep it below the broker's limit). */
   rotateAfterMessages?: number;
 }
@@ -61,6 +66,10 @@ interface Generation {
   /** What the broker sealed for this app under this key (app-down): a replayed envelope does not open twice. */
   replay: ReplayWindow;
   nextSeq: number;
+}
+
+function randomHex(bytes: number): string {
+  return Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
 function fromBase64(text: string): Uint8Array {
@@ -134,7 +143,7 @@ export class BrowserAppSession {
     const token = await login();
     const { access_token } = token;
     const client = await mqtt.connectAsync(o.brokerUrl, {
-      clientId: `${o.appId}/browser`,
+      clientId: `${o.appId}/${o.clientName ?? `browser-${randomHex(8)}`}`,
       username: o.appId,
       password: access_token,
       reconnectPeriod: 0,

@@ -235,6 +235,9 @@ describe('browser application client in headless Chromium', () => {
       { brokerUrl: sys.broker.urls.ws!, kmsUrl: sys.kms.url, brokerId: 'test-broker', ...app },
     );
     expect(await page.evaluate(() => (globalThis as unknown as PageGlobals).session.keyIndex)).toBe(0);
+    expect(await page.evaluate(() => (globalThis as unknown as PageGlobals).session.client.options.clientId)).toMatch(
+      /^app-browser\/browser-[0-9a-f]{16}$/,
+    );
 
     const topic = 'devices/dev-browser/up/telemetry';
     dev.publish(topic, Buffer.from(chip.sealUplink(Buffer.from('{"t":21.5}'), topic)), { qos: 1 });
