@@ -19,7 +19,7 @@ import type { CryptoBackend } from '../../protocol/backend.js';
 import type * as Envelope from '../../protocol/envelope.js';
 import type * as Client from '../../browser/app-session-client.js';
 import type { AppToken, KmsRequestError } from '../../browser/app-session-client.js';
-import { startTestKms } from '../helpers/kms.js';
+import { removeDir, startTestKms, tempDir } from '../helpers/kms.js';
 import { freePort } from '../helpers/ports.js';
 import { nextMessage, systemOn, type TestSystem } from '../helpers/system.js';
 import { loadVectors } from '../helpers/vectors.js';
@@ -27,7 +27,7 @@ import { loadVectors } from '../helpers/vectors.js';
 /** Debian's package; .ci/run installs it. */
 const CHROMIUM = process.env.QKEY_CHROMIUM ?? '/usr/bin/chromium';
 const ROOT = join(import.meta.dirname, '..', '..');
-const OUT = join('/tmp', `qkey-browser-client-${process.pid}`);
+const OUT = tempDir('qkey-browser-client-');
 const ACL = { publish: ['devices/+/down/#'], subscribe: ['devices/+/up/#'] };
 
 /** What the page's module script and the tests put on the page's global object. */
@@ -152,7 +152,7 @@ afterAll(async () => {
   await browser?.close();
   await sys?.stop();
   for (const s of servers) await new Promise((r) => s.close(r));
-  execFileSync('rm', ['-rf', OUT]);
+  removeDir(OUT);
 });
 
 describe('browser application client in headless Chromium', () => {
