@@ -8,7 +8,7 @@
 //
 //   node scripts/build-browser-client.mjs [--out dist/browser-client] [--base /qkey/]
 // --base is the URL path the directory is served under (the import map's addresses start with it).
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -101,6 +101,10 @@ export function buildBrowserClient(outDir, base) {
   }
   place(NODE_BACKEND);
   imports[base + places.get(NODE_BACKEND)] = base + places.get(BROWSER_BACKEND);
+  // The folder is replaced whole: only an empty one or one this script wrote (it holds importmap.json), never a
+  // folder of other files named by mistake.
+  if (existsSync(outDir) && readdirSync(outDir).length > 0 && !existsSync(join(outDir, 'importmap.json')))
+    throw new Error(`${outDir} is not empty and not a browser-client folder: give an empty or new folder`);
   rmSync(outDir, { recursive: true, force: true });
   for (const file of done) {
     const to = join(outDir, places.get(file));
@@ -113,10 +117,15 @@ export function buildBrowserClient(outDir, base) {
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === import.meta.filename) {
-  const { values } = parseArgs({ options: { out: { type: 'string' }, base: { type: 'string' } } });
-  const base = values.base ?? '/qkey/';
-  if (!/^(\/|https:\/\/)[^\s"'<>]*\/$/.test(base)) throw new Error('--base must be a path or https URL ending in /');
-  const outDir = resolve(values.out ?? join(DIST, 'browser-client'));
-  const { files } = buildBrowserClient(outDir, base);
-  console.log(`${files.length} files and importmap.json in ${relative(process.cwd(), outDir) || '.'} (base ${base})`);
+  try {
+    const { values } = parseArgs({ options: { out: { type: 'string' }, base: { type: 'string' } } });
+    const base = values.base ?? '/qkey/';
+    if (!/^(\/|https:\/\/)[^\s"'<>]*\/$/.test(base)) throw new Error('--base must be a path or https URL ending in /');
+    const outDir = resolve(values.out ?? join(DIST, 'browser-client'));
+    const { files } = buildBrowserClient(outDir, base);
+    console.log(`${files.length} files and importmap.json in ${relative(process.cwd(), outDir) || '.'} (base ${base})`);
+  } catch (err) {
+    console.error(`build-browser-client: ${err.message}`);
+    process.exitCode = 1;
+  }
 }
