@@ -1,6 +1,7 @@
 // The policy table's SQL: entries by id, the table's version (bumped by every change, in the same transaction as
 // the change and its audit record), and the whole table for brokers.
 import type Database from 'better-sqlite3';
+import { type CompiledPolicy, compilePolicy, ruleFor } from '../broker/policy/evaluate.js';
 import { policyProblem } from '../kms-api/policy-check.js';
 import { MAX_POLICY_ENTRIES, type PolicyBodyJson, type PolicyEntryJson } from '../kms-api/policy-schemas.js';
 import type { Db } from './db.js';
@@ -37,6 +38,7 @@ function ruleOf(body: PolicyBodyJson): Rule {
   const r = body.rotation;
   return {
     encryption: body.encryption,
+    ...(body.app !== undefined ? { app: body.app } : {}),
     ...(body.suites ? { suites: [...body.suites].sort((a, b) => a - b) } : {}),
     ...(r
       ? {
@@ -55,6 +57,8 @@ function ruleOf(body: PolicyBodyJson): Rule {
 
 export class PolicyStore {
   private readonly s: Record<string, Database.Statement>;
+  /** The table compiled for lookups, as brokers compile it (one precedence rule, broker/policy/evaluate.ts). */
+  private compiled: CompiledPolicy | undefined;
 
   constructor(
     private readonly db: Db,
@@ -89,6 +93,21 @@ export class PolicyStore {
       version: this.version(),
       entries: (this.s.all!.all() as PolicyRow[]).map(entryOf),
     }))();
+  }
+
+  /**
+   * The application that an `end-to-end` entry lets claim the keys of device `deviceId`'s messages on `topic`, or
+   * undefined when the entry governing them (the one a broker applies) is of another mode, or none does. Decided by
+   * the same precedence as the broker's, on the table as it is in this transaction.
+   */
+  endToEndApp(deviceId: string, topic: string): string | undefined {
+    const version = this.version();
+    if (this.compiled?.version !== version) {
+      const { entries } = this.table();
+      this.compiled = compilePolicy(version, entries);
+    }
+    const rule = ruleFor(this.compiled, { role: 'device', id: deviceId }, topic);
+    return rule?.encryption === 'end-to-end' ? rule.app : undefined;
   }
 
   get(policyId: string): PolicyEntryJson {

@@ -145,7 +145,7 @@ describe('malformed and contradictory entries are refused and change nothing', (
   const ok: PolicyBodyJson = { role: 'device', filter: 'devices/+/up/#', encryption: 'required' };
   it.each([
     ['no encryption', { role: 'device', filter: '#' }, '400 KMS_ERR_BAD_REQUEST'],
-    ['an unknown mode', { ...ok, encryption: 'end-to-end' }, '400 KMS_ERR_BAD_REQUEST'],
+    ['an unknown mode', { ...ok, encryption: 'broker-blind' }, '400 KMS_ERR_BAD_REQUEST'],
     ['an unknown field', { ...ok, sneaky: true }, '400 KMS_ERR_BAD_REQUEST'],
     ['an unknown role', { ...ok, role: 'broker' }, '400 KMS_ERR_BAD_REQUEST'],
     ['an unknown suite', { ...ok, suites: [3] }, '400 KMS_ERR_BAD_REQUEST'],
@@ -174,6 +174,23 @@ describe('malformed and contradictory entries are refused and change nothing', (
       { ...ok, encryption: 'plaintext', rotation: { messages: 5 } },
       '400 KMS_ERR_POLICY_INVALID plaintext_with_rotation',
     ],
+    [
+      'end-to-end naming no application',
+      { ...ok, encryption: 'end-to-end' },
+      '400 KMS_ERR_POLICY_INVALID end_to_end_without_app',
+    ],
+    [
+      'end-to-end for an application role',
+      { ...ok, role: 'app', encryption: 'end-to-end', app: 'vault' },
+      '400 KMS_ERR_POLICY_INVALID end_to_end_role',
+    ],
+    [
+      'end-to-end with rotation',
+      { ...ok, encryption: 'end-to-end', app: 'vault', rotation: { messages: 5 } },
+      '400 KMS_ERR_POLICY_INVALID end_to_end_with_rotation',
+    ],
+    ['an app on another mode', { ...ok, app: 'vault' }, '400 KMS_ERR_POLICY_INVALID app_without_end_to_end'],
+    ['an app id that is no id', { ...ok, encryption: 'end-to-end', app: '../x' }, '400 KMS_ERR_BAD_REQUEST'],
     ['an array', [ok], '400 KMS_ERR_BAD_REQUEST'],
     ['null', null, '400 KMS_ERR_BAD_REQUEST'],
   ])('%s', async (_name, body, expected) => {
