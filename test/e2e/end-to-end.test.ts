@@ -8,6 +8,7 @@ import { claimEndToEndKey } from '../../kms-api/end-to-end-client.js';
 import { decKeysBody, KmsClient, KmsHttpError } from '../../kms-api/client.js';
 import type { PolicyBodyJson } from '../../kms-api/policy-schemas.js';
 import { keyIdFor, parseEnvelope } from '../../protocol/index.js';
+import { RawMqtt } from '../helpers/raw-mqtt.js';
 import { closed, nextMessage, startTestSystem, type TestSystem } from '../helpers/system.js';
 
 let sys: TestSystem;
@@ -330,5 +331,22 @@ describe('commands on an end-to-end topic', () => {
 
     await reader.close();
     await Promise.all([dev.endAsync(), vault.mqtt.endAsync()]);
+  });
+});
+
+describe('wills', () => {
+  it('a will on an end-to-end topic is refused at CONNECT (5), and no key is claimed for it', async () => {
+    const chip = await sys.device('dev-e2e-7');
+    const topic = secretTopic('dev-e2e-7');
+    chip.beginSession();
+    const { returnCode } = await RawMqtt.connect(sys.mqttUrl, {
+      clientId: chip.deviceId,
+      username: chip.deviceId,
+      password: await sys.deviceToken(chip),
+      will: { topic, payload: Buffer.from(chip.sealWill(Buffer.from('gone'), topic)) },
+    });
+    expect(returnCode).toBe(5);
+    const keys = (await sys.kms.admin.deviceKeys('dev-e2e-7')).keys;
+    expect(keys.every((k) => k.state === 'filled')).toBe(true);
   });
 });
