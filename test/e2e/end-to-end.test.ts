@@ -3,7 +3,11 @@
 // envelopes the broker forwarded unopened. The broker's process never claims those keys; attacks are refused.
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AppSession } from '../../device-sim/app-session.js';
 import { EndToEndError, EndToEndReader } from '../../device-sim/end-to-end-reader.js';
+import { Qrng } from '../../hsm-emulator/qrng.js';
+import { sm2KeyPair } from '../../hsm-emulator/sm2.js';
+import { fillAppKeys } from '../../kms-api/app-session-client.js';
 import { claimEndToEndKey } from '../../kms-api/end-to-end-client.js';
 import { decKeysBody, KmsClient, KmsHttpError } from '../../kms-api/client.js';
 import type { PolicyBodyJson } from '../../kms-api/policy-schemas.js';
@@ -348,5 +352,62 @@ describe('wills', () => {
     expect(returnCode).toBe(5);
     const keys = (await sys.kms.admin.deviceKeys('dev-e2e-7')).keys;
     expect(keys.every((k) => k.state === 'filled')).toBe(true);
+  });
+});
+
+describe('with an application session (docs/PROTOCOL.md §22)', () => {
+  it('the end-to-end envelope travels inside the app-down and app-up envelopes, still unopened by the broker', async () => {
+    await fillAppKeys(
+      sys.kms.admin,
+      'qrng-e2e-s',
+      Array.from({ length: 4 }, () => Buffer.from(new Qrng().bytes(16)).toString('base64')),
+    );
+    await setPolicy('vault-s-up', {
+      role: 'device',
+      principal: 'dev-e2e-8',
+      filter: 'devices/dev-e2e-8/+/secret/#',
+      encryption: 'end-to-end',
+      app: 'vault-s',
+    });
+    const sm2 = sm2KeyPair();
+    const acl = { publish: ['devices/+/down/#'], subscribe: ['devices/+/up/#'], sm2_public_key: sm2.publicKey };
+    const { client_secret } = await sys.kms.admin.registerApp('vault-s', acl);
+    const session = await AppSession.start({
+      brokerUrl: sys.mqttUrl,
+      kmsUrl: sys.kms.url,
+      brokerId: 'test-broker',
+      appId: 'vault-s',
+      secret: client_secret,
+      sm2,
+    });
+    const token = (await sys.kms.anon.clientToken('vault-s', client_secret)).access_token;
+    const reader = new EndToEndReader(new KmsClient(sys.kms.url, { token }));
+    await session.client.subscribeAsync('devices/dev-e2e-8/up/#', { qos: 1 });
+    const chip = await sys.device('dev-e2e-8');
+    const dev = await sys.connectDevice(chip);
+    await dev.subscribeAsync('devices/dev-e2e-8/down/#', { qos: 1 });
+
+    const up = secretTopic('dev-e2e-8');
+    const sealed = Buffer.from(chip.sealUplink(Buffer.from('inner'), up, 'end-to-end'));
+    const opened = new Promise<{ plaintext: Buffer; envelope: Buffer }>((resolve) =>
+      session.onMessage((t, plaintext, envelope) => t === up && resolve({ plaintext, envelope })),
+    );
+    await dev.publishAsync(up, sealed, { qos: 1 });
+    const got = await opened;
+    expect(got.plaintext.equals(sealed)).toBe(true); // the app session's layer opened: the device's envelope remains
+    expect(got.envelope.equals(sealed)).toBe(false); // on the wire it was wrapped (app-down)
+    expect((await reader.open(up, got.plaintext)).toString()).toBe('inner');
+
+    const down = 'devices/dev-e2e-8/down/secret/cmd';
+    const command = Buffer.from(reader.sealCommand('dev-e2e-8', down, Buffer.from('go')));
+    const arrived = nextMessage(dev, 5000, (t) => t === down);
+    await session.publish(down, command, { qos: 1 }); // sealed app-up around it; the broker opens only that layer
+    const delivered = (await arrived).payload;
+    expect(delivered.equals(command)).toBe(true);
+    expect(Buffer.from(chip.openEndToEnd(delivered, down)).toString()).toBe('go');
+
+    await reader.close();
+    await session.close();
+    await dev.endAsync();
   });
 });
