@@ -138,6 +138,13 @@ export class PolicyStore {
         throw new KmsError('KMS_ERR_CONFLICT', `policy ${other.policy_id} already governs this subject and filter`, {
           details: [{ problem: 'duplicate_subject_filter', policy_id: other.policy_id }],
         });
+      const rival = body.encryption === 'end-to-end' ? this.endToEndRival(policyId, body) : undefined;
+      if (rival)
+        throw new KmsError(
+          'KMS_ERR_CONFLICT',
+          `policy ${rival.policy_id} gives end-to-end topics of the same devices to app ${rival.app}: a device has one end-to-end key per session, for one application`,
+          { details: [{ problem: 'end_to_end_app_conflict', policy_id: rival.policy_id }] },
+        );
       if (!before && (this.s.count!.get() as { n: number }).n >= this.maxEntries)
         throw new KmsError('KMS_ERR_CONFLICT', `the policy table holds its maximum of ${this.maxEntries} entries`, {
           details: [{ problem: 'table_full' }],
@@ -162,6 +169,22 @@ export class PolicyStore {
       });
       return { entry, created: !before };
     })();
+  }
+
+  /**
+   * docs/PROTOCOL.md §23.1: the chip seals all of a device's end-to-end topics under one key per session, which one
+   * application claims, so every end-to-end entry that can govern a device names the same application. The first
+   * other entry that could govern some device `body` governs (a role-wide entry, or one for the same principal) and
+   * names another application, if any.
+   */
+  private endToEndRival(policyId: string, body: PolicyBodyJson): PolicyEntryJson | undefined {
+    for (const row of this.s.all!.all() as PolicyRow[]) {
+      if (row.policy_id === policyId || row.role !== 'device') continue;
+      const other = entryOf(row);
+      if (other.encryption !== 'end-to-end' || other.app === body.app) continue;
+      if (row.principal === null || body.principal === undefined || row.principal === body.principal) return other;
+    }
+    return undefined;
   }
 
   delete(policyId: string, actor: string): number {

@@ -215,6 +215,26 @@ describe('malformed and contradictory entries are refused and change nothing', (
     expect(await outcome(t.admin.policy('truncated'))).toBe('404 KMS_ERR_NOT_FOUND');
   });
 
+  it('end-to-end entries that can govern one device name one application (one end-to-end key per session)', async () => {
+    const e2e = (over: object) => ({ role: 'device', encryption: 'end-to-end', ...over });
+    const set = (id: string, body: object) => outcome(t.admin.request('PUT', `/api/v1/admin/policies/${id}`, body));
+    expect(await set('e2e-a', e2e({ principal: 'd-a', filter: 'devices/d-a/up/s/#', app: 'app-a' }))).toBe('OK');
+    // Another device's entry may name another application.
+    expect(await set('e2e-b', e2e({ principal: 'd-b', filter: 'devices/d-b/up/s/#', app: 'app-b' }))).toBe('OK');
+    const before = await t.admin.policies();
+    // The same device, or every device (a role-wide entry), with another application: refused, nothing changes.
+    for (const body of [
+      e2e({ principal: 'd-a', filter: 'devices/d-a/down/s/#', app: 'app-b' }),
+      e2e({ filter: 'devices/+/up/other/#', app: 'app-a' }),
+    ])
+      expect(await set('e2e-c', body)).toBe('409 KMS_ERR_CONFLICT end_to_end_app_conflict');
+    expect(await t.admin.policies()).toEqual(before);
+    // The same application for more of that device's topics is fine; so is changing the one entry that names it.
+    expect(await set('e2e-c', e2e({ principal: 'd-a', filter: 'devices/d-a/down/s/#', app: 'app-a' }))).toBe('OK');
+    expect(await set('e2e-b', e2e({ principal: 'd-b', filter: 'devices/d-b/up/s/#', app: 'app-c' }))).toBe('OK');
+    for (const id of ['e2e-a', 'e2e-b', 'e2e-c']) await t.admin.request('DELETE', `/api/v1/admin/policies/${id}`);
+  });
+
   it('a second entry for the same subject and filter is a conflict; the same subject with another filter is not', async () => {
     await t.admin.setPolicy('first', { role: 'app', principal: 'app-1', filter: 'x/#', encryption: 'plaintext' });
     expect(
