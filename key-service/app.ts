@@ -14,6 +14,7 @@ import { AppSessionStore } from './app-sessions.js';
 import { canonicalUrl } from './canonical-url.js';
 import { ClaimQueue } from './claims.js';
 import { registerCors } from './cors.js';
+import { endToEndRoutes } from './routes/end-to-end.js';
 import type { KmsConfig } from './config.js';
 import type { KmsContext } from './context.js';
 import { openDataDir } from './data-dir.js';
@@ -117,16 +118,22 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
   const master = loadMasterKey(db, config.dataDir);
   const store = new KeyStore(db, master);
   const metrics = createKmsMetrics(store, config.lowWater);
-  const claims = new ClaimQueue(store, config.claimBatchMax, {
-    onBatch: (size, seconds) => {
-      metrics.batchSize.observe(size);
-      metrics.commitSeconds.observe(seconds);
+  const policies = new PolicyStore(db, (...audit) => store.audit(...audit));
+  const claims = new ClaimQueue(
+    store,
+    config.claimBatchMax,
+    {
+      onBatch: (size, seconds) => {
+        metrics.batchSize.observe(size);
+        metrics.commitSeconds.observe(seconds);
+      },
+      onClaim: (kind, result, keys) => {
+        metrics.claims.inc({ api: kind === 'dec' ? 'dec_keys' : 'enc_keys', result });
+        if (keys) metrics.keysDelivered.inc(keys);
+      },
     },
-    onClaim: (kind, result, keys) => {
-      metrics.claims.inc({ api: kind === 'dec' ? 'dec_keys' : 'enc_keys', result });
-      if (keys) metrics.keysDelivered.inc(keys);
-    },
-  });
+    (deviceId, topic) => policies.endToEndApp(deviceId, topic),
+  );
   const context: KmsContext = {
     config,
     store,
@@ -141,7 +148,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     ),
     limiter: new LoginLimiter(config.loginLimits, options.clock),
     metrics,
-    policies: new PolicyStore(db, (...audit) => store.audit(...audit)),
+    policies,
     appSessions: new AppSessionStore(db, master, (...audit) => store.audit(...audit), options.clock),
     appChallenges: new ChallengeBook(
       config.challengeTtl * 1000,
@@ -241,7 +248,12 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       adminAppSessionRoutes(scope, context);
     }),
   );
-  app.register(callerGroup('app', context, (scope) => appSessionRoutes(scope, context)));
+  app.register(
+    callerGroup('app', context, (scope) => {
+      appSessionRoutes(scope, context);
+      endToEndRoutes(scope, context);
+    }),
+  );
   // The administrators' web console: its own two groups under /console, off unless configured (console/plugin.ts).
   if (config.console.enabled) registerConsole(app, context, options.clock);
 

@@ -112,7 +112,10 @@ export class KeyStore {
       pool: p(`SELECT direction, COUNT(*) AS n FROM keys WHERE device_id = ? AND state = 'filled' GROUP BY direction`),
       deviceState: p(`SELECT state FROM devices WHERE device_id = ?`),
       highestUsedUplink: p(
-        `SELECT MAX(key_index) AS i FROM keys WHERE device_id = ? AND direction = 'up' AND state IN ('claimed', 'retired')`,
+        `SELECT MAX(key_index) AS i FROM keys WHERE device_id = ? AND direction = 'up' AND state IN ('claimed', 'retired') AND claimed_role IS NULL`,
+      ),
+      highestUsedUplinkApp: p(
+        `SELECT MAX(key_index) AS i FROM keys WHERE device_id = ? AND direction = 'up' AND state IN ('claimed', 'retired') AND claimed_role = 'app'`,
       ),
       nextUplink: p(
         `SELECT MIN(key_index) AS i FROM keys WHERE device_id = ? AND direction = 'up' AND state = 'filled'`,
@@ -163,10 +166,10 @@ export class KeyStore {
         `SELECT rowid, key_id, key_index, wrapped FROM keys WHERE device_id = ? AND direction = 'down' AND state = 'filled' AND key_index > ? ORDER BY key_index LIMIT 1`,
       ),
       claim: p(
-        `UPDATE keys SET state = 'claimed', wrapped = NULL, claimed_by = ?, claimed_session = ?, claimed_at = ? WHERE rowid = ? AND state = 'filled'`,
+        `UPDATE keys SET state = 'claimed', wrapped = NULL, claimed_by = ?, claimed_role = ?, claimed_session = ?, claimed_at = ? WHERE rowid = ? AND state = 'filled'`,
       ),
       retire: p(
-        `UPDATE keys SET state = 'retired', retired_at = ? WHERE key_id = ? AND device_id = ? AND state = 'claimed' AND claimed_by = ?`,
+        `UPDATE keys SET state = 'retired', retired_at = ? WHERE key_id = ? AND device_id = ? AND state = 'claimed' AND claimed_by = ? AND claimed_role IS ?`,
       ),
       insertAudit: p(`INSERT INTO audit (at, actor, action, device_id, detail) VALUES (?, ?, ?, ?, ?)`),
       queryAudit: p(
@@ -258,9 +261,13 @@ export class KeyStore {
   }
 
   /** The lowest unused uplink key index: the key the device's chip takes at its next session start. */
-  /** The highest uplink key index of the device any broker has claimed (or retired since), -1 if none. */
-  highestUsedUplinkIndex(deviceId: string): number {
-    return (this.s.highestUsedUplink!.get(deviceId) as { i: number | null }).i ?? -1;
+  /**
+   * The highest uplink key index of the device claimed (or retired since) by any broker, or with `claimer` 'app' by
+   * any application (end-to-end keys, docs/PROTOCOL.md §23), -1 if none.
+   */
+  highestUsedUplinkIndex(deviceId: string, claimer: 'broker' | 'app' = 'broker'): number {
+    const s = claimer === 'app' ? this.s.highestUsedUplinkApp! : this.s.highestUsedUplink!;
+    return (s.get(deviceId) as { i: number | null }).i ?? -1;
   }
 
   nextUplinkIndex(deviceId: string): number | null {
@@ -470,20 +477,29 @@ export class KeyStore {
   }
 
   /** filled -> claimed, erasing the wrapped material in the same write; false if the key was not filled. */
-  markClaimed(rowid: number, brokerId: string, sessionId: string | null, now: number): boolean {
-    return this.s.claim!.run(brokerId, sessionId, now, rowid).changes === 1;
+  /** `claimer`: a broker id, or an app id when `role` is 'app' (an end-to-end claim). */
+  markClaimed(
+    rowid: number,
+    claimer: string,
+    sessionId: string | null,
+    now: number,
+    role: 'broker' | 'app' = 'broker',
+  ): boolean {
+    return this.s.claim!.run(claimer, role === 'app' ? 'app' : null, sessionId, now, rowid).changes === 1;
   }
 
   unwrapKey(keyId: string, wrapped: Buffer): Uint8Array {
     return this.master.unwrap(`key:${keyId}`, wrapped);
   }
 
-  retireKeys(deviceId: string, keyIds: string[], brokerId: string): number {
+  /** Retires the keys among `keyIds` that `claimer` (a broker, or with `role` 'app' an application) claimed. */
+  retireKeys(deviceId: string, keyIds: string[], claimer: string, role: 'broker' | 'app' = 'broker'): number {
     return this.db.transaction(() => {
       const now = Date.now();
       let n = 0;
-      for (const id of keyIds) n += this.s.retire!.run(now, id, deviceId, brokerId).changes;
-      if (n > 0) this.audit(brokerId, 'key.retire', deviceId, { key_IDs: keyIds.slice(0, 64), retired: n });
+      const r = role === 'app' ? 'app' : null;
+      for (const id of keyIds) n += this.s.retire!.run(now, id, deviceId, claimer, r).changes;
+      if (n > 0) this.audit(claimer, 'key.retire', deviceId, { key_IDs: keyIds.slice(0, 64), retired: n });
       return n;
     })();
   }

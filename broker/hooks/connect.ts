@@ -20,6 +20,7 @@ import { UplinkKeyError } from '../uplink-keys.js';
 import { downlinkOwner, mayPublish, type Principal } from '../topic-policy.js';
 import type { ClientState, DeviceWill, PluginContext } from './context.js';
 import { holdDeliveriesForKey } from './forward.js';
+import { endToEndOf } from './policy.js';
 import { watchConnection } from './lifecycle.js';
 
 export function authError(returnCode: 2 | 3 | 4 | 5, message: string): AuthenticateError {
@@ -192,6 +193,8 @@ function checkWill(ctx: PluginContext, client: Client, principal: Principal): De
     return undefined;
   }
   if (payload.length === 0) return undefined; // passes unsealed, as any empty payload
+  // docs/PROTOCOL.md §23.2: a will is sealed under the broker key, which must never carry an end-to-end topic.
+  if (endToEndOf(ctx, will.topic)) throw authError(5, 'not authorized: a will cannot be on an end-to-end topic');
   try {
     const parsed = parseEnvelope(payload, ctx.parseOptions);
     if (parsed.seq !== 0) throw authError(5, 'not authorized: a device will is sealed with sequence number 0');

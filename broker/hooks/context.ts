@@ -29,8 +29,11 @@ export type RejectReason =
   | 'policy'
   | 'error';
 
-/** What became of a device's uplink publish: `opened`, a `duplicate` acknowledged and dropped, or why it was refused. */
-export type UplinkOutcome = 'opened' | 'duplicate' | RejectReason;
+/**
+ * What became of a device's uplink publish: `opened`, `forwarded` sealed (an end-to-end topic, docs/PROTOCOL.md
+ * §23), a `duplicate` acknowledged and dropped, or why it was refused.
+ */
+export type UplinkOutcome = 'opened' | 'forwarded' | 'duplicate' | RejectReason;
 
 /** The payload of a publish the broker acknowledged but passes on to no one (a QoS 1 retransmission, publish.ts). */
 export const DROPPED_PAYLOAD: Buffer = Buffer.alloc(0);
@@ -179,6 +182,7 @@ export class PluginContext {
   readonly counters: PluginCounters = {
     uplink: {
       opened: 0,
+      forwarded: 0,
       duplicate: 0,
       acl: 0,
       plaintext: 0,

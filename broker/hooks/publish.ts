@@ -20,7 +20,7 @@ import {
   type PublishCallback,
   type RejectReason,
 } from './context.js';
-import { envelopePolicy, publishPolicy } from './policy.js';
+import { endToEndOf, type EndToEndTopic, envelopePolicy, publishPolicy } from './policy.js';
 import { announceAppSession, APP_SESSION_TOPIC, openAppPublish } from './app-session.js';
 import { authorizeWill, isWillOf } from './will.js';
 import type { PolicyViolation } from '../policy/evaluate.js';
@@ -87,6 +87,8 @@ function decide(ctx: PluginContext, client: Client, state: ClientState, packet: 
       return 'policy' in r
         ? refusePolicy(ctx, client, state, packet, r.policy)
         : refuse(ctx, client, state, packet, r.reason, r.detail);
+    const e2e = endToEndOf(ctx, packet.topic);
+    if (e2e) return checkEndToEndCommand(ctx, client, state, packet, e2e);
     return checkDownlinkSize(ctx, client, state, packet, (packet.payload as Buffer).length);
   }
   if (policy.take === 'pass') return checkPlaintextSize(ctx, client, state, packet, payload.length);
@@ -98,11 +100,20 @@ function decide(ctx: PluginContext, client: Client, state: ClientState, packet: 
   } catch (err) {
     if (!isProtocolError(err)) throw err;
     const reason = err.code === 'PROTO_ERR_TRUNCATED' ? 'plaintext' : (PROTOCOL_REASONS[err.code] ?? 'malformed');
+    // Not an envelope on an end-to-end topic: counted as a policy violation too (docs/PROTOCOL.md §23.3).
+    if (policy.take === 'forward-sealed') ctx.o.events?.policy?.('publish', 'encryption');
     return refuse(ctx, client, state, packet, reason, err.code);
   }
   const violation = envelopePolicy(policy.rule, parsed.ciphertext.length, parsed.suite);
   if (violation) return refusePolicy(ctx, client, state, packet, violation, parsed.keyIndex);
   const keys = state.keys!;
+  if (policy.take === 'forward-sealed') {
+    // docs/PROTOCOL.md §23.3: an end-to-end envelope must not be under a key this broker holds (it could read it).
+    if (keys.readyUplinkKey(parsed.keyIndex))
+      return refusePolicy(ctx, client, state, packet, 'encryption', parsed.keyIndex);
+    ctx.counters.uplink.forwarded++;
+    return null; // forwarded as it came: its application claims the key and opens it
+  }
   const ready = keys.readyUplinkKey(parsed.keyIndex);
   if (ready) return openUplink(ctx, client, state, packet, parsed, ready);
   // §9.1: the first envelope naming a key claims it, and is itself the proof that the device used that key.
@@ -114,6 +125,33 @@ function decide(ctx: PluginContext, client: Client, state: ClientState, packet: 
       throw err;
     },
   );
+}
+
+/**
+ * docs/PROTOCOL.md §23.4: a command on an end-to-end topic comes from the one application its entry names, as an
+ * envelope the application sealed under a downlink key it claimed; the broker checks the header (well-formed, the
+ * entry's suites and size, what a device can take) and forwards it unopened. Anything else is refused and counted.
+ */
+function checkEndToEndCommand(
+  ctx: PluginContext,
+  client: Client,
+  state: ClientState,
+  packet: PublishPacket,
+  e2e: EndToEndTopic,
+): Verdict {
+  if (state.principal.id !== e2e.app) return refusePolicy(ctx, client, state, packet, 'encryption');
+  const payload = packet.payload as Buffer;
+  if (payload.length === 0) return null; // MQTT's retained-message delete marker
+  let parsed: ParsedEnvelope;
+  try {
+    parsed = parseEnvelope(payload, ctx.parseOptions);
+  } catch (err) {
+    if (!isProtocolError(err)) throw err;
+    return refusePolicy(ctx, client, state, packet, 'encryption');
+  }
+  const violation = envelopePolicy(e2e.rule, parsed.ciphertext.length, parsed.suite);
+  if (violation) return refusePolicy(ctx, client, state, packet, violation);
+  return checkDownlinkSize(ctx, client, state, packet, parsed.ciphertext.length);
 }
 
 /**
