@@ -25,6 +25,7 @@ import { LoginLimiter } from './login-limits.js';
 import { loadMasterKey } from './master-key.js';
 import { registerConsole } from './console/plugin.js';
 import { PolicyStore } from './policy-store.js';
+import { lazyRequestLogger } from './request-logger.js';
 import { createKmsMetrics } from './metrics.js';
 import { adminRoutes } from './routes/admin.js';
 import { adminAppSessionRoutes, appSessionRoutes, brokerAppKeyRoutes } from './routes/app-sessions.js';
@@ -166,6 +167,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     },
     bodyLimit: config.bodyLimit,
     logController: new QuietRequestLog(),
+    childLoggerFactory: lazyRequestLogger,
     // A request that stalls after its headers (a slow or never-sent body) must not hold its connection forever:
     // fastify's default is no limit, so a few thousand such connections from anyone used up the process's files.
     requestTimeout: REQUEST_TIMEOUT_MS,

@@ -119,10 +119,14 @@ export class ClaimQueue {
       const seen: StatesSeen = { devices: new Map(), brokers: new Map(), apps: new Map() };
       outcomes = this.store.db.transaction(() => {
         const now = Date.now();
-        // Each request runs in its own savepoint: a refused one rolls back alone, the batch commits together.
+        // Each request of several keys runs in its own savepoint: a refused one rolls back alone, the batch commits
+        // together. A one-key request needs none (a savepoint and its release measured 6 µs a claim): apply() refuses
+        // it only before its one UPDATE has changed a row, and any other error rolls back the whole batch.
         return batch.map((p): Outcome => {
           try {
-            return { ok: true, rows: this.applyInSavepoint(p.request, now, seen) };
+            const r = p.request;
+            const oneKey = r.kind === 'enc' ? r.count === 1 : r.keyIds.length === 1;
+            return { ok: true, rows: oneKey ? this.apply(r, now, seen) : this.applyInSavepoint(r, now, seen) };
           } catch (err) {
             if (err instanceof KmsError) return { ok: false, error: err };
             throw err;

@@ -111,14 +111,18 @@ export class KeyStore {
       ),
       pool: p(`SELECT direction, COUNT(*) AS n FROM keys WHERE device_id = ? AND state = 'filled' GROUP BY direction`),
       deviceState: p(`SELECT state FROM devices WHERE device_id = ?`),
+      // CAST(? AS TEXT), here and in nextFreshDown: with a bare `device_id = ?` beside MIN/MAX or ORDER BY over a
+      // partial index, SQLite (built with STAT4, as better-sqlite3 is) marks the parameter as one the plan depends
+      // on and prepares the statement anew each time a value is bound: 13-20 µs a call instead of 2 (measured with
+      // 20,000 keys; the plan is the same index search either way).
       highestUsedUplink: p(
-        `SELECT MAX(key_index) AS i FROM keys WHERE device_id = ? AND direction = 'up' AND state IN ('claimed', 'retired') AND claimed_role IS NULL`,
+        `SELECT MAX(key_index) AS i FROM keys WHERE device_id = CAST(? AS TEXT) AND direction = 'up' AND state IN ('claimed', 'retired') AND claimed_role IS NULL`,
       ),
       highestUsedUplinkApp: p(
-        `SELECT MAX(key_index) AS i FROM keys WHERE device_id = ? AND direction = 'up' AND state IN ('claimed', 'retired') AND claimed_role = 'app'`,
+        `SELECT MAX(key_index) AS i FROM keys WHERE device_id = CAST(? AS TEXT) AND direction = 'up' AND state IN ('claimed', 'retired') AND claimed_role = 'app'`,
       ),
       nextUplink: p(
-        `SELECT MIN(key_index) AS i FROM keys WHERE device_id = ? AND direction = 'up' AND state = 'filled'`,
+        `SELECT MIN(key_index) AS i FROM keys WHERE device_id = CAST(? AS TEXT) AND direction = 'up' AND state = 'filled'`,
       ),
       nextIndex: p(`SELECT COALESCE(MAX(key_index) + 1, 0) AS n FROM keys WHERE device_id = ?`),
       allPools: p(
@@ -163,7 +167,7 @@ export class KeyStore {
       ),
       // A literal LIMIT 1 and a key_index cursor: with a bound LIMIT parameter this query measured 4x slower.
       nextFreshDown: p(
-        `SELECT rowid, key_id, key_index, wrapped FROM keys WHERE device_id = ? AND direction = 'down' AND state = 'filled' AND key_index > ? ORDER BY key_index LIMIT 1`,
+        `SELECT rowid, key_id, key_index, wrapped FROM keys WHERE device_id = CAST(? AS TEXT) AND direction = 'down' AND state = 'filled' AND key_index > ? ORDER BY key_index LIMIT 1`,
       ),
       claim: p(
         `UPDATE keys SET state = 'claimed', wrapped = NULL, claimed_by = ?, claimed_role = ?, claimed_session = ?, claimed_at = ? WHERE rowid = ? AND state = 'filled'`,
