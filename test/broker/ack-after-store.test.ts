@@ -1,6 +1,6 @@
 // A QoS 1 PUBLISH is acknowledged only once the broker's store holds it: the store is stalled on purpose, and no
 // PUBACK may come while it is; PUBACKs keep the order of their PUBLISHes [MQTT-4.6.0-2]; a store that fails sends none.
-import mqttPacket, { type Packet } from 'mqtt-packet';
+import mqttPacket, { type IPublishPacket } from 'mqtt-packet';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { SqlitePersistence } from '../../broker/persistence/index.js';
 import { removeDir, tempDir } from '../helpers/kms.js';
@@ -80,7 +80,7 @@ async function offlineSubscriber(appId: string, filter: string): Promise<() => P
   return connect;
 }
 
-const publish = (topic: string, payload: string, messageId: number, retain = false): Packet => ({
+const publish = (topic: string, payload: string, messageId: number, retain = false): IPublishPacket => ({
   cmd: 'publish',
   topic,
   payload: Buffer.from(payload),
