@@ -239,22 +239,25 @@ function retransmission(packet: PublishPacket, parsed: ParsedEnvelope, uplink: H
   return packet.qos > 0 && packet.dup && uplink.replay.seen(parsed.seq);
 }
 
-/** [MQTT-3.4.1] PUBACK (0x40) or [MQTT-3.5.1] PUBREC (0x50): remaining length 2, the packet identifier. */
-function acknowledgement(qos: 1 | 2, messageId: number): Buffer {
-  return Buffer.from([qos === 1 ? 0x40 : 0x50, 0x02, messageId >> 8, messageId & 0xff]);
+/** [MQTT-3.5.1] PUBREC (0x50): remaining length 2, the packet identifier. */
+function pubrec(messageId: number): Buffer {
+  return Buffer.from([0x50, 0x02, messageId >> 8, messageId & 0xff]);
 }
 
 /**
  * A retransmission is acknowledged and dropped: not refused (that would close an honest connection whose
  * acknowledgement was lost), and not passed on again (DUP is an unauthenticated header bit: a replay must not
- * deliver a message twice). The broker sends the PUBACK or PUBREC itself (the PUBREL that follows a PUBREC is
- * answered by Aedes with PUBCOMP whether or not it stored the packet); the packet then goes on as QoS 0, not
- * retained, with the payload DROPPED_PAYLOAD, which the forward hook delivers to no one, so Aedes neither
- * acknowledges, stores nor delivers it.
+ * deliver a message twice). Its payload becomes DROPPED_PAYLOAD (not retained), which the forward hook delivers to
+ * no one. At QoS 1 Aedes sends the PUBACK, in its turn among the client's other PUBACKs, and publishes nothing
+ * (ack-after-store.ts acknowledges a DROPPED_PAYLOAD packet without publishing it). At QoS 2 the broker sends the
+ * PUBREC itself (the PUBREL that follows is answered by Aedes with PUBCOMP whether or not it stored the packet) and
+ * the packet goes on as QoS 0, so Aedes neither acknowledges, stores nor delivers it.
  */
 function acknowledgeDuplicate(ctx: PluginContext, client: Client, packet: PublishPacket): null {
-  client.conn.write(acknowledgement(packet.qos as 1 | 2, packet.messageId!));
-  packet.qos = 0;
+  if (packet.qos === 2) {
+    client.conn.write(pubrec(packet.messageId!));
+    packet.qos = 0;
+  }
   packet.retain = false;
   packet.payload = DROPPED_PAYLOAD;
   ctx.counters.uplink.duplicate++;
