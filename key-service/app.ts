@@ -12,6 +12,7 @@ import Fastify, {
 import { callerGroup, refuseUngroupedRoutes } from './access.js';
 import { AppSessionStore } from './app-sessions.js';
 import { canonicalUrl } from './canonical-url.js';
+import { AuditQueue } from './audit-queue.js';
 import { ClaimQueue } from './claims.js';
 import type { KmsConfig } from './config.js';
 import type { KmsContext } from './context.js';
@@ -126,10 +127,12 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       if (keys) metrics.keysDelivered.inc(keys);
     },
   });
+  const audits = new AuditQueue(store);
   const context: KmsContext = {
     config,
     store,
     claims,
+    audits,
     signing: loadSigningKey(db, master),
     adminToken: loadAdminToken(config.dataDir, config.adminToken),
     challenges: new ChallengeBook(
@@ -252,6 +255,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       closed = true;
       await app.close();
       claims.close();
+      audits.flush();
       master.destroy();
       db.close();
     },
