@@ -103,6 +103,7 @@ export class QkeyPlugin {
   async close(): Promise<void> {
     await Promise.all([...this.ctx.states.keys()].map((c) => release(this.ctx, c)));
     await this.ctx.uplinks.close();
+    await this.ctx.keys.close(); // reports still waiting for a retry are sent once more
     await this.ctx.keyDelivery.close(); // the last retirements are sent and answered
   }
 

@@ -12,6 +12,7 @@ import Fastify, {
 import { callerGroup, refuseUngroupedRoutes } from './access.js';
 import { AppSessionStore } from './app-sessions.js';
 import { canonicalUrl } from './canonical-url.js';
+import { AuditQueue } from './audit-queue.js';
 import { ClaimQueue } from './claims.js';
 import { registerCors } from './cors.js';
 import { endToEndRoutes } from './routes/end-to-end.js';
@@ -135,10 +136,12 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     },
     (deviceId, topic) => policies.endToEndApp(deviceId, topic),
   );
+  const audits = new AuditQueue(store);
   const context: KmsContext = {
     config,
     store,
     claims,
+    audits,
     signing: loadSigningKey(db, master),
     adminToken: loadAdminToken(config.dataDir, config.adminToken),
     challenges: new ChallengeBook(
@@ -268,6 +271,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       closed = true;
       await app.close();
       claims.close();
+      audits.flush();
       master.destroy();
       db.close();
     },

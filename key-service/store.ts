@@ -175,6 +175,13 @@ export class KeyStore {
       retire: p(
         `UPDATE keys SET state = 'retired', retired_at = ? WHERE key_id = ? AND device_id = ? AND state = 'claimed' AND claimed_by = ? AND claimed_role IS ?`,
       ),
+      // An uplink key the broker asked for and never received (its claim's answer was lost): retired unclaimed.
+      retireUnclaimed: p(
+        `UPDATE keys SET state = 'retired', wrapped = NULL, claimed_by = ?, claimed_session = ?, claimed_at = ?, retired_at = ? WHERE rowid = ? AND state = 'filled' AND direction = 'up'`,
+      ),
+      retireSessionDownlink: p(
+        `UPDATE keys SET state = 'retired', retired_at = ? WHERE device_id = ? AND direction = 'down' AND state = 'claimed' AND claimed_by = ? AND claimed_session = ?`,
+      ),
       insertAudit: p(`INSERT INTO audit (at, actor, action, device_id, detail) VALUES (?, ?, ?, ?, ?)`),
       queryAudit: p(
         `SELECT id, at, actor, action, device_id, detail FROM audit
@@ -506,6 +513,24 @@ export class KeyStore {
       if (n > 0) this.audit(claimer, 'key.retire', deviceId, { key_IDs: keyIds.slice(0, 64), retired: n });
       return n;
     })();
+  }
+
+  /** One key of the device, claimed by this broker: retired; false if it was in any other state. */
+  retireClaimed(deviceId: string, keyId: string, brokerId: string, now: number): boolean {
+    return this.s.retire!.run(now, keyId, deviceId, brokerId, null).changes === 1;
+  }
+
+  /**
+   * filled -> retired without delivery, erasing the wrapped material: an uplink key whose claim by `brokerId` may or
+   * may not have committed (the answer was lost). Call only inside a transaction, after checking its proof of use.
+   */
+  retireUnclaimed(rowid: number, brokerId: string, sessionId: string | null, now: number): boolean {
+    return this.s.retireUnclaimed!.run(brokerId, sessionId, now, now, rowid).changes === 1;
+  }
+
+  /** Every downlink key of the device that `brokerId` claimed for session `sessionId`: retired; how many. */
+  retireSessionDownlink(deviceId: string, brokerId: string, sessionId: string, now: number): number {
+    return this.s.retireSessionDownlink!.run(now, deviceId, brokerId, sessionId).changes;
   }
 
   // --- clients (apps and brokers) --------------------------------------------------------------------------

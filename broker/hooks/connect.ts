@@ -234,7 +234,7 @@ async function claimWillKey(client: Client, keys: DeviceSessionKeys, will: Devic
 
 function openKeySession(ctx: PluginContext, client: Client, principal: Principal, suite: SuiteId): DeviceSessionKeys {
   const keys = new DeviceSessionKeys(
-    ctx.keyDelivery,
+    ctx.keys,
     ctx.uplinks,
     principal.id,
     randomUUID(),
