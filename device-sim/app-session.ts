@@ -26,6 +26,10 @@ export interface AppSessionOptions {
   sm2: { privateKey: string; publicKey: string };
   /** Messages sealed under one key before the client rotates on its own (below the broker's limit). */
   rotateAfterMessages?: number;
+  /** MQTT clean session (default true); false keeps a persistent session whose queue waits for the key (§22.7). */
+  clean?: boolean;
+  /** Receives from the first delivery on, before start() resolves (a persistent session's queue, §22.7). */
+  onMessage?: AppMessageHandler;
 }
 
 interface Generation {
@@ -50,6 +54,7 @@ export class AppSession {
     private readonly kms: KmsClient,
     private readonly o: AppSessionOptions,
   ) {
+    if (o.onMessage) this.handlers.push(o.onMessage);
     client.on('message', (topic, payload) => this.receive(topic, payload));
   }
 
@@ -61,6 +66,7 @@ export class AppSession {
       username: o.appId,
       password: access_token,
       reconnectPeriod: 0,
+      clean: o.clean ?? true,
     });
     const session = new AppSession(client, new KmsClient(o.kmsUrl, { token: access_token }), o);
     await session.rotate();
@@ -99,11 +105,13 @@ export class AppSession {
     const key = unwrapSessionKey(Buffer.from(issued.wrapped_key, 'base64'), this.o.sm2.privateKey);
     if (!key) throw new Error('the session key did not decrypt under this SM2 key');
     const index = this.generation + 1;
+    // Opens deliveries under the new key from now: the broker may seal under it before its PUBACK arrives here
+    // (a persistent session's held queue goes out as soon as the key is claimed, §22.7). Sealing switches on PUBACK.
+    this.generations.set(index, { key: new EnvelopeKey(key), replay: new ReplayWindow(), nextSeq: 0 });
+    key.fill(0);
     await this.client.publishAsync(APP_SESSION_TOPIC, JSON.stringify({ key_ID: issued.key_ID, key_index: index }), {
       qos: 1,
     });
-    this.generations.set(index, { key: new EnvelopeKey(key), replay: new ReplayWindow(), nextSeq: 0 });
-    key.fill(0);
     this.generation = index;
     for (const [i, g] of this.generations)
       if (i < index - 1) {
