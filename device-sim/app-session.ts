@@ -39,7 +39,13 @@ interface Generation {
   nextSeq: number;
 }
 
-export type AppMessageHandler = (topic: string, plaintext: Buffer, envelope: Buffer) => void;
+/** `packet`: the MQTT header of the delivery (DUP set on a redelivery, [MQTT-3.3.1-1]). */
+export type AppMessageHandler = (
+  topic: string,
+  plaintext: Buffer,
+  envelope: Buffer,
+  packet: { dup: boolean; qos: number },
+) => void;
 
 export class AppSession {
   private readonly generations = new Map<number, Generation>();
@@ -55,7 +61,7 @@ export class AppSession {
     private readonly o: AppSessionOptions,
   ) {
     if (o.onMessage) this.handlers.push(o.onMessage);
-    client.on('message', (topic, payload) => this.receive(topic, payload));
+    client.on('message', (topic, payload, packet) => this.receive(topic, payload, packet));
   }
 
   /** Logs in, connects, and completes the first handshake before resolving. */
@@ -143,8 +149,9 @@ export class AppSession {
     this.handlers.push(handler);
   }
 
-  private receive(topic: string, payload: Buffer): void {
-    if (payload.length === 0) return void this.handlers.forEach((h) => h(topic, payload, payload));
+  private receive(topic: string, payload: Buffer, packet: { dup: boolean; qos: number }): void {
+    const header = { dup: packet.dup, qos: packet.qos };
+    if (payload.length === 0) return void this.handlers.forEach((h) => h(topic, payload, payload, header));
     let plaintext: Uint8Array;
     try {
       const parsed = parseEnvelope(payload);
@@ -162,7 +169,7 @@ export class AppSession {
       return;
     }
     const out = Buffer.from(plaintext.buffer, plaintext.byteOffset, plaintext.byteLength);
-    for (const h of this.handlers) h(topic, out, payload);
+    for (const h of this.handlers) h(topic, out, payload, header);
   }
 
   async close(): Promise<void> {

@@ -33,6 +33,7 @@ async function registerApp(appId: string): Promise<App> {
 async function sealedSession(app: App) {
   const opened: string[] = [];
   const raw: Buffer[] = [];
+  const dup: boolean[] = [];
   const session = await AppSession.start({
     brokerUrl: sys.mqttUrl,
     kmsUrl: sys.kms.url,
@@ -42,10 +43,14 @@ async function sealedSession(app: App) {
     sm2: app.sm2,
     clean: false,
     // Only what opened under the session's key gets here (anything else is counted in `refused`).
-    onMessage: (_t, plaintext, envelope) => (opened.push(plaintext.toString()), raw.push(Buffer.from(envelope))),
+    onMessage: (_t, plaintext, envelope, packet) => {
+      opened.push(plaintext.toString());
+      raw.push(Buffer.from(envelope));
+      dup.push(packet.dup);
+    },
   });
   open.push(session.client);
-  return { session, opened, raw };
+  return { session, opened, raw, dup };
 }
 
 /** The app's persistent session connected without a session key (never announcing one). */
@@ -164,6 +169,31 @@ describe('a persistent application session on required topics', () => {
     await until(() => again.opened.length >= texts.length, 'all telemetry');
     expect(again.opened).toEqual(texts);
     allSealed(again.raw, texts);
+  });
+
+  it('a delivery received sealed and never acknowledged comes again after the reconnect: DUP 1, sealed anew', async () => {
+    const app = await registerApp('app-hold-dup');
+    const first = await sealedSession(app);
+    await first.session.client.subscribeAsync('devices/+/up/#', { qos: 1 });
+    // mqtt.js acknowledges a QoS 1 delivery when handleMessage calls back: this one never does.
+    first.session.client.handleMessage = () => undefined;
+    const chip = await sys.device('dev-hold-dup', 16);
+    await telemetry(chip, ['u0']);
+    await until(() => first.opened.length === 1, 'the live delivery');
+    expect(first.dup).toEqual([false]);
+    first.session.client.stream.destroy(); // gone without its PUBACK
+
+    const again = await sealedSession(app);
+    await until(() => again.opened.length >= 1, 'the redelivery');
+    expect(again.opened).toEqual(['u0']);
+    expect(again.dup).toEqual([true]); // [MQTT-4.4.0-1] sent again, [MQTT-3.3.1-1] with DUP
+    expect(again.raw[0]!.equals(first.raw[0]!)).toBe(false); // a new envelope under the new key (§19)
+    allSealed(again.raw, ['u0']);
+    // Acknowledged this time: a further reconnect gets nothing.
+    await again.session.close();
+    const third = await sealedSession(app);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(third.opened).toEqual([]);
   });
 
   it('never announcing within the hold: nothing plaintext, and the queue waits for the next connection', async () => {
