@@ -125,6 +125,8 @@ export const BROKER_CONFIG_SCHEMA = {
     appHoldSeconds: count(1, 3600, 30),
     /** Live deliveries such a session holds while it waits; beyond, they stay in its stored queue. */
     appHoldMessages: count(1, 100_000, 1000),
+    /** Payload bytes of the live deliveries such a session holds while it waits. */
+    appHoldBytes: count(1, 2 ** 32, 16 * 1024 * 1024),
     /** Level of the per-connection log lines (client connected, client disconnected). */
     connectionLogLevel: { enum: ['info', 'debug'], default: 'info' },
     concurrency: count(1, 1_000_000, 2000),

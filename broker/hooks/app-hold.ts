@@ -7,13 +7,14 @@ import { mayReceive } from '../topic-policy.js';
 import type { ClientState, PluginContext } from './context.js';
 import { ruleOf } from './policy.js';
 
-/** How long, and how many live deliveries, a hold may keep waiting for the announcement. */
+/** How long, and how many live deliveries (and their payload bytes), a hold may keep waiting for the announcement. */
 export interface AppHoldLimits {
   ms: number;
   count: number;
+  bytes: number;
 }
 
-export const DEFAULT_APP_HOLD: Readonly<AppHoldLimits> = { ms: 30_000, count: 1000 };
+export const DEFAULT_APP_HOLD: Readonly<AppHoldLimits> = { ms: 30_000, count: 1000, bytes: 16 * 1024 * 1024 };
 
 type Deliver = (packet: AedesPublishPacket, cb: () => void) => void;
 interface DeliveringClient {
@@ -53,6 +54,8 @@ export class AppDeliveryHold {
   private timer: NodeJS.Timeout | undefined;
   /** Counted for the log line when the hold ends. */
   private held = 0;
+  /** Payload bytes of the live deliveries waiting now. */
+  private heldBytes = 0;
   private leftStored = 0;
 
   constructor(
@@ -84,8 +87,11 @@ export class AppDeliveryHold {
     if (p === 'idle' && !needs && !this.reading) return deliver(packet, cb);
     if (p === 'open' && !this.reading && this.waiting.length === 0) return deliver(packet, cb);
     if (p === 'idle' && needs) this.engage();
-    if (this.waiting.length >= this.limits.count) return needs ? this.leave(cb) : deliver(packet, cb);
+    const size = (packet.payload as Buffer).length;
+    if (this.waiting.length >= this.limits.count || this.heldBytes + size > this.limits.bytes)
+      return needs ? this.leave(cb) : deliver(packet, cb);
     this.held++;
+    this.heldBytes += size;
     this.waiting.push({ packet, deliver, cb });
   }
 
@@ -126,6 +132,7 @@ export class AppDeliveryHold {
 
   /** Hands the live deliveries held on, in arrival order, once the stored queue has gone before them. */
   private flush(): void {
+    this.heldBytes = 0;
     for (const { packet, deliver, cb } of this.waiting.splice(0)) {
       if (this.phase === 'closed') setImmediate(cb);
       else if (this.phase === 'expired' && this.needsKey(packet as { topic: string; payload: Buffer })) this.leave(cb);

@@ -26,9 +26,9 @@ function fakeClient() {
 /** Topics under `sealed/` need the key. */
 const needsKey = (p: { topic: string }) => p.topic.startsWith('sealed/');
 
-function hold(limits = { ms: 1000, count: 10 }) {
+function hold(limits: { ms: number; count: number; bytes?: number } = { ms: 1000, count: 10 }) {
   const ends: string[] = [];
-  const h = new AppDeliveryHold(needsKey, limits, (outcome) => ends.push(outcome));
+  const h = new AppDeliveryHold(needsKey, { bytes: 1 << 20, ...limits }, (outcome) => ends.push(outcome));
   return { h, ends };
 }
 
@@ -136,6 +136,19 @@ describe('live deliveries', () => {
     expect(delivered).toEqual(['plain/d']);
     h.open();
     expect(delivered).toEqual(['plain/d', 'sealed/a', 'sealed/b']);
+  });
+
+  it('beyond the held payload bytes, one needing the key is left stored too', async () => {
+    const { h } = hold({ ms: 1000, count: 10, bytes: 16 });
+    const { client, delivered, released } = fakeClient();
+    h.gate(client as unknown as Client);
+    client.emit('connected');
+    live(client, 'sealed/aaaaaaa', released); // 14 bytes of payload (the topic)
+    const second = live(client, 'sealed/b', released); // 8 more: past 16
+    await new Promise((r) => setImmediate(r));
+    expect(second()).toBe(true);
+    h.open();
+    expect(delivered).toEqual(['sealed/aaaaaaa']);
   });
 
   it('on expiry: those needing the key are released undelivered, the rest delivered, in order', async () => {
