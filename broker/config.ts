@@ -121,7 +121,7 @@ export const BROKER_CONFIG_SCHEMA = {
     maxQueuedBytes: count(0, 2 ** 40, 16 * 1024 * 1024),
     uplinkKeyLingerSeconds: count(0, 86_400, 120),
     maxDownlinkClaimsPerMinute: count(1, 1_000_000, 20),
-    /** How long a persistent app session's deliveries that need its session key wait for it (docs/PROTOCOL.md §22.7). */
+    /** How long a persistent app session's deliveries that need its session key wait for it (docs/PROTOCOL.md §22.8). */
     appHoldSeconds: count(1, 3600, 30),
     /** Live deliveries such a session holds while it waits; beyond, they stay in its stored queue. */
     appHoldMessages: count(1, 100_000, 1000),

@@ -26,9 +26,9 @@ export interface AppSessionOptions {
   sm2: { privateKey: string; publicKey: string };
   /** Messages sealed under one key before the client rotates on its own (below the broker's limit). */
   rotateAfterMessages?: number;
-  /** MQTT clean session (default true); false keeps a persistent session whose queue waits for the key (§22.7). */
+  /** MQTT clean session (default true); false keeps a persistent session whose queue waits for the key (§22.8). */
   clean?: boolean;
-  /** Receives from the first delivery on, before start() resolves (a persistent session's queue, §22.7). */
+  /** Receives from the first delivery on, before start() resolves (a persistent session's queue, §22.8). */
   onMessage?: AppMessageHandler;
 }
 
@@ -112,7 +112,7 @@ export class AppSession {
     if (!key) throw new Error('the session key did not decrypt under this SM2 key');
     const index = this.generation + 1;
     // Opens deliveries under the new key from now: the broker may seal under it before its PUBACK arrives here
-    // (a persistent session's held queue goes out as soon as the key is claimed, §22.7). Sealing switches on PUBACK.
+    // (a persistent session's held queue goes out as soon as the key is claimed, §22.8). Sealing switches on PUBACK.
     this.generations.set(index, { key: new EnvelopeKey(key), replay: new ReplayWindow(), nextSeq: 0 });
     key.fill(0);
     await this.client.publishAsync(APP_SESSION_TOPIC, JSON.stringify({ key_ID: issued.key_ID, key_index: index }), {

@@ -1,5 +1,5 @@
 // A persistent application session's deliveries that need its session key, held until it announces one
-// (docs/PROTOCOL.md §22.7): stored ones stay in the store, live ones wait in order, none goes out in plaintext.
+// (docs/PROTOCOL.md §22.8): stored ones stay in the store, live ones wait in order, none goes out in plaintext.
 import { Readable } from 'node:stream';
 import type { AedesPublishPacket, Client } from 'aedes';
 import { deliveryFor } from '../policy/evaluate.js';

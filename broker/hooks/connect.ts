@@ -83,7 +83,7 @@ export async function authenticate(
     ...(unpinWill && { unpinWill }),
   };
   ctx.states.set(client, state);
-  // §22.7: a persistent application session's deliveries that need its session key wait for the announcement.
+  // §22.8: a persistent application session's deliveries that need its session key wait for the announcement.
   if (principal.role === 'app' && client.clean === false)
     holdForAppKey(ctx, client, state, ctx.o.appHold ?? DEFAULT_APP_HOLD);
   watchConnection(ctx, client);

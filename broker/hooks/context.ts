@@ -115,7 +115,7 @@ export interface QkeyPluginOptions {
   policy?: PolicySource;
   /**
    * How long (ms) and how many live deliveries a persistent application session's hold keeps waiting for its
-   * session key, and their payload bytes (docs/PROTOCOL.md §22.7). Default 30000 ms, 1000, 16 MiB.
+   * session key, and their payload bytes (docs/PROTOCOL.md §22.8). Default 30000 ms, 1000, 16 MiB.
    */
   appHold?: AppHoldLimits;
 }

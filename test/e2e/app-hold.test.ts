@@ -1,4 +1,4 @@
-// A persistent application session on `encryption: required` topics (docs/PROTOCOL.md §22.7): what was queued while
+// A persistent application session on `encryption: required` topics (docs/PROTOCOL.md §22.8): what was queued while
 // it was away waits for its session key, then arrives sealed, in order; nothing is lost, nothing goes out plaintext,
 // whether the app is killed before announcing, or never announces within the hold.
 import mqtt, { type MqttClient } from 'mqtt';
