@@ -125,7 +125,8 @@ export class AppDeliveryHold {
     const was = this.phase;
     this.phase = phase;
     clearTimeout(this.timer);
-    if (was === 'holding' || phase === 'closed') this.onEnd(phase, this.held, this.leftStored);
+    if (was === 'holding' || (phase === 'closed' && this.held + this.leftStored > 0))
+      this.onEnd(phase, this.held, this.leftStored);
     for (const w of this.settledWaiters.splice(0)) w();
     if (!this.reading) this.flush();
   }
