@@ -6,7 +6,7 @@ import { join } from 'node:path';
 
 interface ProfileNode {
   id: number;
-  callFrame: { functionName: string; url: string };
+  callFrame: { functionName: string; url: string; lineNumber?: number };
   children?: number[];
 }
 interface Profile {
@@ -73,6 +73,40 @@ export function windowShare(file: string, fromUs: number, toUs: number): WindowS
     if (clientStack(node.id)) client += dt;
   }
   return { busy: total ? busy / total : 0, client: busy ? client / busy : 0 };
+}
+
+/** The main thread's profile in `dir` (thread id 0): the key service's, or the load generator's. */
+export function mainThreadProfile(dir: string): string {
+  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile') && f.split('.').at(-3) === '0');
+  if (!file) throw new Error(`no main-thread .cpuprofile in ${dir}`);
+  return join(dir, file);
+}
+
+/**
+ * The `n` functions with the most self time between `fromUs` and `toUs`, each as its share of the thread's busy time
+ * there, named `function file:line` (file relative to dist/ or node_modules/).
+ */
+export function topFunctions(file: string, fromUs: number, toUs: number, n: number): Array<[string, number]> {
+  const p = JSON.parse(readFileSync(file, 'utf8')) as Profile;
+  const byId = new Map(p.nodes.map((x) => [x.id, x]));
+  const self = new Map<string, number>();
+  let busy = 0;
+  let t = p.startTime;
+  for (let i = 0; i < p.samples.length; i++) {
+    const dt = p.timeDeltas[i + 1] ?? 0;
+    t += p.timeDeltas[i]!;
+    if (t < fromUs || t > toUs) continue;
+    const f = byId.get(p.samples[i]!)!.callFrame;
+    if (f.functionName === '(idle)') continue;
+    busy += dt;
+    const where = f.url.replace(/^.*\/(dist|node_modules)\//, '').replace(/^file:\/\//, '');
+    const name = `${f.functionName || '(anonymous)'}${where ? ` ${where}:${f.lineNumber ?? 0}` : ''}`;
+    self.set(name, (self.get(name) ?? 0) + dt);
+  }
+  return [...self]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, n)
+    .map(([name, us]) => [name, busy ? us / busy : 0]);
 }
 
 /** Now on the profile's clock, in microseconds. */

@@ -2,16 +2,17 @@
 // uplink with proof of use (dec_keys), group commit vs one transaction per claim, and one-key claims carried many
 // to a request by the bulk extension (POST /api/v1/bulk/claims), all measured in this run.
 // Run: npm run bench:kms [-- --seconds 3 --keys-per-request 1 --api enc,dec]; --help lists the options.
-import { spawn } from 'node:child_process';
+import { fork, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { KmsClient } from '../kms-api/client.js';
 import { keyIdFor, sealEnvelope } from '../protocol/index.js';
-import { jsonPost, load } from './_http-load.js';
+import { durableWriteMs } from './_durable-write.js';
+import { jsonPost, load, type LoadResult } from './_http-load.js';
 import { formatRate, table } from './_measure.js';
 
 const USAGE = `npm run bench:kms [-- options]
@@ -20,6 +21,8 @@ const USAGE = `npm run bench:kms [-- options]
   --concurrency LIST        concurrent keep-alive clients, comma-separated (default 1,16,64)
   --api LIST                enc (downlink, enc_keys), dec (uplink with proof of use, dec_keys); default enc,dec
   --bulk-items LIST         one-key enc_keys claims per bulk request, comma-separated (default 16,64; 0: none)
+  --pipelining N            requests in flight on each client connection (default 1: one client waits for its answer)
+  --profile-kms DIR         write a V8 CPU profile of the group-commit key service process to DIR (node --cpu-prof)
 A short run: npm run bench:kms -- --seconds 1 --keys-per-request 1 --concurrency 16`;
 
 const { values } = parseArgs({
@@ -29,6 +32,8 @@ const { values } = parseArgs({
     concurrency: { type: 'string', default: '1,16,64' },
     api: { type: 'string', default: 'enc,dec' },
     'bulk-items': { type: 'string', default: '16,64' },
+    'profile-kms': { type: 'string' },
+    pipelining: { type: 'string', default: '1' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -38,6 +43,7 @@ if (values.help) {
 }
 type Api = 'enc' | 'dec';
 const seconds = Number(values.seconds);
+const pipelining = Number(values.pipelining);
 const keysPerRequest = values['keys-per-request'].split(',').map(Number);
 const levels = values.concurrency.split(',').map(Number);
 const apis = values.api.split(',') as Api[];
@@ -52,7 +58,7 @@ const DEVICE = 'bench-device';
 /** The topic and payload of the envelope each uplink claim carries as its proof: one small telemetry message. */
 const TOPIC = `devices/${DEVICE}/up/telemetry`;
 const PAYLOAD = new TextEncoder().encode('{"t":21.5,"h":40.2,"seq":1}');
-const TARGET_RATE = 10_000;
+const TARGET_RATE = 15_000;
 const TARGET_RATIO = 3;
 
 interface Server {
@@ -61,6 +67,8 @@ interface Server {
   /** The raw uplink keys, 16 bytes each by key index (as the device's chip holds them), and the next unused one. */
   uplink: Buffer;
   nextUp: number;
+  /** The key service's data folder. */
+  dataDir: string;
   /** CPU seconds the key service process has used so far (Linux: /proc), or undefined where unknown. */
   cpuSeconds(): number | undefined;
   stop(): void;
@@ -94,13 +102,29 @@ async function fill(admin: KmsClient, first: number, count: number, direction: '
   }
 }
 
-async function startServer(name: string, claimBatchMax: number, keys: { up: number; down: number }): Promise<Server> {
+async function startServer(
+  name: string,
+  claimBatchMax: number,
+  keys: { up: number; down: number },
+  profileDir?: string,
+): Promise<Server> {
   const dir = mkdtempSync(join(tmpdir(), `qkey-bench-kms-${name}-`));
   const config = join(dir, 'config.json');
   writeFileSync(config, JSON.stringify({ claimBatchMax, logLevel: 'warn', maxKeysPerRequest: 64 }));
   const proc = spawn(
     process.execPath,
-    [BIN, 'kms', '--init', '--port', '0', '--data', join(dir, 'data'), '--config', config],
+    [
+      ...(profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir] : []),
+      BIN,
+      'kms',
+      '--init',
+      '--port',
+      '0',
+      '--data',
+      join(dir, 'data'),
+      '--config',
+      config,
+    ],
     {
       env: { ...process.env, QKEY_ADMIN_TOKEN: ADMIN },
       stdio: ['ignore', 'pipe', 'inherit'],
@@ -128,6 +152,7 @@ async function startServer(name: string, claimBatchMax: number, keys: { up: numb
     broker: access_token,
     uplink,
     nextUp: 0,
+    dataDir: join(dir, 'data'),
     cpuSeconds: () => cpuSecondsOf(proc.pid),
     stop() {
       proc.kill('SIGTERM');
@@ -174,14 +199,49 @@ function decRequests(server: Server, host: string, port: number, perRequest: num
   };
 }
 
-/** Claims keys from `concurrency` keep-alive connections for `seconds`; returns keys claimed per second. */
+interface Measured {
+  /** Keys claimed per second. */
+  rate: number;
+  /** The key service's CPU seconds per key (from /proc), undefined where unknown. */
+  cpuPerKey: number | undefined;
+  /** The load client's own CPU microseconds per request. */
+  clientCpu: number;
+  errors: number;
+  failures: Record<number, number>;
+}
+
+/** Runs the load client against `server` and counts `keysPerOk` keys for each 2xx answer. */
+async function measure(
+  server: Pick<Server, 'url' | 'cpuSeconds'>,
+  request: Buffer | (() => Buffer),
+  concurrency: number,
+  keysPerOk: number,
+  runSeconds: number,
+): Promise<Measured> {
+  const { hostname, port } = new URL(server.url);
+  const cpuBefore = server.cpuSeconds();
+  const r: LoadResult = await load(hostname, Number(port), request, concurrency, runSeconds, pipelining);
+  const cpuAfter = server.cpuSeconds();
+  const keys = r.ok * keysPerOk;
+  const cpuPerKey =
+    cpuBefore === undefined || cpuAfter === undefined || keys === 0 ? undefined : (cpuAfter - cpuBefore) / keys;
+  return {
+    rate: keys / r.seconds,
+    cpuPerKey,
+    clientCpu: r.clientCpuPerRequest,
+    errors: r.failed,
+    failures: r.failures,
+  };
+}
+
+/** Claims keys from `concurrency` keep-alive connections for `seconds`. */
 async function run(
   server: Server,
   api: Api,
   concurrency: number,
   perRequest: number,
   runSeconds = seconds,
-): Promise<{ rate: number; cpuPerKey: number | undefined; errors: number; failures: Record<number, number> }> {
+): Promise<Measured> {
   const { hostname, port } = new URL(server.url);
   const req =
     api === 'enc'
@@ -193,13 +253,7 @@ async function run(
           { authorization: `Bearer ${server.broker}` },
         )
       : decRequests(server, hostname, Number(port), perRequest);
-  const cpuBefore = server.cpuSeconds();
-  const r = await load(hostname, Number(port), req, concurrency, runSeconds);
-  const cpuAfter = server.cpuSeconds();
-  const keys = r.ok * perRequest;
-  const cpuPerKey =
-    cpuBefore === undefined || cpuAfter === undefined || keys === 0 ? undefined : (cpuAfter - cpuBefore) / keys;
-  return { rate: keys / r.seconds, cpuPerKey, errors: r.failed, failures: r.failures };
+  return measure(server, req, concurrency, perRequest, runSeconds);
 }
 
 /**
@@ -219,41 +273,49 @@ async function runBulk(server: Server, concurrency: number, items: number, runSe
     { claims: Array.from({ length: items }, () => item) },
     { authorization: `Bearer ${server.broker}` },
   );
-  const cpuBefore = server.cpuSeconds();
-  const r = await load(hostname, Number(port), req, concurrency, runSeconds);
-  const cpuAfter = server.cpuSeconds();
-  const keys = r.ok * items;
-  const cpuPerKey =
-    cpuBefore === undefined || cpuAfter === undefined || keys === 0 ? undefined : (cpuAfter - cpuBefore) / keys;
-  return { rate: keys / r.seconds, cpuPerKey, errors: r.failed, failures: r.failures };
+  return measure(server, req, concurrency, items, runSeconds);
 }
 
-/** Requests per second the HTTP stack serves for a trivial route: the ceiling for one-key requests. */
-async function ceiling(server: Server, concurrency: number): Promise<number> {
-  const { hostname, port } = new URL(server.url);
-  const r = await load(
-    hostname,
-    Number(port),
-    Buffer.from(`GET /healthz HTTP/1.1\r\nhost: ${hostname}\r\n\r\n`),
-    concurrency,
-    seconds,
-  );
-  return r.ok / r.seconds;
+/** Requests per second the key service answers on a trivial route (/healthz): the ceiling for one-key requests. */
+async function ceiling(server: Server, concurrency: number): Promise<Measured> {
+  const { hostname } = new URL(server.url);
+  return measure(server, Buffer.from(`GET /healthz HTTP/1.1\r\nhost: ${hostname}\r\n\r\n`), concurrency, 1, seconds);
 }
 
-// Up to 8,000 requests/s (well above the measured HTTP ceiling) for a 1 s warm-up and each measured run: a pool
+/**
+ * Requests per second a bare node:http server (bench/_http-floor.ts, its own process like the key service) answers
+ * with the same load client: what any Node HTTP service can reach on this machine, whatever it does per request.
+ */
+async function nodeHttpFloor(concurrency: number): Promise<Measured> {
+  const child = fork(fileURLToPath(new URL('./_http-floor.js', import.meta.url)), [], { stdio: 'inherit' });
+  try {
+    const port = await new Promise<number>((resolve, reject) => {
+      child.once('message', (p) => resolve(Number(p)));
+      child.once('exit', (code) => reject(new Error(`_http-floor exited ${code}`)));
+    });
+    const server = { url: `http://127.0.0.1:${port}`, cpuSeconds: () => cpuSecondsOf(child.pid) };
+    const req = Buffer.from(`GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n`);
+    await measure(server, req, concurrency, 1, 1); // warm-up
+    return await measure(server, req, concurrency, 1, seconds);
+  } finally {
+    child.disconnect();
+  }
+}
+
+// Up to 20,000 requests/s (above the node:http floor measured here) for a 1 s warm-up and each measured run: a pool
 // that ran dry would turn the last runs into errors (KMS_ERR_POOL_EMPTY, or unknown uplink keys), not measurements.
 const keysPerRequestSum = keysPerRequest.reduce((a, b) => a + b, 0);
 const bulkSum = bulkItems.reduce((a, b) => a + b, 0);
 const estimate = Math.ceil(
-  8_000 * (keysPerRequestSum + (bulkSum > 0 ? 8 : 0)) * (seconds + 1) * levels.length + 50_000,
+  20_000 * (keysPerRequestSum + (bulkSum > 0 ? 4 : 0)) * (seconds + 1) * levels.length + 50_000,
 );
 const pools = (n: number) => ({ up: apis.includes('dec') ? n : 0, down: apis.includes('enc') ? n : 0 });
 console.log(
   `bench/kms: ${seconds} s per run; provisioning up to ${estimate} keys per pool and server (once per run)...`,
 );
-const grouped = await startServer('group', 512, pools(estimate));
-const single = await startServer('single', 1, pools(Math.ceil(estimate / 2)));
+const grouped = await startServer('group', 512, pools(estimate), values['profile-kms']);
+// One transaction per claim runs at a tenth of group commit or less: a quarter of the keys is plenty.
+const single = await startServer('single', 1, pools(Math.ceil(estimate / 4)));
 const fmt = (r: { rate: number; errors: number; failures?: Record<number, number> }) =>
   `${formatRate(r.rate)}${
     r.errors
@@ -269,6 +331,8 @@ const results: Array<{
   group: number;
   single: number;
   cpuPerKey: number | undefined;
+  floor: number;
+  healthz: number;
 }> = [];
 const micros = (seconds: number | undefined) => (seconds === undefined ? '-' : `${(seconds * 1e6).toFixed(0)} µs`);
 try {
@@ -277,29 +341,45 @@ try {
       'api',
       'keys/request',
       'clients',
-      'HTTP ceiling (req/s)',
+      'node:http floor (req/s)',
+      '/healthz (req/s)',
       'group commit',
       'server CPU/key',
+      'load client CPU/req',
       'one tx per claim',
       'ratio',
     ],
   ];
+  const floors = new Map<number, Measured>();
+  for (const c of levels) floors.set(c, await nodeHttpFloor(c));
   for (const perRequest of keysPerRequest) {
     for (const c of levels) {
+      const floor = floors.get(c)!;
       const ceil = await ceiling(grouped, c);
       for (const api of apis) {
         await run(grouped, api, c, perRequest, 1); // warm-up
         const g = await run(grouped, api, c, perRequest);
         const s = await run(single, api, c, perRequest);
-        results.push({ api, perRequest, clients: c, group: g.rate, single: s.rate, cpuPerKey: g.cpuPerKey });
+        results.push({
+          api,
+          perRequest,
+          clients: c,
+          group: g.rate,
+          single: s.rate,
+          cpuPerKey: g.cpuPerKey,
+          floor: floor.rate,
+          healthz: ceil.rate,
+        });
         const name = api === 'enc' ? 'enc_keys' : 'dec_keys + proof';
         rows.push([
           name,
           String(perRequest),
           String(c),
-          formatRate(ceil),
+          `${formatRate(floor.rate)} (${micros(floor.cpuPerKey)})`,
+          `${formatRate(ceil.rate)} (${micros(ceil.cpuPerKey)})`,
           fmt(g),
           micros(g.cpuPerKey),
+          `${g.clientCpu.toFixed(0)} µs`,
           fmt(s),
           `${(g.rate / s.rate).toFixed(2)}x`,
         ]);
@@ -307,7 +387,17 @@ try {
     }
   }
   console.log(
-    `\ndurable key claims per second (over HTTP, claim committed with synchronous=FULL before the response)\n${table(rows)}`,
+    `\ndurable key claims per second (over HTTP, claim committed with synchronous=FULL before the response; ` +
+      `in brackets: server CPU per request)\n${table(rows)}`,
+  );
+  // Each client waits for its claim's commit, so claims/s <= clients x requests in flight / commit time.
+  const commitMs = durableWriteMs(dirname(grouped.dataDir));
+  console.log(
+    `\ndurable write (16 KiB + fdatasync) on the key store's file system: median ${commitMs.toFixed(2)} ms, so at most ` +
+      levels
+        .map((c) => `${formatRate((c * pipelining * 1000) / commitMs)} one-key claims at ${c} client(s)`)
+        .join(', ') +
+      ` (each answer waits for its commit)`,
   );
   if (bulkItems.length > 0 && apis.includes('enc')) {
     const bulkRows = [
@@ -341,7 +431,9 @@ for (const r of results.filter((x) => x.clients === top && x.api === 'enc')) {
   const okRatio = r.group / r.single >= TARGET_RATIO;
   console.log(
     `enc_keys, ${r.perRequest} key(s)/request, ${top} clients: ${formatRate(r.group)} (target >= ${TARGET_RATE}: ${okRate ? 'PASS' : 'FAIL'}), ` +
-      `${(r.group / r.single).toFixed(2)}x one tx per claim (target >= ${TARGET_RATIO}x: ${okRatio ? 'PASS' : 'FAIL'})`,
+      `${(r.group / r.single).toFixed(2)}x one tx per claim (target >= ${TARGET_RATIO}x: ${okRatio ? 'PASS' : 'FAIL'}); ` +
+      `${((100 * r.group) / r.perRequest / r.floor).toFixed(0)}% of the node:http floor's requests/s, ` +
+      `${((100 * r.group) / r.perRequest / r.healthz).toFixed(0)}% of /healthz's`,
   );
 }
 // The same-run baseline for uplink claims: a downlink claim does the same transaction without a proof to open.

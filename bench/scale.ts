@@ -1,15 +1,16 @@
 // bench/scale: a connect storm of 10,000 devices (login, connect, key claims), then each device publishing once per
 // second for 60 s, against a key service and a broker in their own processes; then the same telemetry load on
 // Aedes without QKey as a baseline measured in the same run. Run: npm run bench:scale [-- --devices 10000
-// --seconds 60 --rate 1 --concurrency 200 --warmup 0 --profile-broker DIR --timeline FILE --no-baseline
-// --brokers N --redis URL; README lists the rest]. Devices and the application are lean MQTT clients
-// (bench/_lean-mqtt.ts) that keep their keys in memory: at this scale the chip file is the device's business, not
-// what the storm measures, and the load generator must cost less than the broker it loads.
+// --seconds 60 --rate 1 --concurrency 200 --warmup 0 --profile-broker DIR --profile-all --prelogin --pin-storm
+// --timeline FILE --no-baseline --brokers N --redis URL; README lists the rest]. Devices and the application are
+// lean MQTT clients (bench/_lean-mqtt.ts) that keep their keys in memory: at this scale the chip file is the
+// device's business, not what the storm measures, and the load generator must cost less than the broker it loads.
 import { execFileSync, spawn } from 'node:child_process';
-import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Session } from 'node:inspector/promises';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { BROKER_DEFAULTS } from '../broker/config.js';
@@ -19,7 +20,7 @@ import { POOL_CENSUS_INTERVAL_MS } from '../key-service/metrics.js';
 import { KmsClient } from '../kms-api/client.js';
 import { ENVELOPE_OVERHEAD, EnvelopeKey, loginProof, SUITE_SM4_GCM, sealEnvelope } from '../protocol/index.js';
 import { LeanMqttClient } from './_lean-mqtt.js';
-import { brokerThreadProfile, monotonicUs, windowShare } from './_profile-share.js';
+import { brokerThreadProfile, mainThreadProfile, monotonicUs, topFunctions, windowShare } from './_profile-share.js';
 import { provisionBenchDevice } from './_provision.js';
 
 const { values } = parseArgs({
@@ -30,6 +31,11 @@ const { values } = parseArgs({
     rate: { type: 'string', default: '1' },
     concurrency: { type: 'string', default: '200' },
     'profile-broker': { type: 'string' },
+    /**
+     * Also profile the key service (DIR/kms) and the load generator (DIR/generator, the storm only): each process's
+     * busy share during the storm and its most expensive functions, to tell which of the three sets the storm's pace.
+     */
+    'profile-all': { type: 'boolean', default: false },
     /** Extra Node.js flags for the broker process, space-separated (for example --max-semi-space-size=64). */
     'broker-node-flags': { type: 'string', default: '' },
     /** The broker's --semi-space (MiB; 0 = on the main thread with V8's default), passed through to qkey broker. */
@@ -41,6 +47,18 @@ const { values } = parseArgs({
     warmup: { type: 'string', default: '0' },
     /** Give the broker a core of its own (taskset); --no-pin leaves scheduling to the kernel. */
     pin: { type: 'boolean', default: true },
+    /**
+     * Keep the pinning during the connect storm too. By default the storm runs unpinned (every process on every
+     * core, as the kernel schedules it) and the pinning starts with the telemetry phase: the broker thread is only
+     * partly busy while devices connect, and the logins of the key service and the load generator would otherwise
+     * queue on one core while the broker's idles.
+     */
+    'pin-storm': { type: 'boolean', default: false },
+    /**
+     * Log every device in before the timed storm (challenge, proof, token), so that the storm times the MQTT
+     * connects alone; the login burst is timed and reported on its own.
+     */
+    prelogin: { type: 'boolean', default: false },
     /** Write one CSV row per second of the phase (rate, latency, broker CPU, event-loop lag, GC) to this file. */
     timeline: { type: 'string' },
     /**
@@ -133,6 +151,7 @@ async function pool<T>(items: T[], width: number, fn: (item: T) => Promise<void>
  */
 const cpus = availableParallelism();
 const pinning = values.pin && cpus >= 2 && existsSync('/usr/bin/taskset');
+const allCpus = `0-${cpus - 1}`;
 function pin(pid: number, cpuList: string): void {
   if (pinning) execFileSync('taskset', ['-a', '-p', '-c', cpuList, String(pid)], { stdio: 'ignore' });
 }
@@ -142,9 +161,11 @@ pin(process.pid, othersCpus);
 
 // Every simulated device logs in from this host: the key service gets single-host login limits.
 writeFileSync(join(dir, 'kms.json'), JSON.stringify({ loginLimits: SINGLE_HOST_LOGIN_LIMITS }));
+const profileAll = values['profile-all'] && values['profile-broker'] ? values['profile-broker'] : undefined;
 const kms = await start(
   ['kms', '--init', '--port', '0', '--data', dir, '--config', join(dir, 'kms.json')],
   /listening on (\S+)/,
+  profileAll ? ['--cpu-prof', `--cpu-prof-dir=${join(profileAll, 'kms')}`] : [],
 );
 pin(kms.pid, othersCpus);
 writeFileSync(join(dir, 'broker.json'), JSON.stringify({ revocationPollMs: 2000 }));
@@ -418,19 +439,47 @@ try {
 
   const kmsBefore = await (await fetch(`${kms.line}/metrics`)).text();
   const delivered = (text: string) => Number(/^kms_keys_delivered_total (\d+)/m.exec(text)?.[1] ?? 0);
+  /** A device's login at the key service: challenge, the chip's proof, token. */
+  const login = async (d: Dev): Promise<string> => {
+    const { challenge } = await admin.challenge(d.id);
+    const mac = Buffer.from(loginProof(d.loginKey, d.id, Buffer.from(challenge, 'base64'))).toString('base64');
+    return (await admin.deviceToken(d.id, challenge, mac)).access_token;
+  };
+  const tokens = new Map<string, string>();
+  if (values.prelogin) {
+    t = performance.now();
+    let loginFailures = 0;
+    await pool(devs, CONCURRENCY, async (d) => {
+      try {
+        tokens.set(d.id, await login(d));
+      } catch {
+        loginFailures++;
+      }
+    });
+    console.log(
+      `login burst (--prelogin, before the timed storm, pinned as the storm is): ${N - loginFailures}/${N} devices logged in in ${((performance.now() - t) / 1000).toFixed(1)} s`,
+    );
+  }
+  const stormPins = pinning && !values['pin-storm'];
+  if (stormPins) for (const pid of [process.pid, kms.pid, ...brokerNodes.map((b) => b.pid)]) pin(pid, allCpus);
+  const generatorProfile = profileAll ? await startProfiler() : undefined;
+  const stormCpu = () => ({
+    broker: targetCpu(qkeyBroker),
+    kms: cpuTimes(kms.pid),
+    generator: process.cpuUsage(),
+  });
+  const stormCpuBefore = stormCpu();
   t = performance.now();
   const stormFrom = monotonicUs();
   let failures = 0;
   await pool(devs, CONCURRENCY, async (d) => {
     try {
-      const { challenge } = await admin.challenge(d.id);
-      const mac = Buffer.from(loginProof(d.loginKey, d.id, Buffer.from(challenge, 'base64'))).toString('base64');
-      const { access_token } = await admin.deviceToken(d.id, challenge, mac);
+      const token = tokens.get(d.id) ?? (await login(d));
       // Round-robin over the brokers by device number (one broker: all on it).
       d.client = await LeanMqttClient.connect(mqttUrls[Number(d.id.slice('scale-'.length)) % BROKERS]!, {
         clientId: d.id,
         username: d.id,
-        password: access_token,
+        password: token,
         timeoutMs: 60_000,
       });
       clients.push(d.client);
@@ -440,9 +489,27 @@ try {
   });
   const stormSeconds = (performance.now() - t) / 1000;
   stormWindow = [stormFrom, monotonicUs()];
+  if (stormPins) {
+    pin(process.pid, othersCpus);
+    pin(kms.pid, othersCpus);
+    for (const b of brokerNodes) pin(b.pid, brokerCpu);
+  }
+  if (generatorProfile) {
+    mkdirSync(join(profileAll!, 'generator'), { recursive: true });
+    writeFileSync(
+      join(profileAll!, 'generator', 'CPU.generator.0.0.cpuprofile'),
+      JSON.stringify(await generatorProfile()),
+    );
+  }
+  const stormCpuAfter = stormCpu();
+  const cpuMs = (a: { user: number; system: number }, b: { user: number; system: number }) =>
+    (1000 * (b.user + b.system - a.user - a.system)) / N;
   const claimsAtConnect = delivered(await (await fetch(`${kms.line}/metrics`)).text()) - delivered(kmsBefore);
   console.log(
-    `connect storm: ${N - failures}/${N} connected in ${stormSeconds.toFixed(1)} s (target: all within 60 s: ${failures === 0 && stormSeconds <= 60 ? 'PASS' : 'FAIL'}), ${claimsAtConnect} keys claimed while connecting (a CONNECT claims none, docs/PROTOCOL.md §9.3)`,
+    `connect storm (${values.prelogin ? 'MQTT connects with tokens from the login burst' : 'each device logs in, then connects'}; ${stormPins ? 'unpinned' : pinning ? 'pinned' : 'no pinning'}): ${N - failures}/${N} connected in ${stormSeconds.toFixed(1)} s (target: all within 20 s: ${failures === 0 && stormSeconds < 20 ? 'PASS' : 'FAIL'}), ${claimsAtConnect} keys claimed while connecting (a CONNECT claims none, docs/PROTOCOL.md §9.3)`,
+  );
+  console.log(
+    `  CPU per device in the storm (CPU time: less sensitive to other work on the machine than wall time): broker ${cpuMs(stormCpuBefore.broker, stormCpuAfter.broker).toFixed(2)} ms, key service ${cpuMs(stormCpuBefore.kms, stormCpuAfter.kms).toFixed(2)} ms, load generator ${((stormCpuAfter.generator.user + stormCpuAfter.generator.system - stormCpuBefore.generator.user - stormCpuBefore.generator.system) / 1000 / N).toFixed(2)} ms; machine load (1 min) ${loadavg()[0]!.toFixed(1)}`,
   );
 
   const gcBefore = await brokerGc();
@@ -513,6 +580,35 @@ try {
  * the same telemetry load (JSON padded to the envelope's length). It tells what on this machine comes from Aedes,
  * Node and the kernel, and what from QKey.
  */
+/** Starts this process's CPU profiler; the returned function stops it and gives the profile. */
+async function startProfiler(): Promise<() => Promise<object>> {
+  const session = new Session();
+  session.connect();
+  await session.post('Profiler.enable');
+  await session.post('Profiler.start');
+  return async () => {
+    const { profile } = await session.post('Profiler.stop');
+    session.disconnect();
+    return profile;
+  };
+}
+
+// With --profile-all: each process's busy share of its core during the storm, and where that time went.
+if (profileAll && stormWindow) {
+  await kms.exited; // its profile is written as it exits
+  const w = stormWindow;
+  for (const [name, file] of [
+    ['broker thread', brokerThreadProfile(profileAll)],
+    ['key service', mainThreadProfile(join(profileAll, 'kms'))],
+    ['load generator', mainThreadProfile(join(profileAll, 'generator'))],
+  ] as const) {
+    console.log(
+      `${name} during the storm: busy ${(100 * windowShare(file, w[0], w[1]).busy).toFixed(0)}% of a core; most self time:`,
+    );
+    for (const [fn, share] of topFunctions(file, w[0], w[1], 8)) console.log(`  ${(100 * share).toFixed(1)}% ${fn}`);
+  }
+}
+
 // The broker thread's profile (written when it exited): how busy it was, and the key-service client's share of that.
 if (values['profile-broker'] && stormWindow) {
   const file = brokerThreadProfile(values['profile-broker']);

@@ -46,6 +46,13 @@ export const BROKER_CONFIG_SCHEMA = {
     tls: secure,
     ws: { ...plain, default: null },
     wss: secure,
+    /** Web pages on these origins may open MQTT over ws/wss; an upgrade from any other page is refused (ws-upgrade.ts). */
+    wsOrigins: {
+      type: 'array',
+      maxItems: 64,
+      items: { type: 'string', pattern: '^https?://[A-Za-z0-9.\\-\\[\\]:]+$' },
+      default: [],
+    },
     /** Mutual TLS on the tls and wss listeners (client-certificate.ts): the CA, and whether a token is still needed. */
     clientCertificates: {
       type: ['object', 'null'],

@@ -3,12 +3,14 @@
 // in its own file under hooks/; this file wires them to Aedes, each behind a guard: a hook that throws drops the
 // message or the client in hand, is logged and counted, and never reaches Aedes' own code.
 import type { Aedes, AuthenticateError, Client, Subscription } from 'aedes';
+import { acknowledgeAfterStore } from './ack-after-store.js';
 import { authenticate, ClosedDuringAuthentication, preConnect } from './hooks/connect.js';
-import { PluginContext, type PluginCounters, type QkeyPluginOptions } from './hooks/context.js';
+import { DROPPED_PAYLOAD, PluginContext, type PluginCounters, type QkeyPluginOptions } from './hooks/context.js';
 import { authorizeForward } from './hooks/forward.js';
 import { disconnectSubject, noteEnd, release } from './hooks/lifecycle.js';
 import { authorizePublish } from './hooks/publish.js';
 import { authorizeSubscribe, unsubscribed } from './hooks/subscribe.js';
+import { isWillOf } from './hooks/will.js';
 import { QueueBound } from './queue-bound.js';
 import { DEFAULT_ROTATION } from './session-keys.js';
 import { DEFAULT_TOPICS, type Principal } from './topic-policy.js';
@@ -41,8 +43,8 @@ export class QkeyPlugin {
   }
 
   /**
-   * Installs the hooks on an Aedes instance, bounds its persistent sessions' queues, and follows the end of each
-   * connection to release its session.
+   * Installs the hooks on an Aedes instance, makes its PUBACKs wait for the store, bounds its persistent sessions'
+   * queues, and follows the end of each connection to release its session.
    */
   attach(aedes: Aedes): void {
     const ctx = this.ctx;
@@ -60,6 +62,8 @@ export class QkeyPlugin {
         .catch((err: unknown) => ctx.hookFailed('authenticate', client, err));
     };
     aedes.authorizePublish = (client, packet, cb) => authorizePublish(ctx, client, packet, cb);
+    // A QoS 1 PUBLISH is acknowledged once stored, not before (Aedes' own order): wraps the hook just installed.
+    acknowledgeAfterStore(aedes, { publishesNothing: (p) => p.payload === DROPPED_PAYLOAD, isWill: isWillOf });
     aedes.authorizeSubscribe = (client, sub, cb) => {
       let granted: Subscription | null = null;
       this.guarded('subscribe', client, () => (granted = authorizeSubscribe(ctx, client, sub)));
@@ -99,6 +103,7 @@ export class QkeyPlugin {
   async close(): Promise<void> {
     await Promise.all([...this.ctx.states.keys()].map((c) => release(this.ctx, c)));
     await this.ctx.uplinks.close();
+    await this.ctx.keys.close(); // reports still waiting for a retry are sent once more
     await this.ctx.keyDelivery.close(); // the last retirements are sent and answered
   }
 

@@ -23,6 +23,7 @@ import { sm4GcmAddonStatus } from '../protocol/index.js';
 import { PolicyFeed } from './policy/feed.js';
 import { TokenAuthority } from './token-authority.js';
 import { coalesceWrites } from './write-coalescing.js';
+import { checkUpgrade, selectProtocol } from './ws-upgrade.js';
 
 export interface RunningBroker {
   aedes: Aedes;
@@ -389,6 +390,7 @@ async function startOn(
     servers.push(server);
   };
   const wsServers: WebSocketServer[] = [];
+  const wsOrigins = new Set(config.wsOrigins.map((o) => o.toLowerCase()));
   const urls: RunningBroker['urls'] = {};
   const host = config.host.includes(':') ? `[${config.host}]` : config.host;
   try {
@@ -417,7 +419,18 @@ async function startOn(
       // The upgrade request goes along to Aedes: it carries the peer's address for the logs.
       // A WebSocket message is buffered whole before it reaches the MQTT stream: ws refuses one larger than the
       // largest packet at its frame header (close code 1009), before buffering it.
-      const wss = new WebSocketServer({ server: http, maxPayload: limits.maxPacketSize });
+      const wss = new WebSocketServer({
+        server: http,
+        maxPayload: limits.maxPacketSize,
+        // Refused before the upgrade: no "mqtt" subprotocol, or a page's Origin not in wsOrigins (ws-upgrade.ts).
+        verifyClient: ({ req }, done) => {
+          const refusal = checkUpgrade(req, wsOrigins);
+          if (!refusal) return done(true);
+          log.info({ reason: refusal.reason, origin: req.headers.origin }, 'websocket upgrade refused');
+          done(false, refusal.status);
+        },
+        handleProtocols: selectProtocol,
+      });
       wss.on('connection', (socket, req) =>
         serve(
           createWebSocketStream(socket),

@@ -5,6 +5,7 @@ import type { UplinkProof } from '../kms-api/client.js';
 import type { KeyDelivery } from '../kms-api/coalescer.js';
 import { EnvelopeKey, MAX_SEQ, SUITE_SM4_GCM, type SuiteId, sealEnvelope } from '../protocol/index.js';
 import type { ClaimBudget } from './claim-budget.js';
+import { answerLost } from './key-reports.js';
 import type { HeldUplinkKey, UplinkKeys } from './uplink-keys.js';
 
 export interface RotationLimits {
@@ -48,6 +49,8 @@ export class DeviceSessionKeys {
   private waiting: Array<() => void> = [];
   private retryAt = 0;
   private readonly claimed: string[] = [];
+  /** A downlink claim's answer was lost: at close, every downlink key claimed for this session is retired. */
+  private claimLost = false;
   private closed = false;
   /** The suite downlink is sealed in: one the device's chip supports (its token says which, docs/PROTOCOL.md §20). */
   downlinkSuite: SuiteId = SUITE_SM4_GCM;
@@ -173,6 +176,10 @@ export class DeviceSessionKeys {
     this.next?.key.destroy();
     this.current = this.next = undefined;
     if (this.claimed.length > 0) await this.kms.retire(this.deviceId, this.claimed).catch(() => undefined);
+    // A claim that committed at the key service but whose answer never came is retired by session (enc_keys names
+    // no key); a claim committed after this report stays claimed, its key never delivered (docs/KMS-API.md).
+    if (this.claimLost)
+      await this.kms.abandon({ SAE_ID: this.deviceId, downlink_session_id: this.sessionId }).catch(() => undefined);
   }
 
   private due(k: DownlinkKey, adding: number): boolean {
@@ -215,7 +222,13 @@ export class DeviceSessionKeys {
   private async claimDownlink(n: number): Promise<DownlinkKey[]> {
     if (this.downlinkBudget && !this.downlinkBudget.take(this.deviceId))
       throw new Error(`the downlink claim budget of ${this.deviceId} is spent for now (maxDownlinkClaimsPerMinute)`);
-    const { keys } = await this.kms.encKeys(this.deviceId, n, this.sessionId);
+    let keys;
+    try {
+      ({ keys } = await this.kms.encKeys(this.deviceId, n, this.sessionId));
+    } catch (err) {
+      if (answerLost(err)) this.claimLost = true;
+      throw err;
+    }
     return keys.map((k) => {
       this.claimed.push(k.key_ID);
       const raw = Buffer.from(k.key, 'base64');

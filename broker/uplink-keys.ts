@@ -5,7 +5,8 @@ import type { KeyDelivery } from '../kms-api/coalescer.js';
 import { EnvelopeKey, keyIdFor, ReplayWindow, SUITE_SM4_GCM } from '../protocol/index.js';
 
 /** Why an uplink key could not be had; each is a refusal reason the device is told (docs/PROTOCOL.md §9.4). */
-export type UplinkKeyRefusal = 'kms_unavailable' | 'key_spent' | 'foreign_key' | 'forged' | 'revoked' | 'error';
+export type UplinkKeyRefusal =
+  'kms_unavailable' | 'key_spent' | 'foreign_key' | 'forged' | 'revoked' | 'policy' | 'error';
 
 export class UplinkKeyError extends Error {
   constructor(
@@ -238,6 +239,12 @@ function refusalOf(err: unknown, deviceId: string, index: number): UplinkKeyErro
     return new UplinkKeyError('kms_unavailable', `key service unavailable: ${(err as Error).message}`);
   if (err.code === 'KMS_ERR_DEVICE_REVOKED') return new UplinkKeyError('revoked', `${deviceId} is revoked`);
   const reasons = err.details.map((d) => (d as { reason?: unknown }).reason);
+  // The key service's table says the topic is end-to-end (this broker's copy is a poll behind): not a key for us.
+  if (reasons.includes('end_to_end'))
+    return new UplinkKeyError(
+      'policy',
+      `uplink key ${index} of ${deviceId} is an end-to-end key: only its app claims it`,
+    );
   if (reasons.includes('proof_failed'))
     return new UplinkKeyError('forged', `the envelope naming uplink key ${index} does not open under it`);
   if (reasons.includes('claimed') || reasons.includes('retired') || reasons.includes('superseded'))

@@ -15,7 +15,7 @@ import { idArgument, parseUint, UsageError } from './io.js';
 export const POLICY_USAGE = `  policy list                           the policy table and its version
   policy show <id>
   policy set <id> --role device|app [--principal <id>] --filter <topic filter>
-                  --encryption required|optional|plaintext [--suites <ids or names>] [--max-payload <bytes>]
+                  --encryption required|optional|plaintext|end-to-end [--app <id>] [--suites <ids or names>] [--max-payload <bytes>]
                   [--max-qos 0|1|2] [--retain yes|no] [--rotate-messages <n>] [--rotate-bytes <n>]
                   [--rotate-seconds <n>]
                                         create or replace an entry; brokers apply it within a poll interval
@@ -26,6 +26,7 @@ export const POLICY_OPTIONS = {
   principal: { type: 'string' },
   filter: { type: 'string' },
   encryption: { type: 'string' },
+  app: { type: 'string' },
   suites: { type: 'string' },
   'max-payload': { type: 'string' },
   'max-qos': { type: 'string' },
@@ -64,6 +65,7 @@ export function policyBodyFrom(flags: PolicyFlags): PolicyBodyJson {
     ...(flags.principal !== undefined ? { principal: idArgument(flags.principal, 'principal') } : {}),
     filter: flags.filter,
     encryption: oneOf<EncryptionMode>(flags.encryption, '--encryption', ENCRYPTION_MODES),
+    ...(flags.app !== undefined ? { app: idArgument(flags.app, 'app') } : {}),
     ...(flags.suites !== undefined ? { suites: suitesFrom(flags.suites) } : {}),
     ...(Object.keys(rotation).length > 0 ? { rotation } : {}),
     ...(flags['max-payload'] !== undefined
@@ -93,7 +95,7 @@ function describe(e: PolicyEntryJson): string {
     `policy      ${e.policy_id} (version ${e.version}, ${new Date(e.updated_at).toISOString()})`,
     `subject     ${e.principal !== undefined ? `${e.role} ${e.principal}` : `every ${e.role}`}`,
     `filter      ${e.filter}`,
-    `encryption  ${e.encryption}`,
+    `encryption  ${e.encryption}${e.app !== undefined ? ` (read by app ${e.app})` : ''}`,
     `suites      ${e.suites ? e.suites.join(', ') : 'any'}`,
     `max payload ${e.max_payload ?? "the broker's"}`,
     `max QoS     ${e.max_qos ?? 2}`,

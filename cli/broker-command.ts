@@ -26,6 +26,8 @@ Runs the MQTT broker (Aedes + QKey plugin; MQTT 3.1.1) until Ctrl-C.
   --tls-port <n>         MQTT over TLS (needs --cert and --key)
   --ws-port <n>          MQTT over WebSocket
   --wss-port <n>         MQTT over secure WebSocket (needs --cert and --key)
+  --ws-origin <origin>   a web page origin (https://app.example) allowed to open ws/wss; repeatable. Pages on
+                         other origins are refused; clients that send no Origin (not browsers) are not affected
   --cert <file> --key <file>   PEM certificate and private key for TLS and WSS
   --http-port <n>        /healthz and /metrics (default 9090; "off" to disable)
   --kms <url>            key service (default http://127.0.0.1:7070; env QKEY_KMS_URL)
@@ -51,6 +53,7 @@ const OPTIONS = {
   'tls-port': { type: 'string' },
   'ws-port': { type: 'string' },
   'wss-port': { type: 'string' },
+  'ws-origin': { type: 'string', multiple: true },
   cert: { type: 'string' },
   key: { type: 'string' },
   'http-port': { type: 'string' },
@@ -125,6 +128,7 @@ export async function runBrokerCommand(argv: string[], io: CliIo): Promise<numbe
     if (ws !== undefined) overrides.ws = ws;
     const wss = secure(values['wss-port'], 'wss-port');
     if (wss !== undefined) overrides.wss = wss;
+    if (values['ws-origin'] !== undefined) overrides.wsOrigins = values['ws-origin'];
     if (values['http-port'] !== undefined) {
       const p = port(values['http-port'], 'http-port');
       overrides.http = p === null ? null : { port: p };

@@ -40,6 +40,9 @@ refuses a missing, empty or damaged data folder and says what is missing.
   --log-level <level> pino level: fatal, error, warn, info, debug, trace, silent (default info); each request
                       is logged at debug, so info shows starts, stops, warnings and errors
   --log-file <file>   append the JSON log to this file (created 0600) instead of writing it to stdout
+  --cors-origin <origin>
+                      a web page origin (https://app.example) whose pages may call the application-session
+                      routes from a browser; repeatable (default: none, pages elsewhere cannot)
 Exit status: 0 ok (stopped by Ctrl-C or SIGTERM), 1 failed (the message names the folder or setting), 2 usage.`;
 
 const OPTIONS = {
@@ -49,12 +52,20 @@ const OPTIONS = {
   config: { type: 'string' },
   'log-level': { type: 'string' },
   'log-file': { type: 'string' },
+  'cors-origin': { type: 'string', multiple: true },
   init: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-function overridesFrom(values: { host?: string; port?: string; data?: string; 'log-level'?: string }): KmsOverrides {
+function overridesFrom(values: {
+  host?: string;
+  port?: string;
+  data?: string;
+  'log-level'?: string;
+  'cors-origin'?: string[];
+}): KmsOverrides {
   const o: KmsOverrides = {};
+  if (values['cors-origin'] !== undefined) o.corsOrigins = values['cors-origin'];
   if (values.host !== undefined) o.host = values.host;
   // Only the spelling is checked here; the range with every other source against the schema (loadKmsConfig).
   if (values.port !== undefined) {

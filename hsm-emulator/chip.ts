@@ -51,6 +51,11 @@ interface ChipState {
   downHigh?: number;
   /** The uplink key of the current session, taken out of the pool before first use. */
   current: (StoredKey & { seqReserved: number }) | null;
+  /**
+   * The current session's end-to-end uplink key (docs/PROTOCOL.md §23.2): messages on end-to-end topics are sealed
+   * under a key of their own, never the one a broker opens. Absent in files written before it existed: none.
+   */
+  currentE2e?: (StoredKey & { seqReserved: number }) | null;
   nextKeyIndex: number;
   /** Fill batches loaded, in order, with how many keys each brought. */
   batches: Array<{ id: string; up: number; down: number }>;
@@ -126,6 +131,12 @@ function batchError(err: unknown): ChipError {
 }
 const unhex = (s: string) => Uint8Array.from(Buffer.from(s, 'hex'));
 
+/**
+ * Which uplink key a message is sealed under (docs/PROTOCOL.md §23.2): the session's `broker` key, which the broker
+ * claims and opens, or its `end-to-end` key, which only the application named by the topic's policy claims.
+ */
+export type UplinkChannel = 'broker' | 'end-to-end';
+
 /** The uplink key a session seals under, and how far it has used it. */
 interface UplinkInUse {
   key: EnvelopeKey;
@@ -138,7 +149,18 @@ export class SecurityChip {
   private readonly rotation: RotationPolicy;
   private readonly suite: SuiteId;
   /** The current session: its uplink key once the first seal took one (docs/PROTOCOL.md §9.1), never before. */
-  private session: { id: string; uplink: UplinkInUse | null; willSealed?: boolean } | null = null;
+  private session: {
+    id: string;
+    uplink: UplinkInUse | null;
+    /** The end-to-end channel's key (§23.2), taken at its first seal like the broker channel's. */
+    e2e?: UplinkInUse | null;
+    /**
+     * The end-to-end keys of this session that open commands (§23.4): the current one and the one before it (a
+     * command sealed just before a rotation), each with its replay window; erased with the session.
+     */
+    e2eOpen?: Map<number, { key: EnvelopeKey; replay: ReplayWindow }>;
+    willSealed?: boolean;
+  } | null = null;
   private readonly downKeys = new Map<number, { key: EnvelopeKey; replay: ReplayWindow }>();
 
   private constructor(
@@ -359,6 +381,7 @@ export class SecurityChip {
     next.downUsed = [];
     next.sessions++;
     next.current = null;
+    next.currentE2e = null;
     this.commit(next);
     this.downKeys.forEach((d) => d.key.destroy());
     this.downKeys.clear();
@@ -369,6 +392,8 @@ export class SecurityChip {
 
   endSession(): void {
     this.session?.uplink?.key.destroy();
+    this.session?.e2e?.key.destroy();
+    this.session?.e2eOpen?.forEach((k) => k.key.destroy());
     this.session = null;
   }
 
@@ -377,19 +402,20 @@ export class SecurityChip {
    * first seal. Empty payloads are returned unchanged. Rotates to the next key after the rotation limit; reserves
    * sequence numbers durably before use.
    */
-  sealUplink(payload: Uint8Array, topic: string): Uint8Array {
+  sealUplink(payload: Uint8Array, topic: string, channel: UplinkChannel = 'broker'): Uint8Array {
     if (isPassthroughPayload(payload)) return payload;
     const s = this.session;
     if (!s) throw new ChipError('CHIP_ERR_NO_SESSION');
-    const u = s.uplink;
+    const e2e = channel === 'end-to-end';
+    const u = e2e ? s.e2e : s.uplink;
     if (!u || u.seq >= this.rotation.messages || u.bytes + payload.length > this.rotation.bytes || u.seq > MAX_SEQ) {
-      this.takeNextUplinkKey();
+      this.takeNextUplinkKey(channel);
     }
-    const cur = s.uplink!;
-    const current = this.state.current!;
+    const cur = (e2e ? s.e2e : s.uplink)!;
+    const current = (e2e ? this.state.currentE2e : this.state.current)!;
     if (cur.seq >= current.seqReserved) {
       const next = structuredClone(this.state);
-      next.current!.seqReserved = cur.seq + SEQ_RESERVATION;
+      (e2e ? next.currentE2e : next.current)!.seqReserved = cur.seq + SEQ_RESERVATION;
       this.commit(next);
       this.options.crashPoint?.('after-reserve');
     }
@@ -472,6 +498,29 @@ export class SecurityChip {
     return payload;
   }
 
+  /**
+   * Opens a command the application named by an end-to-end topic's policy sealed for `topic` (docs/PROTOCOL.md
+   * §23.4): direction e2e-down, under an end-to-end uplink key of this session (the current one or the one before
+   * it), which only this chip and that application hold. Replays are refused; a key of an earlier session is gone,
+   * so a command sealed for one never opens in another. Nothing is written to the chip's file.
+   */
+  openEndToEnd(envelope: Uint8Array, topic: string): Uint8Array {
+    if (isPassthroughPayload(envelope)) return envelope;
+    if (!this.session) throw new ChipError('CHIP_ERR_NO_SESSION');
+    const index = envelope.length >= 6 ? Buffer.from(envelope).readUInt32BE(2) : -1;
+    const entry = this.session.e2eOpen?.get(index);
+    if (!entry)
+      throw new ChipError('CHIP_ERR_UNKNOWN_KEY', `key index ${index} is not an end-to-end key of this session`);
+    return openEnvelope(envelope, {
+      key: entry.key,
+      deviceId: this.state.deviceId,
+      topic,
+      direction: 'e2e-down',
+      replay: entry.replay,
+      allowedSuites: this.state.suites,
+    }).payload;
+  }
+
   close(): void {
     this.endSession();
     this.downKeys.forEach((d) => d.key.destroy());
@@ -479,8 +528,11 @@ export class SecurityChip {
     this.sealing.pinKey.fill(0);
   }
 
-  /** Takes the lowest unused uplink key out of the pool, on disk before it seals anything (§9.1). */
-  private takeNextUplinkKey(): void {
+  /**
+   * Takes the lowest unused uplink key out of the pool for `channel`, on disk before it seals anything (§9.1). Both
+   * channels take from the one pool in rising order, so each channel's indices rise on their own (§23.2).
+   */
+  private takeNextUplinkKey(channel: UplinkChannel = 'broker'): void {
     const s = this.session!;
     const next = structuredClone(this.state);
     const key = next.up.shift();
@@ -488,13 +540,29 @@ export class SecurityChip {
       this.endSession();
       throw new ChipError('CHIP_ERR_POOL_EMPTY', 'no unused uplink key left: re-fill the chip');
     }
-    next.current = { ...key, seqReserved: 0 };
+    if (channel === 'end-to-end') next.currentE2e = { ...key, seqReserved: 0 };
+    else next.current = { ...key, seqReserved: 0 };
     this.commit(next); // the key leaves the pool on disk before it seals anything
     this.options.crashPoint?.('after-take-key');
-    s.uplink?.key.destroy();
     const raw = unhex(key.k);
-    s.uplink = { key: new EnvelopeKey(raw), index: key.i, seq: 0, bytes: 0 };
+    const taken = { key: new EnvelopeKey(raw), index: key.i, seq: 0, bytes: 0 };
     raw.fill(0);
+    if (channel === 'end-to-end') {
+      s.e2e?.key.destroy();
+      s.e2e = taken;
+      // §23.4: the application commands under the key it claimed; keep this one and the one before it.
+      const open = (s.e2eOpen ??= new Map());
+      const rawOpen = unhex(key.k);
+      open.set(key.i, { key: new EnvelopeKey(rawOpen), replay: new ReplayWindow() });
+      rawOpen.fill(0);
+      for (const i of [...open.keys()].sort((a, b) => b - a).slice(2)) {
+        open.get(i)!.key.destroy();
+        open.delete(i);
+      }
+    } else {
+      s.uplink?.key.destroy();
+      s.uplink = taken;
+    }
   }
 
   /** Writes `next` atomically, then adopts it: memory never runs ahead of the file. */

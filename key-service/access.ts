@@ -80,7 +80,10 @@ export function callerGroup(
         throw new Error(`route ${route.method} ${route.url} declares role '${declared}' inside the ${role} group`);
       route.config = { ...route.config, role };
       const limit = GROUP_BODY_LIMIT[role];
-      if (limit !== undefined) route.bodyLimit = Math.min(route.bodyLimit ?? limit, limit);
+      // A route of an authenticated group may name a larger limit of its own (an application's end-to-end claim
+      // carries an envelope as proof of use): its caller is authenticated before the body is read.
+      const own = role !== 'public' && route.bodyLimit !== undefined;
+      if (limit !== undefined && !own) route.bodyLimit = Math.min(route.bodyLimit ?? limit, limit);
       grouped.set(route, role);
     });
     const authenticate = AUTHENTICATE[role];

@@ -12,7 +12,10 @@ import Fastify, {
 import { callerGroup, refuseUngroupedRoutes } from './access.js';
 import { AppSessionStore } from './app-sessions.js';
 import { canonicalUrl } from './canonical-url.js';
+import { AuditQueue } from './audit-queue.js';
 import { ClaimQueue } from './claims.js';
+import { registerCors } from './cors.js';
+import { endToEndRoutes } from './routes/end-to-end.js';
 import type { KmsConfig } from './config.js';
 import type { KmsContext } from './context.js';
 import { openDataDir } from './data-dir.js';
@@ -23,6 +26,7 @@ import { LoginLimiter } from './login-limits.js';
 import { loadMasterKey } from './master-key.js';
 import { registerConsole } from './console/plugin.js';
 import { PolicyStore } from './policy-store.js';
+import { lazyRequestLogger } from './request-logger.js';
 import { createKmsMetrics } from './metrics.js';
 import { adminRoutes } from './routes/admin.js';
 import { adminAppSessionRoutes, appSessionRoutes, brokerAppKeyRoutes } from './routes/app-sessions.js';
@@ -116,20 +120,28 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
   const master = loadMasterKey(db, config.dataDir);
   const store = new KeyStore(db, master);
   const metrics = createKmsMetrics(store, config.lowWater);
-  const claims = new ClaimQueue(store, config.claimBatchMax, {
-    onBatch: (size, seconds) => {
-      metrics.batchSize.observe(size);
-      metrics.commitSeconds.observe(seconds);
+  const policies = new PolicyStore(db, (...audit) => store.audit(...audit));
+  const claims = new ClaimQueue(
+    store,
+    config.claimBatchMax,
+    {
+      onBatch: (size, seconds) => {
+        metrics.batchSize.observe(size);
+        metrics.commitSeconds.observe(seconds);
+      },
+      onClaim: (kind, result, keys) => {
+        metrics.claims.inc({ api: kind === 'dec' ? 'dec_keys' : 'enc_keys', result });
+        if (keys) metrics.keysDelivered.inc(keys);
+      },
     },
-    onClaim: (kind, result, keys) => {
-      metrics.claims.inc({ api: kind === 'dec' ? 'dec_keys' : 'enc_keys', result });
-      if (keys) metrics.keysDelivered.inc(keys);
-    },
-  });
+    (deviceId, topic) => policies.endToEndApp(deviceId, topic),
+  );
+  const audits = new AuditQueue(store);
   const context: KmsContext = {
     config,
     store,
     claims,
+    audits,
     signing: loadSigningKey(db, master),
     adminToken: loadAdminToken(config.dataDir, config.adminToken),
     challenges: new ChallengeBook(
@@ -140,7 +152,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     ),
     limiter: new LoginLimiter(config.loginLimits, options.clock),
     metrics,
-    policies: new PolicyStore(db, (...audit) => store.audit(...audit)),
+    policies,
     appSessions: new AppSessionStore(db, master, (...audit) => store.audit(...audit), options.clock),
     appChallenges: new ChallengeBook(
       config.challengeTtl * 1000,
@@ -158,6 +170,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
     },
     bodyLimit: config.bodyLimit,
     logController: new QuietRequestLog(),
+    childLoggerFactory: lazyRequestLogger,
     // A request that stalls after its headers (a slow or never-sent body) must not hold its connection forever:
     // fastify's default is no limit, so a few thousand such connections from anyone used up the process's files.
     requestTimeout: REQUEST_TIMEOUT_MS,
@@ -215,6 +228,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
 
   app.server.headersTimeout = HEADERS_TIMEOUT_MS;
 
+  registerCors(app, config.corsOrigins);
   // Who may call a route is decided by the group it is registered in, never by its URL.
   refuseUngroupedRoutes(app);
   app.register(
@@ -239,7 +253,12 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       adminAppSessionRoutes(scope, context);
     }),
   );
-  app.register(callerGroup('app', context, (scope) => appSessionRoutes(scope, context)));
+  app.register(
+    callerGroup('app', context, (scope) => {
+      appSessionRoutes(scope, context);
+      endToEndRoutes(scope, context);
+    }),
+  );
   // The administrators' web console: its own two groups under /console, off unless configured (console/plugin.ts).
   if (config.console.enabled) registerConsole(app, context, options.clock);
 
@@ -252,6 +271,7 @@ function build(db: Db, config: Readonly<KmsConfig>, options: BuildOptions): Kms 
       closed = true;
       await app.close();
       claims.close();
+      audits.flush();
       master.destroy();
       db.close();
     },

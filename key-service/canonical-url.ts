@@ -11,6 +11,24 @@ const DECODABLE = /%(2[dDeEfF]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])/g
  * (RFC 3986 §5.2.4), empty segments and a trailing '/' dropped. The query is kept as it is.
  */
 export function canonicalUrl(target: string): string {
+  return isCanonical(target) ? target : fullCanonicalUrl(target);
+}
+
+/** Characters after which a path may not be canonical: an escape, a parameter, an empty or dot segment. */
+const SUSPECT = /[%;]|\/\/|\/\./;
+
+/**
+ * True for a target canonicalUrl would return unchanged: an origin-form path without escapes, parameters, empty or
+ * dot segments or a trailing '/'. Most requests are such; checking is a few times cheaper than rebuilding the path.
+ */
+function isCanonical(target: string): boolean {
+  const q = target.indexOf('?');
+  const path = q === -1 ? target : target.slice(0, q);
+  return path.length > 1 && path.charCodeAt(0) === 0x2f && !path.endsWith('/') && !SUSPECT.test(path);
+}
+
+/** The canonical form, always computed in full (canonicalUrl skips this for targets already canonical). */
+export function fullCanonicalUrl(target: string): string {
   const q = target.indexOf('?');
   let path = q === -1 ? target : target.slice(0, q);
   const query = q === -1 ? '' : target.slice(q);

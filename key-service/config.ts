@@ -3,6 +3,7 @@
 import { resolve } from 'node:path';
 import type { FromSchema } from 'json-schema-to-ts';
 import { type ConfigSchema, configDefaults, loadConfig } from '../common/config-loader.js';
+import { ORIGIN_PATTERN } from './cors.js';
 
 const count = (min: number, max: number, byDefault: number) =>
   ({ type: 'integer', minimum: min, maximum: max, default: byDefault }) as const;
@@ -63,6 +64,13 @@ export const KMS_CONFIG_SCHEMA = {
       },
     },
     trustProxy: { type: 'array', maxItems: 64, items: { type: 'string', minLength: 1 }, default: [] },
+    /** Web pages on these origins may call the application-session routes from a browser (cors.ts). */
+    corsOrigins: {
+      type: 'array',
+      maxItems: 64,
+      items: { type: 'string', pattern: ORIGIN_PATTERN },
+      default: [],
+    },
     lowWater: count(0, 1_000_000, 16),
     /** A fill batch still pending after this many seconds is reported as a half-done fill. */
     stalePendingSeconds: count(1, 30 * 86_400, 600),

@@ -1,7 +1,8 @@
-// What the key-service routes share: store, claim queue, signing key, login state and metrics; token issuing.
+// What the key-service routes share: store, claim queue, audit queue, signing key, login state and metrics; token issuing.
 import { randomUUID } from 'node:crypto';
 import { type AppAcl, signToken, type TokenClaims, type TokenRole } from '../protocol/index.js';
 import type { AppSessionStore } from './app-sessions.js';
+import type { AuditQueue } from './audit-queue.js';
 import type { ClaimQueue } from './claims.js';
 import type { KmsConfig } from './config.js';
 import type { ChallengeBook } from './login.js';
@@ -15,6 +16,8 @@ export interface KmsContext {
   config: Readonly<KmsConfig>;
   store: KeyStore;
   claims: ClaimQueue;
+  /** Audit records a response waits for (logins), group-committed per event-loop turn. */
+  audits: AuditQueue;
   signing: SigningKey;
   adminToken: string;
   challenges: ChallengeBook;

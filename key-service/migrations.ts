@@ -152,4 +152,14 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX app_keys_batch ON app_keys (batch_id);
   CREATE INDEX app_keys_issued ON app_keys (app_id, issued_at) WHERE state = 'issued';
   `,
+  // 8: end-to-end topics (docs/PROTOCOL.md §23): an application may claim a device's uplink key itself. Who claimed a
+  // key is a broker (claimed_role NULL, as every earlier claim) or an app ('app'). The chip keeps one key for what
+  // brokers open and one for what an application opens, each rising on its own, so "the highest uplink key used" is
+  // asked per claimer kind: one partial index each.
+  `
+  ALTER TABLE keys ADD COLUMN claimed_role TEXT CHECK (claimed_role IS NULL OR claimed_role = 'app');
+  DROP INDEX keys_used_uplink;
+  CREATE INDEX keys_used_uplink ON keys (device_id, key_index) WHERE direction = 'up' AND state IN ('claimed', 'retired') AND claimed_role IS NULL;
+  CREATE INDEX keys_used_uplink_app ON keys (device_id, key_index) WHERE direction = 'up' AND state IN ('claimed', 'retired') AND claimed_role = 'app';
+  `,
 ];

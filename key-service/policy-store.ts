@@ -1,6 +1,7 @@
 // The policy table's SQL: entries by id, the table's version (bumped by every change, in the same transaction as
 // the change and its audit record), and the whole table for brokers.
 import type Database from 'better-sqlite3';
+import { type CompiledPolicy, compilePolicy, ruleFor } from '../broker/policy/evaluate.js';
 import { policyProblem } from '../kms-api/policy-check.js';
 import { MAX_POLICY_ENTRIES, type PolicyBodyJson, type PolicyEntryJson } from '../kms-api/policy-schemas.js';
 import type { Db } from './db.js';
@@ -37,6 +38,7 @@ function ruleOf(body: PolicyBodyJson): Rule {
   const r = body.rotation;
   return {
     encryption: body.encryption,
+    ...(body.app !== undefined ? { app: body.app } : {}),
     ...(body.suites ? { suites: [...body.suites].sort((a, b) => a - b) } : {}),
     ...(r
       ? {
@@ -55,6 +57,8 @@ function ruleOf(body: PolicyBodyJson): Rule {
 
 export class PolicyStore {
   private readonly s: Record<string, Database.Statement>;
+  /** The table compiled for lookups, as brokers compile it (one precedence rule, broker/policy/evaluate.ts). */
+  private compiled: CompiledPolicy | undefined;
 
   constructor(
     private readonly db: Db,
@@ -91,6 +95,21 @@ export class PolicyStore {
     }))();
   }
 
+  /**
+   * The application that an `end-to-end` entry lets claim the keys of device `deviceId`'s messages on `topic`, or
+   * undefined when the entry governing them (the one a broker applies) is of another mode, or none does. Decided by
+   * the same precedence as the broker's, on the table as it is in this transaction.
+   */
+  endToEndApp(deviceId: string, topic: string): string | undefined {
+    const version = this.version();
+    if (this.compiled?.version !== version) {
+      const { entries } = this.table();
+      this.compiled = compilePolicy(version, entries);
+    }
+    const rule = ruleFor(this.compiled, { role: 'device', id: deviceId }, topic);
+    return rule?.encryption === 'end-to-end' ? rule.app : undefined;
+  }
+
   get(policyId: string): PolicyEntryJson {
     const row = this.s.get!.get(policyId) as PolicyRow | undefined;
     if (!row) throw new KmsError('KMS_ERR_NOT_FOUND', `policy ${policyId}`);
@@ -119,6 +138,13 @@ export class PolicyStore {
         throw new KmsError('KMS_ERR_CONFLICT', `policy ${other.policy_id} already governs this subject and filter`, {
           details: [{ problem: 'duplicate_subject_filter', policy_id: other.policy_id }],
         });
+      const rival = body.encryption === 'end-to-end' ? this.endToEndRival(policyId, body) : undefined;
+      if (rival)
+        throw new KmsError(
+          'KMS_ERR_CONFLICT',
+          `policy ${rival.policy_id} gives end-to-end topics of the same devices to app ${rival.app}: a device has one end-to-end key per session, for one application`,
+          { details: [{ problem: 'end_to_end_app_conflict', policy_id: rival.policy_id }] },
+        );
       if (!before && (this.s.count!.get() as { n: number }).n >= this.maxEntries)
         throw new KmsError('KMS_ERR_CONFLICT', `the policy table holds its maximum of ${this.maxEntries} entries`, {
           details: [{ problem: 'table_full' }],
@@ -143,6 +169,22 @@ export class PolicyStore {
       });
       return { entry, created: !before };
     })();
+  }
+
+  /**
+   * docs/PROTOCOL.md §23.1: the chip seals all of a device's end-to-end topics under one key per session, which one
+   * application claims, so every end-to-end entry that can govern a device names the same application. The first
+   * other entry that could govern some device `body` governs (a role-wide entry, or one for the same principal) and
+   * names another application, if any.
+   */
+  private endToEndRival(policyId: string, body: PolicyBodyJson): PolicyEntryJson | undefined {
+    for (const row of this.s.all!.all() as PolicyRow[]) {
+      if (row.policy_id === policyId || row.role !== 'device') continue;
+      const other = entryOf(row);
+      if (other.encryption !== 'end-to-end' || other.app === body.app) continue;
+      if (row.principal === null || body.principal === undefined || row.principal === body.principal) return other;
+    }
+    return undefined;
   }
 
   delete(policyId: string, actor: string): number {

@@ -2,7 +2,7 @@
 // request, each item all or nothing on its own, answered item by item. docs/KMS-API.md "Bulk extension".
 import type { FromSchema } from 'json-schema-to-ts';
 import { errorResponses, errorSchema, idSchema, uuidSchema } from './common-schemas.js';
-import { decKeysBody, encKeysBody, keyContainer } from './etsi-schemas.js';
+import { decKeysBody, encKeysBody, keyContainer, sessionIdSchema, uplinkProofSchema } from './etsi-schemas.js';
 
 /**
  * Items per bulk request at most. bench/kms.ts ("bulk" rows): 64 one-key claims per request already carry most of
@@ -108,6 +108,49 @@ export const bulkRetireResponse = {
   properties: { results: { type: 'array', items: bulkRetireResult } },
 } as const;
 export type BulkRetireJson = FromSchema<typeof bulkRetireResponse>;
+
+/**
+ * Keys a broker asked for and cannot have received: the answer to its claim was lost (a timeout, a connection
+ * closed after the request was sent), so the claim may have committed or may still commit. Each listed key is
+ * retired if this broker holds its claim, or retired unclaimed if it is still a filled uplink key and `qkey_proof`
+ * opens under it (the same proof of use its claim carried): a late claim then finds it retired and delivers nothing.
+ * `downlink_session_id` retires every downlink key this broker claimed for that session, ended (an enc_keys claim
+ * names no key: a session one of whose claims was lost sends this when it ends).
+ */
+export const bulkAbandonItem = {
+  type: 'object',
+  required: ['SAE_ID'],
+  additionalProperties: false,
+  properties: {
+    SAE_ID: idSchema,
+    key_IDs: {
+      type: 'array',
+      minItems: 1,
+      maxItems: 64,
+      items: {
+        type: 'object',
+        required: ['key_ID'],
+        additionalProperties: false,
+        properties: { key_ID: uuidSchema, qkey_proof: uplinkProofSchema },
+      },
+    },
+    downlink_session_id: sessionIdSchema,
+  },
+  anyOf: [{ required: ['key_IDs'] }, { required: ['downlink_session_id'] }],
+} as const;
+export type BulkAbandonItem = FromSchema<typeof bulkAbandonItem>;
+
+export const bulkAbandonBody = {
+  type: 'object',
+  required: ['abandons'],
+  additionalProperties: false,
+  properties: { abandons: { type: 'array', minItems: 1, maxItems: MAX_BULK_ITEMS, items: bulkAbandonItem } },
+} as const;
+
+export const bulkAbandonRoute = {
+  body: bulkAbandonBody,
+  response: { 200: bulkRetireResponse, ...errorResponses },
+} as const;
 
 export const bulkClaimsRoute = {
   body: bulkClaimsBody,

@@ -25,7 +25,7 @@ import type {
   TokenKeysJson,
   TokenResponse,
 } from './auth-schemas.js';
-import type { BulkClaimItem, BulkClaimsJson, BulkRetireItem, BulkRetireJson } from './bulk-schemas.js';
+import type { BulkAbandonItem, BulkClaimItem, BulkClaimsJson, BulkRetireItem, BulkRetireJson } from './bulk-schemas.js';
 import type { ErrorBody } from './common-schemas.js';
 import type { PolicyBodyJson, PolicyEntryJson, PolicyFeedJson, PolicyTableJson } from './policy-schemas.js';
 import type { DecKeysRequest, EncKeysRequest, KeyContainer, KeyStatusJson, RetireRequest } from './etsi-schemas.js';
@@ -57,7 +57,15 @@ export class KmsHttpError extends Error {
 /** The key service could not be reached or did not answer in time. */
 export class KmsUnreachableError extends Error {
   readonly code = 'KMS_UNREACHABLE';
-  constructor(url: string, cause: unknown) {
+  constructor(
+    url: string,
+    cause: unknown,
+    /**
+     * The whole request had been written to a connection when it failed (a timeout, a connection closed before the
+     * answer): the key service may have acted on it, or may still. False: it never had all of it, so it did not.
+     */
+    readonly maybeDelivered = false,
+  ) {
     super(`key service unreachable at ${url}: ${causeChain(cause)}`);
     this.name = 'KmsUnreachableError';
   }
@@ -180,10 +188,11 @@ export class KmsClient {
   /** A request whose body is JSON text already (the coalescer measures items as it serializes them). */
   async requestJson<T>(method: string, path: string, bodyJson: string | undefined): Promise<T> {
     let res: RawResponse;
+    const sent = { whole: false };
     try {
-      res = await this.exchange(method, path, bodyJson);
+      res = await this.exchange(method, path, bodyJson, sent);
     } catch (err) {
-      throw new KmsUnreachableError(this.baseUrl, err);
+      throw new KmsUnreachableError(this.baseUrl, err, sent.whole);
     }
     const { text } = res;
     let json: unknown;
@@ -205,7 +214,12 @@ export class KmsClient {
   }
 
   /** One request and its whole answer; rejects when there is none within timeoutMs or the connection fails. */
-  private exchange(method: string, path: string, body: string | undefined): Promise<RawResponse> {
+  private exchange(
+    method: string,
+    path: string,
+    body: string | undefined,
+    sent: { whole: boolean },
+  ): Promise<RawResponse> {
     const { url, agent, send } = this.transport;
     const headers: Record<string, string | number> = {};
     if (body !== undefined) {
@@ -231,6 +245,8 @@ export class KmsClient {
         reject(err);
       };
       req.once('error', fail);
+      // 'finish': the last byte of the request was handed to the connection.
+      req.once('finish', () => (sent.whole = true));
       req.once('response', (res: IncomingMessage) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
@@ -293,6 +309,16 @@ export class KmsClient {
   }
   bulkRetire(retirements: BulkRetireItem[]) {
     return this.request<BulkRetireJson>('POST', '/api/v1/bulk/retirements', { retirements });
+  }
+  /** Keys asked for whose answer was lost (docs/KMS-API.md "Abandoned claims"). */
+  bulkAbandon(abandons: BulkAbandonItem[]) {
+    return this.request<BulkRetireJson>('POST', '/api/v1/bulk/abandons', { abandons });
+  }
+  /** One abandon item, as a bulk request of one; its refusal is thrown as its KmsHttpError. */
+  async abandon(item: BulkAbandonItem): Promise<{ retired: number }> {
+    const [r] = (await this.bulkAbandon([item])).results;
+    if (r?.error) throw new KmsHttpError(r.error.status, r.error.code, r.error.message, r.error.details);
+    return { retired: r?.retired ?? 0 };
   }
 
   // --- admin ---

@@ -1,6 +1,6 @@
 // Coalesces the key claims and retirements a broker makes in one event-loop turn, across its sessions, into bulk
 // requests (docs/KMS-API.md "Bulk extension"); a lone request goes through its ETSI 014 route as before.
-import type { BulkClaimItem, BulkItemError, BulkRetireItem } from './bulk-schemas.js';
+import type { BulkAbandonItem, BulkClaimItem, BulkItemError, BulkRetireItem } from './bulk-schemas.js';
 import { BULK_BODY_LIMIT, MAX_BULK_ITEMS } from './bulk-schemas.js';
 import { decKeysBody, encKeysBody, KmsHttpError, type KmsClient, type UplinkProof } from './client.js';
 import type { KeyContainer } from './etsi-schemas.js';
@@ -15,6 +15,8 @@ export interface KeyDelivery {
     proofs?: ReadonlyArray<UplinkProof | undefined>,
   ): Promise<KeyContainer>;
   retire(saeId: string, keyIds: string[]): Promise<{ retired: number }>;
+  /** Keys asked for whose answer was lost (docs/KMS-API.md "Abandoned claims"). */
+  abandon(item: BulkAbandonItem): Promise<{ retired: number }>;
 }
 
 /** One item's answer in a bulk response: its result, or its single route's error. */
@@ -125,6 +127,7 @@ export interface CoalescerOptions {
 export class KmsCoalescer implements KeyDelivery {
   private readonly claims: Lane<BulkClaimItem, KeyContainer>;
   private readonly retirements: Lane<BulkRetireItem, { retired: number }>;
+  private readonly abandons: Lane<BulkAbandonItem, { retired: number }>;
 
   constructor(
     readonly kms: KmsClient,
@@ -160,6 +163,21 @@ export class KmsCoalescer implements KeyDelivery {
         ),
       (items) => `{"retirements":[${items.join(',')}]}`,
     );
+    this.abandons = new Lane(
+      maxItems,
+      maxBytes,
+      async (json) =>
+        (
+          await kms.requestJson<{ results: Array<{ retired?: number; error?: BulkItemError }> }>(
+            'POST',
+            '/api/v1/bulk/abandons',
+            json,
+          )
+        ).results.map((r): ItemAnswer<{ retired: number }> =>
+          r.error ? { error: r.error } : { ok: { retired: r.retired ?? 0 } },
+        ),
+      (items) => `{"abandons":[${items.join(',')}]}`,
+    );
   }
 
   encKeys(saeId: string, number: number, sessionId?: string): Promise<KeyContainer> {
@@ -185,9 +203,14 @@ export class KmsCoalescer implements KeyDelivery {
     );
   }
 
+  abandon(item: BulkAbandonItem): Promise<{ retired: number }> {
+    // There is no single route: alone, it is a bulk request of one.
+    return this.abandons.add(item, () => this.kms.abandon(item));
+  }
+
   /** Sends what is queued, waits for every answer; later requests go one by one through the single routes. */
   async close(): Promise<void> {
-    this.claims.closed = this.retirements.closed = true;
-    await Promise.all([this.claims.drain(), this.retirements.drain()]);
+    this.claims.closed = this.retirements.closed = this.abandons.closed = true;
+    await Promise.all([this.claims.drain(), this.retirements.drain(), this.abandons.drain()]);
   }
 }

@@ -14,11 +14,13 @@ export const MAX_MQTT_PAYLOAD = 268_435_455;
  * How a matching message travels between the subject and the broker:
  * - `required`: sealed in the envelope (devices today; an application only through an application session);
  * - `optional`: sealed when the sender sealed it, otherwise plaintext (the broker seals what it sends when it can);
- * - `plaintext`: never sealed.
- * A later mode in which the broker forwards envelopes without opening them will be added to this list; a broker
- * that receives a mode it does not know refuses every message the entry governs (fail closed, policy/evaluate.ts).
+ * - `plaintext`: never sealed;
+ * - `end-to-end` (device entries only): sealed by the device for one application, named by `app`, which claims the
+ *   device's keys itself; the broker checks the envelope's header and forwards it unopened (docs/PROTOCOL.md §23).
+ * A broker that receives a mode it does not know refuses every message the entry governs (fail closed,
+ * policy/evaluate.ts).
  */
-export const ENCRYPTION_MODES = ['required', 'optional', 'plaintext'] as const;
+export const ENCRYPTION_MODES = ['required', 'optional', 'plaintext', 'end-to-end'] as const;
 export type EncryptionMode = (typeof ENCRYPTION_MODES)[number];
 
 export const POLICY_ROLES = ['device', 'app'] as const;
@@ -34,6 +36,11 @@ const ruleProperties = {
   /** An MQTT topic filter (§4.7): '+' and '#' only as whole levels, '#' only last (checked by the service). */
   filter: { type: 'string', minLength: 1, maxLength: MAX_POLICY_FILTER_LENGTH },
   encryption: { enum: ENCRYPTION_MODES },
+  /**
+   * `end-to-end` only: the one application that may claim the keys of the messages this entry governs, and so read
+   * them (docs/KMS-API.md, End-to-end topics).
+   */
+  app: idSchema,
   /** Envelope suites allowed (protocol/suites.ts ids: 1 SM4-GCM, 2 SM4-CTR-HMAC-SM3); absent: any. */
   suites: { type: 'array', minItems: 1, maxItems: 255, uniqueItems: true, items: { enum: [1, 2] } },
   /** Upper bounds on one downlink key's use before the session rotates it (tighter than the broker's wins). */

@@ -20,16 +20,29 @@ export function aint(value: unknown, name: string, min: number, max: number): nu
 
 const HEX_RE = /^(?:[0-9a-fA-F]{2})*$/;
 
+/** The value of a hex digit's character code (the caller checked it is one). */
+function nibble(c: number): number {
+  return c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x57;
+}
+
 /** Parses an even-length hex string (no prefix, no separators). */
 export function hexToBytes(hex: string, name = 'hex'): Uint8Array {
   if (typeof hex !== 'string' || !HEX_RE.test(hex)) {
     throw new ArgumentError(`${name} must be an even-length hex string`);
   }
-  return new Uint8Array(Buffer.from(hex, 'hex'));
+  // No Buffer: the browser client (browser/) loads this module as it is.
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++)
+    out[i] = (nibble(hex.charCodeAt(2 * i)) << 4) | nibble(hex.charCodeAt(2 * i + 1));
+  return out;
 }
 
+const HEX_DIGITS = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+
 export function bytesToHex(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
+  let out = '';
+  for (const b of bytes) out += HEX_DIGITS[b];
+  return out;
 }
 
 /** Constant-time equality for equal-length inputs; unequal lengths return false at once (lengths are public). */

@@ -20,9 +20,10 @@ const MAX_FIELD_BYTES = 0xffff;
 
 /**
  * §2: `up` device to broker, `down` broker to device, `will` a device's will sealed at CONNECT (§9); `app-up`
- * application to broker and `app-down` broker to application, under an application session key (§22.5).
+ * application to broker and `app-down` broker to application, under an application session key (§22.5);
+ * `e2e-down` application to device on an end-to-end topic, under the device's end-to-end uplink key (§23.4).
  */
-export type Direction = 'up' | 'down' | 'will' | 'app-up' | 'app-down';
+export type Direction = 'up' | 'down' | 'will' | 'app-up' | 'app-down' | 'e2e-down';
 /**
  * §3: direction codes; they also keep the nonces of the directions apart under one key, and (in the AAD) keep
  * device and application traffic apart: a device envelope never opens as an application's, nor the reverse.
@@ -33,6 +34,7 @@ export const DIRECTION_CODES: Readonly<Record<Direction, number>> = {
   will: 0x03,
   'app-up': 0x04,
   'app-down': 0x05,
+  'e2e-down': 0x06,
 };
 
 export interface EnvelopeHeader {
@@ -158,7 +160,8 @@ function maxPayloadOf(ctx: { maxPayload?: number | undefined }): number {
 
 function directionCode(direction: Direction): number {
   const code = Object.hasOwn(DIRECTION_CODES, direction) ? DIRECTION_CODES[direction] : undefined;
-  if (code === undefined) throw new ArgumentError("direction must be 'up', 'down', 'will', 'app-up' or 'app-down'");
+  if (code === undefined)
+    throw new ArgumentError("direction must be 'up', 'down', 'will', 'app-up', 'app-down' or 'e2e-down'");
   return code;
 }
 

@@ -40,6 +40,8 @@ const NOT_RUN: Record<string, string> = {
   'Quick start': 'npm ci / npm start / npm test: CI runs them itself',
   'Several brokers': 'fixed ports and a Redis daemon: test/e2e/multi-broker.test.ts runs the same setup on free ports',
   Configuration: 'mutual TLS needs a TLS key service and certificates: test/key-service covers it',
+  'Applications in a browser':
+    'builds dist/ (minutes on a busy machine) and writes a folder: test/browser/client.test.ts runs the same script and serves its output to Chromium',
 };
 
 const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');

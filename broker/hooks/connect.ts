@@ -21,6 +21,7 @@ import { downlinkOwner, mayPublish, type Principal } from '../topic-policy.js';
 import type { ClientState, DeviceWill, PluginContext } from './context.js';
 import { holdDeliveriesForKey } from './forward.js';
 import { DEFAULT_APP_HOLD, holdForAppKey } from './app-hold.js';
+import { endToEndOf } from './policy.js';
 import { watchConnection } from './lifecycle.js';
 
 export function authError(returnCode: 2 | 3 | 4 | 5, message: string): AuthenticateError {
@@ -196,6 +197,8 @@ function checkWill(ctx: PluginContext, client: Client, principal: Principal): De
     return undefined;
   }
   if (payload.length === 0) return undefined; // passes unsealed, as any empty payload
+  // docs/PROTOCOL.md §23.2: a will is sealed under the broker key, which must never carry an end-to-end topic.
+  if (endToEndOf(ctx, will.topic)) throw authError(5, 'not authorized: a will cannot be on an end-to-end topic');
   try {
     const parsed = parseEnvelope(payload, ctx.parseOptions);
     if (parsed.seq !== 0) throw authError(5, 'not authorized: a device will is sealed with sequence number 0');
@@ -235,7 +238,7 @@ async function claimWillKey(client: Client, keys: DeviceSessionKeys, will: Devic
 
 function openKeySession(ctx: PluginContext, client: Client, principal: Principal, suite: SuiteId): DeviceSessionKeys {
   const keys = new DeviceSessionKeys(
-    ctx.keyDelivery,
+    ctx.keys,
     ctx.uplinks,
     principal.id,
     randomUUID(),

@@ -4,6 +4,7 @@ import type { ClientCertificates } from '../client-certificate.js';
 import type { Client } from 'aedes';
 import type { KmsClient } from '../../kms-api/client.js';
 import { KmsCoalescer } from '../../kms-api/coalescer.js';
+import { KeyReports } from '../key-reports.js';
 import { DEFAULT_MAX_PAYLOAD, type ParsedEnvelope } from '../../protocol/index.js';
 import type { AppSessionKeys } from '../app-session-keys.js';
 import type { AppDeliveryHold, AppHoldLimits } from './app-hold.js';
@@ -30,8 +31,11 @@ export type RejectReason =
   | 'policy'
   | 'error';
 
-/** What became of a device's uplink publish: `opened`, a `duplicate` acknowledged and dropped, or why it was refused. */
-export type UplinkOutcome = 'opened' | 'duplicate' | RejectReason;
+/**
+ * What became of a device's uplink publish: `opened`, `forwarded` sealed (an end-to-end topic, docs/PROTOCOL.md
+ * §23), a `duplicate` acknowledged and dropped, or why it was refused.
+ */
+export type UplinkOutcome = 'opened' | 'forwarded' | 'duplicate' | RejectReason;
 
 /** The payload of a publish the broker acknowledged but passes on to no one (a QoS 1 retransmission, publish.ts). */
 export const DROPPED_PAYLOAD: Buffer = Buffer.alloc(0);
@@ -178,15 +182,18 @@ export class PluginContext {
   readonly parseOptions: { maxPayload?: number };
   readonly maxDownlinkPayload: number;
   readonly maxSubscriptions: number;
-  /** The uplink keys this broker holds, per device, across that device's connections. */
   /** Claims and retirements of all sessions, coalesced per event-loop turn into bulk requests. */
   readonly keyDelivery: KmsCoalescer;
+  /** In front of keyDelivery: lost claims reported abandoned, unanswered retirements retried (key-reports.ts). */
+  readonly keys: KeyReports;
+  /** The uplink keys this broker holds, per device, across that device's connections. */
   readonly uplinks: UplinkKeys;
   readonly downlinkBudget: ClaimBudget;
   readonly policy: PolicySource;
   readonly counters: PluginCounters = {
     uplink: {
       opened: 0,
+      forwarded: 0,
       duplicate: 0,
       acl: 0,
       plaintext: 0,
@@ -219,7 +226,22 @@ export class PluginContext {
     this.downlinkBudget = new ClaimBudget(o.maxDownlinkClaimsPerMinute ?? DEFAULT_DOWNLINK_CLAIMS_PER_MINUTE);
     this.policy = o.policy ?? { current: EMPTY_POLICY };
     this.keyDelivery = new KmsCoalescer(o.kms);
-    this.uplinks = new UplinkKeys(this.keyDelivery, (o.uplinkKeyLingerSeconds ?? DEFAULT_UPLINK_LINGER_SECONDS) * 1000);
+    this.keys = new KeyReports(this.keyDelivery, {
+      onEvent: (e) => {
+        if (e.kind === 'report-retry')
+          this.o.log?.debug(
+            { device: e.deviceId, attempt: e.attempt, err: e.error },
+            'key report not answered; retrying',
+          );
+        else if (e.kind === 'claim-lost')
+          this.o.log?.warn(
+            { device: e.deviceId, err: e.error },
+            'key claim answer lost; the key is reported abandoned',
+          );
+        else this.o.log?.warn({ device: e.deviceId, reason: e.reason }, 'key report dropped; its keys stay claimed');
+      },
+    });
+    this.uplinks = new UplinkKeys(this.keys, (o.uplinkKeyLingerSeconds ?? DEFAULT_UPLINK_LINGER_SECONDS) * 1000);
   }
 
   /** A device session's downlink rotation limits: the configured ones, tightened by the policy table. */

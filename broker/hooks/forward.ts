@@ -7,7 +7,7 @@ import type { DeviceSessionKeys } from '../session-keys.js';
 import { isStatusTopicOf, mayReceive, type Principal } from '../topic-policy.js';
 import { type ClientState, DROPPED_PAYLOAD, type PluginContext } from './context.js';
 import { sealForApp } from './app-session.js';
-import { deliveryPolicy } from './policy.js';
+import { deliveryPolicy, endToEndOf } from './policy.js';
 
 type Deliver = (packet: AedesPublishPacket, cb: () => void) => void;
 interface DeliveringClient {
@@ -42,12 +42,16 @@ export function holdDeliveriesForKey(
   c.deliverQoS = gate(c.deliverQoS);
 }
 
-/** Will this delivery be sealed for the device? (Its status topic and empty payloads go out as they are.) */
+/**
+ * Will this delivery be sealed for the device? (Its status topic, empty payloads and an end-to-end topic's
+ * envelopes, sealed by the application, go out as they are: no downlink key is claimed for them.)
+ */
 function sealedFor(ctx: PluginContext, principal: Principal, packet: AedesPublishPacket): boolean {
   return (
     (packet.payload as Buffer).length > 0 &&
     mayReceive(principal, packet.topic, ctx.topics) &&
-    !isStatusTopicOf(ctx.topics, principal.id, packet.topic)
+    !isStatusTopicOf(ctx.topics, principal.id, packet.topic) &&
+    endToEndOf(ctx, packet.topic) === undefined
   );
 }
 

@@ -7,13 +7,14 @@ import {
   contentViolation,
   defaultRule,
   deliveryFor,
+  endToEndApp,
   headerViolation,
   type PolicyRule,
   type PolicyViolation,
   publishHandling,
   ruleFor,
 } from '../policy/evaluate.js';
-import { isStatusTopicOf, type Principal } from '../topic-policy.js';
+import { downlinkOwner, isStatusTopicOf, type Principal, uplinkOwner } from '../topic-policy.js';
 import type { ClientState, PluginContext } from './context.js';
 
 /** The rule in force for `principal` on `topic`. */
@@ -23,9 +24,32 @@ export function ruleOf(ctx: PluginContext, principal: Principal, topic: string):
 
 /**
  * What the publish step decided: a violation, or how to take the payload. `open`: an envelope, checked against the
- * rule's suites and size before its key is claimed; `pass`: plaintext, size already checked.
+ * rule's suites and size before its key is claimed; `forward-sealed`: an end-to-end envelope, its header checked
+ * against the rule and never opened; `pass`: plaintext, size already checked.
  */
-export type PublishPolicy = { violation: PolicyViolation } | { take: 'open'; rule: PolicyRule } | { take: 'pass' };
+export type PublishPolicy =
+  { violation: PolicyViolation } | { take: 'open' | 'forward-sealed'; rule: PolicyRule } | { take: 'pass' };
+
+/** A topic of an end-to-end entry (docs/PROTOCOL.md §23): the device it belongs to, its rule, and its one app. */
+export interface EndToEndTopic {
+  deviceId: string;
+  rule: PolicyRule;
+  /** undefined: an end-to-end entry naming no application (a newer key service's): nobody reads it. */
+  app: string | undefined;
+}
+
+/**
+ * Is `topic`, in some device's uplink or downlink space, governed for that device by an end-to-end entry? The
+ * device's entry decides, whoever publishes or receives: it is the device's keys that seal there.
+ */
+export function endToEndOf(ctx: PluginContext, topic: string): EndToEndTopic | undefined {
+  if (ctx.policy.current.size === 0) return undefined;
+  const deviceId = uplinkOwner(ctx.topics, topic) ?? downlinkOwner(ctx.topics, topic);
+  if (deviceId === undefined || isStatusTopicOf(ctx.topics, deviceId, topic)) return undefined;
+  const rule = ruleFor(ctx.policy.current, { role: 'device', id: deviceId }, topic);
+  if (rule?.encryption !== 'end-to-end') return undefined;
+  return { deviceId, rule, app: endToEndApp(rule) };
+}
 
 /** The QoS, retain and encryption rules of a publish, and its size when it is taken as plaintext. */
 export function publishPolicy(
@@ -42,6 +66,7 @@ export function publishPolicy(
   // are checked once the envelope is open.
   if (appSealed && handling !== 'encryption') handling = 'open';
   if (handling === 'encryption') return { violation: handling };
+  if (handling === 'forward-sealed') return { take: handling, rule };
   const payload = packet.payload as Buffer;
   // `optional`: an envelope is recognised by its version byte (docs/PROTOCOL.md §4); anything else is plaintext.
   if (handling === 'open' || (handling === 'open-if-sealed' && payload[0] === ENVELOPE_VERSION))
@@ -68,6 +93,15 @@ export function deliveryPolicy(
   const principal = state.principal;
   if (ctx.policy.current.size === 0) return 'as-usual';
   if (principal.role === 'device' && isStatusTopicOf(ctx.topics, principal.id, packet.topic)) return 'as-usual';
+  const e2e = endToEndOf(ctx, packet.topic);
+  if (e2e) {
+    // docs/PROTOCOL.md §23: the envelope goes on as it came, to its device (commands) or its one application
+    // (telemetry; sealed again under an application session key if the application holds one); to no one else.
+    if (principal.role === 'device' && principal.id === e2e.deviceId) return 'pass';
+    if (principal.role === 'app' && principal.id === e2e.app) return 'as-usual';
+    ctx.o.events?.policy?.('forward', 'encryption');
+    return 'drop';
+  }
   // Every delivery reaches the forward hook as plaintext: nothing sealed is stored (forward.ts).
   const plaintext = packet.payload as Buffer;
   const suite = state.keys?.downlinkSuite ?? 0;

@@ -20,7 +20,7 @@ import {
   type PublishCallback,
   type RejectReason,
 } from './context.js';
-import { envelopePolicy, publishPolicy } from './policy.js';
+import { endToEndOf, type EndToEndTopic, envelopePolicy, publishPolicy } from './policy.js';
 import { announceAppSession, APP_SESSION_TOPIC, openAppPublish } from './app-session.js';
 import { authorizeWill, isWillOf } from './will.js';
 import type { PolicyViolation } from '../policy/evaluate.js';
@@ -87,6 +87,8 @@ function decide(ctx: PluginContext, client: Client, state: ClientState, packet: 
       return 'policy' in r
         ? refusePolicy(ctx, client, state, packet, r.policy)
         : refuse(ctx, client, state, packet, r.reason, r.detail);
+    const e2e = endToEndOf(ctx, packet.topic);
+    if (e2e) return checkEndToEndCommand(ctx, client, state, packet, e2e);
     return checkDownlinkSize(ctx, client, state, packet, (packet.payload as Buffer).length);
   }
   if (policy.take === 'pass') return checkPlaintextSize(ctx, client, state, packet, payload.length);
@@ -98,11 +100,20 @@ function decide(ctx: PluginContext, client: Client, state: ClientState, packet: 
   } catch (err) {
     if (!isProtocolError(err)) throw err;
     const reason = err.code === 'PROTO_ERR_TRUNCATED' ? 'plaintext' : (PROTOCOL_REASONS[err.code] ?? 'malformed');
+    // Not an envelope on an end-to-end topic: counted as a policy violation too (docs/PROTOCOL.md §23.3).
+    if (policy.take === 'forward-sealed') ctx.o.events?.policy?.('publish', 'encryption');
     return refuse(ctx, client, state, packet, reason, err.code);
   }
   const violation = envelopePolicy(policy.rule, parsed.ciphertext.length, parsed.suite);
   if (violation) return refusePolicy(ctx, client, state, packet, violation, parsed.keyIndex);
   const keys = state.keys!;
+  if (policy.take === 'forward-sealed') {
+    // docs/PROTOCOL.md §23.3: an end-to-end envelope must not be under a key this broker holds (it could read it).
+    if (keys.readyUplinkKey(parsed.keyIndex))
+      return refusePolicy(ctx, client, state, packet, 'encryption', parsed.keyIndex);
+    ctx.counters.uplink.forwarded++;
+    return null; // forwarded as it came: its application claims the key and opens it
+  }
   const ready = keys.readyUplinkKey(parsed.keyIndex);
   if (ready) return openUplink(ctx, client, state, packet, parsed, ready);
   // §9.1: the first envelope naming a key claims it, and is itself the proof that the device used that key.
@@ -114,6 +125,33 @@ function decide(ctx: PluginContext, client: Client, state: ClientState, packet: 
       throw err;
     },
   );
+}
+
+/**
+ * docs/PROTOCOL.md §23.4: a command on an end-to-end topic comes from the one application its entry names, as an
+ * envelope the application sealed under a downlink key it claimed; the broker checks the header (well-formed, the
+ * entry's suites and size, what a device can take) and forwards it unopened. Anything else is refused and counted.
+ */
+function checkEndToEndCommand(
+  ctx: PluginContext,
+  client: Client,
+  state: ClientState,
+  packet: PublishPacket,
+  e2e: EndToEndTopic,
+): Verdict {
+  if (state.principal.id !== e2e.app) return refusePolicy(ctx, client, state, packet, 'encryption');
+  const payload = packet.payload as Buffer;
+  if (payload.length === 0) return null; // MQTT's retained-message delete marker
+  let parsed: ParsedEnvelope;
+  try {
+    parsed = parseEnvelope(payload, ctx.parseOptions);
+  } catch (err) {
+    if (!isProtocolError(err)) throw err;
+    return refusePolicy(ctx, client, state, packet, 'encryption');
+  }
+  const violation = envelopePolicy(e2e.rule, parsed.ciphertext.length, parsed.suite);
+  if (violation) return refusePolicy(ctx, client, state, packet, violation);
+  return checkDownlinkSize(ctx, client, state, packet, parsed.ciphertext.length);
 }
 
 /**
@@ -201,22 +239,25 @@ function retransmission(packet: PublishPacket, parsed: ParsedEnvelope, uplink: H
   return packet.qos > 0 && packet.dup && uplink.replay.seen(parsed.seq);
 }
 
-/** [MQTT-3.4.1] PUBACK (0x40) or [MQTT-3.5.1] PUBREC (0x50): remaining length 2, the packet identifier. */
-function acknowledgement(qos: 1 | 2, messageId: number): Buffer {
-  return Buffer.from([qos === 1 ? 0x40 : 0x50, 0x02, messageId >> 8, messageId & 0xff]);
+/** [MQTT-3.5.1] PUBREC (0x50): remaining length 2, the packet identifier. */
+function pubrec(messageId: number): Buffer {
+  return Buffer.from([0x50, 0x02, messageId >> 8, messageId & 0xff]);
 }
 
 /**
  * A retransmission is acknowledged and dropped: not refused (that would close an honest connection whose
  * acknowledgement was lost), and not passed on again (DUP is an unauthenticated header bit: a replay must not
- * deliver a message twice). The broker sends the PUBACK or PUBREC itself (the PUBREL that follows a PUBREC is
- * answered by Aedes with PUBCOMP whether or not it stored the packet); the packet then goes on as QoS 0, not
- * retained, with the payload DROPPED_PAYLOAD, which the forward hook delivers to no one, so Aedes neither
- * acknowledges, stores nor delivers it.
+ * deliver a message twice). Its payload becomes DROPPED_PAYLOAD (not retained), which the forward hook delivers to
+ * no one. At QoS 1 Aedes sends the PUBACK, in its turn among the client's other PUBACKs, and publishes nothing
+ * (ack-after-store.ts acknowledges a DROPPED_PAYLOAD packet without publishing it). At QoS 2 the broker sends the
+ * PUBREC itself (the PUBREL that follows is answered by Aedes with PUBCOMP whether or not it stored the packet) and
+ * the packet goes on as QoS 0, so Aedes neither acknowledges, stores nor delivers it.
  */
 function acknowledgeDuplicate(ctx: PluginContext, client: Client, packet: PublishPacket): null {
-  client.conn.write(acknowledgement(packet.qos as 1 | 2, packet.messageId!));
-  packet.qos = 0;
+  if (packet.qos === 2) {
+    client.conn.write(pubrec(packet.messageId!));
+    packet.qos = 0;
+  }
   packet.retain = false;
   packet.payload = DROPPED_PAYLOAD;
   ctx.counters.uplink.duplicate++;

@@ -13,6 +13,8 @@ export class GroupCommit {
   constructor(
     private readonly db: StoreDb,
     private readonly wal: WalSync,
+    /** Called after each successful commit (idle-checkpoint.ts). */
+    private readonly committed: () => void = () => undefined,
   ) {
     const run = (sql: string) => {
       const stmt = db.prepare(sql);
@@ -54,6 +56,11 @@ export class GroupCommit {
     return new Promise<T>((resolve, reject) => this.waiting.push({ resolve: () => resolve(result), reject }));
   }
 
+  /** Whether a transaction is open (writes not yet committed). */
+  get pending(): boolean {
+    return this.open;
+  }
+
   /** Commits what is open now (also on close); every write in it resolves, or rejects if the commit fails. */
   commit(): void {
     if (!this.open) return;
@@ -67,6 +74,7 @@ export class GroupCommit {
       for (const w of waiting) w.reject(err instanceof Error ? err : new Error(String(err)));
       return;
     }
+    this.committed();
     this.wal.sync().then(
       () => waiting.forEach((w) => w.resolve()),
       (err: Error) => waiting.forEach((w) => w.reject(err)),

@@ -5,6 +5,7 @@ import { Readable } from 'node:stream';
 import type { QueuedEntry } from '../queue-bound.js';
 import { decodePacket, encodePacket, type PacketRow, type StoredPacket } from './codec.js';
 import { GroupCommit } from './group-commit.js';
+import { IdleCheckpoint } from './idle-checkpoint.js';
 import { classify, openStore, type StoreDb } from './store-file.js';
 import { WalSync } from './wal-sync.js';
 import { type IndexedSubscription, patternMatcher, subscriptionIndex } from './topic-index.js';
@@ -36,6 +37,7 @@ export class SqlitePersistence {
   private readonly db: StoreDb;
   private readonly commit: GroupCommit;
   private readonly wal: WalSync;
+  private readonly checkpoint: IdleCheckpoint;
   private readonly trie = subscriptionIndex();
   /** Clients with at least one stored subscription (Aedes' countOffline). */
   private readonly subscribed = new Map<string, number>();
@@ -51,11 +53,13 @@ export class SqlitePersistence {
   constructor(o: SqlitePersistenceOptions) {
     this.db = openStore(o.file);
     this.wal = new WalSync(`${o.file}-wal`);
-    this.commit = new GroupCommit(this.db, this.wal);
+    this.checkpoint = new IdleCheckpoint(this.db, () => this.commit.pending || this.wal.busy);
+    this.commit = new GroupCommit(this.db, this.wal, () => this.checkpoint.committed());
     try {
       this.q = this.prepare();
       this.loadSubscriptions();
     } catch (err) {
+      this.checkpoint.close();
       this.db.close();
       throw classify(err, o.file);
     }
@@ -339,6 +343,7 @@ export class SqlitePersistence {
   async destroy(): Promise<void> {
     if (this.destroyed) throw new Error('destroyed called twice!');
     this.destroyed = true;
+    this.checkpoint.close();
     this.commit.commit();
     // What the last commit wrote is synced before the file closes (closing checkpoints the WAL into it).
     await this.wal.sync();

@@ -2,6 +2,7 @@
 // A store another broker holds, a damaged file or one of a newer build is refused with a code, never reset.
 import { chmodSync, closeSync, existsSync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
+import { WAL_AUTOCHECKPOINT_PAGES } from './idle-checkpoint.js';
 
 export type StoreDb = Database.Database;
 
@@ -60,6 +61,8 @@ export function openStore(file: string): StoreDb {
     // SQLite does not wait for the disk at a commit; wal-sync.ts does, off the event loop, before any write of that
     // commit is acknowledged (the guarantee of synchronous=FULL). Checkpoints still sync the WAL and the file.
     db.pragma('synchronous = NORMAL');
+    // Checkpoints run when the broker pauses (idle-checkpoint.ts); this bounds the log under writes that never do.
+    db.pragma(`wal_autocheckpoint = ${WAL_AUTOCHECKPOINT_PAGES}`);
     // A command acknowledged and deleted leaves no plaintext behind in the file's free pages.
     db.pragma('secure_delete = ON');
     check(db, file);

@@ -120,16 +120,19 @@ const APP_DEFAULT: PolicyRule = Object.freeze({
 
 /**
  * How the broker takes a publish's payload: `open` an envelope (refused if it is not one), `open-if-sealed`
- * (an envelope is opened, anything else passes as plaintext), `pass` as it is, or a violation. Applications have
- * no envelope of their own yet, so `required` refuses every application publish the entry governs; an unknown
- * mode (a newer key service) refuses everything it governs.
+ * (an envelope is opened, anything else passes as plaintext), `pass` as it is, `forward-sealed` (an end-to-end
+ * envelope: its header is checked, it is never opened), or a violation. An application satisfies `required` only
+ * with a session key; an unknown mode (a newer key service) refuses everything it governs.
  */
 export function publishHandling(
   rule: PolicyRule,
   role: PolicyRole,
   appSealed = false,
-): 'open' | 'open-if-sealed' | 'pass' | 'encryption' {
+): 'open' | 'open-if-sealed' | 'pass' | 'forward-sealed' | 'encryption' {
   switch (rule.encryption) {
+    case 'end-to-end':
+      // docs/PROTOCOL.md §23: a device's envelope goes on unopened; the mode governs device messages only.
+      return role === 'device' && endToEndApp(rule) !== undefined ? 'forward-sealed' : 'encryption';
     case 'required':
       // An application satisfies `required` with a session key (docs/PROTOCOL.md §22.6).
       return role === 'device' || appSealed ? 'open' : 'encryption';
@@ -140,6 +143,14 @@ export function publishHandling(
     default:
       return 'encryption';
   }
+}
+
+/**
+ * The one application an `end-to-end` rule lets read (and command) the messages it governs, or undefined for any
+ * other rule, or for an end-to-end rule that names none (then nobody may: fail closed).
+ */
+export function endToEndApp(rule: PolicyRule): string | undefined {
+  return rule.encryption === 'end-to-end' && typeof rule.app === 'string' ? rule.app : undefined;
 }
 
 /** QoS and retain limits of a PUBLISH. */

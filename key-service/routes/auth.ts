@@ -64,7 +64,8 @@ export function authRoutes(app: RouteScope, ctx: KmsContext): void {
         suites ? (JSON.parse(suites) as number[]) : undefined,
       );
       ctx.metrics.logins.inc({ grant: body.grant_type, result: 'ok' });
-      ctx.store.audit(body.device_id, 'login', body.device_id, { grant: body.grant_type, source: req.ip });
+      // Answered once the record is on disk, committed with the other logins of this turn (audit-queue.ts).
+      await ctx.audits.append(body.device_id, 'login', body.device_id, { grant: body.grant_type, source: req.ip });
       return { access_token: token, token_type: 'Bearer' as const, expires_in: expiresIn };
     }
     const attempt = admit(body.client_id, req.ip, body.grant_type);
@@ -83,7 +84,11 @@ export function authRoutes(app: RouteScope, ctx: KmsContext): void {
       client.acl ? JSON.parse(client.acl) : undefined,
     );
     ctx.metrics.logins.inc({ grant: body.grant_type, result: 'ok' });
-    ctx.store.audit(client.client_id, 'login', null, { grant: body.grant_type, role: client.role, source: req.ip });
+    await ctx.audits.append(client.client_id, 'login', null, {
+      grant: body.grant_type,
+      role: client.role,
+      source: req.ip,
+    });
     return { access_token: token, token_type: 'Bearer' as const, expires_in: expiresIn };
   });
 

@@ -5,6 +5,8 @@ import * as wire from '../../kms-api/bulk-schemas.js';
 import type { RouteScope } from '../access.js';
 import type { KmsContext } from '../context.js';
 import { KmsError } from '../errors.js';
+import { abandonKeys } from '../abandon.js';
+import { brokerId } from '../callers.js';
 import { decKeysPost, encKeys, retireKeys } from './etsi.js';
 
 type ItemError = { error: wire.BulkItemError };
@@ -66,4 +68,48 @@ export function bulkRoutes(app: RouteScope, ctx: KmsContext): void {
       return { results };
     },
   );
+
+  // Keys whose claim's answer the broker never got (abandon.ts): one transaction, each item in its own savepoint.
+  app.post('/api/v1/bulk/abandons', { schema: wire.bulkAbandonRoute, bodyLimit: wire.BULK_BODY_LIMIT }, async (req) => {
+    const broker = brokerId(req);
+    const now = Date.now();
+    const one = ctx.store.db.transaction((item: wire.BulkAbandonItem) => {
+      ctx.store.requireDevice(item.SAE_ID);
+      return abandonKeys(
+        ctx.store,
+        {
+          deviceId: item.SAE_ID,
+          brokerId: broker,
+          keys: (item.key_IDs ?? []).map((k) => ({
+            keyId: k.key_ID,
+            ...(k.qkey_proof ? { proof: proofOf(k.qkey_proof) } : {}),
+          })),
+          ...(item.downlink_session_id === undefined ? {} : { downlinkSessionId: item.downlink_session_id }),
+          endToEndApp: (deviceId, topic) => ctx.policies.endToEndApp(deviceId, topic),
+        },
+        now,
+      );
+    });
+    const results = ctx.store.db.transaction(() =>
+      req.body.abandons.map((item) => {
+        try {
+          return { retired: one(item) };
+        } catch (err) {
+          if (err instanceof KmsError) return itemError(ctx, req, err);
+          throw err;
+        }
+      }),
+    )();
+    return { results };
+  });
+}
+
+/** A proof as abandon.ts takes it; an envelope not in canonical base64 proves nothing (it never opens). */
+function proofOf(json: { envelope: string; topic: string; direction: 'up' | 'will' }) {
+  const envelope = Buffer.from(json.envelope, 'base64');
+  return {
+    envelope: envelope.toString('base64') === json.envelope ? envelope : new Uint8Array(0),
+    topic: json.topic,
+    direction: json.direction,
+  };
 }

@@ -9,7 +9,8 @@ import { KmsError } from '../errors.js';
 
 const KEY_SIZE = 128;
 
-function container(keys: DeliveredKey[]) {
+/** ETSI 014 §6.3 key container; the delivered key bytes are wiped once encoded. */
+export function container(keys: DeliveredKey[]) {
   const out = {
     keys: keys.map((k) => ({
       key_ID: k.key_ID,
@@ -54,7 +55,7 @@ function sessionFromExtensions(
  * A proof of use as the claim needs it. The envelope must be canonical base64 (RFC 4648 §4: standard alphabet,
  * padded, no whitespace, zero pad bits), so that one envelope has exactly one spelling.
  */
-function proofOf(keyId: string, json: wire.UplinkProofJson | undefined): UplinkProof | undefined {
+export function proofOf(keyId: string, json: wire.UplinkProofJson | undefined): UplinkProof | undefined {
   if (!json) return undefined;
   const envelope = Buffer.from(json.envelope, 'base64');
   if (envelope.toString('base64') !== json.envelope)

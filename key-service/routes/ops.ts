@@ -5,8 +5,9 @@ import type { KmsContext } from '../context.js';
 
 /** Public group. */
 export function opsRoutes(app: RouteScope, ctx: KmsContext): void {
+  const probe = ctx.store.db.prepare('SELECT 1');
   app.get('/healthz', { schema: healthRoute }, async () => {
-    ctx.store.db.prepare('SELECT 1').get();
+    probe.get();
     return { status: 'ok' as const };
   });
   app.get('/metrics', async (_req, reply) => {

@@ -4,6 +4,7 @@
 // what the store held; a store another broker holds, or a damaged one, is refused and left as it was.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import mqtt, { type MqttClient } from 'mqtt';
 import type { IPublishPacket } from 'mqtt-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,6 +14,8 @@ import { removeDir, tempDir } from '../helpers/kms.js';
 import { type QkeyProcess, spawnQkey } from '../helpers/process.js';
 import { RawMqtt } from '../helpers/raw-mqtt.js';
 import { startTestSystem, type TestSystem } from '../helpers/system.js';
+
+const CRASH_AT_QUEUED_COMMIT = fileURLToPath(new URL('../helpers/crash-at-queued-commit.mjs', import.meta.url));
 
 let sys: TestSystem;
 const cleanup: Array<() => unknown> = [];
@@ -57,9 +60,24 @@ class BrokerProcess {
     return { QKEY_BROKER_SECRET: this.secret, QKEY_BROKER_LOG_LEVEL: 'warn' };
   }
 
-  async start(): Promise<void> {
-    this.proc = await spawnQkey(this.args, /mqtt (mqtt:\/\/[^,\s]+)/, this.env);
+  /** Starts the broker; `crashAtQueuedCommit`: it kills itself at that commit (helpers/crash-at-queued-commit.mjs). */
+  async start(crashAtQueuedCommit?: number): Promise<void> {
+    const crash = crashAtQueuedCommit !== undefined;
+    this.proc = await spawnQkey(
+      this.args,
+      /mqtt (mqtt:\/\/[^,\s]+)/,
+      { ...this.env, ...(crash && { QKEY_TEST_CRASH_AT_QUEUED_COMMIT: String(crashAtQueuedCommit) }) },
+      undefined,
+      crash ? ['--import', CRASH_AT_QUEUED_COMMIT] : [],
+    );
     this.url = this.proc.ready;
+  }
+
+  /** Waits for the process to end by itself; resolves with the signal that ended it. */
+  async ended(): Promise<NodeJS.Signals | null> {
+    const p = this.proc!.proc;
+    if (p.exitCode === null && p.signalCode === null) await new Promise((r) => p.once('exit', r));
+    return p.signalCode;
   }
 
   async kill(): Promise<void> {
@@ -227,6 +245,47 @@ describe('kill -9 and restart', () => {
     await broker.kill();
   }, 60_000);
 
+  it('a QoS 1 command is acknowledged only once stored: killed before its commit, the broker never acknowledged it', async () => {
+    const broker = await BrokerProcess.create('durable-ack');
+    await broker.start(2); // the second commit that queues a message never happens
+    const chip = await sys.device('dur-ack');
+    await leave(await deviceOn(broker.url, chip, 1));
+    const { client_secret } = await sys.kms.admin.registerApp('dur-ack-ops', { publish: ['devices/+/down/#'] });
+    const token = (await sys.kms.anon.clientToken('dur-ack-ops', client_secret)).access_token;
+    const { raw: ops } = await RawMqtt.connect(broker.url, {
+      clientId: 'dur-ack-ops/raw',
+      username: 'dur-ack-ops',
+      password: token,
+      keepalive: 0,
+    });
+    cleanup.push(() => ops.socket.destroy());
+    const command = (payload: string, messageId: number) =>
+      ops.send({
+        cmd: 'publish',
+        topic: `devices/${chip.deviceId}/down/cmd`,
+        payload: Buffer.from(payload),
+        qos: 1,
+        messageId,
+        retain: false,
+        dup: false,
+      });
+    command('c1', 1);
+    await ops.next('puback');
+    command('c2', 2); // its commit is where the broker dies
+    await ops.closed;
+    expect(await broker.ended()).toBe('SIGKILL');
+    const acknowledged = ops.received.filter((p) => p.cmd === 'puback').map((p) => p.messageId);
+    await broker.start();
+    const conn = await deviceOn(broker.url, chip);
+    const got = await drain(conn, 1);
+    expect(got.map((p) => opened(chip, p))).toEqual(['c1']);
+    for (const p of got) conn.send({ cmd: 'puback', messageId: p.messageId! });
+    await nothingMore(conn);
+    // c2 was lost with the process, and its sender was not told otherwise: it will send it again.
+    expect(acknowledged).toEqual([]);
+    await broker.kill();
+  }, 60_000);
+
   it('the queue bound counts what the store held: after a restart a full queue still takes nothing more', async () => {
     const broker = await BrokerProcess.create('durable-2');
     writeFileSync(join(broker.data, 'broker.json'), JSON.stringify({ maxQueuedMessages: 3 }));
@@ -237,8 +296,7 @@ describe('kill -9 and restart', () => {
     const { client_secret } = await sys.kms.admin.registerApp('dur-bound-ops', { publish: ['devices/+/down/#'] });
     const token = (await sys.kms.anon.clientToken('dur-bound-ops', client_secret)).access_token;
     const ops = await connectApp(broker.url, 'dur-bound-ops', token);
-    // QoS 2: PUBCOMP comes after the message is stored. (Aedes answers a QoS 1 PUBLISH with PUBACK before it
-    // stores it: a kill -9 in between loses that message; docs/ARCHITECTURE.md, "Persistence".)
+    // PUBCOMP (and PUBACK) come once the message is stored.
     for (const c of ['m1', 'm2', 'm3']) await ops.publishAsync(`devices/${chip.deviceId}/down/cmd`, c, { qos: 2 });
     await ops.endAsync();
     await broker.kill();

@@ -10,10 +10,12 @@ import {
   contentViolation,
   defaultRule,
   deliveryFor,
+  endToEndApp,
   EMPTY_POLICY,
   filtersOverlap,
   headerViolation,
   type PolicyRole,
+  type PolicyRule,
   publishHandling,
   rotationFor,
   ruleFor,
@@ -240,5 +242,26 @@ describe('rotation', () => {
       seconds: 3600,
     });
     expect(rotationFor(EMPTY_POLICY, 'd1', 'devices/d1/down/#', base)).toEqual(base);
+  });
+});
+
+describe('end-to-end entries', () => {
+  const rule = (over: object) =>
+    ({ policy_id: 'p', role: 'device', filter: '#', version: 1, updated_at: 0, ...over }) as PolicyRule;
+  it('a device publish is forwarded sealed; an application under the mode, or an entry naming no app, is refused', () => {
+    expect(publishHandling(rule({ encryption: 'end-to-end', app: 'vault' }), 'device')).toBe('forward-sealed');
+    expect(publishHandling(rule({ encryption: 'end-to-end', app: 'vault' }), 'app', true)).toBe('encryption');
+    expect(publishHandling(rule({ encryption: 'end-to-end' }), 'device')).toBe('encryption');
+    expect(endToEndApp(rule({ encryption: 'end-to-end', app: 'vault' }))).toBe('vault');
+    expect(endToEndApp(rule({ encryption: 'required', app: 'vault' }))).toBeUndefined();
+  });
+  it('the device entry decides by precedence: its own entry wins over the role-wide end-to-end one', () => {
+    const policy = compilePolicy(3, [
+      rule({ policy_id: 'role', filter: 'devices/+/up/secret/#', encryption: 'end-to-end', app: 'vault' }),
+      rule({ policy_id: 'own', principal: 'd1', filter: 'devices/d1/up/#', encryption: 'required' }),
+    ]);
+    const of = (id: string) => ruleFor(policy, { role: 'device', id }, `devices/${id}/up/secret/x`);
+    expect(endToEndApp(of('d2')!)).toBe('vault');
+    expect(of('d1')!.policy_id).toBe('own');
   });
 });

@@ -65,6 +65,17 @@ it('set, list, show and delete an entry; the version moves with each change', as
   expect(gone.err).toMatch(/KMS_ERR_NOT_FOUND/);
 });
 
+it('an end-to-end entry names its application, and show says which', async () => {
+  const set = await admin(
+    ...['policy', 'set', 'vault-secret', '--role', 'device', '--filter', 'devices/+/up/secret/#'],
+    ...['--encryption', 'end-to-end', '--app', 'vault'],
+  );
+  expect(set.code).toBe(0);
+  expect((await admin('policy', 'show', 'vault-secret')).out).toMatch(/encryption\s+end-to-end \(read by app vault\)/);
+  expect((await t.admin.policy('vault-secret')).app).toBe('vault');
+  expect((await admin('policy', 'delete', 'vault-secret')).code).toBe(0);
+});
+
 it.each([
   [['policy', 'set', 'p', '--filter', '#', '--encryption', 'required'], /--role is required/],
   [['policy', 'set', 'p', '--role', 'device', '--encryption', 'required'], /--filter is required/],
@@ -84,6 +95,12 @@ it.each([
     ['policy', 'set', 'p', '--role', 'app', '--principal', 'a/b', '--filter', '#', '--encryption', 'optional'],
     /principal/,
   ],
+  [['policy', 'set', 'p', '--role', 'device', '--filter', '#', '--encryption', 'end-to-end'], /end_to_end_without_app/],
+  [
+    ['policy', 'set', 'p', '--role', 'device', '--filter', '#', '--encryption', 'required', '--app', 'vault'],
+    /app_without_end_to_end/,
+  ],
+  [['policy', 'set', 'p', '--role', 'device', '--filter', '#', '--encryption', 'end-to-end', '--app', 'a/b'], /app/],
   [['policy', 'show'], /missing policy id/],
   [['policy', 'frobnicate'], /unknown command "policy frobnicate"/],
 ])('usage error before the key service is asked: %j', async (argv, message) => {

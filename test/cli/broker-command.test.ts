@@ -29,6 +29,14 @@ describe('qkey broker arguments', () => {
     );
   });
 
+  it('refuses a --ws-origin that is not an origin as a configuration error (no wildcard, no path)', async () => {
+    for (const bad of ['*', 'https://app.example/', 'app.example']) {
+      const r = await run('broker', '--ws-port', '0', '--ws-origin', 'https://ok.example', '--ws-origin', bad);
+      expect(r.code, bad).toBe(1);
+      expect(r.err).toMatch(/CONFIG_ERR_INVALID: "wsOrigins\.1" \(from a command-line flag/);
+    }
+  });
+
   it('lists --semi-space and --persistence in its help', async () => {
     const r = await run('broker', '--help');
     expect(r.code).toBe(0);

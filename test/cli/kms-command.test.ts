@@ -242,3 +242,16 @@ it('qkey kms --init creates a missing key service and then runs it; mkdir alone 
   expect(out).toContain('qkey kms: created');
   expect(out).toContain('master-key.v1 (master key, 0600)');
 });
+
+it('qkey kms --cors-origin takes origins only (repeatable); a wildcard or a path is a configuration error', async () => {
+  const d = tempDir();
+  try {
+    for (const bad of ['*', 'https://app.example/', 'null']) {
+      const r = await runQkey('kms', '--data', d, '--cors-origin', 'https://ok.example', '--cors-origin', bad);
+      expect(r.code, bad).toBe(1);
+      expect(r.err).toMatch(/CONFIG_ERR_INVALID: "corsOrigins\.1" \(from a command-line flag/);
+    }
+  } finally {
+    removeDir(d);
+  }
+});

@@ -18,8 +18,9 @@ export function spawnQkey(
   ready: RegExp,
   env: NodeJS.ProcessEnv = {},
   timeoutMs = 20_000,
+  nodeArgs: string[] = [],
 ): Promise<QkeyProcess> {
-  const proc = spawn(process.execPath, [QKEY_BIN, ...args], {
+  const proc = spawn(process.execPath, [...nodeArgs, QKEY_BIN, ...args], {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -365,3 +365,78 @@ describe('downlink, login and secrecy', () => {
     }
   });
 });
+
+function protoCode(fn: () => unknown): string {
+  try {
+    fn();
+    return 'OK';
+  } catch (err) {
+    if (!(err instanceof ProtocolError)) throw err;
+    return err.code;
+  }
+}
+
+describe('end-to-end channel (docs/PROTOCOL.md §23.2, §23.4)', () => {
+  it('seals end-to-end topics under a key of their own, rising apart from the broker key, abandoned at session start', () => {
+    const { chip, path } = chipFor('dev-e2e-chip');
+    const keys = fillLocally(chip, 6, 0);
+    const keyOf = (i: number) => keys.keys.get(i)!.key;
+    chip.beginSession();
+    const index = (e: Uint8Array) => parseEnvelope(e).keyIndex;
+    const b1 = chip.sealUplink(enc.encode('b'), TOPIC('dev-e2e-chip'));
+    const e1 = chip.sealUplink(enc.encode('e'), 'devices/dev-e2e-chip/up/secret', 'end-to-end');
+    const e2 = chip.sealUplink(enc.encode('e'), 'devices/dev-e2e-chip/up/secret', 'end-to-end');
+    const b2 = chip.sealUplink(enc.encode('b'), TOPIC('dev-e2e-chip'));
+    expect([index(b1), index(e1), index(e2), index(b2)]).toEqual([0, 1, 1, 0]);
+    expect(parseEnvelope(e2).seq).toBe(1);
+    // The end-to-end envelope opens under its own key as an ordinary uplink, never under the broker key.
+    const ctx = { deviceId: 'dev-e2e-chip', topic: 'devices/dev-e2e-chip/up/secret', direction: 'up' as const };
+    expect(Buffer.from(openEnvelope(e1, { ...ctx, key: keyOf(1) }).payload).toString()).toBe('e');
+    expect(() => openEnvelope(e1, { ...ctx, key: keyOf(0) })).toThrow(ProtocolError);
+
+    // A command sealed by the application under the end-to-end key (e2e-down) opens once, in this session only.
+    const down = 'devices/dev-e2e-chip/down/secret';
+    const command = sealEnvelope(enc.encode('go'), {
+      key: keyOf(1),
+      keyIndex: 1,
+      seq: 0,
+      deviceId: 'dev-e2e-chip',
+      topic: down,
+      direction: 'e2e-down',
+    });
+    expect(Buffer.from(chip.openEndToEnd(command, down)).toString()).toBe('go');
+    expect(protoCode(() => chip.openEndToEnd(command, down))).toBe('PROTO_ERR_REPLAY');
+    // Sealed as a broker downlink (direction down), or under the broker key, it does not open.
+    const asDown = sealEnvelope(enc.encode('go'), {
+      key: keyOf(1),
+      keyIndex: 1,
+      seq: 5,
+      deviceId: 'dev-e2e-chip',
+      topic: down,
+      direction: 'down',
+    });
+    expect(protoCode(() => chip.openEndToEnd(asDown, down))).toBe('PROTO_ERR_TAG');
+    const underBrokerKey = sealEnvelope(enc.encode('go'), {
+      key: keyOf(0),
+      keyIndex: 0,
+      seq: 0,
+      deviceId: 'dev-e2e-chip',
+      topic: down,
+      direction: 'e2e-down',
+    });
+    expect(chipCode(() => chip.openEndToEnd(underBrokerKey, down))).toBe('CHIP_ERR_UNKNOWN_KEY');
+
+    // The file remembers the end-to-end key in use; a new session abandons it and its commands.
+    chip.close();
+    const again = SecurityChip.open(path, TEST_PIN);
+    again.beginSession();
+    const fresh = { ...{ key: keyOf(1), keyIndex: 1, deviceId: 'dev-e2e-chip', topic: down }, seq: 1 };
+    expect(
+      chipCode(() => again.openEndToEnd(sealEnvelope(enc.encode('x'), { ...fresh, direction: 'e2e-down' }), down)),
+    ).toBe('CHIP_ERR_UNKNOWN_KEY');
+    const e3 = again.sealUplink(enc.encode('e'), 'devices/dev-e2e-chip/up/secret', 'end-to-end');
+    const b3 = again.sealUplink(enc.encode('b'), TOPIC('dev-e2e-chip'));
+    expect([index(e3), index(b3)]).toEqual([2, 3]);
+    again.close();
+  });
+});

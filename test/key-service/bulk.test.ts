@@ -137,6 +137,32 @@ describe('bulk claims', () => {
     expect((await stateOf(victim, 0)).state).toBe('filled');
   });
 
+  it('leaves no trace of a refused one-key item in a batch: its key unclaimed, no audit entry; the others audited', async () => {
+    const d = await provisionDevice(t.admin, 'bulk-trace', 3, 1);
+    const forged = uplinkProof(d, 1);
+    forged.envelope = forged.envelope.map((x, i) => (i === forged.envelope.length - 1 ? x ^ 1 : x));
+    const { results } = await claims(broker, [
+      decItem(d, [0]),
+      decItem(d, [1], [forged]), // refused after its key was read and unwrapped
+      encItem(d.deviceId),
+      encItem(d.deviceId), // the pool had one downlink key
+      decItem(d, [2]),
+    ]);
+    expect(results.map((r) => (r.keys ? 'ok' : r.error!.code))).toEqual([
+      'ok',
+      'KMS_ERR_KEY_UNAVAILABLE',
+      'ok',
+      'KMS_ERR_POOL_EMPTY',
+      'ok',
+    ]);
+    expect((await stateOf(d, 1)).state).toBe('filled');
+    const { entries } = await t.admin.audit({ device_id: d.deviceId });
+    const claimed = entries
+      .filter((e) => e.action.startsWith('key.claim.'))
+      .map((e) => (e.detail as { key_IDs: string[] }).key_IDs);
+    expect(claimed).toEqual([[keyIdFor(d.deviceId, 0)], [keyIdFor(d.deviceId, 3)], [keyIdFor(d.deviceId, 2)]]);
+  });
+
   it('delivers a key named twice in one request once; the second item is refused as claimed', async () => {
     const d = await provisionDevice(t.admin, 'bulk-dup', 2, 0);
     const { results } = await claims(broker, [decItem(d, [0]), decItem(d, [0]), encItem('bulk-dup', 1)]);

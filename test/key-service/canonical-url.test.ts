@@ -1,6 +1,7 @@
 // The request target a route is matched on: every spelling of a path becomes one, and nothing else changes.
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { canonicalUrl } from '../../key-service/canonical-url.js';
+import { canonicalUrl, fullCanonicalUrl } from '../../key-service/canonical-url.js';
 
 describe('canonicalUrl', () => {
   it.each([
@@ -31,5 +32,18 @@ describe('canonicalUrl', () => {
 
   it('leaves the case of every segment alone (parameters such as device ids are case-sensitive)', () => {
     expect(canonicalUrl('/API/v1/keys/Dev-A/status')).toBe('/API/v1/keys/Dev-A/status');
+  });
+
+  it('gives what the full algorithm gives for any target, including those it returns unchanged', () => {
+    const piece = fc.constantFrom('/', '.', '..', '%', '%2e', '%2F', '%41', ';', ';x', '?', 'a', 'Z', '-', ':', '//');
+    const target = fc.array(piece, { maxLength: 12 }).map((parts) => parts.join(''));
+    fc.assert(
+      fc.property(target, (t) => {
+        expect(canonicalUrl(t)).toBe(fullCanonicalUrl(t));
+        expect(canonicalUrl(`/${t}`)).toBe(fullCanonicalUrl(`/${t}`));
+      }),
+      { numRuns: 5000 },
+    );
+    expect(canonicalUrl('/api/v1/keys/dev-1/enc_keys')).toBe('/api/v1/keys/dev-1/enc_keys');
   });
 });

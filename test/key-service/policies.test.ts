@@ -145,7 +145,7 @@ describe('malformed and contradictory entries are refused and change nothing', (
   const ok: PolicyBodyJson = { role: 'device', filter: 'devices/+/up/#', encryption: 'required' };
   it.each([
     ['no encryption', { role: 'device', filter: '#' }, '400 KMS_ERR_BAD_REQUEST'],
-    ['an unknown mode', { ...ok, encryption: 'end-to-end' }, '400 KMS_ERR_BAD_REQUEST'],
+    ['an unknown mode', { ...ok, encryption: 'broker-blind' }, '400 KMS_ERR_BAD_REQUEST'],
     ['an unknown field', { ...ok, sneaky: true }, '400 KMS_ERR_BAD_REQUEST'],
     ['an unknown role', { ...ok, role: 'broker' }, '400 KMS_ERR_BAD_REQUEST'],
     ['an unknown suite', { ...ok, suites: [3] }, '400 KMS_ERR_BAD_REQUEST'],
@@ -174,6 +174,23 @@ describe('malformed and contradictory entries are refused and change nothing', (
       { ...ok, encryption: 'plaintext', rotation: { messages: 5 } },
       '400 KMS_ERR_POLICY_INVALID plaintext_with_rotation',
     ],
+    [
+      'end-to-end naming no application',
+      { ...ok, encryption: 'end-to-end' },
+      '400 KMS_ERR_POLICY_INVALID end_to_end_without_app',
+    ],
+    [
+      'end-to-end for an application role',
+      { ...ok, role: 'app', encryption: 'end-to-end', app: 'vault' },
+      '400 KMS_ERR_POLICY_INVALID end_to_end_role',
+    ],
+    [
+      'end-to-end with rotation',
+      { ...ok, encryption: 'end-to-end', app: 'vault', rotation: { messages: 5 } },
+      '400 KMS_ERR_POLICY_INVALID end_to_end_with_rotation',
+    ],
+    ['an app on another mode', { ...ok, app: 'vault' }, '400 KMS_ERR_POLICY_INVALID app_without_end_to_end'],
+    ['an app id that is no id', { ...ok, encryption: 'end-to-end', app: '../x' }, '400 KMS_ERR_BAD_REQUEST'],
     ['an array', [ok], '400 KMS_ERR_BAD_REQUEST'],
     ['null', null, '400 KMS_ERR_BAD_REQUEST'],
   ])('%s', async (_name, body, expected) => {
@@ -196,6 +213,26 @@ describe('malformed and contradictory entries are refused and change nothing', (
     const huge = JSON.stringify({ ...ok, filter: 'a'.repeat(2 * 1024 * 1024) });
     expect(await put('/api/v1/admin/policies/huge', huge)).toBe('413 KMS_ERR_TOO_LARGE');
     expect(await outcome(t.admin.policy('truncated'))).toBe('404 KMS_ERR_NOT_FOUND');
+  });
+
+  it('end-to-end entries that can govern one device name one application (one end-to-end key per session)', async () => {
+    const e2e = (over: object) => ({ role: 'device', encryption: 'end-to-end', ...over });
+    const set = (id: string, body: object) => outcome(t.admin.request('PUT', `/api/v1/admin/policies/${id}`, body));
+    expect(await set('e2e-a', e2e({ principal: 'd-a', filter: 'devices/d-a/up/s/#', app: 'app-a' }))).toBe('OK');
+    // Another device's entry may name another application.
+    expect(await set('e2e-b', e2e({ principal: 'd-b', filter: 'devices/d-b/up/s/#', app: 'app-b' }))).toBe('OK');
+    const before = await t.admin.policies();
+    // The same device, or every device (a role-wide entry), with another application: refused, nothing changes.
+    for (const body of [
+      e2e({ principal: 'd-a', filter: 'devices/d-a/down/s/#', app: 'app-b' }),
+      e2e({ filter: 'devices/+/up/other/#', app: 'app-a' }),
+    ])
+      expect(await set('e2e-c', body)).toBe('409 KMS_ERR_CONFLICT end_to_end_app_conflict');
+    expect(await t.admin.policies()).toEqual(before);
+    // The same application for more of that device's topics is fine; so is changing the one entry that names it.
+    expect(await set('e2e-c', e2e({ principal: 'd-a', filter: 'devices/d-a/down/s/#', app: 'app-a' }))).toBe('OK');
+    expect(await set('e2e-b', e2e({ principal: 'd-b', filter: 'devices/d-b/up/s/#', app: 'app-c' }))).toBe('OK');
+    for (const id of ['e2e-a', 'e2e-b', 'e2e-c']) await t.admin.request('DELETE', `/api/v1/admin/policies/${id}`);
   });
 
   it('a second entry for the same subject and filter is a conflict; the same subject with another filter is not', async () => {
