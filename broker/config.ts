@@ -128,6 +128,12 @@ export const BROKER_CONFIG_SCHEMA = {
     maxQueuedBytes: count(0, 2 ** 40, 16 * 1024 * 1024),
     uplinkKeyLingerSeconds: count(0, 86_400, 120),
     maxDownlinkClaimsPerMinute: count(1, 1_000_000, 20),
+    /** How long a persistent app session's deliveries that need its session key wait for it (docs/PROTOCOL.md §22.8). */
+    appHoldSeconds: count(1, 3600, 30),
+    /** Live deliveries such a session holds while it waits; beyond, they stay in its stored queue. */
+    appHoldMessages: count(1, 100_000, 1000),
+    /** Payload bytes of the live deliveries such a session holds while it waits. */
+    appHoldBytes: count(1, 2 ** 32, 16 * 1024 * 1024),
     /** Level of the per-connection log lines (client connected, client disconnected). */
     connectionLogLevel: { enum: ['info', 'debug'], default: 'info' },
     concurrency: count(1, 1_000_000, 2000),

@@ -296,6 +296,7 @@ async function startOn(
     queuesBoundedByPersistence: redis !== undefined,
     uplinkKeyLingerSeconds: config.uplinkKeyLingerSeconds,
     maxDownlinkClaimsPerMinute: config.maxDownlinkClaimsPerMinute,
+    appHold: { ms: config.appHoldSeconds * 1000, count: config.appHoldMessages, bytes: config.appHoldBytes },
     connectionLogLevel: config.connectionLogLevel,
     log,
     policy,

@@ -3,9 +3,12 @@ import { type AuditJson, KmsClient } from '../kms-api/client.js';
 import { KMS_DEFAULTS } from '../key-service/config.js';
 import { adminTokenFrom, namedAdminRefusal } from './admin-token.js';
 import { POLICY_OPTIONS, POLICY_USAGE, runPolicyCommand } from './admin-policy.js';
+import { APP_KEYS_OPTIONS, APP_KEYS_USAGE, AppKeyFillError, runAppKeysCommand } from './admin-app-keys.js';
+import { QrngHealthError } from '../hsm-emulator/qrng.js';
 import { isAppSm2PublicKey } from '../protocol/index.js';
 import {
   type CliIo,
+  EXIT_FAILURE,
   EXIT_OK,
   EXIT_USAGE,
   idArgument,
@@ -36,6 +39,7 @@ Commands:
                                         key (04 || x || y, 130 hex digits) opts it in to session keys
   app list                              applications and their topic permissions
   app revoke <id>                       revoke an application: its tokens stop working
+${APP_KEYS_USAGE}
   broker add <id> [--cert-fingerprint <sha256> | --cert-subject <dn>]
                                         prints the client secret once; a TLS client certificate with this
                                         SHA-256 fingerprint (hex, colons optional) or subject (RFC 4514, e.g.
@@ -55,7 +59,7 @@ ${POLICY_USAGE}
   --data <dir>   the key service's data folder, to find the admin token (default ./data)
   --json         print the API's JSON instead of text
 Exit status: 0 ok, 1 refused by the key service (its error code is printed), 2 usage error, 3 key service
-unreachable.`;
+unreachable; app-keys fill also exits 1 when the QRNG fails its health tests (nothing of that batch is sent).`;
 
 const OPTIONS = {
   kms: { type: 'string' },
@@ -78,6 +82,7 @@ const OPTIONS = {
   'sm2-public-key': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   ...POLICY_OPTIONS,
+  ...APP_KEYS_OPTIONS,
 } as const;
 
 /** A SHA-256 fingerprint as `openssl x509 -fingerprint -sha256` prints it (AB:CD:...), from any usual spelling. */
@@ -311,6 +316,10 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
         break;
       }
       default:
+        if (resource === 'app-keys') {
+          await runAppKeysCommand(action, values, client, print);
+          break;
+        }
         if (resource === 'policy') {
           await runPolicyCommand(action, positionals, values, client, print, table);
           break;
@@ -319,9 +328,25 @@ export async function runAdminCommand(argv: string[], io: CliIo): Promise<number
     }
     return EXIT_OK;
   } catch (err) {
+    if (err instanceof AppKeyFillError) return appKeyFillFailure(err, token, io);
     const failed = namedAdminRefusal(err, token);
     const status = sharedFailure(failed, 'qkey admin', io);
     if (status !== undefined) return status;
     throw failed;
   }
+}
+
+/** A fill that stopped at a batch: the key service's answer, and the batches filled before it (they stay). */
+function appKeyFillFailure(err: AppKeyFillError, token: ReturnType<typeof adminTokenFrom>, io: CliIo): number {
+  const failed = namedAdminRefusal(err.reason, token);
+  const before =
+    err.filled.length === 0 ? 'nothing was filled' : `batches filled before it stay filled: ${err.filled.join(', ')}`;
+  let status: number | undefined;
+  if (failed instanceof QrngHealthError) {
+    io.err(`qkey admin app-keys fill: ${failed.message}`);
+    status = EXIT_FAILURE;
+  } else status = sharedFailure(failed, 'qkey admin app-keys fill', io);
+  if (status === undefined) throw failed;
+  io.err(`qkey admin app-keys fill: ${before}`);
+  return status;
 }

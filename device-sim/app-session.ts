@@ -26,6 +26,10 @@ export interface AppSessionOptions {
   sm2: { privateKey: string; publicKey: string };
   /** Messages sealed under one key before the client rotates on its own (below the broker's limit). */
   rotateAfterMessages?: number;
+  /** MQTT clean session (default true); false keeps a persistent session whose queue waits for the key (§22.8). */
+  clean?: boolean;
+  /** Receives from the first delivery on, before start() resolves (a persistent session's queue, §22.8). */
+  onMessage?: AppMessageHandler;
 }
 
 interface Generation {
@@ -35,7 +39,13 @@ interface Generation {
   nextSeq: number;
 }
 
-export type AppMessageHandler = (topic: string, plaintext: Buffer, envelope: Buffer) => void;
+/** `packet`: the MQTT header of the delivery (DUP set on a redelivery, [MQTT-3.3.1-1]). */
+export type AppMessageHandler = (
+  topic: string,
+  plaintext: Buffer,
+  envelope: Buffer,
+  packet: { dup: boolean; qos: number },
+) => void;
 
 export class AppSession {
   private readonly generations = new Map<number, Generation>();
@@ -50,7 +60,8 @@ export class AppSession {
     private readonly kms: KmsClient,
     private readonly o: AppSessionOptions,
   ) {
-    client.on('message', (topic, payload) => this.receive(topic, payload));
+    if (o.onMessage) this.handlers.push(o.onMessage);
+    client.on('message', (topic, payload, packet) => this.receive(topic, payload, packet));
   }
 
   /** Logs in, connects, and completes the first handshake before resolving. */
@@ -61,6 +72,7 @@ export class AppSession {
       username: o.appId,
       password: access_token,
       reconnectPeriod: 0,
+      clean: o.clean ?? true,
     });
     const session = new AppSession(client, new KmsClient(o.kmsUrl, { token: access_token }), o);
     await session.rotate();
@@ -99,11 +111,13 @@ export class AppSession {
     const key = unwrapSessionKey(Buffer.from(issued.wrapped_key, 'base64'), this.o.sm2.privateKey);
     if (!key) throw new Error('the session key did not decrypt under this SM2 key');
     const index = this.generation + 1;
+    // Opens deliveries under the new key from now: the broker may seal under it before its PUBACK arrives here
+    // (a persistent session's held queue goes out as soon as the key is claimed, §22.8). Sealing switches on PUBACK.
+    this.generations.set(index, { key: new EnvelopeKey(key), replay: new ReplayWindow(), nextSeq: 0 });
+    key.fill(0);
     await this.client.publishAsync(APP_SESSION_TOPIC, JSON.stringify({ key_ID: issued.key_ID, key_index: index }), {
       qos: 1,
     });
-    this.generations.set(index, { key: new EnvelopeKey(key), replay: new ReplayWindow(), nextSeq: 0 });
-    key.fill(0);
     this.generation = index;
     for (const [i, g] of this.generations)
       if (i < index - 1) {
@@ -135,8 +149,9 @@ export class AppSession {
     this.handlers.push(handler);
   }
 
-  private receive(topic: string, payload: Buffer): void {
-    if (payload.length === 0) return void this.handlers.forEach((h) => h(topic, payload, payload));
+  private receive(topic: string, payload: Buffer, packet: { dup: boolean; qos: number }): void {
+    const header = { dup: packet.dup, qos: packet.qos };
+    if (payload.length === 0) return void this.handlers.forEach((h) => h(topic, payload, payload, header));
     let plaintext: Uint8Array;
     try {
       const parsed = parseEnvelope(payload);
@@ -154,7 +169,7 @@ export class AppSession {
       return;
     }
     const out = Buffer.from(plaintext.buffer, plaintext.byteOffset, plaintext.byteLength);
-    for (const h of this.handlers) h(topic, out, payload);
+    for (const h of this.handlers) h(topic, out, payload, header);
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,11 @@
 // Calls of the application session routes (docs/KMS-API.md) over a KmsClient: the app's challenge and session key,
 // the broker's claim of that key, and the administrator's pool fill. The wire types come from app-session-schemas.
-import type { AppKeyContainerJson, SessionChallengeJson, SessionKeyJson } from './app-session-schemas.js';
+import type {
+  AppKeyContainerJson,
+  AppKeyLevelsJson,
+  SessionChallengeJson,
+  SessionKeyJson,
+} from './app-session-schemas.js';
 import type { KmsClient } from './client.js';
 
 /** App token: a challenge for a session with `brokerId`. */
@@ -30,4 +35,9 @@ export function fillAppKeys(
   keys: string[],
 ): Promise<{ batch_id: string; count: number }> {
   return kms.request('POST', '/api/v1/admin/app-keys', { batch_id: batchId, keys });
+}
+
+/** Admin token: the application key pool's levels (`filled` is the unused keys). */
+export function appKeyLevels(kms: KmsClient): Promise<AppKeyLevelsJson> {
+  return kms.request('GET', '/api/v1/admin/app-keys');
 }

@@ -134,6 +134,7 @@ export const appKeyContainer = {
   },
 } as const;
 export type AppKeyContainerJson = FromSchema<typeof appKeyContainer>;
+export type AppKeyLevelsJson = FromSchema<typeof appKeyLevels>;
 
 export const setSm2KeyRoute = {
   params: clientParams,

@@ -59,6 +59,7 @@ export async function announceAppSession(
   try {
     state.app ??= new AppSessionKeys(appId, ctx.rotation);
     state.app.install(a.keyIndex, key);
+    state.appHold?.open(); // §22.8: what waited for the key goes out now, sealed
   } catch (err) {
     if (err instanceof AppSessionError) return { reason: err.reason, detail: err.message };
     throw err;

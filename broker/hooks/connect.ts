@@ -20,6 +20,7 @@ import { UplinkKeyError } from '../uplink-keys.js';
 import { downlinkOwner, mayPublish, type Principal } from '../topic-policy.js';
 import type { ClientState, DeviceWill, PluginContext } from './context.js';
 import { holdDeliveriesForKey } from './forward.js';
+import { DEFAULT_APP_HOLD, holdForAppKey } from './app-hold.js';
 import { endToEndOf } from './policy.js';
 import { watchConnection } from './lifecycle.js';
 
@@ -83,6 +84,9 @@ export async function authenticate(
     ...(unpinWill && { unpinWill }),
   };
   ctx.states.set(client, state);
+  // §22.8: a persistent application session's deliveries that need its session key wait for the announcement.
+  if (principal.role === 'app' && client.clean === false)
+    holdForAppKey(ctx, client, state, ctx.o.appHold ?? DEFAULT_APP_HOLD);
   watchConnection(ctx, client);
   ctx.o.events?.connected?.(principal);
 }

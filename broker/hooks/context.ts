@@ -7,6 +7,7 @@ import { KmsCoalescer } from '../../kms-api/coalescer.js';
 import { KeyReports } from '../key-reports.js';
 import { DEFAULT_MAX_PAYLOAD, type ParsedEnvelope } from '../../protocol/index.js';
 import type { AppSessionKeys } from '../app-session-keys.js';
+import type { AppDeliveryHold, AppHoldLimits } from './app-hold.js';
 import type { DeviceSessionKeys, RotationLimits, SessionEvent } from '../session-keys.js';
 import { ClaimBudget } from '../claim-budget.js';
 import { DEFAULT_UPLINK_LINGER_SECONDS, UplinkKeys } from '../uplink-keys.js';
@@ -116,6 +117,11 @@ export interface QkeyPluginOptions {
   log?: PluginLog;
   /** The policy table in force (policy/feed.ts); none: the broker's behaviour without a policy. */
   policy?: PolicySource;
+  /**
+   * How long (ms) and how many live deliveries a persistent application session's hold keeps waiting for its
+   * session key, and their payload bytes (docs/PROTOCOL.md §22.8). Default 30000 ms, 1000, 16 MiB.
+   */
+  appHold?: AppHoldLimits;
 }
 
 /** A device will's envelope, read (not opened) at CONNECT: its key is this connection's uplink key. */
@@ -129,6 +135,8 @@ export interface ClientState {
   keys?: DeviceSessionKeys;
   /** An application's session keys once it announced one (docs/PROTOCOL.md §22.6). */
   app?: AppSessionKeys;
+  /** A persistent application connection's deliveries that wait for its session key (app-hold.ts). */
+  appHold?: AppDeliveryHold;
   /** The will's envelope header when the device sent a sealed will. */
   will?: DeviceWill;
   /** Releases the hold on the will's uplink key (see UplinkKeys.pin). */

@@ -15,6 +15,7 @@ export function watchConnection(ctx: PluginContext, client: Client): void {
   client.conn.once('close', () => {
     const state = ctx.states.get(client);
     if (!state) return;
+    state.appHold?.close(); // nothing held goes out on a closed connection; the store keeps it (app-hold.ts)
     if (willStillDue(client)) {
       state.releaseAfterWill = true;
       state.handoverTimer = setTimeout(() => void release(ctx, client), WILL_HANDOVER_MS).unref();
@@ -48,6 +49,7 @@ export async function release(ctx: PluginContext, client: Client): Promise<void>
     if (key) key.willSpent = true;
   }
   state.unpinWill?.();
+  state.appHold?.close();
   state.app?.destroy();
   await state.keys?.close(); // never rejects (session-keys.ts)
 }

@@ -7,6 +7,7 @@ export const NAV = [
   { href: '/console/devices', label: 'Devices' },
   { href: '/console/apps', label: 'Apps' },
   { href: '/console/brokers', label: 'Brokers' },
+  { href: '/console/policies', label: 'Policies' },
   { href: '/console/audit', label: 'Audit log' },
 ] as const;
 

@@ -1,4 +1,5 @@
-// The console's signed-in pages (console group): devices, keys by state, revocations, apps, brokers, audit log.
+// The console's signed-in pages (console group): devices, keys by state, revocations, apps, brokers, policies
+// (policy-routes.ts), audit log.
 // Each handler is a short list of steps over the key store, as the admin API's are; forms are checked for their
 // origin and CSRF token before anything changes.
 import { Ajv } from 'ajv';
@@ -12,6 +13,7 @@ import { KmsError } from '../errors.js';
 import type { DeviceRow, PoolLevels } from '../store.js';
 import { DEFAULT_APP_ACL } from '../routes/admin.js';
 import { readBrokers } from './broker-figures.js';
+import { consolePolicyRoutes } from './policy-routes.js';
 import { requireCsrfToken, requireSameOrigin } from './guard.js';
 import type { Html } from './html.js';
 import { sessionCookie } from './login.js';
@@ -355,6 +357,15 @@ export function consolePageRoutes(app: RouteScope, ctx: KmsContext): void {
       },
     );
   }
+
+  // --- policies (policy-routes.ts) -------------------------------------------------------------------------
+
+  consolePolicyRoutes(app, ctx, {
+    frame: (req, title, section) => ({ ...frame(req, title, section), csrf: sessionOf(req).csrf }),
+    show,
+    requireValid,
+    actor: CONSOLE_ACTOR,
+  });
 
   // --- audit log -------------------------------------------------------------------------------------------
 

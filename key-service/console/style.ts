@@ -29,7 +29,7 @@ form.inline { display: inline; }
 form.search, form.add { display: flex; flex-wrap: wrap; gap: .5rem 1rem; align-items: end; margin: .5rem 0 1rem; }
 label { display: flex; flex-direction: column; gap: .2rem; font-weight: 600; }
 label.check { flex-direction: row; align-items: center; font-weight: 400; }
-input[type=text], input[type=password], input[type=search] { font: inherit; font-weight: 400; padding: .35rem .5rem; min-width: 16rem;
+input[type=text], input[type=password], input[type=search], select { font: inherit; font-weight: 400; padding: .35rem .5rem; min-width: 16rem;
   border: 1px solid var(--line); border-radius: 4px; background: var(--bg); color: var(--fg); }
 button { font: inherit; padding: .35rem .9rem; border-radius: 4px; border: 1px solid var(--line); cursor: pointer;
   background: var(--shade); color: var(--fg); }

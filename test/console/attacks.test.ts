@@ -327,6 +327,145 @@ describe('forms', () => {
   });
 });
 
+describe('policy forms', () => {
+  const ENTRY = { id: 'pol-1', role: 'device', filter: 'devices/+/up/#', encryption: 'required' };
+  const policies = () => kms.context.policies;
+  const untouched = () => {
+    expect(policies().get('pol-1')).toMatchObject({ encryption: 'required', version: 1 });
+    expect(
+      policies()
+        .table()
+        .entries.map((e) => e.policy_id),
+    ).toEqual(['pol-1']);
+  };
+  beforeAll(() => {
+    if (policies().table().entries.length === 0) policies().set('pol-1', ENTRY as never, 'test');
+  });
+
+  it('refuses a set or delete without the CSRF token, with a wrong one, or with another session’s', async () => {
+    const b = await signedIn();
+    const other = await (await signedIn()).csrf();
+    for (const token of [undefined, '', 'x', other]) {
+      const fields: Record<string, string> = token === undefined ? {} : { csrf: token };
+      const set = await b.post('/console/policies', { ...fields, ...ENTRY, encryption: 'plaintext' });
+      expect(set.status, String(token)).toBe(403);
+      const del = await b.post('/console/policies/pol-1/delete', fields);
+      expect(del.status, String(token)).toBe(403);
+    }
+    untouched();
+  });
+
+  it('refuses a set or delete from another origin, a null origin, or a cross-site fetch, even with the token', async () => {
+    const b = await signedIn();
+    const csrf = await b.csrf('/console/policies');
+    for (const headers of [{ origin: 'http://evil.example' }, { origin: 'null' }, { origin: `${base}.evil.example` }]) {
+      expect((await b.post('/console/policies', { csrf, ...ENTRY, encryption: 'plaintext' }, headers)).status).toBe(
+        403,
+      );
+      expect((await b.post('/console/policies/pol-1/delete', { csrf }, headers)).status).toBe(403);
+    }
+    for (const path of ['/console/policies', '/console/policies/pol-1/delete']) {
+      const r = await raw(
+        base,
+        'POST',
+        path,
+        { cookie: b.cookie!, 'content-type': 'application/x-www-form-urlencoded', 'sec-fetch-site': 'cross-site' },
+        form({ csrf, ...ENTRY, encryption: 'plaintext' }),
+      );
+      expect(r.status, path).toBe(403);
+    }
+    untouched();
+  });
+
+  it('reaches the same guarded delete under every spelling of its path', async () => {
+    const b = await signedIn();
+    for (const path of [
+      '/console/policies/pol-1/delete',
+      '/console/policies/pol-1/%64elete',
+      '/%63onsole/policies/pol-1/delete',
+      '/console//policies/pol-1/delete',
+      '/CONSOLE/POLICIES/pol-1/DELETE',
+      '/console/policies;x=1/pol-1/delete',
+      '/console/./policies/pol-1/delete',
+      '/console/zz/../policies/pol-1/delete',
+      '/console%2Fpolicies/pol-1/delete',
+      '/console/policies/pol-1/delete/',
+      '/console/policies/pol%2D1/delete',
+    ]) {
+      expectSignedOut(await raw(base, 'GET', path), 'GET', path);
+      expectSignedOut(
+        await raw(base, 'POST', path, { 'content-type': 'application/x-www-form-urlencoded' }, 'csrf=x'),
+        'POST',
+        path,
+      );
+      const page = await b.get(path);
+      expect(page.status, path).toBe(200);
+      expect(page.flat, path).toContain('Delete entry pol-1');
+      expect((await b.post(path, {})).status, path).toBe(403);
+    }
+    // A policy id that is no id (a path in disguise) never reaches the store.
+    for (const path of ['/console/policies/..%2Fpol-1/delete', '/console/policies/%2e%2e/delete'])
+      expect((await b.get(path)).status, path).toBeGreaterThanOrEqual(400);
+    untouched();
+  });
+
+  it('refuses oversized policy forms: the body before it is read, each field past its bound', async () => {
+    const b = await signedIn();
+    const csrf = await b.csrf('/console/policies');
+    expect((await b.post('/console/policies', { csrf, ...ENTRY, filter: 'x/'.repeat(20_000) })).status).toBe(413);
+    for (const [field, value] of [
+      ['filter', 'x'.repeat(4097)],
+      ['principal', 'x'.repeat(257)],
+      ['suites', '1,'.repeat(40)],
+      ['max_payload', '9'.repeat(17)],
+    ] as const) {
+      const r = await b.post('/console/policies', { csrf, ...ENTRY, id: 'pol-big', [field]: value });
+      expect(r.status, field).toBe(400);
+    }
+    const extra = await b.post('/console/policies', { csrf, ...ENTRY, id: 'pol-extra', version: '99' });
+    expect(extra.status).toBe(400);
+    untouched();
+  });
+
+  it('renders hostile topic filters escaped on every policy page and in the audit log', async () => {
+    const PAYLOAD = `"><script>alert(1)</script><img src=x onerror=alert(2)>'`;
+    const b = await signedIn();
+    const csrf = await b.csrf('/console/policies');
+    const set = await b.post('/console/policies', {
+      csrf,
+      id: 'pol-xss',
+      role: 'app',
+      filter: PAYLOAD,
+      encryption: 'optional',
+    });
+    expect(set.status).toBe(303);
+    expect(policies().get('pol-xss').filter).toBe(PAYLOAD);
+    for (const path of [
+      '/console/policies',
+      '/console/policies/pol-xss',
+      '/console/policies/pol-xss/delete',
+      '/console/audit?action=policy.set',
+    ]) {
+      const r = await b.get(path);
+      expect(r.status, path).toBe(200);
+      expect(r.body, path).not.toMatch(/<script|<img|onerror=alert\(2\)>/);
+      expect(r.body, path).toContain('&lt;script&gt;alert(1)&lt;/script&gt;');
+    }
+    // Reflected: a refused form's reason shows no markup either.
+    const refused = await b.post('/console/policies', {
+      csrf,
+      id: 'pol-xss2',
+      role: 'app',
+      filter: `${PAYLOAD}/#/x`,
+      encryption: 'optional',
+    });
+    expect(refused.status).toBe(400);
+    expect(refused.body).not.toMatch(/<script|<img/);
+    expect((await b.post('/console/policies/pol-xss/delete', { csrf })).status).toBe(303);
+    untouched();
+  });
+});
+
 describe('markup from stored and reflected data', () => {
   const PAYLOAD = `"><script>alert(1)</script><img src=x onerror=alert(2)>'`;
 

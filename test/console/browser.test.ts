@@ -1,6 +1,7 @@
 // The console in a real headless browser (Debian's chromium, driven by puppeteer-core): sign in, add an app and
-// see its secret once, revoke a device through its confirmation and see it revoked, page the audit log; the
-// browser reports no CSP violation and no script can read the session cookie. Screenshots go to test-artifacts/.
+// see its secret once, revoke a device through its confirmation and see it revoked, page the audit log, set a
+// policy entry; the browser reports no CSP violation and no script can read the session cookie. Screenshots go to
+// test-artifacts/.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
@@ -42,7 +43,7 @@ async function submit(selector: string): Promise<void> {
 }
 
 describe('console in headless Chromium', () => {
-  it('signs in, adds an app, revokes a device, pages the audit log', { timeout: 30_000 }, async () => {
+  it('signs in, adds an app, revokes a device, pages the audit log, sets a policy', { timeout: 30_000 }, async () => {
     // Signing in: the console's address leads to the form; the token goes in a password field, never the URL.
     await page.goto(`${t.url}/console/`);
     expect(await heading()).toBe('Sign in');
@@ -88,6 +89,27 @@ describe('console in headless Chromium', () => {
     expect(second.length).toBeGreaterThan(0);
     expect(Math.max(...second)).toBeLessThan(Math.min(...first));
     await page.screenshot({ path: join(ARTIFACTS, 'console-audit-older.png'), fullPage: true });
+
+    // A policy entry, set through the form: the brokers' table moves to its next version, audited.
+    await submit('nav a[href="/console/policies"]');
+    expect(await heading()).toBe('Policies');
+    await page.type('#id', 'browser-limits');
+    await page.select('#role', 'app');
+    await page.type('#filter', 'devices/+/up/#');
+    await page.select('#encryption', 'required');
+    await page.type('#max_payload', '512');
+    await submit('form[action="/console/policies"] button[type=submit]');
+    expect(page.url()).toBe(`${t.url}/console/policies/browser-limits`);
+    expect(await heading()).toBe('Policy browser-limits');
+    expect(await t.admin.policy('browser-limits')).toMatchObject({
+      role: 'app',
+      filter: 'devices/+/up/#',
+      encryption: 'required',
+      max_payload: 512,
+      version: 1,
+    });
+    expect((await t.admin.audit({ action: 'policy.set' })).entries[0]).toMatchObject({ actor: 'admin:console' });
+    await page.screenshot({ path: join(ARTIFACTS, 'console-policy-set.png'), fullPage: true });
 
     // Logging out ends the session: the console leads back to the form.
     await submit('form[action="/console/logout"] button');
