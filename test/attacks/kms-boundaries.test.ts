@@ -334,6 +334,73 @@ describe('end-to-end claim route', () => {
     expect((await raw('POST', e2ePath(dev.deviceId), { token: tokens.vault, body: good })).status).toBe(200);
   });
 
+  it('all or nothing: a granted key beside a refused one is not delivered; the same key twice is not delivered twice', async () => {
+    const dev = await e2eDevice('atk-e9', 3);
+    const other = await e2eDevice('atk-e9-other', 1, 'thief');
+    const item = (id: string, p: UplinkProof) => ({ key_ID: id, key_ID_extension: { qkey_proof: proofJson(p) } });
+    const granted = item(keyIdFor(dev.deviceId, 0), uplinkProof(dev, 0, { topic: vaultTopic(dev) }));
+    const mixed = await raw('POST', e2ePath(dev.deviceId), {
+      token: tokens.vault,
+      body: JSON.stringify({
+        key_IDs: [granted, item(keyIdFor(dev.deviceId, 1), uplinkProof(dev, 1))],
+      }),
+    });
+    expect(mixed.status).toBe(400);
+    expect(mixed.body).not.toMatch(/"key"\s*:/);
+    const crossed = await raw('POST', e2ePath(dev.deviceId), {
+      token: tokens.vault,
+      body: JSON.stringify({
+        key_IDs: [granted, item(keyIdFor(other.deviceId, 0), uplinkProof(other, 0, { topic: vaultTopic(other) }))],
+      }),
+    });
+    expect(crossed.status).toBe(400);
+    expect((await stateOf(dev.deviceId, 0))?.state).toBe('filled');
+    const twice = await raw('POST', e2ePath(dev.deviceId), {
+      token: tokens.vault,
+      body: JSON.stringify({ key_IDs: [granted, granted] }),
+    });
+    if (twice.status === 200) expect(twice.json().keys).toHaveLength(1);
+    else expect(twice.status).toBe(400);
+  });
+
+  it('the application’s claims and the broker’s rise on their own: neither supersedes the other’s channel', async () => {
+    const dev = await e2eDevice('atk-e10', 4);
+    // The application claims a high index on its topic; the broker can still claim a lower one on its own.
+    const app3 = await raw('POST', e2ePath(dev.deviceId), {
+      token: tokens.vault,
+      body: claimBody(keyIdFor(dev.deviceId, 3), uplinkProof(dev, 3, { topic: vaultTopic(dev) })),
+    });
+    expect(app3.status).toBe(200);
+    await expect(b1.decKeys(dev.deviceId, [keyIdFor(dev.deviceId, 1)], undefined, [uplinkProof(dev, 1)])).resolves.toMatchObject({
+      keys: [{ key_ID: keyIdFor(dev.deviceId, 1) }],
+    });
+    // And the broker's high claim does not supersede the application's lower one.
+    await b1.decKeys(dev.deviceId, [keyIdFor(dev.deviceId, 2)], undefined, [uplinkProof(dev, 2)]);
+    const app0 = await raw('POST', e2ePath(dev.deviceId), {
+      token: tokens.vault,
+      body: claimBody(keyIdFor(dev.deviceId, 0), uplinkProof(dev, 0, { topic: vaultTopic(dev) })),
+    });
+    // Index 0 < 3 the application already claimed: superseded on the application's own channel, by design.
+    expect(app0.json().details?.[0]?.reason ?? 'delivered').toBe('superseded');
+    // A broker cannot retire or abandon the application's claimed key, even with its valid proof.
+    const p3 = uplinkProof(dev, 3, { topic: vaultTopic(dev) });
+    expect((await b1.bulkAbandon([{ SAE_ID: dev.deviceId, key_IDs: [{ key_ID: keyIdFor(dev.deviceId, 3), qkey_proof: proofJson(p3) }] }])).results).toEqual([
+      { retired: 0 },
+    ]);
+    expect((await b1.retire(dev.deviceId, [keyIdFor(dev.deviceId, 3)])).retired).toBe(0);
+    expect(await stateOf(dev.deviceId, 3)).toMatchObject({ state: 'claimed', claimed_by: 'vault' });
+    // Nor claim an end-to-end key through a bulk claim item.
+    const p0 = uplinkProof(dev, 0, { topic: vaultTopic(dev) });
+    const bulk = await b1.bulkClaims([
+      {
+        SAE_ID: dev.deviceId,
+        dec_keys: { key_IDs: [{ key_ID: keyIdFor(dev.deviceId, 0), key_ID_extension: { qkey_proof: proofJson(p0) } }] },
+      } as never,
+    ]);
+    expect(bulk.results[0]).toMatchObject({ error: { status: 400 } });
+    expect(JSON.stringify(bulk)).not.toMatch(/"key"\s*:/);
+  });
+
   it('a revoked application’s token claims nothing', async () => {
     const dev = await e2eDevice('atk-e8', 1, 'fleeting');
     const tok = await appToken('fleeting');
