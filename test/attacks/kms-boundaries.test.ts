@@ -33,7 +33,7 @@ interface Answer {
   status: number;
   headers: Record<string, string | string[] | undefined>;
   body: string;
-  json(): any;
+  json(): any; // eslint-disable-line @typescript-eslint/no-explicit-any -- answers of many shapes, read field by field
 }
 
 /** One HTTP request with `path` sent byte for byte (no client-side URL normalisation). */
@@ -145,9 +145,10 @@ describe('end-to-end claim route', () => {
     expect((await raw('POST', e2ePath(dev.deviceId), { body: claimBody(id0, proof) })).status).toBe(401);
     // A broker is refused end_to_end on its own route, and its abandon with the valid proof spends nothing.
     await expect(b1.decKeys(dev.deviceId, [id0], undefined, [proof])).rejects.toMatchObject({ status: 400 });
-    expect((await b1.bulkAbandon([{ SAE_ID: dev.deviceId, key_IDs: [{ key_ID: id0, qkey_proof: proofJson(proof) }] }])).results).toEqual([
-      { retired: 0 },
-    ]);
+    expect(
+      (await b1.bulkAbandon([{ SAE_ID: dev.deviceId, key_IDs: [{ key_ID: id0, qkey_proof: proofJson(proof) }] }]))
+        .results,
+    ).toEqual([{ retired: 0 }]);
     expect((await stateOf(dev.deviceId, 0))?.state).toBe('filled');
     // The named application gets it, once.
     const ok = await raw('POST', e2ePath(dev.deviceId), { token: tokens.vault, body: claimBody(id0, proof) });
@@ -271,15 +272,17 @@ describe('end-to-end claim route', () => {
     expect((await b1.bulkRetire([{ SAE_ID: dev.deviceId, key_IDs: [{ key_ID: id0 }] }])).results).toEqual([
       { retired: 0 },
     ]);
-    expect((await raw('POST', e2ePath(dev.deviceId, 'retire'), { token: tokens.b1, body: retireBody })).status).toBe(401);
+    expect((await raw('POST', e2ePath(dev.deviceId, 'retire'), { token: tokens.b1, body: retireBody })).status).toBe(
+      401,
+    );
     expect((await stateOf(dev.deviceId, 0))?.state).toBe('claimed');
     expect((await stateOf(dev.deviceId, 1))?.state).toBe('filled');
     // The owner retires its one claimed key, once; the filled key is not spent.
     const own = await raw('POST', e2ePath(dev.deviceId, 'retire'), { token: tokens.vault, body: retireBody });
     expect(own.json()).toEqual({ retired: 1 });
-    expect((await raw('POST', e2ePath(dev.deviceId, 'retire'), { token: tokens.vault, body: retireBody })).json()).toEqual(
-      { retired: 0 },
-    );
+    expect(
+      (await raw('POST', e2ePath(dev.deviceId, 'retire'), { token: tokens.vault, body: retireBody })).json(),
+    ).toEqual({ retired: 0 });
     expect((await stateOf(dev.deviceId, 1))?.state).toBe('filled');
   });
 
@@ -303,7 +306,9 @@ describe('end-to-end claim route', () => {
     }
     // 8 MiB of JSON: refused by size, not parsed.
     const huge = JSON.stringify({ key_IDs: [{ key_ID: 'a'.repeat(8 << 20) }] });
-    expect([413, 400]).toContain((await raw('POST', e2ePath(dev.deviceId), { token: tokens.vault, body: huge })).status);
+    expect([413, 400]).toContain(
+      (await raw('POST', e2ePath(dev.deviceId), { token: tokens.vault, body: huge })).status,
+    );
     // An unauthenticated oversized body is answered 401 (credential first).
     expect((await raw('POST', e2ePath(dev.deviceId), { body: huge })).status).toBe(401);
     // A body shorter than its Content-Length, then the connection closed: nothing claimed, the service still answers.
@@ -371,7 +376,9 @@ describe('end-to-end claim route', () => {
       body: claimBody(keyIdFor(dev.deviceId, 3), uplinkProof(dev, 3, { topic: vaultTopic(dev) })),
     });
     expect(app3.status).toBe(200);
-    await expect(b1.decKeys(dev.deviceId, [keyIdFor(dev.deviceId, 1)], undefined, [uplinkProof(dev, 1)])).resolves.toMatchObject({
+    await expect(
+      b1.decKeys(dev.deviceId, [keyIdFor(dev.deviceId, 1)], undefined, [uplinkProof(dev, 1)]),
+    ).resolves.toMatchObject({
       keys: [{ key_ID: keyIdFor(dev.deviceId, 1) }],
     });
     // And the broker's high claim does not supersede the application's lower one.
@@ -384,9 +391,13 @@ describe('end-to-end claim route', () => {
     expect(app0.json().details?.[0]?.reason ?? 'delivered').toBe('superseded');
     // A broker cannot retire or abandon the application's claimed key, even with its valid proof.
     const p3 = uplinkProof(dev, 3, { topic: vaultTopic(dev) });
-    expect((await b1.bulkAbandon([{ SAE_ID: dev.deviceId, key_IDs: [{ key_ID: keyIdFor(dev.deviceId, 3), qkey_proof: proofJson(p3) }] }])).results).toEqual([
-      { retired: 0 },
-    ]);
+    expect(
+      (
+        await b1.bulkAbandon([
+          { SAE_ID: dev.deviceId, key_IDs: [{ key_ID: keyIdFor(dev.deviceId, 3), qkey_proof: proofJson(p3) }] },
+        ])
+      ).results,
+    ).toEqual([{ retired: 0 }]);
     expect((await b1.retire(dev.deviceId, [keyIdFor(dev.deviceId, 3)])).retired).toBe(0);
     expect(await stateOf(dev.deviceId, 3)).toMatchObject({ state: 'claimed', claimed_by: 'vault' });
     // Nor claim an end-to-end key through a bulk claim item.
@@ -419,10 +430,18 @@ describe('broker abandons', () => {
     const dev = await provisionDevice(t.admin, 'atk-a1', 1, 1);
     const body = JSON.stringify({
       abandons: [
-        { SAE_ID: dev.deviceId, key_IDs: [{ key_ID: keyIdFor(dev.deviceId, 0), qkey_proof: proofJson(uplinkProof(dev, 0)) }] },
+        {
+          SAE_ID: dev.deviceId,
+          key_IDs: [{ key_ID: keyIdFor(dev.deviceId, 0), qkey_proof: proofJson(uplinkProof(dev, 0)) }],
+        },
       ],
     });
-    for (const path of ['/api/v1/bulk/abandons', '/API/V1/BULK/ABANDONS/', '/api/v1/bulk/%61bandons', '/api/v1/x/../bulk//abandons']) {
+    for (const path of [
+      '/api/v1/bulk/abandons',
+      '/API/V1/BULK/ABANDONS/',
+      '/api/v1/bulk/%61bandons',
+      '/api/v1/x/../bulk//abandons',
+    ]) {
       for (const who of ['vault', 'device', 'admin'] as const) {
         expect((await raw('POST', path, { token: tokens[who], body })).status, `${who} ${path}`).toBe(401);
       }
@@ -449,8 +468,13 @@ describe('broker abandons', () => {
 
   it('an oversized or malformed abandon list is refused whole, nothing retired', async () => {
     const dev = await provisionDevice(t.admin, 'atk-a3', 1, 1);
-    const valid = { SAE_ID: dev.deviceId, key_IDs: [{ key_ID: keyIdFor(dev.deviceId, 0), qkey_proof: proofJson(uplinkProof(dev, 0)) }] };
-    const many = JSON.stringify({ abandons: [valid, ...Array.from({ length: 20_000 }, () => ({ SAE_ID: 'x', downlink_session_id: 's' }))] });
+    const valid = {
+      SAE_ID: dev.deviceId,
+      key_IDs: [{ key_ID: keyIdFor(dev.deviceId, 0), qkey_proof: proofJson(uplinkProof(dev, 0)) }],
+    };
+    const many = JSON.stringify({
+      abandons: [valid, ...Array.from({ length: 20_000 }, () => ({ SAE_ID: 'x', downlink_session_id: 's' }))],
+    });
     expect([400, 413]).toContain((await raw('POST', '/api/v1/bulk/abandons', { token: tokens.b1, body: many })).status);
     for (const body of [
       JSON.stringify({ abandons: [valid, { SAE_ID: dev.deviceId }] }),
@@ -460,14 +484,21 @@ describe('broker abandons', () => {
       JSON.stringify({ abandons: [] }),
       JSON.stringify({ abandons: [valid] }).slice(0, -3),
     ]) {
-      expect((await raw('POST', '/api/v1/bulk/abandons', { token: tokens.b1, body })).status, body.slice(0, 60)).toBe(400);
+      expect((await raw('POST', '/api/v1/bulk/abandons', { token: tokens.b1, body })).status, body.slice(0, 60)).toBe(
+        400,
+      );
     }
     expect((await stateOf(dev.deviceId, 0))?.state).toBe('filled');
   });
 });
 
 describe('CORS tricks', () => {
-  const preflight = (path: string, origin: string | string[], method = 'POST', reqHeaders = 'content-type, authorization') =>
+  const preflight = (
+    path: string,
+    origin: string | string[],
+    method = 'POST',
+    reqHeaders = 'content-type, authorization',
+  ) =>
     raw('OPTIONS', path, {
       headers: { origin, 'access-control-request-method': method, 'access-control-request-headers': reqHeaders },
     });
