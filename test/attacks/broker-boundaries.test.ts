@@ -471,3 +471,67 @@ describe('QoS 1 retransmission across a reconnect while the original is not yet 
     }
   });
 });
+
+describe('QoS 1 retransmission on the same connection while the original is not yet stored', () => {
+  it('the DUP waits for the original; when its store fails neither is acknowledged and the connection closes', async () => {
+    const deviceId = 'atk-dups';
+    const topic = `devices/${deviceId}/up/t`;
+    const watchToken = await appToken('atk-dups-watch', { subscribe: ['devices/+/up/#'] });
+    const w = await RawMqtt.connect(sys.mqttUrl, {
+      clientId: 'atk-dups-watch/q',
+      username: 'atk-dups-watch',
+      password: watchToken,
+      clean: false,
+      keepalive: 0,
+    });
+    w.raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: `devices/${deviceId}/up/#`, qos: 1 }] });
+    await w.raw.next('suback');
+    w.raw.send({ cmd: 'disconnect' });
+    await w.raw.closed;
+
+    const chip = await sys.device(deviceId);
+    chip.beginSession();
+    const password = await sys.deviceToken(chip);
+    const { raw, returnCode } = await RawMqtt.connect(sys.mqttUrl, {
+      clientId: deviceId,
+      username: deviceId,
+      password,
+      keepalive: 0,
+    });
+    expect(returnCode).toBe(0);
+    open.push(raw);
+    const envelope = Buffer.from(chip.sealUplink(Buffer.from('stored or refused'), topic));
+    const publish = (dup: boolean): IPublishPacket => ({
+      cmd: 'publish',
+      topic,
+      payload: envelope,
+      qos: 1,
+      messageId: 4,
+      retain: false,
+      dup,
+    });
+
+    const store = SqlitePersistence.prototype as unknown as Store;
+    const real = store.outgoingEnqueueCombi;
+    const held: Array<(fail?: Error) => void> = [];
+    store.outgoingEnqueueCombi = async function stalled(this: Store, ...args: unknown[]) {
+      const fail = await new Promise<Error | undefined>((r) => held.push(r));
+      if (fail) throw fail;
+      return real.apply(this, args);
+    };
+    try {
+      raw.send(publish(false));
+      for (let i = 0; i < 80 && held.length === 0; i++) await pause(25);
+      expect(held).toHaveLength(1);
+      raw.send(publish(true));
+      await pause(400);
+      expect(raw.received.filter((p) => p.cmd === 'puback')).toEqual([]);
+      held.splice(0).forEach((go) => go(new Error('store failed (attack test)')));
+      await raw.closedWithin(5000);
+      expect(raw.received.filter((p) => p.cmd === 'puback')).toEqual([]);
+    } finally {
+      store.outgoingEnqueueCombi = real;
+      held.forEach((go) => go(new Error('store failed (attack test)')));
+    }
+  });
+});
