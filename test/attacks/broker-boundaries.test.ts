@@ -318,6 +318,80 @@ describe('QoS 1 PUBACK after store under a flood', () => {
     }
   }, 90_000);
 
+  it('the same flood over WebSocket, in large messages: bounded too, all acknowledged in order', async () => {
+    const store = SqlitePersistence.prototype as unknown as Store;
+    const real = store.outgoingEnqueueCombi;
+    let held: Array<() => void> | undefined = [];
+    let calls = 0;
+    store.outgoingEnqueueCombi = async function stalled(this: Store, ...args: unknown[]) {
+      calls++;
+      if (held) await new Promise<void>((r) => held!.push(r));
+      return real.apply(this, args);
+    };
+    const N = 20_000;
+    const ws = new WebSocket(sys.broker.urls.ws!, ['mqtt']);
+    const opened = new Promise((r) => ws.once('open', r));
+    try {
+      const token = await appToken('atk-wsflood', { publish: ['flood/#'] });
+      await opened;
+      const parser = mqttPacket.parser();
+      const acks: number[] = [];
+      let connack = -1;
+      parser.on('packet', (p) => {
+        if (p.cmd === 'connack') connack = p.returnCode ?? -1;
+        if (p.cmd === 'puback') acks.push(p.messageId!);
+      });
+      ws.on('message', (d: Buffer) => parser.parse(d));
+      ws.send(
+        mqttPacket.generate({
+          cmd: 'connect',
+          protocolId: 'MQTT',
+          protocolVersion: 4,
+          clean: true,
+          keepalive: 0,
+          clientId: 'atk-wsflood/x',
+          username: 'atk-wsflood',
+          password: Buffer.from(token),
+        }),
+      );
+      for (let i = 0; i < 100 && connack < 0; i++) await pause(20);
+      expect(connack).toBe(0);
+      // 4,000 PUBLISHes (56 KB) per WebSocket message, under the largest packet the listener takes.
+      for (let first = 1; first <= N; first += 4000) {
+        const batch: Buffer[] = [];
+        for (let id = first; id < first + 4000 && id <= N; id++)
+          batch.push(
+            mqttPacket.generate({
+              cmd: 'publish',
+              topic: 'flood/w',
+              payload: Buffer.from('x'),
+              qos: 1,
+              messageId: id,
+              retain: false,
+              dup: false,
+            }),
+          );
+        ws.send(Buffer.concat(batch));
+      }
+      await pause(1500);
+      const inFlight = calls;
+      expect(inFlight).toBeGreaterThan(0);
+      expect(inFlight).toBeLessThan(N / 2);
+      expect(acks).toEqual([]);
+      const release = held!;
+      held = undefined;
+      release.forEach((go) => go());
+      const deadline = Date.now() + 60_000;
+      while (acks.length < N && Date.now() < deadline && ws.readyState === WebSocket.OPEN) await pause(100);
+      expect(acks.length).toBe(N);
+      expect(acks.every((id, i) => id === i + 1)).toBe(true);
+    } finally {
+      store.outgoingEnqueueCombi = real;
+      held?.forEach((go) => go());
+      ws.terminate();
+    }
+  }, 90_000);
+
   it('a client gone with PUBACKs pending leaves nothing behind: the broker serves the next one', async () => {
     const store = SqlitePersistence.prototype as unknown as Store;
     const real = store.outgoingEnqueueCombi;
