@@ -230,6 +230,15 @@ describe('end-to-end claim route', () => {
       const broker = await raw('POST', path, { token: tokens.b1, body });
       expect([401, 404], path).toContain(broker.status);
     }
+    // Other methods deliver nothing (a GET cannot carry a proof of use).
+    for (const method of ['GET', 'PUT', 'PATCH', 'DELETE']) {
+      const r = await raw(method, `${e2ePath(dev.deviceId)}?key_ID=${keyIdFor(dev.deviceId, 0)}`, {
+        token: tokens.vault,
+        ...(method === 'GET' || method === 'DELETE' ? {} : { body }),
+      });
+      expect(r.status, method).not.toBe(200);
+      expect(r.body, method).not.toMatch(/"key"\s*:/);
+    }
     // And spellings of the broker's claim route do not take an app token.
     for (const path of [
       `/api/v1/keys/${dev.deviceId}/dec_keys`,
@@ -463,6 +472,16 @@ describe('broker abandons', () => {
     expect(r.results).toEqual([{ retired: 0 }, { retired: 0 }]);
     const keys = (await t.admin.deviceKeys(dev.deviceId)).keys;
     expect(keys.find((k) => k.key_index === 0)?.state).toBe('claimed');
+    expect(keys.filter((k) => k.direction === 'down' && k.state === 'claimed')).toHaveLength(1);
+  });
+
+  it('a downlink session id names that device’s session only', async () => {
+    const a = await provisionDevice(t.admin, 'atk-a4', 1, 2);
+    const b = await provisionDevice(t.admin, 'atk-a4-b', 1, 2);
+    await b1.encKeys(a.deviceId, 1, 'shared-name');
+    const r = await b1.bulkAbandon([{ SAE_ID: b.deviceId, downlink_session_id: 'shared-name' }]);
+    expect(r.results).toEqual([{ retired: 0 }]);
+    const keys = (await t.admin.deviceKeys(a.deviceId)).keys;
     expect(keys.filter((k) => k.direction === 'down' && k.state === 'claimed')).toHaveLength(1);
   });
 
