@@ -24,6 +24,8 @@ export interface AckAfterStoreOptions {
   publishesNothing(packet: PublishPacket): boolean;
   /** A will Aedes asks about when a connection ends: published by Aedes itself, and no one acknowledges it. */
   isWill(client: Client, packet: PublishPacket): boolean;
+  /** How an accepted-or-refused QoS 1 PUBLISH ended: stored and routed (no error), or not. */
+  settled?(packet: PublishPacket, err: Error | null | undefined): void;
 }
 
 /**
@@ -62,13 +64,18 @@ export function acknowledgeAfterStore(aedes: Aedes, o: AckAfterStoreOptions): vo
     // The slot is taken on arrival: Aedes calls this hook for the packets of a read in the order they came.
     const slot = reserve(pending, client);
     authorize(client, packet, (refused) => {
-      if (refused) return settle(pending, client, slot, () => callback(refused));
+      if (refused) {
+        o.settled?.(packet, refused);
+        return settle(pending, client, slot, () => callback(refused));
+      }
       if (packet.qos !== 1 || o.publishesNothing(packet)) {
         // Nothing to store: acknowledged in its turn (a packet the hooks turned into QoS 0 gets no PUBACK anyway).
         if (packet.qos === 1) handled.add(packet);
+        o.settled?.(packet, null);
         return settle(pending, client, slot, () => callback(null));
       }
       publish(packet, client, (err) => {
+        o.settled?.(packet, err);
         if (err) return settle(pending, client, slot, () => callback(err));
         handled.add(packet);
         settle(pending, client, slot, () => callback(null));

@@ -8,7 +8,7 @@ import { authenticate, ClosedDuringAuthentication, preConnect } from './hooks/co
 import { DROPPED_PAYLOAD, PluginContext, type PluginCounters, type QkeyPluginOptions } from './hooks/context.js';
 import { authorizeForward } from './hooks/forward.js';
 import { disconnectSubject, noteEnd, release } from './hooks/lifecycle.js';
-import { authorizePublish } from './hooks/publish.js';
+import { authorizePublish, uplinkPublished } from './hooks/publish.js';
 import { authorizeSubscribe, unsubscribed } from './hooks/subscribe.js';
 import { isWillOf } from './hooks/will.js';
 import { QueueBound } from './queue-bound.js';
@@ -63,7 +63,11 @@ export class QkeyPlugin {
     };
     aedes.authorizePublish = (client, packet, cb) => authorizePublish(ctx, client, packet, cb);
     // A QoS 1 PUBLISH is acknowledged once stored, not before (Aedes' own order): wraps the hook just installed.
-    acknowledgeAfterStore(aedes, { publishesNothing: (p) => p.payload === DROPPED_PAYLOAD, isWill: isWillOf });
+    acknowledgeAfterStore(aedes, {
+      publishesNothing: (p) => p.payload === DROPPED_PAYLOAD,
+      isWill: isWillOf,
+      settled: uplinkPublished,
+    });
     aedes.authorizeSubscribe = (client, sub, cb) => {
       let granted: Subscription | null = null;
       this.guarded('subscribe', client, () => (granted = authorizeSubscribe(ctx, client, sub)));

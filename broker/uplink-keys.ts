@@ -29,6 +29,12 @@ export interface HeldUplinkKey {
    * DISCONNECT [MQTT-3.14.4-3]: it is never published again, so a replayed CONNECT carrying it is refused.
    */
   willSpent: boolean;
+  /**
+   * QoS 1 messages opened under this key whose publish (store, then routing) has not completed, by sequence number:
+   * resolves true once the message is stored, false if it never was. A DUP resend of one of them, on this or on a
+   * later connection, waits for it (hooks/publish.ts) before it is acknowledged.
+   */
+  readonly storing: Map<number, Promise<boolean>>;
 }
 
 interface DeviceKeys {
@@ -187,7 +193,7 @@ export class UplinkKeys {
     const key = new EnvelopeKey(raw);
     raw.fill(0);
     key.suite(SUITE_SM4_GCM); // the key schedule is built once, here, not on the message's path
-    return { index, keyId, key, replay: new ReplayWindow(), willSpent: false };
+    return { index, keyId, key, replay: new ReplayWindow(), willSpent: false, storing: new Map() };
   }
 
   /** Holds a newly claimed key and retires the device's older ones. */

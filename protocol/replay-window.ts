@@ -54,6 +54,15 @@ export class ReplayWindow {
     this.bits[pos >>> 5]! |= 1 << (pos & 31);
   }
 
+  /**
+   * Un-accepts a sequence number still inside the window, so that it is accepted once more: for a receiver that
+   * accepted a message and then failed to keep it (its store failed before anything was delivered), so that the
+   * sender's resend is taken as the message it is. A number outside the window stays refused.
+   */
+  forget(seq: number): void {
+    if (seq <= this.top && this.top - seq < this.size) this.clear(seq);
+  }
+
   private has(seq: number): boolean {
     const pos = seq % this.size;
     return ((this.bits[pos >>> 5]! >>> (pos & 31)) & 1) === 1;

@@ -203,7 +203,7 @@ function openUplink(
   parsed: ParsedEnvelope,
   uplink: HeldUplinkKey,
 ): Verdict {
-  if (retransmission(packet, parsed, uplink)) return acknowledgeDuplicate(ctx, client, packet);
+  if (retransmission(packet, parsed, uplink)) return duplicateOf(ctx, client, state, packet, parsed, uplink);
   let opened;
   try {
     opened = openEnvelope(parsed, {
@@ -219,6 +219,7 @@ function openUplink(
   }
   ctx.counters.uplink.opened++;
   ctx.counters.uplinkBytes += (packet.payload as Buffer).length;
+  if (packet.qos === 1) trackStore(packet, parsed.seq, uplink);
   // What is retained, queued and forwarded from here on is the plaintext: applications receive plaintext.
   packet.payload = Buffer.from(opened.payload.buffer, opened.payload.byteOffset, opened.payload.byteLength);
   return null;
@@ -237,6 +238,55 @@ function openUplink(
  */
 function retransmission(packet: PublishPacket, parsed: ParsedEnvelope, uplink: HeldUplinkKey): boolean {
   return packet.qos > 0 && packet.dup && uplink.replay.seen(parsed.seq);
+}
+
+/** Settles a QoS 1 original's store outcome; set by trackStore, called by uplinkPublished. */
+const originals = new WeakMap<PublishPacket, (stored: boolean) => void>();
+
+/**
+ * The seq of a QoS 1 message now counts as seen by the replay window, but the message is not stored yet: a DUP
+ * resend that arrives meanwhile (on a new connection after the old one dropped) must not be acknowledged before the
+ * original is [MQTT-4.3.2-2]. If the original is never stored (its store failed, so nothing was delivered either:
+ * Aedes routes a message only after storing it), the seq is forgotten by the replay window, and the resend is taken
+ * as the message: neither lost behind a PUBACK nor delivered twice.
+ */
+function trackStore(packet: PublishPacket, seq: number, uplink: HeldUplinkKey): void {
+  let settle!: (stored: boolean) => void;
+  uplink.storing.set(seq, new Promise<boolean>((resolve) => (settle = resolve)));
+  originals.set(packet, (stored) => {
+    originals.delete(packet);
+    uplink.storing.delete(seq);
+    if (!stored) uplink.replay.forget(seq);
+    settle(stored);
+  });
+}
+
+/**
+ * ack-after-store.ts reports how a QoS 1 PUBLISH this hook accepted ended: stored and routed (no error), or not
+ * (refused, or the store failed). A no-op for packets that opened no envelope.
+ */
+export function uplinkPublished(packet: PublishPacket, err: Error | null | undefined): void {
+  originals.get(packet)?.(!err);
+}
+
+/**
+ * A resend (DUP) of a sequence number the replay window has seen: acknowledged and dropped once the original is
+ * stored; while the original's store is in flight it waits, then is acknowledged (stored) or opened as the message
+ * itself (never stored, its seq forgotten).
+ */
+function duplicateOf(
+  ctx: PluginContext,
+  client: Client,
+  state: ClientState,
+  packet: PublishPacket,
+  parsed: ParsedEnvelope,
+  uplink: HeldUplinkKey,
+): Verdict {
+  const storing = packet.qos === 1 ? uplink.storing.get(parsed.seq) : undefined;
+  if (!storing) return acknowledgeDuplicate(ctx, client, packet);
+  return storing.then((stored) =>
+    stored ? acknowledgeDuplicate(ctx, client, packet) : openUplink(ctx, client, state, packet, parsed, uplink),
+  );
 }
 
 /** [MQTT-3.5.1] PUBREC (0x50): remaining length 2, the packet identifier. */

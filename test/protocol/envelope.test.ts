@@ -206,6 +206,40 @@ describe('ReplayWindow', () => {
     );
   });
 
+  it('forget: a forgotten number inside the window is accepted once more, one outside stays refused (model)', () => {
+    const op = fc.oneof(
+      fc.record({ forget: fc.constant(false), seq: fc.nat({ max: 600 }) }),
+      fc.record({ forget: fc.constant(true), seq: fc.nat({ max: 600 }) }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 300 }), (ops) => {
+        const w = new ReplayWindow(64);
+        const seen = new Set<number>();
+        let top = -1;
+        for (const { forget, seq: s } of ops) {
+          if (forget) {
+            w.forget(s);
+            if (s <= top && top - s < 64) seen.delete(s);
+            continue;
+          }
+          const expectOk = !seen.has(s) && (s > top || top - s < 64);
+          let ok = true;
+          try {
+            w.accept(s);
+          } catch {
+            ok = false;
+          }
+          expect(ok).toBe(expectOk);
+          if (ok) {
+            seen.add(s);
+            top = Math.max(top, s);
+          }
+          expect(w.seen(s)).toBe(seen.has(s) && top - s < 64);
+        }
+      }),
+    );
+  });
+
   it('refuses sizes that are not multiples of 32 or out of range', () => {
     expect(() => new ReplayWindow(100)).toThrow(ProtocolError);
     expect(() => new ReplayWindow(16)).toThrow(ProtocolError);
