@@ -1,6 +1,6 @@
 // Keys a broker asked for but cannot have received (its claim's answer was lost): retired, so that none is ever used.
-import { isProtocolError, MAX_PAYLOAD_LIMIT, openEnvelope, parseEnvelope } from '../protocol/index.js';
 import type { UplinkProof } from './claims.js';
+import { proofOpens } from './proof-of-use.js';
 import type { KeyStore } from './store.js';
 
 export interface AbandonRequest {
@@ -34,7 +34,14 @@ export function abandonKeys(store: KeyStore, r: AbandonRequest, now: number): nu
     if (!k || k.device_id !== r.deviceId || k.direction !== 'up' || k.state !== 'filled' || !k.wrapped || !proof)
       continue;
     if (r.endToEndApp?.(r.deviceId, proof.topic) !== undefined) continue;
-    if (!proofOpens(store, r.deviceId, k.key_id, k.key_index, k.wrapped, proof)) continue;
+    const key = store.unwrapKey(k.key_id, k.wrapped);
+    let opens: boolean;
+    try {
+      opens = proofOpens(key, k.key_index, r.deviceId, proof);
+    } finally {
+      key.fill(0);
+    }
+    if (!opens) continue;
     if (store.retireUnclaimed(k.rowid, r.brokerId, null, now)) n++;
   }
   if (r.downlinkSessionId !== undefined)
@@ -46,27 +53,4 @@ export function abandonKeys(store: KeyStore, r: AbandonRequest, now: number): nu
       retired: n,
     });
   return n;
-}
-
-/** docs/KMS-API.md "Proof of use": the envelope names this key and opens under it; the plaintext is wiped. */
-function proofOpens(
-  store: KeyStore,
-  deviceId: string,
-  keyId: string,
-  keyIndex: number,
-  wrapped: Buffer,
-  proof: UplinkProof,
-): boolean {
-  const key = store.unwrapKey(keyId, wrapped);
-  try {
-    const parsed = parseEnvelope(proof.envelope, { maxPayload: MAX_PAYLOAD_LIMIT });
-    if (parsed.keyIndex !== keyIndex) return false;
-    openEnvelope(parsed, { key, deviceId, topic: proof.topic, direction: proof.direction }).payload.fill(0);
-    return true;
-  } catch (err) {
-    if (isProtocolError(err)) return false;
-    throw err;
-  } finally {
-    key.fill(0);
-  }
 }

@@ -1,5 +1,5 @@
 // Durable key claims with group commit: concurrent claim requests share one SQLite transaction (one fsync).
-import { isProtocolError, openEnvelope, parseEnvelope, MAX_PAYLOAD_LIMIT } from '../protocol/index.js';
+import { proofOpens } from './proof-of-use.js';
 import { KmsError } from './errors.js';
 import type { KeyStore } from './store.js';
 
@@ -265,15 +265,13 @@ export class ClaimQueue {
   private checkProof(deviceId: string, row: Claimed, proof: UplinkProof | undefined): string | null {
     if (!proof) return 'proof_required';
     const key = this.store.unwrapKey(row.key_ID, row.wrapped);
+    let opens = false;
     try {
-      const parsed = parseEnvelope(proof.envelope, { maxPayload: MAX_PAYLOAD_LIMIT });
-      if (parsed.keyIndex !== row.key_index) return 'proof_failed';
-      openEnvelope(parsed, { key, deviceId, topic: proof.topic, direction: proof.direction }).payload.fill(0);
-    } catch (err) {
-      key.fill(0);
-      if (isProtocolError(err)) return 'proof_failed';
-      throw err;
+      opens = proofOpens(key, row.key_index, deviceId, proof);
+    } finally {
+      if (!opens) key.fill(0);
     }
+    if (!opens) return 'proof_failed';
     row.key = key;
     return null;
   }

@@ -24,6 +24,28 @@ function itemError(ctx: KmsContext, req: FastifyRequest, err: unknown): ItemErro
   return { error: { status: internal.status, code: internal.code, message: internal.message, details: [] } };
 }
 
+/**
+ * Runs `one` (itself a transaction, so a savepoint here) for each item inside one transaction: one fsync for the
+ * request, and an item refused with a KmsError is rolled back alone and answered with its error.
+ */
+function retiredEach<T>(
+  ctx: KmsContext,
+  req: FastifyRequest,
+  items: T[],
+  one: (item: T) => number,
+): Array<{ retired: number } | ItemError> {
+  return ctx.store.db.transaction(() =>
+    items.map((item) => {
+      try {
+        return { retired: one(item) };
+      } catch (err) {
+        if (err instanceof KmsError) return itemError(ctx, req, err);
+        throw err;
+      }
+    }),
+  )();
+}
+
 /** Broker group. */
 export function bulkRoutes(app: RouteScope, ctx: KmsContext): void {
   // Each item goes to the claim queue on its own, in this same turn: the queue commits them in one transaction, each
@@ -55,17 +77,7 @@ export function bulkRoutes(app: RouteScope, ctx: KmsContext): void {
           item.key_IDs.map((k) => k.key_ID),
         ),
       );
-      const results = ctx.store.db.transaction(() =>
-        req.body.retirements.map((item) => {
-          try {
-            return { retired: one(item) };
-          } catch (err) {
-            if (err instanceof KmsError) return itemError(ctx, req, err);
-            throw err;
-          }
-        }),
-      )();
-      return { results };
+      return { results: retiredEach(ctx, req, req.body.retirements, one) };
     },
   );
 
@@ -90,17 +102,7 @@ export function bulkRoutes(app: RouteScope, ctx: KmsContext): void {
         now,
       );
     });
-    const results = ctx.store.db.transaction(() =>
-      req.body.abandons.map((item) => {
-        try {
-          return { retired: one(item) };
-        } catch (err) {
-          if (err instanceof KmsError) return itemError(ctx, req, err);
-          throw err;
-        }
-      }),
-    )();
-    return { results };
+    return { results: retiredEach(ctx, req, req.body.abandons, one) };
   });
 }
 
