@@ -39,8 +39,9 @@ type Verdict = Error | null | Promise<Error | null>;
 
 /**
  * Opens the envelope without waiting when the session already holds its key (the common case), and after the
- * claim otherwise. Runs for every uplink message: no closures are allocated on the common path. The callback is
- * called outside the guarded part: what Aedes does next on this stack is not this hook's failure.
+ * claim otherwise. Runs for every uplink message: no closures are allocated on the common path, except a QoS 1
+ * message's store tracking (trackStore: one promise and its settle function). The callback is called outside the
+ * guarded part: what Aedes does next on this stack is not this hook's failure.
  */
 export function authorizePublish(
   ctx: PluginContext,
