@@ -13,6 +13,7 @@ import {
   kmsUrlFrom,
   numberFlag,
   parseCommandLine,
+  stopRequested,
   UsageError,
   urlFlag,
   wantsHelp,
@@ -30,7 +31,8 @@ and broker on free loopback ports.
 
 Devices whose connection is lost (a broker restart) log in again and reconnect with backoff (200 ms doubling to
 5 s); the application reconnects every 0.5 s. Reconnects are counted; a device does not send while it or the
-application is away. Against a running system (--broker and --kms), the devices and the application the run
+application is away. Ctrl-C or SIGTERM ends the run early: the report covers the time run and cleanup
+happens as at the end (a second Ctrl-C exits at once). Against a running system (--broker and --kms), the devices and the application the run
 registered are revoked at the end unless --keep-devices is given.
 
 The report gives the telemetry rate offered (devices x rate) and achieved (acknowledged at QoS 1, sent at
@@ -59,7 +61,7 @@ const OPTIONS = {
 
 export function formatReport(r: SimReport): string {
   return [
-    `devices ${r.devices}, ${r.durationSec} s, QoS ${r.qos}`,
+    `devices ${r.devices}, ${r.durationSec} s${r.stoppedAfterSec !== undefined ? ` (stopped after ${r.stoppedAfterSec} s)` : ''}, QoS ${r.qos}`,
     `rate       offered ${r.rate.offered} msgs/s, achieved ${r.rate.achieved} msgs/s (minimum ${r.rate.min})`,
     `telemetry  sent ${r.sent}, received ${r.received}, lost ${r.lost}, duplicated ${r.duplicated}, corrupted ${r.corrupted}`,
     `latency    p50 ${r.latencyMs.p50} ms, p95 ${r.latencyMs.p95} ms, p99 ${r.latencyMs.p99} ms, max ${r.latencyMs.max} ms`,
@@ -119,9 +121,12 @@ export async function runSimCommand(argv: string[], io: CliIo): Promise<number> 
   const live = process.stderr.isTTY && !json;
   const show = (line: string) => live && process.stderr.write(`\r${line}   `);
   let report: SimReport;
+  const stop = new AbortController();
+  void stopRequested().then(() => stop.abort());
   try {
     report = await runSimulation({
       ...opts,
+      signal: stop.signal,
       onProgress: (p) => {
         if (p.phase === 'provision') show(`provisioning chips ${p.online}/${opts.devices}`);
         else if (p.phase === 'connect') show(`connecting devices ${p.online}/${opts.devices}`);

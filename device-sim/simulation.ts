@@ -39,6 +39,11 @@ export interface SimOptions {
   keepDevices?: boolean;
   /** Reconnect backoff of the simulated devices (default 200 ms doubling to 5 s). */
   reconnect?: { minMs: number; maxMs: number };
+  /**
+   * Ends the run early (Ctrl-C): before telemetry starts, setup stops with a SimSetupError; during the run, the
+   * telemetry phase ends, the report covers the time run, and what the run registered is revoked as at the end.
+   */
+  signal?: AbortSignal;
   onProgress?: (p: SimProgress) => void;
 }
 
@@ -55,6 +60,8 @@ export interface SimProgress {
 export interface SimReport {
   devices: number;
   durationSec: number;
+  /** Present when the run was stopped (signal) before its duration: the seconds of telemetry it ran. */
+  stoppedAfterSec?: number;
   qos: 0 | 1;
   sent: number;
   received: number;
@@ -116,6 +123,21 @@ async function setupStep<T>(what: string, step: () => Promise<T>): Promise<T> {
   }
 }
 
+/** Settles after `ms`, or at once when `signal` is aborted; true when it was aborted. */
+function sleepUnlessAborted(ms: number, signal: AbortSignal | undefined): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve(true);
+    const done = (aborted: boolean) => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      resolve(aborted);
+    };
+    const onAbort = () => done(true);
+    const timer = setTimeout(() => done(false), ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
 /** Pure: the failures a finished run's figures show. */
 export function judge(r: Omit<SimReport, 'failures' | 'ok'>): string[] {
   const failures: string[] = [];
@@ -148,6 +170,9 @@ export async function runSimulation(o: SimOptions): Promise<SimReport> {
     });
   let revoked = 0;
   let report: SimReport | undefined;
+  const stopIfAsked = () => {
+    if (o.signal?.aborted) throw new SimSetupError('stopped before the run began', false);
+  };
   const revokeBudgetMs = 10_000 + 100 * o.devices;
   try {
     let { brokerUrl, kmsUrl, adminToken } = o;
@@ -197,6 +222,7 @@ export async function runSimulation(o: SimOptions): Promise<SimReport> {
     const ticker = setInterval(() => progress('provision', devices.length), 1000);
     try {
       for (let i = 0; i < o.devices; i++) {
+        stopIfAsked();
         const id = ids.devices[i]!;
         const chip = SecurityChip.create(
           join(work, `${id}.chip`),
@@ -251,6 +277,7 @@ export async function runSimulation(o: SimOptions): Promise<SimReport> {
 
     // Connect everyone, then publish at the rate until the time is up.
     for (const d of devices) {
+      stopIfAsked();
       await setupStep(`connecting ${d.id} to ${brokerUrl}`, () => d.connect());
       cleanup.push(() => d.disconnect());
       progress('connect', devices.indexOf(d) + 1);
@@ -302,7 +329,8 @@ export async function runSimulation(o: SimOptions): Promise<SimReport> {
         commands: commandsReceived,
       });
     }, 1000);
-    await new Promise((r) => setTimeout(r, o.durationSec * 1000));
+    stopIfAsked();
+    const stopped = await sleepUnlessAborted(o.durationSec * 1000, o.signal);
     timers.forEach((t) => clearInterval(t));
     clearInterval(progressTimer);
     const elapsedSec = (Date.now() - started) / 1000;
@@ -316,6 +344,7 @@ export async function runSimulation(o: SimOptions): Promise<SimReport> {
     const figures = {
       devices: o.devices,
       durationSec: o.durationSec,
+      ...(stopped ? { stoppedAfterSec: round2(elapsedSec) } : {}),
       qos,
       sent,
       received: ledger.received,

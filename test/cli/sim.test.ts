@@ -5,7 +5,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SINGLE_HOST_LOGIN_LIMITS } from '../../device-sim/local-system.js';
-import { judge } from '../../device-sim/simulation.js';
+import { judge, runSimulation, SimSetupError } from '../../device-sim/simulation.js';
 import { removeDir, startTestKms, type TestKms } from '../helpers/kms.js';
 import { QKEY_BIN, type QkeyProcess, spawnQkey } from '../helpers/process.js';
 
@@ -68,12 +68,12 @@ const brokerArgs = (port: number) => [
 const env = { QKEY_ADMIN_TOKEN: 'test-admin-token', QKEY_BROKER_LOG_LEVEL: 'info' };
 
 describe('qkey sim against a running system', () => {
-  it('survives a broker restart mid-run: devices reconnect, the report is printed, its devices are revoked', async () => {
+  it('survives a broker restart mid-run: devices reconnect, SIGTERM ends the run with its report, its devices are revoked', async () => {
     const port = await closedPort();
     let broker = await spawnQkey(brokerArgs(port), /qkey broker listening/, env);
     const sim = runSim([
       ...['--broker', `mqtt://127.0.0.1:${port}`, '--kms', t.url, '--token', 'test-admin-token'],
-      ...['--devices', '3', '--duration', '20', '--rate', '2', '--min-rate', '0', '--json', '--commands', '1'],
+      ...['--devices', '3', '--duration', '600', '--rate', '2', '--min-rate', '0', '--json', '--commands', '1'],
     ]);
     try {
       await seen(broker, /client connected/, 4).catch(async (err: Error) => {
@@ -84,6 +84,8 @@ describe('qkey sim against a running system', () => {
       await broker.stop('SIGKILL'); // a crash: every connection drops at once
       broker = await spawnQkey(brokerArgs(port), /qkey broker listening/, env);
       await seen(broker, /client connected/, 4);
+      // The run lasts until it is told to stop, so a slow restart cannot outlast it; SIGTERM ends it like Ctrl-C.
+      sim.proc.kill('SIGTERM');
       const r = await sim.done;
       expect(r.code === 0 || r.code === 1, `exit ${r.code}\n${r.err}`).toBe(true);
       const report = JSON.parse(r.out) as {
@@ -93,9 +95,14 @@ describe('qkey sim against a running system', () => {
         corrupted: number;
         decryptFailures: number;
         revoked: number;
+        stoppedAfterSec: number;
+        durationSec: number;
         failures: string[];
         rate: { offered: number; achieved: number; min: number };
       };
+      expect(report.durationSec).toBe(600);
+      expect(report.stoppedAfterSec).toBeGreaterThan(0);
+      expect(report.stoppedAfterSec).toBeLessThan(600);
       expect(report.reconnects).toBeGreaterThanOrEqual(3);
       expect(report.appReconnects).toBeGreaterThanOrEqual(1);
       expect(report.corrupted).toBe(0);
@@ -142,6 +149,19 @@ describe('qkey sim on its own system', () => {
     expect(r.code).toBe(1);
     expect(r.out).toMatch(/rate {7}offered 5 msgs\/s, achieved [\d.]+ msgs\/s \(minimum 1000\)/);
     expect(r.out).toMatch(/result {5}FAILED: sent [\d.]+ msgs\/s, below the minimum 1000 \(offered 5\)/);
+  }, 60_000);
+
+  it('a stop asked before telemetry starts ends setup with a setup error, and cleans up', async () => {
+    const stop = new AbortController();
+    const run = runSimulation({
+      devices: 2,
+      durationSec: 60,
+      rate: 1,
+      signal: stop.signal,
+      onProgress: (p) => p.phase === 'provision' && stop.abort(),
+    });
+    await expect(run).rejects.toThrow(SimSetupError);
+    await expect(run).rejects.toThrow(/stopped before the run began/);
   }, 60_000);
 });
 
