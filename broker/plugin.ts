@@ -7,6 +7,7 @@ import { acknowledgeAfterStore } from './ack-after-store.js';
 import { authenticate, ClosedDuringAuthentication, preConnect } from './hooks/connect.js';
 import { DROPPED_PAYLOAD, PluginContext, type PluginCounters, type QkeyPluginOptions } from './hooks/context.js';
 import { authorizeForward } from './hooks/forward.js';
+import { markRedeliveries } from './redelivery.js';
 import { disconnectSubject, noteEnd, release } from './hooks/lifecycle.js';
 import { authorizePublish, uplinkPublished } from './hooks/publish.js';
 import { authorizeSubscribe, unsubscribed } from './hooks/subscribe.js';
@@ -86,6 +87,8 @@ export class QkeyPlugin {
     );
     aedes.on('clientError', (client, err) => noteEnd(ctx, client, `error: ${err?.message}`));
     aedes.on('keepaliveTimeout', (client) => noteEnd(ctx, client, 'keepalive timeout'));
+    // [MQTT-3.3.1-1] a PUBLISH re-sent from a persistent session's queue carries DUP 1.
+    markRedeliveries((aedes as unknown as { persistence: Parameters<typeof markRedeliveries>[0] }).persistence);
     // Last: it wraps the persistence and the forward hook installed above.
     if (!ctx.o.queuesBoundedByPersistence) this.queues.attach(aedes);
   }

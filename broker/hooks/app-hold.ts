@@ -165,9 +165,6 @@ export class AppDeliveryHold {
               this.leftStored++;
               continue;
             }
-            // [MQTT-4.4.0-1] a stored message with a packet identifier was sent on an earlier connection and not
-            // acknowledged: it is sent again with that identifier, and [MQTT-3.3.1-1] with DUP set.
-            if (packet.messageId !== undefined) packet.dup = true;
           }
           yield item;
         }

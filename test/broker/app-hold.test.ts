@@ -78,16 +78,6 @@ describe('the stored queue', () => {
     expect(ends).toEqual(['closed']);
   });
 
-  it('marks a stored message that has a packet identifier (sent before, unacknowledged) DUP, and no other', async () => {
-    const { h } = hold();
-    h.open();
-    const out = await drain(h.storedQueue(Readable.from([pkt('sealed/a', { messageId: 7 }), pkt('sealed/b')])));
-    expect(out.map((p) => [p.topic, p.dup])).toEqual([
-      ['sealed/a', true],
-      ['sealed/b', false],
-    ]);
-  });
-
   it('passes everything untouched when nothing needs the key', async () => {
     const { h, ends } = hold();
     const out = await drain(h.storedQueue(Readable.from([pkt('plain/a'), pkt('plain/b')])));
