@@ -45,7 +45,16 @@ export async function startLocalSystem(
     const { client_secret } = await admin.registerBroker(brokerId);
     const broker = await startBroker(
       loadBrokerConfig(
-        { mqtt: { port: 0 }, http: null, kmsUrl: kms.url, brokerId, brokerSecret: client_secret, ...options.broker },
+        // The broker's store lives in the same folder as the key service's, never in the caller's working directory.
+        {
+          mqtt: { port: 0 },
+          http: null,
+          kmsUrl: kms.url,
+          brokerId,
+          brokerSecret: client_secret,
+          dataDir,
+          ...options.broker,
+        },
         { env: {} },
       ),
       { logger: pino({ level: 'silent' }) },

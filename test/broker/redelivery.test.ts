@@ -10,6 +10,7 @@ import { asRedelivery, markRedeliveries } from '../../broker/redelivery.js';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
 import { parseEnvelope } from '../../protocol/index.js';
 import { startMosquitto } from '../helpers/mosquitto.js';
+import { removeDir, tempDir } from '../helpers/kms.js';
 import { RawMqtt } from '../helpers/raw-mqtt.js';
 import { startTestSystem, type TestSystem } from '../helpers/system.js';
 
@@ -54,12 +55,14 @@ describe('asRedelivery and markRedeliveries', () => {
 describe.each(['memory', 'sqlite'] as const)('QKey broker, %s store', (persistence) => {
   let sys: TestSystem;
   let app: MqttClient;
+  const data = tempDir('qkey-redelivery-');
   beforeAll(async () => {
-    sys = await startTestSystem({ persistence });
+    sys = await startTestSystem({ persistence, dataDir: data });
     app = await sys.connectApp('app-redelivery');
   });
   afterAll(async () => {
     await sys.stop();
+    removeDir(data);
   });
 
   /** A device connection with a persistent session (clean session 0), its downlink space subscribed at `qos`. */

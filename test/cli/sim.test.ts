@@ -2,11 +2,12 @@
 // what the run registered is revoked), distinct exit statuses for setup failures and unreachable peers, and a
 // shortfall of the achieved rate failing the run.
 import { type ChildProcess, spawn } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SINGLE_HOST_LOGIN_LIMITS } from '../../device-sim/local-system.js';
 import { judge, runSimulation, SimSetupError } from '../../device-sim/simulation.js';
-import { removeDir, startTestKms, type TestKms } from '../helpers/kms.js';
+import { removeDir, startTestKms, tempDir, type TestKms } from '../helpers/kms.js';
 import { QKEY_BIN, type QkeyProcess, spawnQkey } from '../helpers/process.js';
 
 async function closedPort(): Promise<number> {
@@ -17,11 +18,17 @@ async function closedPort(): Promise<number> {
   return port;
 }
 
-function runSim(args: string[]): {
+function runSim(
+  args: string[],
+  cwd?: string,
+): {
   proc: ChildProcess;
   done: Promise<{ code: number | null; out: string; err: string }>;
 } {
-  const proc = spawn(process.execPath, [QKEY_BIN, 'sim', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, [QKEY_BIN, 'sim', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...(cwd && { cwd }),
+  });
   let out = '';
   let err = '';
   proc.stdout!.on('data', (c: Buffer) => (out += c.toString()));
@@ -144,8 +151,11 @@ describe('qkey sim against a running system', () => {
 });
 
 describe('qkey sim on its own system', () => {
-  it('a run that sends less than --min-rate fails with exit 1 and says so', async () => {
-    const r = await runSim(['--devices', '1', '--duration', '2', '--rate', '5', '--min-rate', '1000']).done;
+  it('a run that sends less than --min-rate fails with exit 1 and says so; it leaves nothing where it ran', async () => {
+    const cwd = tempDir('qkey-sim-cwd-');
+    const r = await runSim(['--devices', '1', '--duration', '2', '--rate', '5', '--min-rate', '1000'], cwd).done;
+    expect(readdirSync(cwd)).toEqual([]); // its key service and broker kept their stores in its own temporary folder
+    removeDir(cwd);
     expect(r.code).toBe(1);
     expect(r.out).toMatch(/rate {7}offered 5 msgs\/s, achieved [\d.]+ msgs\/s \(minimum 1000\)/);
     expect(r.out).toMatch(/result {5}FAILED: sent [\d.]+ msgs\/s, below the minimum 1000 \(offered 5\)/);
