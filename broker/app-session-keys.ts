@@ -23,6 +23,8 @@ interface Generation {
   messages: number;
   bytes: number;
   installedAt: number;
+  /** The app was told to rotate away from this generation (rotationDue). */
+  told: boolean;
 }
 
 /**
@@ -55,6 +57,7 @@ export class AppSessionKeys {
       messages: 0,
       bytes: 0,
       installedAt: this.now(),
+      told: false,
     });
     this.newest = index;
     for (const [i, g] of this.generations)
@@ -105,6 +108,27 @@ export class AppSessionKeys {
       direction: 'app-down',
       ...(maxPayload === undefined ? {} : { maxPayload }),
     });
+  }
+
+  /** Can the newest key seal a delivery now (one is held, within its limits)? */
+  canSeal(): boolean {
+    const g = this.generations.get(this.newest);
+    return g !== undefined && !this.spent(g) && g.nextSeq <= MAX_SEQ;
+  }
+
+  /**
+   * The newest generation, once, when the app should rotate away from it (docs/PROTOCOL.md §22.6, rotation notice):
+   * half of any limit used, so the other half covers the deliveries of the handshake, or none left.
+   */
+  rotationDue(): number | undefined {
+    const g = this.generations.get(this.newest);
+    if (!g || g.told) return undefined;
+    const { messages, bytes, seconds } = this.limits;
+    const half =
+      g.messages * 2 >= messages || g.bytes * 2 >= bytes || (this.now() - g.installedAt) * 2 >= seconds * 1000;
+    if (!half && this.canSeal()) return undefined;
+    g.told = true;
+    return this.newest;
   }
 
   /** A key past any rotation limit (docs/PROTOCOL.md §17) seals and opens nothing more: the app must rotate. */

@@ -96,6 +96,11 @@ function createMetrics() {
       help: 'Downlink key rotations',
       registers: [registry],
     }),
+    appRotationNotices: new Counter({
+      name: 'broker_app_rotation_notices_total',
+      help: 'Application connections told to rotate their session key',
+      registers: [registry],
+    }),
     inputRefused: new Counter({
       name: 'broker_input_refused_total',
       help: 'Connections closed for what they sent before Aedes parsed it, by reason',
@@ -310,6 +315,7 @@ async function startOn(
         );
       },
       downlink: (outcome) => m.downlink.inc({ outcome }),
+      appRotationNotice: () => m.appRotationNotices.inc(),
       subscribeRefused: (reason) => m.subscribeRefused.inc({ reason }),
       will: (outcome) => m.wills.inc({ outcome }),
       hookError: (hook) => m.hookErrors.inc({ hook }),

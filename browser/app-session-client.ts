@@ -12,6 +12,7 @@ import mqtt, { type IClientPublishOptions, type IClientSubscribeOptions, type Mq
 import { APP_SESSION_TOPIC, challengeMessage, signChallenge, unwrapSessionKey } from '../protocol/app-session.js';
 import { EnvelopeKey, openEnvelope, parseEnvelope, sealEnvelope } from '../protocol/envelope.js';
 import { ReplayWindow } from '../protocol/replay-window.js';
+import { followRotationNotices } from '../common/rotation-notices.js';
 import type { SessionChallengeJson, SessionKeyJson } from '../kms-api/app-session-schemas.js';
 
 export { unwrapSessionKey } from '../protocol/app-session.js';
@@ -121,6 +122,14 @@ export class BrowserAppSession {
   readonly #handlers: BrowserMessageHandler[] = [];
   /** Deliveries that did not open (forged, replayed, under an unknown key): counted, never passed on. */
   refused = 0;
+  /** Handshakes the broker asked for (§22.6, rotation notice) that failed; each is retried (rotation-notices.ts). */
+  rotationFailures = 0;
+  readonly #onNotice = followRotationNotices({
+    current: () => Math.max(this.#generation, ...this.#generations.keys()),
+    alive: () => this.client.connected && !this.client.disconnecting,
+    rotate: () => this.rotate(),
+    failed: () => this.rotationFailures++,
+  });
 
   private constructor(
     readonly client: MqttClient,
@@ -133,7 +142,9 @@ export class BrowserAppSession {
     this.#login = login;
     this.#token = token.access_token;
     this.#tokenExpiresAt = Date.now() + token.expires_in * 1000;
-    client.on('message', (topic, payload) => void this.open(topic, payload));
+    client.on('message', (topic, payload) =>
+      topic === APP_SESSION_TOPIC ? this.#onNotice(payload) : void this.open(topic, payload),
+    );
   }
 
   /** Logs in, connects over WebSocket, and completes the first handshake before resolving. */
@@ -212,13 +223,20 @@ export class BrowserAppSession {
     const key = unwrapSessionKey(fromBase64(issued.wrapped_key), this.#sm2.privateKey);
     if (!key) throw new Error('the session key did not decrypt under this SM2 key');
     const index = this.#generation + 1;
+    // Opens deliveries under the new key from now: the broker seals under it as soon as it has claimed it, before its
+    // PUBACK arrives here (a held queue, §22.8, or deliveries after a rotation notice, §22.6). Sealing switches on
+    // PUBACK; if the announcement fails, the key is dropped again.
+    const generation = { key: new EnvelopeKey(key), replay: new ReplayWindow(), nextSeq: 0 };
+    key.fill(0);
+    this.#generations.set(index, generation);
     try {
       await this.client.publishAsync(APP_SESSION_TOPIC, JSON.stringify({ key_ID: issued.key_ID, key_index: index }), {
         qos: 1,
       });
-      this.#generations.set(index, { key: new EnvelopeKey(key), replay: new ReplayWindow(), nextSeq: 0 });
-    } finally {
-      key.fill(0);
+    } catch (err) {
+      this.#generations.delete(index);
+      generation.key.destroy();
+      throw err;
     }
     this.#generation = index;
     for (const [i, g] of this.#generations)

@@ -2,6 +2,7 @@
 // signature, session key under SM2), the announcement to the broker, and seal/open of its traffic over mqtt.js.
 import mqtt, { type IClientPublishOptions, type MqttClient } from 'mqtt';
 import { appSessionChallenge, appSessionKey } from '../kms-api/app-session-client.js';
+import { followRotationNotices } from '../common/rotation-notices.js';
 import { KmsClient } from '../kms-api/client.js';
 import {
   APP_SESSION_TOPIC,
@@ -54,6 +55,14 @@ export class AppSession {
   private readonly handlers: AppMessageHandler[] = [];
   /** Deliveries that did not open (forged, replayed, under an unknown key): counted, never passed on. */
   refused = 0;
+  /** Handshakes the broker asked for (§22.6, rotation notice) that failed; each is retried (rotation-notices.ts). */
+  rotationFailures = 0;
+  private readonly onNotice = followRotationNotices({
+    current: () => Math.max(this.generation, ...this.generations.keys()),
+    alive: () => this.client.connected && !this.client.disconnecting,
+    rotate: () => this.rotate(),
+    failed: () => this.rotationFailures++,
+  });
 
   private constructor(
     readonly client: MqttClient,
@@ -113,11 +122,18 @@ export class AppSession {
     const index = this.generation + 1;
     // Opens deliveries under the new key from now: the broker may seal under it before its PUBACK arrives here
     // (a persistent session's held queue goes out as soon as the key is claimed, §22.8). Sealing switches on PUBACK.
-    this.generations.set(index, { key: new EnvelopeKey(key), replay: new ReplayWindow(), nextSeq: 0 });
+    const generation = { key: new EnvelopeKey(key), replay: new ReplayWindow(), nextSeq: 0 };
     key.fill(0);
-    await this.client.publishAsync(APP_SESSION_TOPIC, JSON.stringify({ key_ID: issued.key_ID, key_index: index }), {
-      qos: 1,
-    });
+    this.generations.set(index, generation);
+    try {
+      await this.client.publishAsync(APP_SESSION_TOPIC, JSON.stringify({ key_ID: issued.key_ID, key_index: index }), {
+        qos: 1,
+      });
+    } catch (err) {
+      this.generations.delete(index); // not announced: nothing will come under it
+      generation.key.destroy();
+      throw err;
+    }
     this.generation = index;
     for (const [i, g] of this.generations)
       if (i < index - 1) {
@@ -150,6 +166,7 @@ export class AppSession {
   }
 
   private receive(topic: string, payload: Buffer, packet: { dup: boolean; qos: number }): void {
+    if (topic === APP_SESSION_TOPIC) return this.onNotice(payload);
     const header = { dup: packet.dup, qos: packet.qos };
     if (payload.length === 0) return void this.handlers.forEach((h) => h(topic, payload, payload, header));
     let plaintext: Uint8Array;

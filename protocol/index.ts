@@ -91,3 +91,4 @@ export {
   verifyChallenge,
   wrapSessionKey,
 } from './app-session.js';
+export { parseRotationNotice, rotationNotice } from './rotation-notice.js';

@@ -1,10 +1,12 @@
-// A persistent application session's deliveries that need its session key, held until it announces one
-// (docs/PROTOCOL.md §22.8): stored ones stay in the store, live ones wait in order, none goes out in plaintext.
+// An application connection's deliveries that need a session key it does not hold yet, or one to replace a key past
+// its rotation limits, held until it announces one (docs/PROTOCOL.md §22.6, §22.8): stored ones stay in the store,
+// live ones wait in order, none goes out in plaintext and none is dropped for want of a key while the hold lasts.
 import { Readable } from 'node:stream';
 import type { AedesPublishPacket, Client } from 'aedes';
 import { deliveryFor } from '../policy/evaluate.js';
 import { mayReceive } from '../topic-policy.js';
 import type { ClientState, PluginContext } from './context.js';
+import { tellAppToRotate } from './app-session.js';
 import { ruleOf } from './policy.js';
 
 /** How long, and how many live deliveries (and their payload bytes), a hold may keep waiting for the announcement. */
@@ -17,6 +19,7 @@ export interface AppHoldLimits {
 export const DEFAULT_APP_HOLD: Readonly<AppHoldLimits> = { ms: 30_000, count: 1000, bytes: 16 * 1024 * 1024 };
 
 type Deliver = (packet: AedesPublishPacket, cb: () => void) => void;
+const noop = () => undefined;
 interface DeliveringClient {
   deliver0: Deliver;
   deliverQoS: Deliver;
@@ -30,9 +33,10 @@ interface StoredPacket {
 }
 
 /**
- * `idle`: nothing needed a key yet, everything passes; `holding`: a delivery needed the key and the announcement is
- * awaited; `open`: announced, everything passes (the forward hook seals); `expired`: the hold ran out, what needs a
- * key is left where it is (stored) and the rest passes; `closed`: the connection ended.
+ * `idle`: nothing needed a key yet, everything passes; `holding`: a delivery needed a key and the announcement is
+ * awaited; `open`: announced, everything passes (the forward hook seals) until a delivery finds the key spent, which
+ * holds again; `expired`: the hold ran out, what needs a key is left where it is (stored) and the rest passes until
+ * the next announcement; `closed`: the connection ended.
  */
 type Phase = 'idle' | 'holding' | 'open' | 'expired' | 'closed';
 
@@ -64,8 +68,12 @@ export class AppDeliveryHold {
     private readonly onEnd: (outcome: 'open' | 'expired' | 'closed', held: number, leftStored: number) => void,
   ) {}
 
-  /** Wraps the client's two delivery functions (live, and Aedes' retained) with the hold. */
-  gate(client: Client): void {
+  /**
+   * Wraps the client's two delivery functions (live, and Aedes' retained) with the hold. `readingQueue`: Aedes has
+   * yet to send the session's stored queue (a hold made at CONNECT); false for one made later, on a live connection.
+   */
+  gate(client: Client, readingQueue = true): void {
+    this.reading = readingQueue;
     const c = client as unknown as DeliveringClient;
     const wrap =
       (deliver: Deliver): Deliver =>
@@ -84,15 +92,20 @@ export class AppDeliveryHold {
     if (p === 'closed') return void setImmediate(cb);
     const needs = this.needsKey(packet as { topic: string; payload: Buffer });
     if (p === 'expired') return needs ? this.leave(cb) : deliver(packet, cb);
-    if (p === 'idle' && !needs && !this.reading) return deliver(packet, cb);
-    if (p === 'open' && !this.reading && this.waiting.length === 0) return deliver(packet, cb);
-    if (p === 'idle' && needs) this.engage();
+    const passing = p === 'idle' || p === 'open';
+    if (passing && !needs && !this.reading && this.waiting.length === 0) return deliver(packet, cb);
+    if (passing && needs) this.engage();
     const size = (packet.payload as Buffer).length;
     if (this.waiting.length >= this.limits.count || this.heldBytes + size > this.limits.bytes)
       return needs ? this.leave(cb) : deliver(packet, cb);
     this.held++;
     this.heldBytes += size;
-    this.waiting.push({ packet, deliver, cb });
+    // Aedes' router waits for each subscriber's callback before the publish completes (and its publisher gets its
+    // PUBACK), within a bound on deliveries in flight for the whole broker: a delivery held here answers at once, so
+    // an app that is slow to announce delays no publisher and fills no shared bound. What is held is this hold's own,
+    // within its count and bytes; a persistent session's QoS 1/2 copy stays in the store until it is written.
+    setImmediate(cb);
+    this.waiting.push({ packet, deliver, cb: noop });
   }
 
   /**
@@ -105,7 +118,7 @@ export class AppDeliveryHold {
   }
 
   private engage(): void {
-    if (this.phase !== 'idle') return;
+    if (this.phase !== 'idle' && this.phase !== 'open') return;
     this.phase = 'holding';
     this.timer = setTimeout(() => this.settle('expired'), this.limits.ms).unref();
   }
@@ -125,18 +138,27 @@ export class AppDeliveryHold {
     const was = this.phase;
     this.phase = phase;
     clearTimeout(this.timer);
-    if (was === 'holding' || (phase === 'closed' && this.held + this.leftStored > 0))
+    if (was === 'holding' || (phase === 'closed' && this.held + this.leftStored > 0)) {
       this.onEnd(phase, this.held, this.leftStored);
+      this.held = this.leftStored = 0;
+    }
     for (const w of this.settledWaiters.splice(0)) w();
     if (!this.reading) this.flush();
   }
 
-  /** Hands the live deliveries held on, in arrival order, once the stored queue has gone before them. */
+  /**
+   * Hands the live deliveries held on, in arrival order, once the stored queue has gone before them. One that finds
+   * the new key spent already (more were held than one key may seal) holds the rest again.
+   */
   private flush(): void {
-    this.heldBytes = 0;
-    for (const { packet, deliver, cb } of this.waiting.splice(0)) {
+    while (this.waiting.length > 0) {
+      const { packet, deliver, cb } = this.waiting[0]!;
+      const needs = this.phase !== 'closed' && this.needsKey(packet as { topic: string; payload: Buffer });
+      if (this.phase === 'open' && needs) return this.engage();
+      this.waiting.shift();
+      this.heldBytes -= (packet.payload as Buffer).length;
       if (this.phase === 'closed') setImmediate(cb);
-      else if (this.phase === 'expired' && this.needsKey(packet as { topic: string; payload: Buffer })) this.leave(cb);
+      else if (this.phase === 'expired' && needs) this.leave(cb);
       else deliver(packet, cb);
     }
   }
@@ -158,7 +180,7 @@ export class AppDeliveryHold {
           const packet = item as StoredPacket;
           if (packet.cmd === 'publish' || packet.cmd === undefined) {
             const p = { topic: packet.topic ?? '', payload: packet.payload ?? Buffer.alloc(0) };
-            if (this.phase === 'idle' && this.needsKey(p)) this.engage();
+            if ((this.phase === 'idle' || this.phase === 'open') && this.needsKey(p)) this.engage();
             if (this.phase === 'holding') await this.whenSettled();
             if (this.phase === 'closed') return;
             if (this.phase === 'expired' && this.needsKey(p)) {
@@ -176,10 +198,15 @@ export class AppDeliveryHold {
   }
 }
 
-/** Does this delivery need the app's session key: would the policy drop it for want of one, and accept it sealed? */
+/**
+ * Does this delivery need a session key the app does not hold? With a session: it would be sealed and the newest
+ * key is past its rotation limits (§22.6). Before one: the policy would drop it for want of a key, and accept it
+ * sealed (§22.8).
+ */
 export function needsAppKey(ctx: PluginContext, state: ClientState, topic: string, length: number): boolean {
-  if (state.app?.active || ctx.policy.current.size === 0) return false;
   if (!mayReceive(state.principal, topic, ctx.topics)) return false;
+  if (state.app?.active) return length > 0 && !state.app.canSeal();
+  if (ctx.policy.current.size === 0) return false;
   const rule = ruleOf(ctx, state.principal, topic);
   return (
     deliveryFor(rule, 'app', length, 0, false) === 'encryption' &&
@@ -193,12 +220,25 @@ interface QueueStore {
 const INTERCEPTED = Symbol('qkey.appQueueHold');
 
 /**
- * Puts a hold on a persistent application connection (clean session 0): its live deliveries gated, and its stored
- * queue read through the hold. The persistence's outgoingStream is intercepted once, for the clients holding one.
+ * Puts a hold on an application connection: its live deliveries gated, and its stored queue read through the hold.
+ * Made at CONNECT for a persistent session (clean session 0), whose queue Aedes sends before any announcement; for
+ * a clean session at its first announcement (`readingQueue` false), from when its key can run out. The
+ * persistence's outgoingStream is intercepted once, for the clients holding one. A delivery held for a spent key
+ * tells the app to rotate, if the seal that spent it did not already.
  */
-export function holdForAppKey(ctx: PluginContext, client: Client, state: ClientState, limits: AppHoldLimits): void {
+export function holdForAppKey(
+  ctx: PluginContext,
+  client: Client,
+  state: ClientState,
+  limits: AppHoldLimits,
+  readingQueue = true,
+): void {
   const hold = new AppDeliveryHold(
-    (p) => needsAppKey(ctx, state, p.topic, p.payload.length),
+    (p) => {
+      const needs = needsAppKey(ctx, state, p.topic, p.payload.length);
+      if (needs && state.app?.active) tellAppToRotate(ctx, client, state);
+      return needs;
+    },
     limits,
     (outcome, held, leftStored) => {
       if (outcome === 'open' && leftStored === 0) return;
@@ -206,7 +246,7 @@ export function holdForAppKey(ctx: PluginContext, client: Client, state: ClientS
     },
   );
   state.appHold = hold;
-  hold.gate(client);
+  hold.gate(client, readingQueue);
   const store = (client as unknown as { broker: { persistence: QueueStore & { [INTERCEPTED]?: true } } }).broker
     .persistence;
   if (store[INTERCEPTED]) return;

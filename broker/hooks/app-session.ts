@@ -1,14 +1,16 @@
 // Application sessions at the broker (docs/PROTOCOL.md §22.6): the app's announcement of a session key (claimed from
 // the key service as the other SAE), its publishes opened, and deliveries to it sealed, under that key.
-import type { AedesPublishPacket, PublishPacket } from 'aedes';
+import type { AedesPublishPacket, Client, PublishPacket } from 'aedes';
+import mqttPacket from 'mqtt-packet';
 import { claimAppKey } from '../../kms-api/app-session-client.js';
 import { KmsHttpError } from '../../kms-api/client.js';
-import { isProtocolError, MAX_PAYLOAD_LIMIT } from '../../protocol/index.js';
+import { APP_SESSION_TOPIC, isProtocolError, MAX_PAYLOAD_LIMIT, rotationNotice } from '../../protocol/index.js';
 
 export { APP_SESSION_TOPIC } from '../../protocol/index.js';
 import { AppSessionError, AppSessionKeys } from '../app-session-keys.js';
 import type { PolicyRule } from '../policy/evaluate.js';
 import { type ClientState, DROPPED_PAYLOAD, type PluginContext, type RejectReason } from './context.js';
+import { DEFAULT_APP_HOLD, holdForAppKey } from './app-hold.js';
 import { envelopePolicy } from './policy.js';
 
 /** The announcement is `{"key_ID": uuid, "key_index": n}`: a few dozen bytes. */
@@ -42,6 +44,7 @@ function announcement(payload: Buffer): { keyId: string; keyIndex: number } | un
  */
 export async function announceAppSession(
   ctx: PluginContext,
+  client: Client,
   state: ClientState,
   packet: PublishPacket,
 ): Promise<AppRefusal | null> {
@@ -59,7 +62,9 @@ export async function announceAppSession(
   try {
     state.app ??= new AppSessionKeys(appId, ctx.rotation);
     state.app.install(a.keyIndex, key);
-    state.appHold?.open(); // §22.8: what waited for the key goes out now, sealed
+    // §22.6: from now on a key can run out; a clean session's deliveries wait for the next one rather than drop.
+    if (!state.appHold) holdForAppKey(ctx, client, state, ctx.o.appHold ?? DEFAULT_APP_HOLD, false);
+    state.appHold!.open(); // §22.8: what waited for the key goes out now, sealed
   } catch (err) {
     if (err instanceof AppSessionError) return { reason: err.reason, detail: err.message };
     throw err;
@@ -98,9 +103,13 @@ export function openAppPublish(
   return null;
 }
 
-/** Seals one delivery for an application holding a session key; null (dropped) when its key is spent. */
+/**
+ * Seals one delivery for an application holding a session key; null (dropped) when its key is spent, which the
+ * hold (app-hold.ts) keeps from happening to a connection that can still rotate: it holds such deliveries first.
+ */
 export function sealForApp(
   ctx: PluginContext,
+  client: Client,
   state: ClientState,
   packet: AedesPublishPacket,
 ): AedesPublishPacket | null {
@@ -108,6 +117,7 @@ export function sealForApp(
   const plaintext = packet.payload as Buffer;
   if (plaintext.length === 0) return packet;
   const sealed = state.app!.seal(plaintext, packet.topic, MAX_PAYLOAD_LIMIT);
+  tellAppToRotate(ctx, client, state);
   if (!sealed) {
     ctx.o.events?.downlink?.('dropped_no_key');
     return null;
@@ -115,4 +125,25 @@ export function sealForApp(
   const out = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
   packet.payload = out;
   return packet;
+}
+
+/**
+ * docs/PROTOCOL.md §22.6, rotation notice: once per generation, when it has used half of a rotation limit (or none
+ * is left), this connection alone is sent `{"rotate": n}` on the session topic, QoS 0, plaintext (it names a key
+ * index, nothing secret). Written to the connection directly: not routed, so no other client can receive it, and
+ * no subscription is needed.
+ */
+export function tellAppToRotate(ctx: PluginContext, client: Client, state: ClientState): void {
+  const index = state.app?.rotationDue();
+  if (index === undefined) return;
+  const conn = (client as unknown as { conn: NodeJS.WritableStream; connected: boolean }).conn;
+  if (!(client as unknown as { connected: boolean }).connected) return;
+  const n = rotationNotice(index);
+  const payload = Buffer.from(n.buffer, n.byteOffset, n.byteLength);
+  mqttPacket.writeToStream(
+    { cmd: 'publish', topic: APP_SESSION_TOPIC, payload, qos: 0, retain: false, dup: false },
+    conn,
+  );
+  ctx.o.events?.appRotationNotice?.();
+  ctx.o.log?.debug({ client: client.id, keyIndex: index }, 'application told to rotate');
 }

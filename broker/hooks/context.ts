@@ -61,6 +61,8 @@ export interface PluginEvents {
   connected?: (principal: Principal) => void;
   authFailed?: (returnCode: number, reason: string, attempt: ConnectAttempt) => void;
   downlink?: (outcome: DownlinkOutcome) => void;
+  /** An application connection told to rotate its session key (docs/PROTOCOL.md §22.6). */
+  appRotationNotice?: () => void;
   session?: (deviceId: string, event: SessionEvent) => void;
   subscribeRefused?: (reason: 'acl' | 'limit') => void;
   will?: (outcome: 'published' | 'refused') => void;

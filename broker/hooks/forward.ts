@@ -66,7 +66,7 @@ export function authorizeForward(
   if (!state || !mayReceive(state.principal, packet.topic, ctx.topics)) return null;
   const policy = deliveryPolicy(ctx, client, state, packet);
   if (policy !== 'as-usual') return policy === 'pass' ? packet : null;
-  if (state.principal.role !== 'device') return state.app?.active ? sealForApp(ctx, state, packet) : packet;
+  if (state.principal.role !== 'device') return state.app?.active ? sealForApp(ctx, client, state, packet) : packet;
   // §9.4: the broker's status notices to the device are plaintext (a reason, never data).
   if (isStatusTopicOf(ctx.topics, state.principal.id, packet.topic)) return packet;
   try {

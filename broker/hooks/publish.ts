@@ -21,7 +21,7 @@ import {
   type RejectReason,
 } from './context.js';
 import { endToEndOf, type EndToEndTopic, envelopePolicy, publishPolicy } from './policy.js';
-import { announceAppSession, APP_SESSION_TOPIC, openAppPublish } from './app-session.js';
+import { announceAppSession, APP_SESSION_TOPIC, openAppPublish, tellAppToRotate } from './app-session.js';
 import { authorizeWill, isWillOf } from './will.js';
 import type { PolicyViolation } from '../policy/evaluate.js';
 
@@ -71,7 +71,7 @@ export function authorizePublish(
 
 function decide(ctx: PluginContext, client: Client, state: ClientState, packet: PublishPacket): Verdict {
   if (state.principal.role === 'app' && packet.topic === APP_SESSION_TOPIC)
-    return announceAppSession(ctx, state, packet).then(
+    return announceAppSession(ctx, client, state, packet).then(
       (r) => r && refuse(ctx, client, state, packet, r.reason, r.detail),
     );
   if (!mayPublish(state.principal, packet.topic, ctx.topics))
@@ -88,6 +88,7 @@ function decide(ctx: PluginContext, client: Client, state: ClientState, packet: 
       return 'policy' in r
         ? refusePolicy(ctx, client, state, packet, r.policy)
         : refuse(ctx, client, state, packet, r.reason, r.detail);
+    tellAppToRotate(ctx, client, state);
     const e2e = endToEndOf(ctx, packet.topic);
     if (e2e) return checkEndToEndCommand(ctx, client, state, packet, e2e);
     return checkDownlinkSize(ctx, client, state, packet, (packet.payload as Buffer).length);

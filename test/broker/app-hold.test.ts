@@ -1,6 +1,6 @@
-// The hold of a persistent application session (broker/hooks/app-hold.ts) on its own: the stored queue stops at
-// the first message needing the key, live deliveries wait in order and within their count, expiry leaves what needs
-// the key stored, close delivers nothing, and a stored message sent before goes again with DUP set.
+// The hold of an application connection (broker/hooks/app-hold.ts) on its own: the stored queue stops at the first
+// message needing the key, live deliveries wait in order and within their count, expiry leaves what needs the key
+// stored, close delivers nothing, and a key that runs out holds again until the next announcement.
 import { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
 import type { AedesPublishPacket, Client } from 'aedes';
@@ -26,9 +26,20 @@ function fakeClient() {
 /** Topics under `sealed/` need the key. */
 const needsKey = (p: { topic: string }) => p.topic.startsWith('sealed/');
 
+/** A hold whose announcement (open) brings a key that seals everything after it. */
 function hold(limits: { ms: number; count: number; bytes?: number } = { ms: 1000, count: 10 }) {
   const ends: string[] = [];
-  const h = new AppDeliveryHold(needsKey, { bytes: 1 << 20, ...limits }, (outcome) => ends.push(outcome));
+  let announced = false;
+  const h = new AppDeliveryHold(
+    (p) => needsKey(p) && !announced,
+    { bytes: 1 << 20, ...limits },
+    (outcome) => ends.push(outcome),
+  );
+  const open = h.open.bind(h);
+  h.open = () => {
+    announced = true;
+    open();
+  };
   return { h, ends };
 }
 
@@ -172,5 +183,66 @@ describe('live deliveries', () => {
     h.open(); // an announcement racing the close changes nothing
     expect(delivered).toEqual([]);
     expect(released.sort()).toEqual(['plain/b', 'sealed/a']);
+  });
+});
+
+describe('a key that runs out (docs/PROTOCOL.md §22.6)', () => {
+  /** Sealed deliveries spend the key's budget; one that finds it empty needs the next key. */
+  function spending(budget: number) {
+    const state = { budget };
+    const ends: string[] = [];
+    const h = new AppDeliveryHold(
+      (p) => p.topic.startsWith('sealed/') && state.budget === 0,
+      { ms: 1000, count: 10, bytes: 1 << 20 },
+      (outcome) => ends.push(outcome),
+    );
+    const { client, delivered, released } = fakeClient();
+    const deliver = client.deliverQoS;
+    client.deliver0 = client.deliverQoS = (p, cb) => {
+      if (p.topic.startsWith('sealed/')) {
+        expect(state.budget).toBeGreaterThan(0); // never handed on without a key to seal it
+        state.budget--;
+      }
+      deliver(p, cb);
+    };
+    h.gate(client as unknown as Client, false); // made on a live connection, at its first announcement
+    h.open();
+    return { h, state, ends, client, delivered, released };
+  }
+
+  it('holds from the first delivery that finds the key spent, in order, until the next announcement', () => {
+    const { h, state, ends, client, delivered, released } = spending(2);
+    for (const t of ['sealed/1', 'sealed/2', 'sealed/3', 'plain/4', 'sealed/5']) live(client, t, released);
+    expect(delivered).toEqual(['sealed/1', 'sealed/2']);
+    state.budget = 10;
+    h.open();
+    expect(delivered).toEqual(['sealed/1', 'sealed/2', 'sealed/3', 'plain/4', 'sealed/5']);
+    expect(ends).toEqual(['open']);
+  });
+
+  it('holds again when more were held than the new key may seal', () => {
+    const { h, state, client, delivered, released } = spending(0);
+    for (const t of ['sealed/1', 'sealed/2', 'sealed/3']) live(client, t, released);
+    expect(delivered).toEqual([]);
+    state.budget = 1;
+    h.open();
+    expect(delivered).toEqual(['sealed/1']);
+    live(client, 'plain/4', released); // behind what still waits
+    expect(delivered).toEqual(['sealed/1']);
+    state.budget = 5;
+    h.open();
+    expect(delivered).toEqual(['sealed/1', 'sealed/2', 'sealed/3', 'plain/4']);
+  });
+
+  it('expires like the first hold: what needs a key is released undelivered, the rest passes', async () => {
+    vi.useFakeTimers();
+    const { state, ends, client, delivered, released } = spending(1);
+    for (const t of ['sealed/1', 'sealed/2', 'plain/3']) live(client, t, released);
+    vi.advanceTimersByTime(1000);
+    await vi.runAllTimersAsync();
+    expect(ends).toEqual(['expired']);
+    expect(delivered).toEqual(['sealed/1', 'plain/3']);
+    expect(released).toContain('sealed/2');
+    expect(state.budget).toBe(0);
   });
 });

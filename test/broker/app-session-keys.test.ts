@@ -65,4 +65,30 @@ describe('AppSessionKeys', () => {
     now = 10_000;
     expect(s.seal(new Uint8Array([1]), topic)).toBeUndefined();
   });
+
+  it('asks for a rotation once per generation, at half of any limit, and when none is left', () => {
+    let now = 0;
+    const s = new AppSessionKeys('app', { messages: 4, bytes: 100, seconds: 10 }, () => now);
+    expect(s.rotationDue()).toBeUndefined(); // no key yet
+    expect(s.canSeal()).toBe(false);
+    s.install(0, k(1));
+    expect(s.canSeal()).toBe(true);
+    s.seal(new Uint8Array([1]), topic);
+    expect(s.rotationDue()).toBeUndefined();
+    s.open(up(k(1), 0, 0), topic); // both directions count: 2 of 4
+    expect(s.rotationDue()).toBe(0);
+    expect(s.rotationDue()).toBeUndefined(); // told once
+    s.install(1, k(2));
+    s.seal(new Uint8Array(50), topic); // half the bytes
+    expect(s.rotationDue()).toBe(1);
+    s.install(2, k(3));
+    now = 4_999;
+    expect(s.rotationDue()).toBeUndefined();
+    now = 5_000; // half the age
+    expect(s.rotationDue()).toBe(2);
+    s.install(3, k(4));
+    now = 5_000 + 10_000; // spent by age before anything told: none left
+    expect(s.canSeal()).toBe(false);
+    expect(s.rotationDue()).toBe(3);
+  });
 });

@@ -115,7 +115,12 @@ beforeAll(async () => {
 
   // App tokens live 10 s, inside the client's 30 s margin: every handshake logs in again first (the test sees it).
   const kms = await startTestKms({ corsOrigins: [pageOrigin], tokenTtl: { app: 10 } });
-  sys = await systemOn(kms, { ws: { port: 0 }, wsOrigins: [pageOrigin] });
+  // A key seals or opens 10 envelopes at most: the broker tells the page to rotate after 5 (docs/PROTOCOL.md §22.6).
+  sys = await systemOn(kms, {
+    ws: { port: 0 },
+    wsOrigins: [pageOrigin],
+    rotation: { messages: 10, bytes: 1 << 20, seconds: 3600 },
+  });
   const qrng = new Qrng();
   await fillAppKeys(
     kms.admin,
@@ -284,6 +289,43 @@ describe('browser application client in headless Chromium', () => {
     expect(second.envelope.slice(2, 6)).toEqual([0, 0, 0, 1]);
     await page.evaluate(() => (globalThis as unknown as PageGlobals).session.close());
     expect(pageErrors).toEqual([]); // the CSP let the session's own connections through, and nothing refused
+  });
+
+  it('a page that only receives rotates when the broker tells it to, and misses nothing', async () => {
+    const app = await newApp('app-browser-rx');
+    const chip = await sys.device('dev-browser-rx', 16);
+    const dev = await sys.connectDevice(chip);
+    await page.evaluate(
+      async (o) => {
+        const w = globalThis as unknown as PageGlobals;
+        w.session = await w.qkey.client.BrowserAppSession.start(o);
+        w.received = [];
+        w.session.onMessage((topic: string, plaintext: Uint8Array, envelope: Uint8Array) =>
+          w.received.push({ topic, text: new TextDecoder().decode(plaintext), envelope: Array.from(envelope) }),
+        );
+        await w.session.subscribe('devices/+/up/#', { qos: 1 });
+      },
+      { brokerUrl: sys.broker.urls.ws!, kmsUrl: sys.kms.url, brokerId: 'test-broker', ...app },
+    );
+    const topic = 'devices/dev-browser-rx/up/t';
+    for (let i = 0; i < 24; i++)
+      await dev.publishAsync(topic, Buffer.from(chip.sealUplink(Buffer.from(String(i)), topic)), { qos: 1 });
+    await page.waitForFunction('window.received.length >= 24', { timeout: 15_000 });
+    const out = await page.evaluate(() => {
+      const w = globalThis as unknown as PageGlobals;
+      return {
+        texts: w.received.map((r) => r.text),
+        generations: w.received.map((r) => (r.envelope[4]! << 8) | r.envelope[5]!),
+        keyIndex: w.session.keyIndex,
+        refused: w.session.refused,
+      };
+    });
+    expect(out.texts).toEqual(Array.from({ length: 24 }, (_, i) => String(i)));
+    expect(out.refused).toBe(0);
+    expect(out.keyIndex).toBeGreaterThanOrEqual(2); // 24 deliveries, 10 a key at most, with no publish of its own
+    expect(Math.max(...out.generations)).toBe(out.keyIndex);
+    await page.evaluate(() => (globalThis as unknown as PageGlobals).session.close());
+    await dev.endAsync();
   });
 
   it("with the caller's token function instead of a secret: the page never sees the secret", async () => {
