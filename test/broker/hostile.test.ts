@@ -70,14 +70,7 @@ async function rawApp(appId: string, extra: Partial<Parameters<typeof RawMqtt.co
 }
 
 async function rawDevice(chip: SecurityChip, extra: Partial<Parameters<typeof RawMqtt.connect>[1]> = {}) {
-  chip.beginSession();
-  const password = await sys.deviceToken(chip);
-  const { raw, returnCode } = await RawMqtt.connect(sys.mqttUrl, {
-    clientId: chip.deviceId,
-    username: chip.deviceId,
-    password,
-    ...extra,
-  });
+  const { raw, returnCode } = await sys.rawDevice(chip, extra);
   expect(returnCode).toBe(0);
   return raw;
 }

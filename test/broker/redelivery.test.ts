@@ -67,14 +67,7 @@ describe.each(['memory', 'sqlite'] as const)('QKey broker, %s store', (persisten
 
   /** A device connection with a persistent session (clean session 0), its downlink space subscribed at `qos`. */
   async function connect(chip: SecurityChip, qos: 1 | 2): Promise<RawMqtt> {
-    chip.beginSession();
-    const password = await sys.deviceToken(chip);
-    const { raw, returnCode } = await RawMqtt.connect(sys.mqttUrl, {
-      clientId: chip.deviceId,
-      username: chip.deviceId,
-      password,
-      clean: false,
-    });
+    const { raw, returnCode } = await sys.rawDevice(chip, { clean: false });
     expect(returnCode).toBe(0);
     raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: `devices/${chip.deviceId}/down/#`, qos }] });
     await raw.next('suback');

@@ -178,15 +178,10 @@ describe('QKey broker', () => {
   async function deviceConnector(chip: SecurityChip): Promise<Connector> {
     return {
       async connect(ending, topic) {
-        chip.beginSession();
-        const password = await sys.deviceToken(chip);
-        const { raw, returnCode } = await RawMqtt.connect(sys.mqttUrl, {
-          clientId: chip.deviceId,
-          username: chip.deviceId,
-          password,
+        const { raw, returnCode } = await sys.rawDevice(chip, () => ({
           keepalive: ending === 'keepalive' ? 1 : 30,
           will: { topic, payload: Buffer.from(chip.sealWill(Buffer.from('device gone'), topic)) },
-        });
+        }));
         expect(returnCode).toBe(0);
         return raw;
       },

@@ -10,8 +10,6 @@ import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fillAppKeys } from '../../kms-api/app-session-client.js';
-import { Qrng } from '../../hsm-emulator/qrng.js';
 import { sm2KeyPair } from '../../hsm-emulator/sm2.js';
 import { bytesToHex, type Direction, hexToBytes, openEnvelope, sealEnvelope } from '../../protocol/index.js';
 import type { SuiteId } from '../../protocol/suites.js';
@@ -21,6 +19,7 @@ import type * as Client from '../../browser/app-session-client.js';
 import type { AppToken, KmsRequestError } from '../../browser/app-session-client.js';
 import { removeDir, startTestKms, tempDir } from '../helpers/kms.js';
 import { freePort } from '../helpers/ports.js';
+import { sealTelemetryForApps } from '../helpers/app-sessions.js';
 import { nextMessage, systemOn, type TestSystem } from '../helpers/system.js';
 import { loadVectors } from '../helpers/vectors.js';
 
@@ -99,6 +98,22 @@ async function newApp(appId: string) {
   return { appId, secret: client_secret, sm2 };
 }
 
+/** Starts `app`'s session in the page, subscribed to device telemetry, each delivery recorded in `received`. */
+async function startPageSession(app: Awaited<ReturnType<typeof newApp>>): Promise<void> {
+  await page.evaluate(
+    async (o) => {
+      const w = globalThis as unknown as PageGlobals;
+      w.session = await w.qkey.client.BrowserAppSession.start(o);
+      w.received = [];
+      w.session.onMessage((topic: string, plaintext: Uint8Array, envelope: Uint8Array) =>
+        w.received.push({ topic, text: new TextDecoder().decode(plaintext), envelope: Array.from(envelope) }),
+      );
+      await w.session.subscribe('devices/+/up/#', { qos: 1 });
+    },
+    { brokerUrl: sys.broker.urls.ws!, kmsUrl: sys.kms.url, brokerId: 'test-broker', ...app },
+  );
+}
+
 beforeAll(async () => {
   assertBuilt();
   execFileSync(process.execPath, [join(ROOT, 'scripts/build-browser-client.mjs'), '--out', OUT, '--base', '/qkey/']);
@@ -121,22 +136,8 @@ beforeAll(async () => {
     wsOrigins: [pageOrigin],
     rotation: { messages: 10, bytes: 1 << 20, seconds: 3600 },
   });
-  const qrng = new Qrng();
-  await fillAppKeys(
-    kms.admin,
-    'qrng-browser',
-    Array.from({ length: 20 }, () => Buffer.from(qrng.bytes(16)).toString('base64')),
-  );
   // Applications receive device telemetry only sealed: the page gets it because it holds a session key.
-  const { version } = await kms.admin.setPolicy('apps-sealed', {
-    role: 'app',
-    filter: 'devices/+/up/#',
-    encryption: 'required',
-  });
-  for (let i = 0; sys.broker.policy.current.version < version; i++) {
-    if (i > 200) throw new Error('policy not picked up');
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await sealTelemetryForApps(sys, 20);
 
   browser = await puppeteer.launch({
     executablePath: CHROMIUM,
@@ -227,18 +228,7 @@ describe('browser application client in headless Chromium', () => {
     const dev = await sys.connectDevice(chip);
     await dev.subscribeAsync('devices/dev-browser/down/#', { qos: 1 });
 
-    await page.evaluate(
-      async (o) => {
-        const w = globalThis as unknown as PageGlobals;
-        w.session = await w.qkey.client.BrowserAppSession.start(o);
-        w.received = [];
-        w.session.onMessage((topic: string, plaintext: Uint8Array, envelope: Uint8Array) =>
-          w.received.push({ topic, text: new TextDecoder().decode(plaintext), envelope: Array.from(envelope) }),
-        );
-        await w.session.subscribe('devices/+/up/#', { qos: 1 });
-      },
-      { brokerUrl: sys.broker.urls.ws!, kmsUrl: sys.kms.url, brokerId: 'test-broker', ...app },
-    );
+    await startPageSession(app);
     expect(await page.evaluate(() => (globalThis as unknown as PageGlobals).session.keyIndex)).toBe(0);
     expect(await page.evaluate(() => (globalThis as unknown as PageGlobals).session.client.options.clientId)).toMatch(
       /^app-browser\/browser-[0-9a-f]{16}$/,
@@ -295,18 +285,7 @@ describe('browser application client in headless Chromium', () => {
     const app = await newApp('app-browser-rx');
     const chip = await sys.device('dev-browser-rx', 16);
     const dev = await sys.connectDevice(chip);
-    await page.evaluate(
-      async (o) => {
-        const w = globalThis as unknown as PageGlobals;
-        w.session = await w.qkey.client.BrowserAppSession.start(o);
-        w.received = [];
-        w.session.onMessage((topic: string, plaintext: Uint8Array, envelope: Uint8Array) =>
-          w.received.push({ topic, text: new TextDecoder().decode(plaintext), envelope: Array.from(envelope) }),
-        );
-        await w.session.subscribe('devices/+/up/#', { qos: 1 });
-      },
-      { brokerUrl: sys.broker.urls.ws!, kmsUrl: sys.kms.url, brokerId: 'test-broker', ...app },
-    );
+    await startPageSession(app);
     const topic = 'devices/dev-browser-rx/up/t';
     for (let i = 0; i < 24; i++)
       await dev.publishAsync(topic, Buffer.from(chip.sealUplink(Buffer.from(String(i)), topic)), { qos: 1 });

@@ -3,17 +3,15 @@
 // whether the app is killed before announcing, or never announces within the hold.
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fillAppKeys } from '../../kms-api/app-session-client.js';
 import { AppSession } from '../../device-sim/app-session.js';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
-import { Qrng } from '../../hsm-emulator/qrng.js';
 import { sm2KeyPair } from '../../hsm-emulator/sm2.js';
 import { parseEnvelope } from '../../protocol/index.js';
+import { sealTelemetryForApps } from '../helpers/app-sessions.js';
 import { startTestSystem, type TestSystem } from '../helpers/system.js';
 
 const HOLD_SECONDS = 3;
 let sys: TestSystem;
-const qrng = new Qrng();
 const ACL = { publish: ['devices/+/down/#'], subscribe: ['devices/+/up/#'] };
 const open: MqttClient[] = [];
 
@@ -95,14 +93,7 @@ function allSealed(raw: Buffer[], texts: string[]) {
 
 beforeAll(async () => {
   sys = await startTestSystem({ appHoldSeconds: HOLD_SECONDS });
-  const keys = Array.from({ length: 20 }, () => Buffer.from(qrng.bytes(16)).toString('base64'));
-  await fillAppKeys(sys.kms.admin, 'qrng-hold', keys);
-  const { version } = await sys.kms.admin.setPolicy('apps-sealed', {
-    role: 'app',
-    filter: 'devices/+/up/#',
-    encryption: 'required',
-  });
-  await until(() => sys.broker.policy.current.version >= version, 'the policy');
+  await sealTelemetryForApps(sys, 20);
 });
 afterAll(async () => {
   await Promise.all(open.map((c) => c.endAsync(true).catch(() => undefined)));

@@ -3,11 +3,10 @@
 // dropped, until it does; age and bytes count as messages do; the notice reaches that one connection and no other.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AppSession } from '../../device-sim/app-session.js';
-import { fillAppKeys } from '../../kms-api/app-session-client.js';
-import { Qrng } from '../../hsm-emulator/qrng.js';
 import { sm2KeyPair } from '../../hsm-emulator/sm2.js';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
 import type { MqttClient } from 'mqtt';
+import { sealTelemetryForApps } from '../helpers/app-sessions.js';
 import { startTestSystem, type TestSystem } from '../helpers/system.js';
 
 const LIMIT = 8; // envelopes per key, both directions: the broker tells the app to rotate after 4
@@ -72,19 +71,7 @@ beforeAll(async () => {
     rotation: { messages: LIMIT, bytes: 4096, seconds: 3600 },
     appHoldSeconds: 2,
   });
-  const qrng = new Qrng();
-  await fillAppKeys(
-    sys.kms.admin,
-    'qrng-rotation',
-    Array.from({ length: 60 }, () => Buffer.from(qrng.bytes(16)).toString('base64')),
-  );
-  // Apps receive device telemetry only sealed.
-  const { version } = await sys.kms.admin.setPolicy('apps-sealed', {
-    role: 'app',
-    filter: 'devices/+/up/#',
-    encryption: 'required',
-  });
-  await until(() => sys.broker.policy.current.version >= version);
+  await sealTelemetryForApps(sys, 60); // apps receive device telemetry only sealed
 });
 afterAll(async () => {
   await Promise.all(sessions.map((s) => s.client.endAsync(true).catch(() => undefined)));

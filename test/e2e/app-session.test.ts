@@ -2,15 +2,13 @@
 // both ways, `encryption: required` satisfied for a sealed app, rotation, and what a hostile app tries.
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fillAppKeys } from '../../kms-api/app-session-client.js';
 import { AppSession } from '../../device-sim/app-session.js';
-import { Qrng } from '../../hsm-emulator/qrng.js';
 import { sm2KeyPair } from '../../hsm-emulator/sm2.js';
 import { APP_SESSION_TOPIC, parseEnvelope } from '../../protocol/index.js';
+import { sealTelemetryForApps } from '../helpers/app-sessions.js';
 import { closed, nextMessage, startTestSystem, type TestSystem } from '../helpers/system.js';
 
 let sys: TestSystem;
-const qrng = new Qrng();
 const sessions: AppSession[] = [];
 const ACL = { publish: ['devices/+/down/#'], subscribe: ['devices/+/up/#'] };
 
@@ -54,18 +52,8 @@ function refusal(clientId: string): string | undefined {
 
 beforeAll(async () => {
   sys = await startTestSystem();
-  const keys = Array.from({ length: 40 }, () => Buffer.from(qrng.bytes(16)).toString('base64'));
-  await fillAppKeys(sys.kms.admin, 'qrng-e2e', keys);
   // Applications' view of device telemetry requires encryption: only apps with a session key receive it.
-  const { version } = await sys.kms.admin.setPolicy('apps-sealed', {
-    role: 'app',
-    filter: 'devices/+/up/#',
-    encryption: 'required',
-  });
-  for (let i = 0; sys.broker.policy.current.version < version; i++) {
-    if (i > 200) throw new Error('policy not picked up');
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await sealTelemetryForApps(sys, 40);
 });
 afterAll(async () => {
   await Promise.all(sessions.map((s) => s.client.endAsync(true).catch(() => undefined)));

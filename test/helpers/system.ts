@@ -9,6 +9,7 @@ import type { SecurityChip } from '../../hsm-emulator/chip.js';
 import { FillingMachine } from '../../hsm-emulator/filling-machine.js';
 import { Qrng } from '../../hsm-emulator/qrng.js';
 import { newChip } from './chip.js';
+import { RawMqtt } from './raw-mqtt.js';
 import { removeDir, startTestKms, type TestKms } from './kms.js';
 
 export interface TestSystem {
@@ -28,6 +29,15 @@ export interface TestSystem {
     beforeConnack?: (client: MqttClient) => void,
   ): Promise<MqttClient>;
   deviceToken(chip: SecurityChip): Promise<string>;
+  /**
+   * A new chip session and a raw MQTT connection of the device (client id and user name its id, its token as the
+   * password), for tests that write packets by hand; resolves with the CONNACK return code. `connect` may be a
+   * function, called once the session has begun (a will is sealed in it).
+   */
+  rawDevice(
+    chip: SecurityChip,
+    connect?: RawConnectOptions | (() => RawConnectOptions),
+  ): Promise<{ raw: RawMqtt; returnCode: number }>;
   connectApp(
     appId: string,
     acl?: { publish?: string[]; subscribe?: string[] },
@@ -35,6 +45,8 @@ export interface TestSystem {
   ): Promise<MqttClient>;
   stop(): Promise<void>;
 }
+
+type RawConnectOptions = Omit<Parameters<typeof RawMqtt.connect>[1], 'clientId' | 'username' | 'password'>;
 
 /** `now`: the clock the broker checks tokens against, Unix seconds (default: the system clock). */
 export interface SystemOptions {
@@ -99,6 +111,16 @@ export async function systemOn(
       return chip;
     },
     deviceToken,
+    async rawDevice(chip, connect = {}) {
+      chip.beginSession();
+      const password = await deviceToken(chip);
+      return RawMqtt.connect(broker.urls.mqtt!, {
+        clientId: chip.deviceId,
+        username: chip.deviceId,
+        password,
+        ...(typeof connect === 'function' ? connect() : connect),
+      });
+    },
     async connectDevice(chip, options = {}, beforeConnack) {
       chip.beginSession();
       const password = await deviceToken(chip);
