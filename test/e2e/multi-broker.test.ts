@@ -226,9 +226,15 @@ describe('one redis-server, brokers A and B', () => {
     await appB.subscribeAsync('devices/dev-key/up/#', { qos: 1 });
     const onA = await connectDevice(a.urls.mqtt!, chip, { clean: true, subscribe: true });
     const seal = (text: string) => Buffer.from(chip.sealUplink(Buffer.from(text), topic));
+    // Everything appB gets on the topic, in order: 'one' crosses the brokers through Redis on its own
+    // schedule, so the test waits for it rather than letting it race the later expectations.
+    const seen: string[] = [];
+    appB.on('message', (t, payload) => t === topic && seen.push(payload.toString()));
+    const firstSeen = nextMessage(appB, 10_000, (t) => t === topic);
     const sent = seal('one');
     onA.send({ cmd: 'publish', topic, payload: sent, qos: 1, messageId: 1, dup: false, retain: false });
     await onA.next('puback');
+    expect((await firstSeen).payload.toString()).toBe('one');
 
     // The MQTT library reconnects, to B, without a new chip session: the same key, claimed by A.
     const resumed = await connectDevice(b.urls.mqtt!, chip, { clean: true, subscribe: true, newSession: false });
@@ -248,6 +254,8 @@ describe('one redis-server, brokers A and B', () => {
     fresh.send({ cmd: 'publish', topic, payload: seal('three'), qos: 1, messageId: 4, dup: false, retain: false });
     await fresh.next('puback');
     expect((await received).payload.toString()).toBe('three');
+    // Neither the resumed session's 'two' nor the thief's replay of 'one' reached the application.
+    expect(seen).toEqual(['one', 'three']);
     await disconnect(fresh);
   });
 
