@@ -14,6 +14,16 @@ export class AppSessionError extends Error {
   }
 }
 
+/**
+ * Deliveries already on their way to the seal (read from a stored queue ahead of the forward hook), counted against
+ * the newest key as if sealed: whether one more fits is decided for the whole run, not for each alone.
+ */
+export interface SealsAhead {
+  messages: number;
+  bytes: number;
+}
+const NONE_AHEAD: Readonly<SealsAhead> = { messages: 0, bytes: 0 };
+
 interface Generation {
   key: EnvelopeKey;
   replay: ReplayWindow;
@@ -110,32 +120,38 @@ export class AppSessionKeys {
     });
   }
 
-  /** Can the newest key seal a delivery now (one is held, within its limits)? */
-  canSeal(): boolean {
+  /** Can the newest key seal one more delivery after those `ahead` of it (one is held, within its limits)? */
+  canSeal(ahead: Readonly<SealsAhead> = NONE_AHEAD): boolean {
     const g = this.generations.get(this.newest);
-    return g !== undefined && !this.spent(g) && g.nextSeq <= MAX_SEQ;
+    return g !== undefined && !this.spent(g, ahead) && g.nextSeq + ahead.messages <= MAX_SEQ;
   }
 
   /**
-   * The newest generation, once, when the app should rotate away from it (docs/PROTOCOL.md §22.6, rotation notice):
-   * half of any limit used, so the other half covers the deliveries of the handshake, or none left.
+   * The newest generation when the app should rotate away from it and has not been told (docs/PROTOCOL.md §22.6,
+   * rotation notice): half of any limit used, so the other half covers the deliveries of the handshake, or none
+   * left after those `ahead`. The caller marks it told (`told`) once the notice is written.
    */
-  rotationDue(): number | undefined {
+  rotationDue(ahead: Readonly<SealsAhead> = NONE_AHEAD): number | undefined {
     const g = this.generations.get(this.newest);
     if (!g || g.told) return undefined;
     const { messages, bytes, seconds } = this.limits;
     const half =
       g.messages * 2 >= messages || g.bytes * 2 >= bytes || (this.now() - g.installedAt) * 2 >= seconds * 1000;
-    if (!half && this.canSeal()) return undefined;
-    g.told = true;
+    if (!half && this.canSeal(ahead)) return undefined;
     return this.newest;
   }
 
+  /** The app was sent the rotation notice for generation `index`: rotationDue stays quiet about it. */
+  told(index: number): void {
+    const g = this.generations.get(index);
+    if (g) g.told = true;
+  }
+
   /** A key past any rotation limit (docs/PROTOCOL.md §17) seals and opens nothing more: the app must rotate. */
-  private spent(g: Generation): boolean {
+  private spent(g: Generation, ahead: Readonly<SealsAhead> = NONE_AHEAD): boolean {
     return (
-      g.messages >= this.limits.messages ||
-      g.bytes >= this.limits.bytes ||
+      g.messages + ahead.messages >= this.limits.messages ||
+      g.bytes + ahead.bytes >= this.limits.bytes ||
       this.now() - g.installedAt >= this.limits.seconds * 1000
     );
   }

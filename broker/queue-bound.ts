@@ -178,6 +178,13 @@ export class QueueBound {
         bound.set(prop, [value, b]);
         return b;
       },
+      // A later layer that wraps one of the bounded methods (store.x = wrap(store.x)) wraps the bounded one: writing
+      // it to the inner store instead would make the bounded method call its own wrapper.
+      set(target, prop, value) {
+        if (!Object.hasOwn(own, prop)) return Reflect.set(target, prop, value, target);
+        own[prop] = value;
+        return true;
+      },
     });
   }
 

@@ -7,10 +7,9 @@ import { KmsHttpError } from '../../kms-api/client.js';
 import { APP_SESSION_TOPIC, isProtocolError, MAX_PAYLOAD_LIMIT, rotationNotice } from '../../protocol/index.js';
 
 export { APP_SESSION_TOPIC } from '../../protocol/index.js';
-import { AppSessionError, AppSessionKeys } from '../app-session-keys.js';
+import { AppSessionError, AppSessionKeys, type SealsAhead } from '../app-session-keys.js';
 import type { PolicyRule } from '../policy/evaluate.js';
 import { type ClientState, DROPPED_PAYLOAD, type PluginContext, type RejectReason } from './context.js';
-import { DEFAULT_APP_HOLD, holdForAppKey } from './app-hold.js';
 import { envelopePolicy } from './policy.js';
 
 /** The announcement is `{"key_ID": uuid, "key_index": n}`: a few dozen bytes. */
@@ -44,7 +43,6 @@ function announcement(payload: Buffer): { keyId: string; keyIndex: number } | un
  */
 export async function announceAppSession(
   ctx: PluginContext,
-  client: Client,
   state: ClientState,
   packet: PublishPacket,
 ): Promise<AppRefusal | null> {
@@ -62,9 +60,7 @@ export async function announceAppSession(
   try {
     state.app ??= new AppSessionKeys(appId, ctx.rotation);
     state.app.install(a.keyIndex, key);
-    // §22.6: from now on a key can run out; a clean session's deliveries wait for the next one rather than drop.
-    if (!state.appHold) holdForAppKey(ctx, client, state, ctx.o.appHold ?? DEFAULT_APP_HOLD, false);
-    state.appHold!.open(); // §22.8: what waited for the key goes out now, sealed
+    state.appHold?.open(); // §22.8: what waited for the key goes out now, sealed (app-hold.ts, made at CONNECT)
   } catch (err) {
     if (err instanceof AppSessionError) return { reason: err.reason, detail: err.message };
     throw err;
@@ -104,8 +100,10 @@ export function openAppPublish(
 }
 
 /**
- * Seals one delivery for an application holding a session key; null (dropped) when its key is spent, which the
- * hold (app-hold.ts) keeps from happening to a connection that can still rotate: it holds such deliveries first.
+ * Seals one delivery for an application holding a session key; null when its key is spent, which the hold
+ * (app-hold.ts) keeps from happening to a connection that can still rotate: it holds such deliveries first. If it
+ * happens anyway (a key past its age between the hold's look and this seal), a persistent session's stored copy
+ * stays stored; anything else is dropped and counted.
  */
 export function sealForApp(
   ctx: PluginContext,
@@ -116,10 +114,12 @@ export function sealForApp(
   // Every delivery reaches the forward hook as plaintext: nothing sealed is stored (forward.ts).
   const plaintext = packet.payload as Buffer;
   if (plaintext.length === 0) return packet;
+  state.appHold?.forwarded(plaintext);
   const sealed = state.app!.seal(plaintext, packet.topic, MAX_PAYLOAD_LIMIT);
   tellAppToRotate(ctx, client, state);
   if (!sealed) {
-    ctx.o.events?.downlink?.('dropped_no_key');
+    if (state.appHold) state.appHold.unsealable(packet);
+    else ctx.o.events?.downlink?.('dropped_no_key');
     return null;
   }
   const out = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
@@ -129,21 +129,33 @@ export function sealForApp(
 
 /**
  * docs/PROTOCOL.md §22.6, rotation notice: once per generation, when it has used half of a rotation limit (or none
- * is left), this connection alone is sent `{"rotate": n}` on the session topic, QoS 0, plaintext (it names a key
- * index, nothing secret). Written to the connection directly: not routed, so no other client can receive it, and
- * no subscription is needed.
+ * is left after the seals `ahead`), this connection alone is sent `{"rotate": n}` on the session topic, QoS 0,
+ * plaintext (it names a key index, nothing secret). Written to the connection directly: not routed, so no other
+ * client can receive it, and no subscription is needed. Marked told only once written: a connection still sending
+ * its stored queue after CONNACK (Aedes' `connecting`) is told too; one already closing is not, and a later look tells.
  */
-export function tellAppToRotate(ctx: PluginContext, client: Client, state: ClientState): void {
-  const index = state.app?.rotationDue();
+export function tellAppToRotate(
+  ctx: PluginContext,
+  client: Client,
+  state: ClientState,
+  ahead?: Readonly<SealsAhead>,
+): void {
+  const index = state.app?.rotationDue(ahead);
   if (index === undefined) return;
-  const conn = (client as unknown as { conn: NodeJS.WritableStream; connected: boolean }).conn;
-  if (!(client as unknown as { connected: boolean }).connected) return;
+  const c = client as unknown as {
+    conn: NodeJS.WritableStream & { writable?: boolean };
+    connected: boolean;
+    connecting: boolean;
+    closed: boolean;
+  };
+  if (!(c.connected || c.connecting) || c.closed || c.conn.writable === false) return;
   const n = rotationNotice(index);
   const payload = Buffer.from(n.buffer, n.byteOffset, n.byteLength);
   mqttPacket.writeToStream(
     { cmd: 'publish', topic: APP_SESSION_TOPIC, payload, qos: 0, retain: false, dup: false },
-    conn,
+    c.conn,
   );
+  state.app!.told(index);
   ctx.o.events?.appRotationNotice?.();
   ctx.o.log?.debug({ client: client.id, keyIndex: index }, 'application told to rotate');
 }

@@ -84,9 +84,9 @@ export async function authenticate(
     ...(unpinWill && { unpinWill }),
   };
   ctx.states.set(client, state);
-  // §22.8: a persistent application session's deliveries that need its session key wait for the announcement.
-  if (principal.role === 'app' && client.clean === false)
-    holdForAppKey(ctx, client, state, ctx.o.appHold ?? DEFAULT_APP_HOLD);
+  // §22.6, §22.8: an application's deliveries that need a session key it does not hold yet wait for its
+  // announcement. Gated here, before any SUBSCRIBE: Aedes binds a subscription to the delivery functions it finds.
+  if (principal.role === 'app') holdForAppKey(ctx, client, state, ctx.o.appHold ?? DEFAULT_APP_HOLD);
   watchConnection(ctx, client);
   ctx.o.events?.connected?.(principal);
 }

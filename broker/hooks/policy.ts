@@ -81,8 +81,39 @@ export function envelopePolicy(rule: PolicyRule, plaintextLength: number, suite:
 }
 
 /**
+ * What the policy makes of one delivery; for a drop, which rule dropped it, and whether it is an end-to-end topic's
+ * envelope kept from everyone but its two ends (counted, not logged: every other subscriber would log it). Pure.
+ */
+type DeliveryOutcome = { outcome: 'as-usual' | 'pass' } | { outcome: 'drop'; rule: PolicyViolation; endToEnd: boolean };
+
+export function deliveryOutcome(
+  ctx: PluginContext,
+  state: ClientState,
+  topic: string,
+  plaintext: Buffer,
+): DeliveryOutcome {
+  const principal = state.principal;
+  if (ctx.policy.current.size === 0) return { outcome: 'as-usual' };
+  if (principal.role === 'device' && isStatusTopicOf(ctx.topics, principal.id, topic)) return { outcome: 'as-usual' };
+  const e2e = endToEndOf(ctx, topic);
+  if (e2e) {
+    // docs/PROTOCOL.md §23: the envelope goes on as it came, to its device (commands) or its one application
+    // (telemetry; sealed again under an application session key if the application holds one); to no one else.
+    if (principal.role === 'device' && principal.id === e2e.deviceId) return { outcome: 'pass' };
+    if (principal.role === 'app' && principal.id === e2e.app) return { outcome: 'as-usual' };
+    return { outcome: 'drop', rule: 'encryption', endToEnd: true };
+  }
+  const suite = state.keys?.downlinkSuite ?? 0;
+  const sealed = state.app?.active === true;
+  const decision = deliveryFor(ruleOf(ctx, principal, topic), principal.role, plaintext.length, suite, sealed);
+  if (decision === 'seal') return { outcome: 'as-usual' };
+  if (decision === 'pass') return { outcome: principal.role === 'device' ? 'pass' : 'as-usual' };
+  return { outcome: 'drop', rule: decision, endToEnd: false };
+}
+
+/**
  * The forward hook's policy step: `as-usual` (the hook seals for a device, passes to an application), `pass`
- * (plaintext to this subscriber), or `drop` (counted). Status notices to a device are the broker's own: as usual.
+ * (plaintext to this subscriber), or `drop` (counted and logged). Status notices to a device are the broker's own.
  */
 export function deliveryPolicy(
   ctx: PluginContext,
@@ -90,26 +121,11 @@ export function deliveryPolicy(
   state: ClientState,
   packet: AedesPublishPacket,
 ): 'as-usual' | 'pass' | 'drop' {
-  const principal = state.principal;
-  if (ctx.policy.current.size === 0) return 'as-usual';
-  if (principal.role === 'device' && isStatusTopicOf(ctx.topics, principal.id, packet.topic)) return 'as-usual';
-  const e2e = endToEndOf(ctx, packet.topic);
-  if (e2e) {
-    // docs/PROTOCOL.md §23: the envelope goes on as it came, to its device (commands) or its one application
-    // (telemetry; sealed again under an application session key if the application holds one); to no one else.
-    if (principal.role === 'device' && principal.id === e2e.deviceId) return 'pass';
-    if (principal.role === 'app' && principal.id === e2e.app) return 'as-usual';
-    ctx.o.events?.policy?.('forward', 'encryption');
-    return 'drop';
-  }
   // Every delivery reaches the forward hook as plaintext: nothing sealed is stored (forward.ts).
-  const plaintext = packet.payload as Buffer;
-  const suite = state.keys?.downlinkSuite ?? 0;
-  const sealed = state.app?.active === true;
-  const decision = deliveryFor(ruleOf(ctx, principal, packet.topic), principal.role, plaintext.length, suite, sealed);
-  if (decision === 'seal') return 'as-usual';
-  if (decision === 'pass') return principal.role === 'device' ? 'pass' : 'as-usual';
-  ctx.o.events?.policy?.('forward', decision);
-  ctx.o.log?.warn({ client: client.id, topic: packet.topic, rule: decision }, 'delivery dropped by policy');
+  const d = deliveryOutcome(ctx, state, packet.topic, packet.payload as Buffer);
+  if (d.outcome !== 'drop') return d.outcome;
+  ctx.o.events?.policy?.('forward', d.rule);
+  if (!d.endToEnd)
+    ctx.o.log?.warn({ client: client.id, topic: packet.topic, rule: d.rule }, 'delivery dropped by policy');
   return 'drop';
 }

@@ -71,7 +71,7 @@ export function authorizePublish(
 
 function decide(ctx: PluginContext, client: Client, state: ClientState, packet: PublishPacket): Verdict {
   if (state.principal.role === 'app' && packet.topic === APP_SESSION_TOPIC)
-    return announceAppSession(ctx, client, state, packet).then(
+    return announceAppSession(ctx, state, packet).then(
       (r) => r && refuse(ctx, client, state, packet, r.reason, r.detail),
     );
   if (!mayPublish(state.principal, packet.topic, ctx.topics))
@@ -84,11 +84,12 @@ function decide(ctx: PluginContext, client: Client, state: ClientState, packet: 
     const r = state.app?.active
       ? openAppPublish(ctx, state, packet, policy.take === 'open' ? policy.rule : undefined)
       : null;
+    // §22.6: the notice goes with a key_spent refusal too, not only after an envelope the key opened.
+    tellAppToRotate(ctx, client, state);
     if (r)
       return 'policy' in r
         ? refusePolicy(ctx, client, state, packet, r.policy)
         : refuse(ctx, client, state, packet, r.reason, r.detail);
-    tellAppToRotate(ctx, client, state);
     const e2e = endToEndOf(ctx, packet.topic);
     if (e2e) return checkEndToEndCommand(ctx, client, state, packet, e2e);
     return checkDownlinkSize(ctx, client, state, packet, (packet.payload as Buffer).length);

@@ -31,9 +31,10 @@ function hold(limits: { ms: number; count: number; bytes?: number } = { ms: 1000
   const ends: string[] = [];
   let announced = false;
   const h = new AppDeliveryHold(
-    (p) => needsKey(p) && !announced,
+    (p) => (needsKey(p) && !announced ? 'needs-key' : 'plain'),
     { bytes: 1 << 20, ...limits },
-    (outcome) => ends.push(outcome),
+    { end: (outcome) => ends.push(outcome), dropped: () => undefined },
+    true,
   );
   const open = h.open.bind(h);
   h.open = () => {
@@ -192,9 +193,10 @@ describe('a key that runs out (docs/PROTOCOL.md §22.6)', () => {
     const state = { budget };
     const ends: string[] = [];
     const h = new AppDeliveryHold(
-      (p) => p.topic.startsWith('sealed/') && state.budget === 0,
+      (p) => (!p.topic.startsWith('sealed/') ? 'plain' : state.budget === 0 ? 'needs-key' : 'sealable'),
       { ms: 1000, count: 10, bytes: 1 << 20 },
-      (outcome) => ends.push(outcome),
+      { end: (outcome) => ends.push(outcome), dropped: () => undefined },
+      true,
     );
     const { client, delivered, released } = fakeClient();
     const deliver = client.deliverQoS;
@@ -205,7 +207,8 @@ describe('a key that runs out (docs/PROTOCOL.md §22.6)', () => {
       }
       deliver(p, cb);
     };
-    h.gate(client as unknown as Client, false); // made on a live connection, at its first announcement
+    h.gate(client as unknown as Client);
+    client.emit('connected'); // no stored queue
     h.open();
     return { h, state, ends, client, delivered, released };
   }

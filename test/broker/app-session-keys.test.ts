@@ -77,18 +77,34 @@ describe('AppSessionKeys', () => {
     expect(s.rotationDue()).toBeUndefined();
     s.open(up(k(1), 0, 0), topic); // both directions count: 2 of 4
     expect(s.rotationDue()).toBe(0);
+    expect(s.rotationDue()).toBe(0); // still due until the notice is written
+    s.told(0);
     expect(s.rotationDue()).toBeUndefined(); // told once
     s.install(1, k(2));
     s.seal(new Uint8Array(50), topic); // half the bytes
     expect(s.rotationDue()).toBe(1);
+    s.told(1);
     s.install(2, k(3));
     now = 4_999;
     expect(s.rotationDue()).toBeUndefined();
     now = 5_000; // half the age
     expect(s.rotationDue()).toBe(2);
+    s.told(2);
     s.install(3, k(4));
     now = 5_000 + 10_000; // spent by age before anything told: none left
     expect(s.canSeal()).toBe(false);
     expect(s.rotationDue()).toBe(3);
+  });
+
+  it('counts the deliveries ahead of the seal: one more fits only if it fits after them', () => {
+    const s = new AppSessionKeys('app', { messages: 4, bytes: 100, seconds: 10 }, () => 0);
+    s.install(0, k(1));
+    expect(s.canSeal({ messages: 3, bytes: 0 })).toBe(true);
+    expect(s.canSeal({ messages: 4, bytes: 0 })).toBe(false);
+    expect(s.canSeal({ messages: 1, bytes: 99 })).toBe(true);
+    expect(s.canSeal({ messages: 1, bytes: 100 })).toBe(false);
+    // None sealed yet, but none would be left for this one: the notice is due now, not after the seals.
+    expect(s.rotationDue()).toBeUndefined();
+    expect(s.rotationDue({ messages: 4, bytes: 0 })).toBe(0);
   });
 });

@@ -2,7 +2,7 @@
 // only receives is told to rotate and misses nothing; one that does not rotate in time has its deliveries held, not
 // dropped, until it does; age and bytes count as messages do; the notice reaches that one connection and no other.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AppSession } from '../../device-sim/app-session.js';
+import { type AppMessageHandler, AppSession } from '../../device-sim/app-session.js';
 import { sm2KeyPair } from '../../hsm-emulator/sm2.js';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
 import type { MqttClient } from 'mqtt';
@@ -10,33 +10,46 @@ import { sealTelemetryForApps } from '../helpers/app-sessions.js';
 import { startTestSystem, type TestSystem } from '../helpers/system.js';
 
 const LIMIT = 8; // envelopes per key, both directions: the broker tells the app to rotate after 4
+// Each test's app subscribes to its own device's telemetry alone: the broker-wide counters it reads are its own.
 let sys: TestSystem;
 const sessions: AppSession[] = [];
 
-async function newApp(appId: string): Promise<AppSession> {
-  const sm2 = sm2KeyPair();
-  const { client_secret } = await sys.kms.admin.registerApp(appId, {
-    subscribe: ['devices/+/up/#'],
-    sm2_public_key: sm2.publicKey,
-  });
+const registered = new Map<string, { secret: string; sm2: { privateKey: string; publicKey: string } }>();
+
+async function newApp(appId: string, clean = true, got?: Received): Promise<AppSession> {
+  let app = registered.get(appId);
+  if (!app) {
+    const sm2 = sm2KeyPair();
+    const { client_secret } = await sys.kms.admin.registerApp(appId, {
+      subscribe: ['devices/+/up/#'],
+      sm2_public_key: sm2.publicKey,
+    });
+    app = { secret: client_secret, sm2 };
+    registered.set(appId, app);
+  }
   const session = await AppSession.start({
     brokerUrl: sys.mqttUrl,
     kmsUrl: sys.kms.url,
     brokerId: 'test-broker',
     appId,
-    secret: client_secret,
-    sm2,
+    secret: app.secret,
+    sm2: app.sm2,
+    clean,
+    ...(got ? { onMessage: collect(got) } : {}),
   });
   sessions.push(session);
   return session;
 }
 
 /** What the app opened, in arrival order, and each one's generation. */
-function received(app: AppSession): Array<{ text: string; generation: number }> {
-  const got: Array<{ text: string; generation: number }> = [];
-  app.onMessage((_t, plaintext, envelope) =>
-    got.push({ text: plaintext.toString(), generation: envelope.readUInt32BE(2) }),
-  );
+type Received = Array<{ text: string; generation: number }>;
+const collect =
+  (got: Received): AppMessageHandler =>
+  (_t, plaintext, envelope) =>
+    got.push({ text: plaintext.toString(), generation: envelope.readUInt32BE(2) });
+function received(app: AppSession): Received {
+  const got: Received = [];
+  app.onMessage(collect(got));
   return got;
 }
 
@@ -81,7 +94,7 @@ afterAll(async () => {
 describe('an application key that runs out', () => {
   it('an app that only receives is told to rotate and gets every message, each generation sealing at most its limit', async () => {
     const app = await newApp('app-rx-only');
-    await app.client.subscribeAsync('devices/+/up/#', { qos: 1 });
+    await app.client.subscribeAsync('devices/dev-rx-only/up/#', { qos: 1 });
     const got = received(app);
     const { send, dev } = await device('dev-rx-only');
     const notices = await metric('broker_app_rotation_notices_total');
@@ -97,9 +110,35 @@ describe('an application key that runs out', () => {
     await dev.endAsync();
   });
 
+  it('a persistent app whose stored queue is several keys long gets all of it, in order, none dropped', async () => {
+    const first = await newApp('app-queue', false);
+    await first.client.subscribeAsync('devices/dev-queue/up/#', { qos: 1 });
+    await first.close();
+    const { send, dev } = await device('dev-queue');
+    const n = 4 * LIMIT + 3; // more than the read-ahead of Aedes' queue pipeline (16), several keys' worth
+    for (const i of range(n)) await send(i);
+    await dev.endAsync();
+    const dropped = await metric('broker_downlink_total\\{outcome="dropped_no_key"\\}');
+
+    const got: Received = [];
+    const again = await newApp('app-queue', false, got);
+    await until(() => got.length >= n);
+    expect(got.map((g) => g.text)).toEqual(range(n));
+    const perGeneration = new Map<number, number>();
+    for (const g of got) perGeneration.set(g.generation, (perGeneration.get(g.generation) ?? 0) + 1);
+    for (const count of perGeneration.values()) expect(count).toBeLessThanOrEqual(LIMIT);
+    expect(await metric('broker_downlink_total\\{outcome="dropped_no_key"\\}')).toBe(dropped);
+    // Each delivered once: nothing more comes, on this connection or the next.
+    await again.close();
+    const more: Received = [];
+    await newApp('app-queue', false, more);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(more).toEqual([]);
+  });
+
   it('an app that does not rotate in time: its deliveries wait for its next key, none dropped', async () => {
     const app = await newApp('app-slow');
-    await app.client.subscribeAsync('devices/+/up/#', { qos: 1 });
+    await app.client.subscribeAsync('devices/dev-slow/up/#', { qos: 1 });
     const got = received(app);
     const rotate = app.rotate.bind(app);
     app.rotate = () => Promise.resolve(); // it ignores the notice
@@ -118,22 +157,50 @@ describe('an application key that runs out', () => {
     await dev.endAsync();
   });
 
+  it('a clean session that subscribed before its first announcement: what its spent key cannot seal waits too', async () => {
+    // The subscription is made before the handshake, as a client that subscribes on connect does.
+    const handshake = Object.getOwnPropertyDescriptor(AppSession.prototype, 'rotate')!.value as AppSession['rotate'];
+    AppSession.prototype.rotate = async function (this: AppSession) {
+      AppSession.prototype.rotate = handshake;
+      await this.client.subscribeAsync('devices/dev-early/up/#', { qos: 1 });
+      return handshake.call(this);
+    };
+    const got: Received = [];
+    const app = await newApp('app-early', true, got);
+    app.rotate = () => Promise.resolve(); // it ignores the notice
+    const dropped = await metric('broker_downlink_total\\{outcome="dropped_no_key"\\}');
+    const { send, dev } = await device('dev-early');
+    for (const i of range(12)) await send(i);
+    await until(() => got.length >= LIMIT);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(got.map((g) => g.text)).toEqual(range(LIMIT));
+    await handshake.call(app);
+    await until(() => got.length >= 12);
+    expect(got.map((g) => g.text)).toEqual(range(12));
+    expect(await metric('broker_downlink_total\\{outcome="dropped_no_key"\\}')).toBe(dropped);
+    await dev.endAsync();
+  });
+
   it('one that never rotates: the hold expires after appHoldSeconds and says so; the connection goes on', async () => {
     const app = await newApp('app-never');
-    await app.client.subscribeAsync('devices/+/up/#', { qos: 1 });
+    await app.client.subscribeAsync('devices/dev-never/up/#', { qos: 1 });
     const got = received(app);
     app.rotate = () => Promise.resolve();
+    const dropped = await metric('broker_downlink_total\\{outcome="dropped_no_key"\\}');
     const { send, dev } = await device('dev-never');
     for (const i of range(LIMIT + 2)) await send(i);
     await until(() => /"client":"app-never\/session".*"outcome":"expired"/.test(sys.logs()), 10_000);
     expect(got.map((g) => g.text)).toEqual(range(LIMIT));
+    // A clean session has no store to leave them in: the two are lost, and counted and logged as such.
+    expect(sys.logs()).toMatch(/"client":"app-never\/session".*"outcome":"expired".*"leftStored":0,"dropped":2/);
+    expect(await metric('broker_downlink_total\\{outcome="dropped_no_key"\\}')).toBe(dropped + 2);
     expect(app.client.connected).toBe(true);
     await dev.endAsync();
   });
 
-  it('age and bytes count: a key half its age or with half its bytes used is rotated away from', async () => {
+  it('bytes count: a key with half its bytes used is rotated away from', async () => {
     const app = await newApp('app-bytes');
-    await app.client.subscribeAsync('devices/+/up/#', { qos: 1 });
+    await app.client.subscribeAsync('devices/dev-bytes/up/#', { qos: 1 });
     const got = received(app);
     const { send, dev } = await device('dev-bytes');
     await send('x'.repeat(2100)); // over half of the 4096 bytes a key may carry
@@ -148,17 +215,71 @@ describe('an application key that runs out', () => {
     const app = await newApp('app-told');
     await app.client.subscribeAsync('devices/dev-told/up/#', { qos: 1 });
     const got = received(app);
-    const seen: string[] = [];
-    const watcher = await sys.connectApp('app-watcher', { subscribe: ['devices/+/up/#'] });
-    watcher.on('message', (t) => seen.push(t));
-    await watcher.subscribeAsync('devices/+/up/#', { qos: 0 });
-    await expect(watcher.subscribeAsync('$qkey/app-session', { qos: 0 })).rejects.toThrow(/Subscribe error/); // 0x80
-    const { send, dev } = await device('dev-told');
-    for (const i of range(LIMIT)) await send(i);
-    await until(() => app.keyIndex >= 1 && got.length >= LIMIT);
-    // It holds no session key, so the policy gives it no telemetry either: it received nothing at all.
-    expect(seen).toEqual([]);
-    await watcher.endAsync();
+    // Another app with a session of its own, on other telemetry: its key is barely used, so no notice is its own.
+    const other = await newApp('app-watcher');
+    await other.client.subscribeAsync('devices/dev-watched/up/#', { qos: 1 });
+    const otherGot = received(other);
+    const otherNotices: string[] = [];
+    other.client.on('message', (t, payload) => t === '$qkey/app-session' && otherNotices.push(payload.toString()));
+    // One without a session may not subscribe to the session topic at all.
+    const plain = await sys.connectApp('app-plain-watcher', { subscribe: ['devices/+/up/#'] });
+    await expect(plain.subscribeAsync('$qkey/app-session', { qos: 0 })).rejects.toThrow(/Subscribe error/); // 0x80
+    const told = await device('dev-told');
+    const watched = await device('dev-watched');
+    await watched.send('control'); // the other connection receives: it would see a notice sent to it
+    for (const i of range(LIMIT)) await told.send(i);
+    await until(() => app.keyIndex >= 1 && got.length >= LIMIT && otherGot.length === 1);
+    expect(otherGot.map((g) => g.text)).toEqual(['control']);
+    expect(otherNotices).toEqual([]);
+    expect(other.keyIndex).toBe(0);
+    await plain.endAsync();
+    await told.dev.endAsync();
+    await watched.dev.endAsync();
+  });
+});
+
+describe('an application key that runs out by age', () => {
+  let aged: TestSystem;
+  afterAll(() => aged?.stop());
+
+  it('is rotated away from at half its age: the next delivery after that tells the app, which rotates', async () => {
+    aged = await startTestSystem({ rotation: { messages: 1000, bytes: 1 << 20, seconds: 2 } });
+    await sealTelemetryForApps(aged, 60);
+    const sm2 = sm2KeyPair();
+    const { client_secret } = await aged.kms.admin.registerApp('app-aged', {
+      subscribe: ['devices/+/up/#'],
+      sm2_public_key: sm2.publicKey,
+    });
+    const got: Received = [];
+    const app = await AppSession.start({
+      brokerUrl: aged.mqttUrl,
+      kmsUrl: aged.kms.url,
+      brokerId: 'test-broker',
+      appId: 'app-aged',
+      secret: client_secret,
+      sm2,
+      onMessage: collect(got),
+    });
+    sessions.push(app);
+    await app.client.subscribeAsync('devices/dev-aged/up/#', { qos: 1 });
+    const chip = await aged.device('dev-aged', 16);
+    const dev = await aged.connectDevice(chip);
+    const topic = 'devices/dev-aged/up/t';
+    const send = (text: string) =>
+      dev.publishAsync(topic, Buffer.from(chip.sealUplink(Buffer.from(text), topic)), { qos: 1 });
+    await send('young');
+    await until(() => got.length === 1);
+    expect(app.keyIndex).toBe(0); // one message of 1000, well within its age
+    await new Promise((r) => setTimeout(r, 1100)); // past half of its two seconds
+    await send('old');
+    await until(() => app.keyIndex === 1);
+    await send('new');
+    await until(() => got.length === 3);
+    expect(got).toEqual([
+      { text: 'young', generation: 0 },
+      { text: 'old', generation: 0 },
+      { text: 'new', generation: 1 },
+    ]);
     await dev.endAsync();
   });
 });
