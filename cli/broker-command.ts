@@ -158,13 +158,15 @@ export async function runBrokerCommand(argv: string[], io: CliIo): Promise<numbe
     `qkey broker listening: ${listening} (key service ${config.kmsUrl}, broker id ${config.brokerId}${shared}${heap})`,
   );
   // Runs until Ctrl-C or SIGTERM; a broker thread that ends by itself is a failure, reported with its reason.
+  const watch = stopRequested();
   const failure = await new Promise<string | undefined>((resolve) => {
-    void stopRequested().then(() => resolve(undefined));
+    void watch.stopped.then(() => resolve(undefined));
     thread?.exited.then(
       () => resolve('it stopped'),
       (err: Error) => resolve(err.message),
     );
   });
+  watch.dispose();
   if (failure !== undefined) {
     io.err(`qkey broker: the broker thread ended unexpectedly: ${failure}`);
     return EXIT_FAILURE;

@@ -212,10 +212,12 @@ export async function runDemoCommand(argv: string[], io: CliIo): Promise<number>
       clearInterval(statusTimer);
     });
 
+    const watch = stopRequested();
     await Promise.race([
-      stopRequested(),
+      watch.stopped,
       ...(duration > 0 ? [new Promise<void>((resolve) => setTimeout(resolve, duration * 1000).unref())] : []),
     ]);
+    watch.dispose();
     io.out(
       `qkey demo: stopping (sent ${devices.reduce((a, d) => a + d.stats.sent, 0)}, dashboard received ${received}, commands ${commands})`,
     );

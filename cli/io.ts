@@ -33,21 +33,33 @@ export function quietOnBrokenPipe(): void {
 
 let pipeBroken = false;
 
+/** A command's watch for a stop: `stopped` settles on the first; `dispose` ends the watch when the command ends. */
+export interface StopWatch {
+  stopped: Promise<NodeJS.Signals>;
+  /** Removes the signal handlers, so a command that ended by itself leaves Ctrl-C to Node again. Idempotent. */
+  dispose(): void;
+}
+
 /**
- * Settles when the command should stop: Ctrl-C (SIGINT), SIGTERM, or a reader of its output that went away
- * (also when that happened before this was asked, during start-up).
+ * Watches for the command's stop: Ctrl-C (SIGINT), SIGTERM, or a reader of its output that went away (also when
+ * that happened before this was asked, during start-up).
  */
-export function stopRequested(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
+export function stopRequested(): StopWatch {
+  let dispose = () => undefined as void;
+  const stopped = new Promise<NodeJS.Signals>((resolve) => {
     if (pipeBroken) return resolve('SIGTERM');
     const stop = (signal: NodeJS.Signals) => {
+      dispose();
+      resolve(signal);
+    };
+    dispose = () => {
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
-      resolve(signal);
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
+  return { stopped, dispose: () => dispose() };
 }
 
 /** A usage mistake: exit status 2 and a hint to run --help. */

@@ -138,7 +138,7 @@ export async function runKmsCommand(argv: string[], io: CliIo): Promise<number> 
   io.out(
     `qkey kms listening on ${kms.url} (data ${config.dataDir}${config.adminToken ? '' : `, admin token in ${join(config.dataDir, ADMIN_TOKEN_FILE)}`})`,
   );
-  await stopRequested();
+  await stopRequested().stopped;
   io.out('qkey kms: stopping');
   await kms.close();
   release();

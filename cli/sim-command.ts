@@ -122,7 +122,8 @@ export async function runSimCommand(argv: string[], io: CliIo): Promise<number> 
   const show = (line: string) => live && process.stderr.write(`\r${line}   `);
   let report: SimReport;
   const stop = new AbortController();
-  void stopRequested().then(() => stop.abort());
+  const watch = stopRequested();
+  void watch.stopped.then(() => stop.abort());
   try {
     report = await runSimulation({
       ...opts,
@@ -141,8 +142,10 @@ export async function runSimCommand(argv: string[], io: CliIo): Promise<number> 
     if (err instanceof SimSetupError)
       return err.unreachable
         ? error(EXIT_UNREACHABLE, 'SIM_UNREACHABLE', err.message)
-        : error(EXIT_SETUP, 'SIM_SETUP_FAILED', err.message);
+        : error(EXIT_SETUP, stop.signal.aborted ? 'SIM_STOPPED' : 'SIM_SETUP_FAILED', err.message);
     return error(EXIT_FAILURE, 'SIM_FAILED', (err as Error).message);
+  } finally {
+    watch.dispose();
   }
   if (live) process.stderr.write('\n');
   io.out(json ? JSON.stringify(report, null, 2) : formatReport(report));

@@ -35,7 +35,12 @@ export function followRotationNotices(session: RotatingSession): (payload: Uint8
       () => attempt(index, 0, rounds + 1),
       (err: unknown) => {
         session.failed(err);
-        setTimeout(() => attempt(index, failures + 1, rounds), Math.min(MAX_RETRY_MS, 1000 * 2 ** failures));
+        const retry = setTimeout(
+          () => attempt(index, failures + 1, rounds),
+          Math.min(MAX_RETRY_MS, 1000 * 2 ** failures),
+        );
+        // In Node, a pending retry does not keep a process alive whose connection is gone (browsers have no unref).
+        (retry as { unref?: () => void }).unref?.();
       },
     );
   };
