@@ -232,7 +232,8 @@ export async function runDeviceCommand(argv: string[], io: CliIo): Promise<numbe
     io.err(`${prefix}: ${(err as Error).message}`);
     return EXIT_FAILURE;
   } finally {
-    await client?.endAsync().catch(() => undefined);
+    // A closed connection cannot take a DISCONNECT, and a graceful end would wait for the unacknowledged publish.
+    await client?.endAsync(!client.connected).catch(() => undefined);
     chip?.close();
   }
 }

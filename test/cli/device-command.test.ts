@@ -5,6 +5,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { main } from '../../cli/qkey.js';
 import { SecurityChip } from '../../hsm-emulator/chip.js';
 import { runQkey } from '../helpers/cli.js';
+import { runQkeyProcess } from '../helpers/process.js';
 import { removeDir, tempDir } from '../helpers/kms.js';
 import { nextMessage, startTestSystem, type TestSystem } from '../helpers/system.js';
 
@@ -142,3 +143,19 @@ it('refuses bad usage with exit 2, and a chip without a login key or a wrong PIN
     process.env.QKEY_CHIP_PIN = PIN;
   }
 });
+
+it('publish refused by the policy: exit 1 naming the reason, and the process ends', async () => {
+  const { version } = await sys.kms.admin.setPolicy('cli-no-retain', {
+    role: 'device',
+    filter: 'devices/+/up/config',
+    encryption: 'required',
+    retain: false,
+  });
+  while (sys.broker.policy.current.version < version) await new Promise((r) => setTimeout(r, 50));
+  const args = ['device', 'publish', ...common, '--broker', sys.mqttUrl, '--topic', 'config', '--message', 'x'];
+  // In a process of its own: a promise left pending when the connection closes ends Node with exit 13.
+  const r = await runQkeyProcess([...args, '--retain'], { QKEY_CHIP_PIN: PIN });
+  expect(r.err).toMatch(/refused the message \(policy\)/);
+  expect(r.code).toBe(1);
+  await sys.kms.admin.deletePolicy('cli-no-retain');
+}, 30_000);
