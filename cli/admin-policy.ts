@@ -9,7 +9,7 @@ import {
   type PolicyBodyJson,
   type PolicyEntryJson,
 } from '../kms-api/policy-schemas.js';
-import { parseSuite } from '../protocol/index.js';
+import { parseSuite, SUITE_NAMES, type SuiteId } from '../protocol/index.js';
 import { idArgument, parseUint, UsageError } from './io.js';
 
 export const POLICY_USAGE = `  policy list                           the policy table and its version
@@ -89,6 +89,11 @@ function suitesFrom(text: string): Array<1 | 2> {
   }
 }
 
+/** Suites by name for people (`SM4-GCM`); the JSON output keeps the ids the key service stores. */
+function suiteNames(ids: readonly number[], separator: string): string {
+  return ids.map((id) => SUITE_NAMES[id as SuiteId] ?? String(id)).join(separator);
+}
+
 function describe(e: PolicyEntryJson): string {
   const r = e.rotation;
   return [
@@ -96,7 +101,7 @@ function describe(e: PolicyEntryJson): string {
     `subject     ${e.principal !== undefined ? `${e.role} ${e.principal}` : `every ${e.role}`}`,
     `filter      ${e.filter}`,
     `encryption  ${e.encryption}${e.app !== undefined ? ` (read by app ${e.app})` : ''}`,
-    `suites      ${e.suites ? e.suites.join(', ') : 'any'}`,
+    `suites      ${e.suites ? suiteNames(e.suites, ', ') : 'any'}`,
     `max payload ${e.max_payload ?? "the broker's"}`,
     `max QoS     ${e.max_qos ?? 2}`,
     `retain      ${e.retain === false ? 'refused' : 'allowed'}`,
@@ -134,7 +139,7 @@ export async function runPolicyCommand(
             r.entries.map((e) => ({
               ...e,
               principal: e.principal ?? '*',
-              suites: e.suites?.join(','),
+              suites: e.suites && suiteNames(e.suites, ','),
               rotation: e.rotation ? JSON.stringify(e.rotation) : undefined,
             })),
             [

@@ -50,12 +50,15 @@ it('set, list, show and delete an entry; the version moves with each change', as
   });
   const list = await admin('policy', 'list');
   expect(list.out).toMatch(/^version 1\n/);
-  expect(list.out).toMatch(/uplink-limits +device +\* +devices\/\+\/up\/# +required +1,2 +4096 +1 +false/);
+  expect(list.out).toMatch(
+    /uplink-limits +device +\* +devices\/\+\/up\/# +required +SM4-GCM,SM4-CTR-HMAC-SM3 +4096 +1 +false/,
+  );
   const show = await admin('policy', 'show', 'uplink-limits');
   expect(show.out).toMatch(/subject +every device/);
+  expect(show.out).toMatch(/suites +SM4-GCM, SM4-CTR-HMAC-SM3\n/);
   expect(show.out).toMatch(/rotation +messages 500/);
   const json = await admin('--json', 'policy', 'show', 'uplink-limits');
-  expect(JSON.parse(json.out)).toMatchObject({ policy_id: 'uplink-limits', version: 1 });
+  expect(JSON.parse(json.out)).toMatchObject({ policy_id: 'uplink-limits', version: 1, suites: [1, 2] });
   expect(await admin('policy', 'delete', 'uplink-limits')).toMatchObject({
     code: 0,
     out: 'deleted policy uplink-limits; the table is now at version 2',

@@ -91,6 +91,7 @@ it('ships the compiled code with declarations and the bin, and no benchmarks, te
   expect(files).toContain('dist/broker/index.d.ts');
   expect(files).toContain('dist/protocol/index.d.ts');
   expect(files).toContain('dist/kms-api/client.d.ts');
+  expect(files).toContain('dist/device-sim/app-session.d.ts');
   expect(files).toContain('dist/cli/bin.js');
   expect(files).toContain('scripts/check-node.mjs');
   expect(files.filter((f) => /^dist\/bench\/|\.map$|tsbuildinfo|^test\/|^bench\//.test(f))).toEqual([]);
@@ -105,6 +106,19 @@ it("README's embedding example type-checks against the package, and a misuse doe
   const wrong = typeCheck('wrong.ts');
   expect(wrong.ok).toBe(false);
   expect(wrong.output).toMatch(/wrong\.ts.*error TS2(322|345|741)/);
+  // Every export the package names resolves, with its declarations.
+  writeFileSync(
+    join(scratch, 'exports.ts'),
+    [
+      "import { AppSession } from 'qkey-mqtt/app-session';",
+      "import { KmsClient } from 'qkey-mqtt/kms-client';",
+      "import { sealEnvelope } from 'qkey-mqtt/protocol';",
+      "import { BrowserAppSession } from 'qkey-mqtt/browser-client';",
+      'export const used: unknown[] = [AppSession.start, KmsClient, sealEnvelope, BrowserAppSession.start];',
+    ].join('\n'),
+  );
+  const exported = typeCheck('exports.ts');
+  expect(exported.ok, exported.output).toBe(true);
   writeFileSync(join(scratch, 'server.ts'), embeddingExample());
   const good = typeCheck('server.ts'); // and compiles it to out/server.js for the next test
   expect(good.ok, good.output).toBe(true);
