@@ -91,6 +91,25 @@ afterAll(async () => {
   await sys.stop();
 });
 
+/**
+ * 12 messages for an app whose key seals LIMIT and which ignores the notice: the first LIMIT arrive, the rest wait
+ * at the broker until `rotate`, then arrive under the next key; none is dropped.
+ */
+async function heldUntilRotated(deviceId: string, got: Received, rotate: () => Promise<void>): Promise<void> {
+  const dropped = await metric('broker_downlink_total\\{outcome="dropped_no_key"\\}');
+  const { send, dev } = await device(deviceId);
+  for (const i of range(12)) await send(i);
+  await until(() => got.length >= LIMIT);
+  await new Promise((r) => setTimeout(r, 300));
+  expect(got.map((g) => g.text)).toEqual(range(LIMIT)); // the rest wait at the broker
+  await rotate();
+  await until(() => got.length >= 12);
+  expect(got.map((g) => g.text)).toEqual(range(12));
+  expect(got.slice(LIMIT).every((g) => g.generation === 1)).toBe(true);
+  expect(await metric('broker_downlink_total\\{outcome="dropped_no_key"\\}')).toBe(dropped);
+  await dev.endAsync();
+}
+
 describe('an application key that runs out', () => {
   it('an app that only receives is told to rotate and gets every message, each generation sealing at most its limit', async () => {
     const app = await newApp('app-rx-only');
@@ -142,19 +161,8 @@ describe('an application key that runs out', () => {
     const got = received(app);
     const rotate = app.rotate.bind(app);
     app.rotate = () => Promise.resolve(); // it ignores the notice
-    const dropped = await metric('broker_downlink_total\\{outcome="dropped_no_key"\\}');
-    const { send, dev } = await device('dev-slow');
-    for (const i of range(12)) await send(i);
-    await until(() => got.length >= LIMIT);
-    await new Promise((r) => setTimeout(r, 300));
-    expect(got.map((g) => g.text)).toEqual(range(LIMIT)); // the rest wait at the broker
-    await rotate();
-    await until(() => got.length >= 12);
-    expect(got.map((g) => g.text)).toEqual(range(12));
-    expect(got.slice(LIMIT).every((g) => g.generation === 1)).toBe(true);
-    expect(await metric('broker_downlink_total\\{outcome="dropped_no_key"\\}')).toBe(dropped);
+    await heldUntilRotated('dev-slow', got, rotate);
     app.rotate = rotate;
-    await dev.endAsync();
   });
 
   it('a clean session that subscribed before its first announcement: what its spent key cannot seal waits too', async () => {
@@ -168,17 +176,7 @@ describe('an application key that runs out', () => {
     const got: Received = [];
     const app = await newApp('app-early', true, got);
     app.rotate = () => Promise.resolve(); // it ignores the notice
-    const dropped = await metric('broker_downlink_total\\{outcome="dropped_no_key"\\}');
-    const { send, dev } = await device('dev-early');
-    for (const i of range(12)) await send(i);
-    await until(() => got.length >= LIMIT);
-    await new Promise((r) => setTimeout(r, 300));
-    expect(got.map((g) => g.text)).toEqual(range(LIMIT));
-    await handshake.call(app);
-    await until(() => got.length >= 12);
-    expect(got.map((g) => g.text)).toEqual(range(12));
-    expect(await metric('broker_downlink_total\\{outcome="dropped_no_key"\\}')).toBe(dropped);
-    await dev.endAsync();
+    await heldUntilRotated('dev-early', got, () => handshake.call(app));
   });
 
   it('one that never rotates: the hold expires after appHoldSeconds and says so; the connection goes on', async () => {
