@@ -291,12 +291,13 @@ export function keyNeedOf(
   payload: Buffer,
   ahead: Readonly<SealsAhead>,
 ): KeyNeed {
+  // An application that holds no key and has no queue to wait in (most) pays this one check per delivery.
+  if (!state.app?.active && (!persistent || ctx.policy.current.size === 0)) return 'plain';
   if (!mayReceive(state.principal, topic, ctx.topics)) return 'plain';
   if (state.app?.active) {
     if (payload.length === 0 || deliveryOutcome(ctx, state, topic, payload).outcome !== 'as-usual') return 'plain';
     return state.app.canSeal(ahead) ? 'sealable' : 'needs-key';
   }
-  if (!persistent || ctx.policy.current.size === 0) return 'plain';
   const rule = ruleOf(ctx, state.principal, topic);
   const waitsForKey =
     deliveryFor(rule, 'app', payload.length, 0, false) === 'encryption' &&
