@@ -28,7 +28,7 @@ afterAll(async () => {
   await sys.stop();
 });
 
-it("a key that ages out while the queue reader is ahead: the messages let through arrive on this connection, in order", async () => {
+it('a key that ages out while the queue reader is ahead: the messages let through arrive on this connection, in order', async () => {
   const sm2 = sm2KeyPair();
   const { client_secret } = await sys.kms.admin.registerApp('rv-aged', {
     subscribe: ['devices/+/up/#'],

@@ -47,7 +47,9 @@ async function newApp(appId: string, clean: boolean, got: Received): Promise<App
   return session;
 }
 
-async function device(id: string): Promise<{ chip: SecurityChip; dev: MqttClient; send(text: string, qos?: 0 | 1): Promise<void> }> {
+async function device(
+  id: string,
+): Promise<{ chip: SecurityChip; dev: MqttClient; send(text: string, qos?: 0 | 1): Promise<void> }> {
   const chip = await sys.device(id, 16);
   const dev = await sys.connectDevice(chip);
   const topic = `devices/${id}/up/t`;
@@ -288,7 +290,10 @@ describe('a connection that ends while its stored queue waits for the key', () =
     const before = await gauge();
     expect(before).toBeGreaterThan(0); // the other apps of this file are still connected: the metric is read
     // Reconnects, and goes away before announcing a key: the stored queue was waiting for one (§22.8).
-    const { access_token } = await new KmsClient(sys.kms.url).clientToken('rv-gauge', registered.get('rv-gauge')!.secret);
+    const { access_token } = await new KmsClient(sys.kms.url).clientToken(
+      'rv-gauge',
+      registered.get('rv-gauge')!.secret,
+    );
     const c = await mqtt.connectAsync(sys.mqttUrl, {
       clientId: 'rv-gauge/session',
       username: 'rv-gauge',
