@@ -14,16 +14,6 @@ export class AppSessionError extends Error {
   }
 }
 
-/**
- * Deliveries already on their way to the seal (read from a stored queue ahead of the forward hook), counted against
- * the newest key as if sealed: whether one more fits is decided for the whole run, not for each alone.
- */
-export interface SealsAhead {
-  messages: number;
-  bytes: number;
-}
-const NONE_AHEAD: Readonly<SealsAhead> = { messages: 0, bytes: 0 };
-
 interface Generation {
   key: EnvelopeKey;
   replay: ReplayWindow;
@@ -102,10 +92,10 @@ export class AppSessionKeys {
     return payload;
   }
 
-  /** Seals a delivery under the newest key; undefined when there is none or it is past its limits. */
+  /** Seals a delivery under the newest key; undefined when there is none or this one does not fit its limits. */
   seal(plaintext: Uint8Array, topic: string, maxPayload?: number): Uint8Array | undefined {
     const g = this.generations.get(this.newest);
-    if (!g || this.spent(g) || g.nextSeq > MAX_SEQ) return undefined;
+    if (!g || !this.fits(g, plaintext.length)) return undefined;
     const seq = g.nextSeq++;
     g.messages++;
     g.bytes += plaintext.length;
@@ -120,24 +110,24 @@ export class AppSessionKeys {
     });
   }
 
-  /** Can the newest key seal one more delivery after those `ahead` of it (one is held, within its limits)? */
-  canSeal(ahead: Readonly<SealsAhead> = NONE_AHEAD): boolean {
+  /** Can the newest key seal a delivery of `size` plaintext bytes now (one is held, and it fits its limits)? */
+  canSeal(size = 0): boolean {
     const g = this.generations.get(this.newest);
-    return g !== undefined && !this.spent(g, ahead) && g.nextSeq + ahead.messages <= MAX_SEQ;
+    return g !== undefined && this.fits(g, size);
   }
 
   /**
    * The newest generation when the app should rotate away from it and has not been told (docs/PROTOCOL.md §22.6,
-   * rotation notice): half of any limit used, so the other half covers the deliveries of the handshake, or none
-   * left after those `ahead`. The caller marks it told (`told`) once the notice is written.
+   * rotation notice): half of any limit used, so the other half covers the deliveries of the handshake, or no room
+   * left for the `next` delivery of that many bytes. The caller marks it told (`told`) once the notice is written.
    */
-  rotationDue(ahead: Readonly<SealsAhead> = NONE_AHEAD): number | undefined {
+  rotationDue(next = 0): number | undefined {
     const g = this.generations.get(this.newest);
     if (!g || g.told) return undefined;
     const { messages, bytes, seconds } = this.limits;
     const half =
       g.messages * 2 >= messages || g.bytes * 2 >= bytes || (this.now() - g.installedAt) * 2 >= seconds * 1000;
-    if (!half && this.canSeal(ahead)) return undefined;
+    if (!half && this.fits(g, next)) return undefined;
     return this.newest;
   }
 
@@ -148,12 +138,23 @@ export class AppSessionKeys {
   }
 
   /** A key past any rotation limit (docs/PROTOCOL.md §17) seals and opens nothing more: the app must rotate. */
-  private spent(g: Generation, ahead: Readonly<SealsAhead> = NONE_AHEAD): boolean {
+  private spent(g: Generation): boolean {
     return (
-      g.messages + ahead.messages >= this.limits.messages ||
-      g.bytes + ahead.bytes >= this.limits.bytes ||
+      g.messages >= this.limits.messages ||
+      g.bytes >= this.limits.bytes ||
       this.now() - g.installedAt >= this.limits.seconds * 1000
     );
+  }
+
+  /**
+   * Does a delivery of `size` plaintext bytes fit under this key: below its message count and age, within its
+   * sequence space, and within its bytes once added (as §17 has a sender do: a message that would cross the byte
+   * limit goes under the next key)? A key that has carried nothing takes one message larger than the whole limit,
+   * which would otherwise fit under no key at all.
+   */
+  private fits(g: Generation, size: number): boolean {
+    if (this.spent(g) || g.nextSeq > MAX_SEQ) return false;
+    return g.bytes === 0 || g.bytes + size <= this.limits.bytes;
   }
 
   destroy(): void {

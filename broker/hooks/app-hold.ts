@@ -3,7 +3,6 @@
 // live ones wait in order, none goes out in plaintext and none is dropped for want of a key while the hold lasts.
 import { Readable } from 'node:stream';
 import type { AedesPublishPacket, Client } from 'aedes';
-import type { SealsAhead } from '../app-session-keys.js';
 import { deliveryFor } from '../policy/evaluate.js';
 import { mayReceive } from '../topic-policy.js';
 import type { ClientState, PluginContext } from './context.js';
@@ -21,10 +20,10 @@ export const DEFAULT_APP_HOLD: Readonly<AppHoldLimits> = { ms: 30_000, count: 10
 
 /**
  * What one delivery asks of the app's session key: nothing (`plain`: passed, dropped by policy, or empty), a seal
- * the key can still make after the seals `ahead` of it (`sealable`), or a key the app does not hold (`needs-key`).
+ * the newest key can make now (`sealable`), or a key the app does not hold (`needs-key`).
  */
 export type KeyNeed = 'plain' | 'sealable' | 'needs-key';
-type Classify = (packet: { topic: string; payload: Buffer }, ahead: Readonly<SealsAhead>) => KeyNeed;
+type Classify = (packet: { topic: string; payload: Buffer }) => KeyNeed;
 
 /** What the hold reports: its end, for the log line, and each delivery lost for want of a key. */
 interface HoldReport {
@@ -42,10 +41,9 @@ interface StoredPacket {
   cmd?: string;
   topic?: string;
   payload?: Buffer;
-  messageId?: number;
-  dup?: boolean;
-  qos?: number;
 }
+/** What became of a stored message handed to Aedes: sent on (or refused for good), or deferred for want of a key. */
+type Forwarded = 'done' | 'deferred';
 
 /**
  * `idle`: nothing needed a key yet, everything passes; `holding`: a delivery needed a key and the announcement is
@@ -57,21 +55,27 @@ type Phase = 'idle' | 'holding' | 'open' | 'expired' | 'closed';
 
 /**
  * One per application connection, made at CONNECT: Aedes binds a subscription to the client's delivery functions
- * when it is made, so only a gate in place before any SUBSCRIBE sees every delivery. Aedes sends a persistent
- * session's stored queue right after CONNACK, before the app can have announced its key, through a forward hook that
- * cannot wait and a queue reader that clears what the hook refuses; so the queue itself is read through
- * `storedQueue`, which stops at the first message the key cannot seal, and the delivery functions are gated here for
- * live ones. A live delivery is classified and handed to the forward hook in one synchronous step; the queue reader
- * runs ahead of the hook (Aedes' pipeline buffers), so what it let through and the hook has yet to seal is counted
- * as `ahead`, and a message passes only if the key can seal it after all of those.
+ * when it is made, so only a gate in place before any SUBSCRIBE sees every delivery.
+ *
+ * Live deliveries: a delivery is classified and handed to the forward hook (which seals) in one synchronous step,
+ * so what passes can be sealed. None overtakes another: Aedes drops a live delivery older than one it already sent
+ * to the client (its `dedupe`), so a delivery held is followed by every later one until the hold is flushed.
+ *
+ * The stored queue: Aedes sends it right after CONNACK, before the app can have announced its key, through a forward
+ * hook that cannot wait, and clears what that hook refuses. So it is read through `storedQueue`, one message at a
+ * time: each waits for the announcement if it needs a key, and the next is read only once the forward hook has had
+ * it. If the hook could not seal it after all (the app's own publishes or the key's age used the key up between the
+ * look and the seal), it is deferred: kept in the store, and handed to Aedes again under the next key, in its place.
  */
 export class AppDeliveryHold {
   private phase: Phase = 'idle';
-  private readonly waiting: Array<{ packet: AedesPublishPacket; deliver: Deliver; cb: () => void }> = [];
+  private readonly waiting: Array<{ packet: AedesPublishPacket; deliver: Deliver; cb: () => void; stored: boolean }> =
+    [];
   private readonly settledWaiters: Array<() => void> = [];
   /**
    * Aedes is still sending the stored queue (its connect handler ends with it, then emits `connected`): live
-   * deliveries held go out only after it, so they cannot overtake what was queued before them.
+   * deliveries held go out only after it, so they cannot overtake what was queued before them. Every forward-hook
+   * call for this client meanwhile is a stored message's.
    */
   private reading = true;
   private timer: NodeJS.Timeout | undefined;
@@ -81,10 +85,11 @@ export class AppDeliveryHold {
   private heldBytes = 0;
   private leftStored = 0;
   private dropped = 0;
-  /** Plaintexts the queue reader let through that the forward hook has not sealed yet, and their bytes. */
-  private readonly ahead = new Set<Buffer>();
-  private aheadBytes = 0;
-  /** Stored messages the key could not seal after all: not cleared from the store (holdForAppKey). */
+  /** The stored message handed to Aedes whose forward-hook call the queue reader awaits. */
+  private inFlight: ((outcome: Forwarded) => void) | undefined;
+  /** The forward hook could not seal the message in flight: this packet (identifier and all) goes again. */
+  private deferredPacket: AedesPublishPacket | undefined;
+  /** Stored messages deferred: not cleared from the store when the hook refuses them (holdForAppKey). */
   private readonly keep = new WeakSet<object>();
 
   constructor(
@@ -98,57 +103,43 @@ export class AppDeliveryHold {
   /** Wraps the client's two delivery functions (live, and Aedes' retained) with the hold, at CONNECT. */
   gate(client: Client): void {
     const c = client as unknown as DeliveringClient;
-    const wrap =
-      (deliver: Deliver): Deliver =>
-      (packet, cb) =>
-        this.deliver(packet, deliver, cb);
-    c.deliver0 = wrap(c.deliver0);
-    c.deliverQoS = wrap(c.deliverQoS);
+    const deliver0 = c.deliver0;
+    const deliverQoS = c.deliverQoS;
+    c.deliver0 = (packet, cb) => this.deliver(packet, deliver0, cb, false);
+    // Aedes' deliverQoS hands a QoS 0 packet to client.deliver0, the gated one: given the inner one here, a held
+    // QoS 0 delivery passes the hold once, not twice (the second pass would queue it behind later ones).
+    c.deliverQoS = (packet, cb) =>
+      packet.qos === 0
+        ? this.deliver(packet, deliver0, cb, false)
+        : this.deliver(packet, deliverQoS, cb, this.persistent && !packet.retain);
     // Aedes emits `connected` once the stored queue has been sent (its connect handler's last step).
     client.once('connected', () => {
       this.reading = false;
-      this.ahead.clear();
-      this.aheadBytes = 0;
       if (this.phase !== 'holding') this.flush();
     });
   }
 
   private needs(packet: { topic: string; payload: Buffer }): boolean {
-    return this.classify(packet, { messages: this.ahead.size, bytes: this.aheadBytes }) === 'needs-key';
-  }
-
-  /** The forward hook reached this plaintext (sealed it, or found it could not). */
-  forwarded(plaintext: Buffer): void {
-    if (this.ahead.delete(plaintext)) this.aheadBytes -= plaintext.length;
+    return this.classify(packet) === 'needs-key';
   }
 
   /**
-   * The forward hook could not seal this delivery after all (a key past its age between the queue read and the
-   * seal): a persistent session's QoS 1/2 copy stays in the store for the next connection; anything else is lost.
+   * @param stored a QoS 1/2 copy of this delivery is in the session's store (a persistent session's live delivery on a
+   * QoS 1/2 subscription, not a retained one): left undelivered, it goes out on a later connection.
    */
-  unsealable(packet: AedesPublishPacket): void {
-    if (this.persistent && packet.qos > 0) {
-      this.keep.add(packet);
-      this.leftStored++;
-    } else this.lose();
-  }
-
-  /** Asked by the store's outgoingClearMessageId (holdForAppKey): is this one to stay stored? Once. */
-  keeps(packet: object): boolean {
-    return this.keep.delete(packet);
-  }
-
-  private deliver(packet: AedesPublishPacket, deliver: Deliver, cb: () => void): void {
+  private deliver(packet: AedesPublishPacket, deliver: Deliver, cb: () => void, stored: boolean): void {
     const p = this.phase;
     if (p === 'closed') return void setImmediate(cb);
     const needs = this.needs(packet as { topic: string; payload: Buffer });
-    if (p === 'expired') return needs ? this.leave(packet, cb) : deliver(packet, cb);
+    const behind = this.reading || this.waiting.length > 0;
+    if (p === 'expired' && !behind) return needs ? this.leave(stored, cb) : deliver(packet, cb);
     const passing = p === 'idle' || p === 'open';
-    if (passing && !needs && !this.reading && this.waiting.length === 0) return deliver(packet, cb);
+    if (passing && !needs && !behind) return deliver(packet, cb);
     if (passing && needs) this.engage();
     const size = (packet.payload as Buffer).length;
+    // Beyond the hold's bounds nothing is held, and nothing may overtake what is: left (stored, or lost and counted).
     if (this.waiting.length >= this.limits.count || this.heldBytes + size > this.limits.bytes)
-      return needs ? this.leave(packet, cb) : deliver(packet, cb);
+      return this.leave(stored, cb);
     this.held++;
     this.heldBytes += size;
     // Aedes' router waits for each subscriber's callback before the publish completes (and its publisher gets its
@@ -156,22 +147,21 @@ export class AppDeliveryHold {
     // an app that is slow to announce delays no publisher and fills no shared bound. What is held is this hold's own,
     // within its count and bytes; a persistent session's QoS 1/2 copy stays in the store until it is written.
     setImmediate(cb);
-    this.waiting.push({ packet, deliver, cb: noop });
+    this.waiting.push({ packet, deliver, cb: noop, stored });
   }
 
   /**
    * A delivery left undelivered: a persistent session's QoS 1/2 copy was stored before Aedes delivered it and was
-   * never touched, so it goes out on a later connection; a clean session's, or a QoS 0 one, is lost and counted.
+   * never touched, so it goes out on a later connection; any other (a clean session's, QoS 0, retained) is lost and
+   * counted.
    */
-  private leave(packet: { qos?: number }, cb: () => void): void {
-    if (this.persistent && (packet.qos ?? 0) > 0) this.leftStored++;
-    else this.lose();
+  private leave(stored: boolean, cb: () => void): void {
+    if (stored) this.leftStored++;
+    else {
+      this.dropped++;
+      this.report.dropped();
+    }
     setImmediate(cb);
-  }
-
-  private lose(): void {
-    this.dropped++;
-    this.report.dropped();
   }
 
   private engage(): void {
@@ -200,10 +190,7 @@ export class AppDeliveryHold {
       this.report.end(phase, this.held, this.leftStored, this.dropped);
       this.held = this.leftStored = this.dropped = 0;
     }
-    if (phase === 'closed') {
-      this.ahead.clear();
-      this.aheadBytes = 0;
-    }
+    if (phase === 'closed') this.forwarded();
     for (const w of this.settledWaiters.splice(0)) w();
     if (!this.reading && phase !== 'expired') this.flush();
   }
@@ -214,13 +201,13 @@ export class AppDeliveryHold {
    */
   private flush(): void {
     while (this.waiting.length > 0) {
-      const { packet, deliver, cb } = this.waiting[0]!;
+      const { packet, deliver, cb, stored } = this.waiting[0]!;
       const needs = this.phase !== 'closed' && this.needs(packet as { topic: string; payload: Buffer });
       if (this.phase === 'open' && needs) return this.engage();
       this.waiting.shift();
       this.heldBytes -= (packet.payload as Buffer).length;
       if (this.phase === 'closed') setImmediate(cb);
-      else if (this.phase === 'expired' && needs) this.leave(packet, cb);
+      else if (this.phase === 'expired' && needs) this.leave(stored, cb);
       else deliver(packet, cb);
     }
   }
@@ -236,40 +223,78 @@ export class AppDeliveryHold {
   }
 
   /**
-   * The session's stored queue as Aedes' connect handler reads it: messages pass in order while the key can seal
-   * each after those already let through; at the first it cannot, the reader waits for the next announcement (the
-   * app is told to rotate). On expiry what needs the key is skipped (it stays stored, identifier and all, for the
-   * next connection); on close the reader ends and the store keeps the rest.
+   * The forward hook could not seal this stored message (sealForApp): it stays in the store, and the queue reader
+   * hands it to Aedes again under the next key. Only while the stored queue is being sent; false otherwise.
+   */
+  defer(packet: AedesPublishPacket): boolean {
+    if (!this.reading || !this.inFlight) return false;
+    this.deferredPacket = packet;
+    this.keep.add(packet);
+    return true;
+  }
+
+  /**
+   * The forward hook has had the stored message in flight (called after every forward-hook call for this client,
+   * and when its store update failed): the queue reader goes on.
+   */
+  forwarded(): void {
+    const resolve = this.inFlight;
+    if (!resolve) return;
+    this.inFlight = undefined;
+    resolve(this.deferredPacket ? 'deferred' : 'done');
+  }
+
+  /** Asked by the store's outgoingClearMessageId (holdForAppKey): is this one to stay stored? Once. */
+  keeps(packet: object): boolean {
+    return this.keep.delete(packet);
+  }
+
+  /** Waits for the next announcement while `item` needs a key the app does not hold; its need once that settles. */
+  private async keyFor(item: { topic: string; payload: Buffer }): Promise<KeyNeed> {
+    let need = this.classify(item);
+    while (need === 'needs-key' && (this.phase === 'idle' || this.phase === 'open')) {
+      this.engage();
+      await this.whenSettled();
+      if (this.isClosed()) return need;
+      need = this.classify(item);
+    }
+    return need;
+  }
+
+  /**
+   * The session's stored queue as Aedes' connect handler reads it, one message at a time, in order: each waits for
+   * the announcement while it needs a key (the app is told to rotate), goes to Aedes, and the next is read once the
+   * forward hook has had it; one the hook deferred goes again after the next announcement. On expiry what needs the
+   * key is skipped (it stays stored, identifier and all, for the next connection); on close the reader ends and the
+   * store keeps the rest.
    */
   storedQueue(source: Readable): Readable {
     const gen = async function* (this: AppDeliveryHold) {
       try {
         for await (const item of source) {
-          const packet = item as StoredPacket;
-          if (packet.cmd === 'publish' || packet.cmd === undefined) {
-            const p = { topic: packet.topic ?? '', payload: packet.payload ?? Buffer.alloc(0) };
-            const ahead = () => ({ messages: this.ahead.size, bytes: this.aheadBytes });
-            let need = this.classify(p, ahead());
-            // A new key may be spent again by the seals still ahead of this one: wait for the next, as often as it takes.
-            while (need === 'needs-key' && (this.phase === 'idle' || this.phase === 'open')) {
-              this.engage();
-              await this.whenSettled();
-              if (this.isClosed()) return;
-              need = this.classify(p, ahead());
-            }
+          const stored = item as StoredPacket;
+          if (stored.cmd !== 'publish' && stored.cmd !== undefined) {
+            yield item; // a PUBREL of a QoS 2 flow: no forward hook, no key
+            continue;
+          }
+          let packet: object = item;
+          for (;;) {
+            const p = packet as { topic?: string; payload?: Buffer };
+            const need = await this.keyFor({ topic: p.topic ?? '', payload: p.payload ?? Buffer.alloc(0) });
             if (this.isClosed()) return;
             if (need === 'needs-key') {
-              this.leftStored++; // expired
-              continue;
+              this.leftStored++; // expired: it stays stored for the next connection
+              break;
             }
-            if (need === 'sealable' && !this.ahead.has(p.payload)) {
-              this.ahead.add(p.payload);
-              this.aheadBytes += p.payload.length;
-            }
+            const forwarded = new Promise<Forwarded>((resolve) => (this.inFlight = resolve));
+            yield packet;
+            if ((await forwarded) === 'done' || this.isClosed()) break;
+            packet = this.deferredPacket!;
+            this.deferredPacket = undefined;
           }
-          yield item;
         }
       } finally {
+        this.inFlight = undefined;
         source.destroy();
       }
     }.call(this);
@@ -279,9 +304,9 @@ export class AppDeliveryHold {
 
 /**
  * What this delivery asks of the app's session key (KeyNeed). With a session: a delivery the policy leaves to the
- * forward hook is sealed, and needs the key when the newest is past its rotation limits after the seals `ahead`
- * (§22.6). Before one, for a persistent session: the policy would drop it for want of a key and accept it sealed
- * (§22.8); a clean session's is dropped by the policy as before, as it has no queue to wait in.
+ * forward hook is sealed, and needs the key when the newest is past its rotation limits, this delivery's bytes
+ * included (§22.6). Before one, for a persistent session: the policy would drop it for want of a key and accept it
+ * sealed (§22.8); a clean session's is dropped by the policy as before, as it has no queue to wait in.
  */
 export function keyNeedOf(
   ctx: PluginContext,
@@ -289,14 +314,13 @@ export function keyNeedOf(
   persistent: boolean,
   topic: string,
   payload: Buffer,
-  ahead: Readonly<SealsAhead>,
 ): KeyNeed {
   // An application that holds no key and has no queue to wait in (most) pays this one check per delivery.
   if (!state.app?.active && (!persistent || ctx.policy.current.size === 0)) return 'plain';
   if (!mayReceive(state.principal, topic, ctx.topics)) return 'plain';
   if (state.app?.active) {
     if (payload.length === 0 || deliveryOutcome(ctx, state, topic, payload).outcome !== 'as-usual') return 'plain';
-    return state.app.canSeal(ahead) ? 'sealable' : 'needs-key';
+    return state.app.canSeal(payload.length) ? 'sealable' : 'needs-key';
   }
   const rule = ruleOf(ctx, state.principal, topic);
   const waitsForKey =
@@ -307,22 +331,22 @@ export function keyNeedOf(
 
 interface QueueStore {
   outgoingStream(client: Client): Readable;
+  outgoingUpdate(client: Client, packet: object): Promise<unknown>;
   outgoingClearMessageId(client: Client, packet: object): Promise<unknown>;
 }
 const INTERCEPTED = Symbol('qkey.appQueueHold');
 
 /**
  * Puts a hold on an application connection at CONNECT: its deliveries gated, its stored queue read through the
- * hold, and what the forward hook could not seal for a persistent session kept in the store. The persistence is
- * intercepted once, for the clients holding one. A delivery held for a spent key tells the app to rotate, if the
- * seal that spent it did not already.
+ * hold, and what the forward hook deferred kept in the store. The persistence is intercepted once, for the clients
+ * holding one. A delivery held for a spent key tells the app to rotate, if the seal that spent it did not already.
  */
 export function holdForAppKey(ctx: PluginContext, client: Client, state: ClientState, limits: AppHoldLimits): void {
   const persistent = client.clean === false;
   const hold = new AppDeliveryHold(
-    (p, ahead) => {
-      const need = keyNeedOf(ctx, state, persistent, p.topic, p.payload, ahead);
-      if (need === 'needs-key' && state.app?.active) tellAppToRotate(ctx, client, state, ahead);
+    (p) => {
+      const need = keyNeedOf(ctx, state, persistent, p.topic, p.payload);
+      if (need === 'needs-key' && state.app?.active) tellAppToRotate(ctx, client, state, p.payload.length);
       return need;
     },
     limits,
@@ -340,14 +364,22 @@ export function holdForAppKey(ctx: PluginContext, client: Client, state: ClientS
   const store = (client as unknown as { broker: { persistence: QueueStore & { [INTERCEPTED]?: true } } }).broker
     .persistence;
   if (store[INTERCEPTED]) return;
+  const holdOf = (c: Client) => ctx.states.get(c)?.appHold;
   const read = store.outgoingStream.bind(store);
   store.outgoingStream = (c: Client) => {
-    const h = ctx.states.get(c)?.appHold;
+    const h = holdOf(c);
     return h ? h.storedQueue(read(c)) : read(c);
   };
+  const update = store.outgoingUpdate.bind(store);
+  // A stored message whose update failed never reaches the forward hook (Aedes' emptyQueueFilter): the reader goes on.
+  store.outgoingUpdate = (c: Client, packet: object) =>
+    update(c, packet).catch((err: unknown) => {
+      holdOf(c)?.forwarded();
+      throw err;
+    });
   const clear = store.outgoingClearMessageId.bind(store);
   // Aedes clears a stored message the forward hook refused; one refused only for want of a key stays.
   store.outgoingClearMessageId = (c: Client, packet: object) =>
-    ctx.states.get(c)?.appHold?.keeps(packet) ? Promise.resolve(packet) : clear(c, packet);
+    holdOf(c)?.keeps(packet) ? Promise.resolve(packet) : clear(c, packet);
   store[INTERCEPTED] = true;
 }

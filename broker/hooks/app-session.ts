@@ -7,7 +7,7 @@ import { KmsHttpError } from '../../kms-api/client.js';
 import { APP_SESSION_TOPIC, isProtocolError, MAX_PAYLOAD_LIMIT, rotationNotice } from '../../protocol/index.js';
 
 export { APP_SESSION_TOPIC } from '../../protocol/index.js';
-import { AppSessionError, AppSessionKeys, type SealsAhead } from '../app-session-keys.js';
+import { AppSessionError, AppSessionKeys } from '../app-session-keys.js';
 import type { PolicyRule } from '../policy/evaluate.js';
 import { type ClientState, DROPPED_PAYLOAD, type PluginContext, type RejectReason } from './context.js';
 import { envelopePolicy } from './policy.js';
@@ -58,9 +58,12 @@ export async function announceAppSession(
     return { reason: 'kms_unavailable', detail: (err as Error).message };
   }
   try {
-    state.app ??= new AppSessionKeys(appId, ctx.rotation);
-    state.app.install(a.keyIndex, key);
-    state.appHold?.open(); // §22.8: what waited for the key goes out now, sealed (app-hold.ts, made at CONNECT)
+    // A connection that closed during the claim installs nothing: its keys were destroyed, and this one is wiped below.
+    if (!state.released) {
+      state.app ??= new AppSessionKeys(appId, ctx.rotation);
+      state.app.install(a.keyIndex, key);
+      state.appHold?.open(); // §22.8: what waited for the key goes out now, sealed (app-hold.ts, made at CONNECT)
+    }
   } catch (err) {
     if (err instanceof AppSessionError) return { reason: err.reason, detail: err.message };
     throw err;
@@ -101,9 +104,10 @@ export function openAppPublish(
 
 /**
  * Seals one delivery for an application holding a session key; null when its key is spent, which the hold
- * (app-hold.ts) keeps from happening to a connection that can still rotate: it holds such deliveries first. If it
- * happens anyway (a key past its age between the hold's look and this seal), a persistent session's stored copy
- * stays stored; anything else is dropped and counted.
+ * (app-hold.ts) keeps from happening to a connection that can still rotate: it holds such deliveries first, and a
+ * live one is classified and sealed in one synchronous step. A stored message can still find the key used up by
+ * then (the app's own publishes, or the key's age, between the queue reader's look and this seal): the hold defers
+ * it to the next key. Anything else unsealable is dropped and counted.
  */
 export function sealForApp(
   ctx: PluginContext,
@@ -114,12 +118,10 @@ export function sealForApp(
   // Every delivery reaches the forward hook as plaintext: nothing sealed is stored (forward.ts).
   const plaintext = packet.payload as Buffer;
   if (plaintext.length === 0) return packet;
-  state.appHold?.forwarded(plaintext);
   const sealed = state.app!.seal(plaintext, packet.topic, MAX_PAYLOAD_LIMIT);
-  tellAppToRotate(ctx, client, state);
+  tellAppToRotate(ctx, client, state, sealed ? 0 : plaintext.length);
   if (!sealed) {
-    if (state.appHold) state.appHold.unsealable(packet);
-    else ctx.o.events?.downlink?.('dropped_no_key');
+    if (!state.appHold?.defer(packet)) ctx.o.events?.downlink?.('dropped_no_key');
     return null;
   }
   const out = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
@@ -129,18 +131,13 @@ export function sealForApp(
 
 /**
  * docs/PROTOCOL.md §22.6, rotation notice: once per generation, when it has used half of a rotation limit (or none
- * is left after the seals `ahead`), this connection alone is sent `{"rotate": n}` on the session topic, QoS 0,
+ * is left for the `next` delivery of that many plaintext bytes), this connection alone is sent `{"rotate": n}` on the session topic, QoS 0,
  * plaintext (it names a key index, nothing secret). Written to the connection directly: not routed, so no other
  * client can receive it, and no subscription is needed. Marked told only once written: a connection still sending
  * its stored queue after CONNACK (Aedes' `connecting`) is told too; one already closing is not, and a later look tells.
  */
-export function tellAppToRotate(
-  ctx: PluginContext,
-  client: Client,
-  state: ClientState,
-  ahead?: Readonly<SealsAhead>,
-): void {
-  const index = state.app?.rotationDue(ahead);
+export function tellAppToRotate(ctx: PluginContext, client: Client, state: ClientState, next = 0): void {
+  const index = state.app?.rotationDue(next);
   if (index === undefined) return;
   const c = client as unknown as {
     conn: NodeJS.WritableStream & { writable?: boolean };

@@ -139,6 +139,8 @@ export interface ClientState {
   app?: AppSessionKeys;
   /** A persistent application connection's deliveries that wait for its session key (app-hold.ts). */
   appHold?: AppDeliveryHold;
+  /** The connection closed and its keys were destroyed (lifecycle.ts): a claim answered after that installs nothing. */
+  released?: boolean;
   /** The will's envelope header when the device sent a sealed will. */
   will?: DeviceWill;
   /** Releases the hold on the will's uplink key (see UplinkKeys.pin). */

@@ -38,8 +38,13 @@ export function holdDeliveriesForKey(
         () => setImmediate(cb),
       );
     };
-  c.deliver0 = gate(c.deliver0);
-  c.deliverQoS = gate(c.deliverQoS);
+  const deliver0 = c.deliver0;
+  const deliverQoS = c.deliverQoS;
+  c.deliver0 = gate(deliver0);
+  // Aedes' deliverQoS hands a QoS 0 packet to client.deliver0, the gated one: given the inner one, it is gated once.
+  const gatedQoS = gate(deliverQoS);
+  const gated0 = c.deliver0;
+  c.deliverQoS = (packet, cb) => (packet.qos === 0 ? gated0(packet, cb) : gatedQoS(packet, cb));
 }
 
 /**

@@ -40,6 +40,7 @@ export async function release(ctx: PluginContext, client: Client): Promise<void>
   const state = ctx.states.get(client);
   if (!state) return;
   ctx.states.delete(client);
+  state.released = true;
   clearTimeout(state.handoverTimer);
   logDisconnect(ctx, client, state);
   await state.willSettled; // never rejects (will.ts)

@@ -96,15 +96,25 @@ describe('AppSessionKeys', () => {
     expect(s.rotationDue()).toBe(3);
   });
 
-  it('counts the deliveries ahead of the seal: one more fits only if it fits after them', () => {
+  it('counts the bytes of the delivery to be sealed: one that would cross the byte limit waits for the next key', () => {
     const s = new AppSessionKeys('app', { messages: 4, bytes: 100, seconds: 10 }, () => 0);
     s.install(0, k(1));
-    expect(s.canSeal({ messages: 3, bytes: 0 })).toBe(true);
-    expect(s.canSeal({ messages: 4, bytes: 0 })).toBe(false);
-    expect(s.canSeal({ messages: 1, bytes: 99 })).toBe(true);
-    expect(s.canSeal({ messages: 1, bytes: 100 })).toBe(false);
-    // None sealed yet, but none would be left for this one: the notice is due now, not after the seals.
-    expect(s.rotationDue()).toBeUndefined();
-    expect(s.rotationDue({ messages: 4, bytes: 0 })).toBe(0);
+    expect(s.canSeal(150)).toBe(true); // a key that carried nothing takes even one larger than the limit
+    expect(s.seal(new Uint8Array(60), topic)).toBeDefined();
+    expect(s.canSeal(40)).toBe(true);
+    expect(s.canSeal(41)).toBe(false);
+    expect(s.rotationDue(0)).toBe(0); // 60 of 100 bytes: past half anyway
+    expect(s.seal(new Uint8Array(41), topic)).toBeUndefined();
+    expect(s.seal(new Uint8Array(40), topic)).toBeDefined(); // exactly the limit
+    expect(s.canSeal(1)).toBe(false);
+  });
+
+  it('tells when the next delivery would not fit, before half of any limit is used', () => {
+    const s = new AppSessionKeys('app', { messages: 100, bytes: 100, seconds: 10 }, () => 0);
+    s.install(0, k(1));
+    s.seal(new Uint8Array(30), topic);
+    expect(s.rotationDue(0)).toBeUndefined();
+    expect(s.rotationDue(70)).toBeUndefined();
+    expect(s.rotationDue(71)).toBe(0);
   });
 });

@@ -1,9 +1,7 @@
-// Review of ea17abc, unit level: AppDeliveryHold gates both deliver0 and deliverQoS, but Aedes' deliverQoS hands a
-// QoS 0 packet (a QoS 0 publish on a QoS 1 subscription, or a QoS 0 retained message) to `that.deliver0`, looked up
-// at call time: the gated one. Each such delivery runs the hold twice; during a flush the second pass finds others
-// still waiting and queues the packet again at the back. Aedes' duplicate check (one brokerCounter per broker) then
-// drops it, since a later message went out first. Plain applications (nothing ever needs a key) are affected too:
-// every persistent app holds its live deliveries while its stored queue is read.
+// The hold of an application connection against Aedes' own delivery functions: Aedes' deliverQoS hands a QoS 0
+// packet (a QoS 0 publish on a QoS 1 subscription, or a QoS 0 retained message) to client.deliver0, looked up at
+// call time. The hold must let such a delivery through once, in its place: Aedes' duplicate check (one brokerCounter
+// per broker) drops a delivery older than one it already sent, so one queued again behind later ones is lost.
 import { EventEmitter } from 'node:events';
 import type { AedesPublishPacket, Client } from 'aedes';
 import { describe, expect, it } from 'vitest';

@@ -1,6 +1,6 @@
-// Review of ea17abc (application sessions: "seals ahead" accounting, hold at CONNECT for every app). Each test is a
-// scenario the commit promises to handle ("arrives whole, in order", "lost ones counted as dropped_no_key") that the
-// code does not. Real broker and key service, as test/e2e/app-rotation.test.ts; memory persistence (the default).
+// Application session holds against the real broker and key service (docs/PROTOCOL.md §22.6, §22.8), memory
+// persistence: overlapping subscriptions, the app's own publishes and a slow store while its stored queue is sent,
+// QoS 0 behind a spent key, what expiry reports as left stored, and a connection that ends while it waits.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import mqtt, { type MqttClient } from 'mqtt';
 import { KmsClient } from '../../kms-api/client.js';
@@ -125,8 +125,7 @@ describe('seals ahead: what the stored-queue reader lets through must be what th
       await handshake.call(again);
       await pause(600);
       const expected = range(n).flatMap((i) => [i, i]);
-      // Fails: copies 9..12 were let through (the Set<Buffer> counted each shared payload once), failed to seal,
-      // were kept in the store and are missing here; they come first on the next connection.
+      // The two copies of each message share one payload Buffer (the memory store): each is counted on its own.
       expect(got.map((g) => g.text)).toEqual(expected);
     } finally {
       release();
@@ -159,16 +158,15 @@ describe('seals ahead: what the stored-queue reader lets through must be what th
       await handshake.call(again);
       await until(() => got.length >= n - 1);
       await pause(400);
-      // Fails: the reader let 8 through for a key that then had 7 left (the app-up open is not counted ahead);
-      // the 8th failed to seal and stays stored, so this connection gets 0..6, 8..11 and '7' comes next time.
+      // The app's own publish uses the key up between the hold's look at a stored message and its seal: that message
+      // goes again under the next key, in its place, on this connection.
       expect.soft(got.map((g) => g.text)).toEqual(range(n));
       const later: Received = [];
       await again.close();
       AppSession.prototype.rotate = handshake;
       await newApp('rv-race', false, later);
       await pause(400);
-      // Fails: '7' comes now, after 8..11, and with DUP 1 although it was never sent before ([MQTT-3.3.1-1]):
-      // outgoingUpdate gave it a packet identifier before the hook refused it, and markRedeliveries marks that.
+      // Nothing is left for a later connection (where it would come after 8..11, with DUP 1 though never sent).
       expect(later).toEqual([]);
     } finally {
       release();
@@ -177,8 +175,8 @@ describe('seals ahead: what the stored-queue reader lets through must be what th
   });
 });
 
-describe('a kept stored message keeps the packet identifier outgoingUpdate gave it', () => {
-  it('a later delivery on the same connection that reuses the identifier (after 65535) does not clear the kept one', async () => {
+describe('a stored message the hook could not seal is not kept behind with a packet identifier', () => {
+  it('it goes again on this connection, so no later delivery can reuse its identifier and clear it', async () => {
     const store = (sys.broker.aedes as unknown as { persistence: Record<string, unknown> }).persistence;
     const update = store.outgoingUpdate as (c: { id: string }, p: object) => Promise<unknown>;
     store.outgoingUpdate = async (c: { id: string }, p: object) => {
@@ -194,34 +192,27 @@ describe('a kept stored message keeps the packet identifier outgoingUpdate gave 
     const release = blockRotationAfterFirst();
     const got: Received = [];
     try {
-      // As in the app-up test above: '7' is let through, fails to seal, and is kept, with a packet identifier.
+      // As in the app-up test above: '7' is let through and the app's publish uses the key up before its seal.
       const again = await newApp('rv-wrap', false, got);
       await again.publish('apps/rv-wrap/out', 'hello', { qos: 1 });
       await pause(800);
       release();
       await handshake.call(again);
-      await until(() => got.length >= 11);
+      await until(() => got.length >= 12);
+      expect(got.map((g) => g.text)).toEqual(range(12));
+      await pause(200); // the app's PUBACKs
       store.outgoingUpdate = update;
       const stored: Array<{ payload: Buffer; messageId?: number }> = [];
       const read = store.outgoingStream as (c: object) => AsyncIterable<{ payload: Buffer; messageId?: number }>;
       for await (const p of read({ id: 'rv-wrap/session', clean: true })) stored.push(p);
-      const kept = stored.find((p) => p.messageId !== undefined);
-      expect(kept?.payload.toString()).toBe('7');
-      // The connection goes on; Aedes' identifiers wrap at 65535 and it checks none for use: after 65535 more
-      // deliveries one gets the kept message's identifier. Shortened here to the last step.
-      const client = (sys.broker.aedes as unknown as { clients: Record<string, { _nextId: number }> }).clients[
-        'rv-wrap/session'
-      ]!;
-      client._nextId = kept!.messageId!;
+      expect(stored).toEqual([]); // all acknowledged: nothing kept with an identifier
       await send('z');
       await until(() => got.some((g) => g.text === 'z'));
-      await pause(200); // its PUBACK clears the oldest entry with that identifier: the kept '7'
       await again.close();
       const later: Received = [];
       await newApp('rv-wrap', false, later);
       await pause(500);
-      // Fails: '7' is gone for good, and 'z' (acknowledged) comes again instead.
-      expect(later.map((g) => g.text)).toEqual(['7']);
+      expect(later).toEqual([]);
     } finally {
       release();
       store.outgoingUpdate = update;
@@ -246,8 +237,8 @@ describe('QoS 0 through the gated deliverQoS (Aedes calls the gated deliver0 fro
     expect(got.map((g) => g.text)).toEqual(range(LIMIT));
     await rotate();
     await pause(500);
-    // Fails: at the flush, 'a' goes to the gated deliver0, which holds it again behind 'b'; 'b' goes out first and
-    // Aedes' duplicate check (brokerCounter of 'a' < 'b') then drops 'a' silently: got ends in 'b' alone.
+    // Were 'a' held twice (Aedes' deliverQoS calls the gated deliver0), 'b' would go out first and Aedes' duplicate
+    // check (brokerCounter of 'a' < 'b') would drop 'a' silently.
     expect(got.map((g) => g.text)).toEqual([...range(LIMIT), 'a', 'b']);
     await dev.endAsync();
   });
@@ -271,7 +262,7 @@ describe('what the hold reports as left stored is in the store', () => {
     await newApp('rv-sub0', false, next);
     await pause(400);
     expect(next).toEqual([]); // holds: they are gone
-    // Fails: logged as leftStored 2, dropped 0; the metric does not move.
+    // Not in the store (a QoS 0 subscription's copies are not queued): lost, and counted so.
     expect(await metric('broker_downlink_total\\{outcome="dropped_no_key"\\}')).toBe(dropped + 2);
     await dev.endAsync();
   });
@@ -304,8 +295,8 @@ describe('a connection that ends while its stored queue waits for the key', () =
     await pause(200);
     await c.endAsync(true);
     await pause(500);
-    // Fails if the hold's reader, ending on close, lets Aedes finish CONNECT for the closed client: 'clientReady'
-    // comes after 'clientDisconnect' and the gauge keeps the dead connection.
+    // The hold's reader, ending on close, must not let Aedes finish CONNECT for the closed client ('clientReady'
+    // after 'clientDisconnect' would leave the dead connection in the gauge).
     expect(await gauge()).toBe(before);
   });
 });
