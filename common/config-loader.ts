@@ -193,8 +193,10 @@ export function describeAllowed(s: ConfigSchema): string {
         ? `a non-empty string${s.maxLength ? ` of at most ${s.maxLength} characters` : ''}`
         : 'a string';
   } else if (t === 'boolean') what = 'true or false';
-  else if (t === 'array') what = `a list${s.items ? ` of ${describeAllowed(s.items).replace(/^an? /, '')}s` : ''}`;
-  else if (t === 'object') what = `an object with the keys ${Object.keys(s.properties ?? {}).join(', ')}`;
+  else if (t === 'array') {
+    const most = s.maxItems !== undefined ? `at most ${s.maxItems} ` : '';
+    what = `a list of ${most}entries${s.items ? `, each ${describeAllowed(s.items)}` : ''}`;
+  } else if (t === 'object') what = `an object with the keys ${Object.keys(s.properties ?? {}).join(', ')}`;
   else what = 'a value';
   return `${nullable}${what}`;
 }

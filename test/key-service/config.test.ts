@@ -80,7 +80,14 @@ describe('loadKmsConfig', () => {
       /"loginLimits.perDevice" .* is not a known key\. Known keys of loginLimits: perSource, perSubjectSource/,
     ],
     [{ port: '7070' }, /"port" = "7070" .* expected an integer from 0 to 65535/],
-    [{ trustProxy: '10.0.0.1' }, /"trustProxy" = "10.0.0.1" .* expected a list of non-empty strings/],
+    [
+      { trustProxy: '10.0.0.1' },
+      /"trustProxy" = "10.0.0.1" .* expected a list of at most 64 entries, each a non-empty string/,
+    ],
+    [
+      { trustProxy: Array.from({ length: 65 }, (_, i) => `10.0.0.${i}`) },
+      /"trustProxy" .* expected a list of at most 64 entries, each a non-empty string/,
+    ],
     [{ tls: 'cert.pem' }, /"tls" = "cert.pem" .* expected an object with the keys cert, key/],
     [{ port: 70000 }, /"port" = 70000 .* expected an integer from 0 to 65535/],
     [{ challengeTtl: 0 }, /"challengeTtl" = 0 .* expected an integer from 5 to 3600/],
