@@ -8,6 +8,7 @@ import { authenticate, ClosedDuringAuthentication, preConnect } from './hooks/co
 import { DROPPED_PAYLOAD, PluginContext, type PluginCounters, type QkeyPluginOptions } from './hooks/context.js';
 import { authorizeForward } from './hooks/forward.js';
 import { keepQueuesOfClosedClients } from './closed-session-queue.js';
+import { readDeviceQueuesWithKey } from './hooks/device-queue.js';
 import { markRedeliveries } from './redelivery.js';
 import { disconnectSubject, noteEnd, release } from './hooks/lifecycle.js';
 import { authorizePublish, uplinkPublished } from './hooks/publish.js';
@@ -90,12 +91,18 @@ export class QkeyPlugin {
     aedes.on('keepaliveTimeout', (client) => noteEnd(ctx, client, 'keepalive timeout'));
     // [MQTT-3.3.1-1] a PUBLISH re-sent from a persistent session's queue carries DUP 1.
     markRedeliveries((aedes as unknown as { persistence: Parameters<typeof markRedeliveries>[0] }).persistence);
-    // A closed connection's stored queue, still being read by Aedes, is left as it is for the next connection.
-    keepQueuesOfClosedClients(
-      (aedes as unknown as { persistence: Parameters<typeof keepQueuesOfClosedClients>[0] }).persistence,
+    // A device's stored queue is read with its first downlink key in hand.
+    readDeviceQueuesWithKey(
+      ctx,
+      (aedes as unknown as { persistence: Parameters<typeof readDeviceQueuesWithKey>[1] }).persistence,
     );
     // It wraps the persistence and the forward hook installed above.
     if (!ctx.o.queuesBoundedByPersistence) this.queues.attach(aedes);
+    // A closed connection's stored queue, still being read by Aedes, is left as it is for the next connection; over
+    // the queue bound, so that it counts what the store holds.
+    keepQueuesOfClosedClients(
+      (aedes as unknown as { persistence: Parameters<typeof keepQueuesOfClosedClients>[0] }).persistence,
+    );
     // Outermost: an application's stored-queue reader goes on once the forward hook has had its message, whatever
     // the layers above made of it (app-hold.ts).
     const forward = aedes.authorizeForward;

@@ -104,6 +104,17 @@ export class DeviceSessionKeys {
   }
 
   /**
+   * Runs `deliver` (a delivery that needs no key) now, or, when deliveries wait for the first key, after them in
+   * arrival order: Aedes drops a delivery older than one it already sent to the client (its dedupe), so none may
+   * overtake those waiting. Released undelivered when the session closes first, as those are.
+   */
+  afterWaiting(deliver: () => void, release: () => void): void {
+    if (this.closed) return release();
+    if (this.waiting.length === 0) return deliver();
+    this.waiting.push(() => (this.closed ? release() : deliver()));
+  }
+
+  /**
    * Claims the session's first downlink key now (a persistent session whose queued commands Aedes sends right after
    * CONNACK, through a hook that cannot wait). Throws what the key service answered.
    */

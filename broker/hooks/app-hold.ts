@@ -87,6 +87,11 @@ export class AppDeliveryHold {
   private dropped = 0;
   /** The stored message handed to Aedes whose forward-hook call the queue reader awaits. */
   private inFlight: ((outcome: Forwarded) => void) | undefined;
+  /**
+   * That message's payload: what a failed store update is matched by (Aedes' packet for it, made from what the
+   * reader yielded, carries the same Buffer; a PUBREL carries none).
+   */
+  private inFlightPayload: Buffer | undefined;
   /** The forward hook could not seal the message in flight: this packet (identifier and all) goes again. */
   private deferredPacket: AedesPublishPacket | undefined;
   /** Stored messages deferred: not cleared from the store when the hook refuses them (holdForAppKey). */
@@ -234,14 +239,19 @@ export class AppDeliveryHold {
   }
 
   /**
-   * The forward hook has had the stored message in flight (called after every forward-hook call for this client,
-   * and when its store update failed): the queue reader goes on.
+   * The forward hook has had the stored message in flight (called after every forward-hook call for this client):
+   * the queue reader goes on.
    */
   forwarded(): void {
     const resolve = this.inFlight;
     if (!resolve) return;
-    this.inFlight = undefined;
+    this.inFlight = this.inFlightPayload = undefined;
     resolve(this.deferredPacket ? 'deferred' : 'done');
+  }
+
+  /** A store update failed; if it was the stored message in flight's, it never reaches the forward hook: go on. */
+  updateFailed(packet: { payload?: unknown }): void {
+    if (this.inFlightPayload !== undefined && packet.payload === this.inFlightPayload) this.forwarded();
   }
 
   /** Asked by the store's outgoingClearMessageId (holdForAppKey): is this one to stay stored? Once. */
@@ -249,10 +259,13 @@ export class AppDeliveryHold {
     return this.keep.delete(packet);
   }
 
-  /** Waits for the next announcement while `item` needs a key the app does not hold; its need once that settles. */
+  /**
+   * Waits for the next announcement while `item` needs a key the app does not hold (also when a live delivery made
+   * the hold wait first); its need once that settles: `needs-key` only after expiry or close.
+   */
   private async keyFor(item: { topic: string; payload: Buffer }): Promise<KeyNeed> {
     let need = this.classify(item);
-    while (need === 'needs-key' && (this.phase === 'idle' || this.phase === 'open')) {
+    while (need === 'needs-key' && this.phase !== 'expired' && this.phase !== 'closed') {
       this.engage();
       await this.whenSettled();
       if (this.isClosed()) return need;
@@ -265,8 +278,8 @@ export class AppDeliveryHold {
    * The session's stored queue as Aedes' connect handler reads it, one message at a time, in order: each waits for
    * the announcement while it needs a key (the app is told to rotate), goes to Aedes, and the next is read once the
    * forward hook has had it; one the hook deferred goes again after the next announcement. On expiry what needs the
-   * key is skipped (it stays stored, identifier and all, for the next connection); on close the reader ends and the
-   * store keeps the rest.
+   * key is skipped (it stays stored, identifier and all, for the next connection); on close the read fails (so that
+   * Aedes does not go on to mark the closed client connected) and the store keeps the rest.
    */
   storedQueue(source: Readable): Readable {
     const gen = async function* (this: AppDeliveryHold) {
@@ -281,25 +294,32 @@ export class AppDeliveryHold {
           for (;;) {
             const p = packet as { topic?: string; payload?: Buffer };
             const need = await this.keyFor({ topic: p.topic ?? '', payload: p.payload ?? Buffer.alloc(0) });
-            if (this.isClosed()) return;
+            if (this.isClosed()) throw closedDuringQueue();
             if (need === 'needs-key') {
               this.leftStored++; // expired: it stays stored for the next connection
               break;
             }
             const forwarded = new Promise<Forwarded>((resolve) => (this.inFlight = resolve));
+            this.inFlightPayload = p.payload;
             yield packet;
-            if ((await forwarded) === 'done' || this.isClosed()) break;
+            const outcome = await forwarded;
+            if (this.isClosed()) throw closedDuringQueue();
+            if (outcome === 'done') break;
             packet = this.deferredPacket!;
             this.deferredPacket = undefined;
           }
         }
       } finally {
-        this.inFlight = undefined;
+        this.inFlight = this.inFlightPayload = undefined;
         source.destroy();
       }
     }.call(this);
     return Readable.from(gen, { objectMode: true, highWaterMark: 1 });
   }
+}
+
+function closedDuringQueue(): Error {
+  return new Error('the connection closed while its stored queue was being sent');
 }
 
 /**
@@ -374,7 +394,7 @@ export function holdForAppKey(ctx: PluginContext, client: Client, state: ClientS
   // A stored message whose update failed never reaches the forward hook (Aedes' emptyQueueFilter): the reader goes on.
   store.outgoingUpdate = (c: Client, packet: object) =>
     update(c, packet).catch((err: unknown) => {
-      holdOf(c)?.forwarded();
+      holdOf(c)?.updateFailed(packet);
       throw err;
     });
   const clear = store.outgoingClearMessageId.bind(store);

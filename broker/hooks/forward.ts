@@ -18,8 +18,9 @@ interface DeliveringClient {
 /**
  * docs/PROTOCOL.md §9.2: a device session claims no downlink key until its first command is sealed. Aedes'
  * authorizeForward cannot wait for that claim, so the device client's two delivery functions (live, retained and
- * queued deliveries all pass through them) hold back, in order, what will be sealed until the session has its key;
- * the forward hook then seals as usual. A delivery held back when the connection ends is released undelivered: a
+ * queued deliveries all pass through them) hold back, in order, what will be sealed until the session has its key,
+ * and what needs no key behind it (none may overtake: Aedes drops a delivery older than one it already sent); the
+ * forward hook then seals as usual. A delivery held back when the connection ends is released undelivered: a
  * persistent session's QoS 1/2 copy was never touched and goes out on the next connection.
  */
 export function holdDeliveriesForKey(
@@ -32,11 +33,9 @@ export function holdDeliveriesForKey(
   const gate =
     (deliver: Deliver): Deliver =>
     (packet, cb) => {
-      if (!sealedFor(ctx, principal, packet)) return deliver(packet, cb);
-      keys.whenSealable(
-        () => deliver(packet, cb),
-        () => setImmediate(cb),
-      );
+      const release = () => setImmediate(cb);
+      if (!sealedFor(ctx, principal, packet)) return keys.afterWaiting(() => deliver(packet, cb), release);
+      keys.whenSealable(() => deliver(packet, cb), release);
     };
   const deliver0 = c.deliver0;
   const deliverQoS = c.deliverQoS;
@@ -51,7 +50,7 @@ export function holdDeliveriesForKey(
  * Will this delivery be sealed for the device? (Its status topic, empty payloads and an end-to-end topic's
  * envelopes, sealed by the application, go out as they are: no downlink key is claimed for them.)
  */
-function sealedFor(ctx: PluginContext, principal: Principal, packet: AedesPublishPacket): boolean {
+export function sealedFor(ctx: PluginContext, principal: Principal, packet: AedesPublishPacket): boolean {
   return (
     (packet.payload as Buffer).length > 0 &&
     mayReceive(principal, packet.topic, ctx.topics) &&

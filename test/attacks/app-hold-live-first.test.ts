@@ -1,10 +1,9 @@
-// Review of e39a37e on a real broker and key service: a persistent application session whose stored queue holds
-// messages the app may receive in plaintext (no policy entry) and, behind them, one it may receive only sealed
-// (`encryption: required`). The app connects without a key. While Aedes is still sending the plaintext part of the
-// queue, a live message needing the key arrives: the gate holds it and engages the hold (phase `holding`). When the
-// queue reader reaches the stored message that needs the key, keyFor() sees `holding`, not `idle`/`open`, returns
-// 'needs-key' at once, and the reader skips the message as if the hold had expired. The app announces well within
-// appHoldSeconds: the live message goes out, the older stored one does not (it waits for a later connection).
+// A persistent application session whose stored queue holds messages the app may receive in plaintext and, behind
+// them, one it may receive only sealed (`encryption: required`), on a real broker and key service. The app connects
+// without a key; while Aedes is still sending the plaintext part of the queue, a live message needing the key
+// arrives and makes the hold wait. The stored message needing the key must wait for the announcement too (not be
+// skipped as if the hold had expired), and go out before the live one (docs/PROTOCOL.md §22.8). Also: a connection
+// the broker closes while its queue waits leaves the connected-clients gauge as it was.
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sm2KeyPair } from '../../hsm-emulator/sm2.js';
@@ -39,11 +38,11 @@ beforeAll(async () => {
   const qrng = new Qrng();
   await fillAppKeys(
     sys.kms.admin,
-    'qrng-review2',
+    'qrng-live-first',
     Array.from({ length: 20 }, () => Buffer.from(qrng.bytes(16)).toString('base64')),
   );
   // Only the `sec` subtree must reach applications sealed; the rest of a device's telemetry may go in plaintext.
-  const { version } = await sys.kms.admin.setPolicy('review2-sec-sealed', {
+  const { version } = await sys.kms.admin.setPolicy('live-first-sec-sealed', {
     role: 'app',
     filter: 'devices/+/up/sec/#',
     encryption: 'required',
@@ -102,7 +101,7 @@ async function appConnection(appId: string, secret: string, sm2: { privateKey: s
   return { client, got, announce, onMessage: (f: (n: number) => void) => (onMessage = f) };
 }
 
-describe('review e39a37e: a live delivery that engages the hold while the stored queue is read', () => {
+describe('a live delivery that makes the hold wait while the stored queue is read', () => {
   it('the stored message needing the key still goes out on this connection once announced, before the live one', async () => {
     const appId = 'rev2-engaged';
     const sm2 = sm2KeyPair();

@@ -1,9 +1,7 @@
-// Review of e39a37e's device gate (broker/hooks/forward.ts holdDeliveriesForKey), and a pre-existing gap in it: the
-// gate holds only what will be sealed while the session's first downlink key is claimed; a delivery that is not
-// sealed (an empty payload, the device's status topic, an end-to-end envelope) passes at once. Aedes' dedupe then
-// remembers that later message, and the held command, released when the claim answers, is older: Aedes drops it
-// without a word (client.js getToForwardPacket: dedupe before authorizeForward). The app hold (app-hold.ts) keeps
-// every later delivery behind a held one for exactly this reason; the device gate does not.
+// The device gate (broker/hooks/forward.ts holdDeliveriesForKey) while the session's first downlink key is claimed:
+// a delivery that is not sealed (an empty payload, the device's status topic, an end-to-end envelope) must not
+// overtake a held command. Aedes' dedupe remembers the later message and would drop the held one, older, without a
+// word when the claim answers (client.js getToForwardPacket: dedupe before authorizeForward).
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestSystem, type TestSystem } from '../helpers/system.js';
@@ -23,7 +21,7 @@ afterAll(async () => {
   await sys.stop();
 });
 
-describe('review e39a37e: the device gate while the first downlink key is claimed', () => {
+describe('the device gate while the first downlink key is claimed', () => {
   it('a command held for the claim is not dropped because an unsealed message went out behind it', async () => {
     const chip = await sys.device('dev-rev2-gate', 4, 16);
     const dev = await sys.connectDevice(chip);

@@ -85,12 +85,20 @@ describe('the stored queue', () => {
     expect(ends).toEqual(['expired']);
   });
 
-  it('on close ends at once: nothing more is read', async () => {
+  it('on close fails at once (Aedes must not go on to mark the closed client connected): nothing more is read', async () => {
     const { h, ends } = hold();
-    const read = drain(h, h.storedQueue(Readable.from([pkt('plain/a'), pkt('sealed/b'), pkt('plain/c')])));
+    const seen: string[] = [];
+    const reader = h.storedQueue(Readable.from([pkt('plain/a'), pkt('sealed/b'), pkt('plain/c')]));
+    const read = (async () => {
+      for await (const x of reader) {
+        seen.push((x as { topic: string }).topic);
+        h.forwarded();
+      }
+    })();
     await new Promise((r) => setTimeout(r, 20));
     h.close();
-    expect((await read).map((p) => p.topic)).toEqual(['plain/a']);
+    await expect(read).rejects.toThrow(/closed while its stored queue was being sent/);
+    expect(seen).toEqual(['plain/a']);
     expect(ends).toEqual(['closed']);
   });
 

@@ -1,5 +1,6 @@
 // A connection that ends while Aedes is still sending its session's stored queue (broker/closed-session-queue.ts):
 // Aedes reads on after the close, and what it read must stay queued for the next connection, not be cleared.
+import { Readable } from 'node:stream';
 import type { MqttClient } from 'mqtt';
 import type { IPublishPacket } from 'mqtt-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,6 +14,7 @@ describe('keepQueuesOfClosedClients', () => {
   it("leaves a closed client's queue untouched and passes an open client's calls on", async () => {
     const calls: string[] = [];
     const store = {
+      outgoingStream: () => Readable.from([]),
       outgoingUpdate: (c: object, _p: object) => (calls.push(`update ${(c as { id: string }).id}`), Promise.resolve()),
       outgoingClearMessageId: (c: object, _p: object) => (
         calls.push(`clear ${(c as { id: string }).id}`),
