@@ -5,15 +5,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import mqtt, { type MqttClient } from 'mqtt';
 import { KmsClient } from '../../kms-api/client.js';
 import { type AppMessageHandler, AppSession } from '../../device-sim/app-session.js';
-import { sm2KeyPair } from '../../hsm-emulator/sm2.js';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
-import { sealTelemetryForApps } from '../helpers/app-sessions.js';
+import { appSessions, sealTelemetryForApps } from '../helpers/app-sessions.js';
 import { startTestSystem, type TestSystem } from '../helpers/system.js';
 
 const LIMIT = 8; // envelopes per key, both directions
 let sys: TestSystem;
-const sessions: AppSession[] = [];
-const registered = new Map<string, { secret: string; sm2: { privateKey: string; publicKey: string } }>();
 
 type Received = Array<{ text: string; generation: number; qos: number; dup: boolean }>;
 const collect =
@@ -21,31 +18,9 @@ const collect =
   (_t, plaintext, envelope, packet) =>
     got.push({ text: plaintext.toString(), generation: envelope.readUInt32BE(2), qos: packet.qos, dup: packet.dup });
 
-async function newApp(appId: string, clean: boolean, got: Received): Promise<AppSession> {
-  let app = registered.get(appId);
-  if (!app) {
-    const sm2 = sm2KeyPair();
-    const { client_secret } = await sys.kms.admin.registerApp(appId, {
-      subscribe: ['devices/+/up/#'],
-      publish: ['apps/+/out'],
-      sm2_public_key: sm2.publicKey,
-    });
-    app = { secret: client_secret, sm2 };
-    registered.set(appId, app);
-  }
-  const session = await AppSession.start({
-    brokerUrl: sys.mqttUrl,
-    kmsUrl: sys.kms.url,
-    brokerId: 'test-broker',
-    appId,
-    secret: app.secret,
-    sm2: app.sm2,
-    clean,
-    onMessage: collect(got),
-  });
-  sessions.push(session);
-  return session;
-}
+const apps = appSessions(() => sys, { subscribe: ['devices/+/up/#'], publish: ['apps/+/out'] });
+const newApp = (appId: string, clean: boolean, got: Received): Promise<AppSession> =>
+  apps.start(appId, { clean, onMessage: collect(got) });
 
 async function device(
   id: string,
@@ -101,7 +76,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   AppSession.prototype.rotate = handshake;
-  await Promise.all(sessions.map((s) => s.client.endAsync(true).catch(() => undefined)));
+  await apps.closeAll();
   await sys.stop();
 });
 
@@ -281,10 +256,7 @@ describe('a connection that ends while its stored queue waits for the key', () =
     const before = await gauge();
     expect(before).toBeGreaterThan(0); // the other apps of this file are still connected: the metric is read
     // Reconnects, and goes away before announcing a key: the stored queue was waiting for one (§22.8).
-    const { access_token } = await new KmsClient(sys.kms.url).clientToken(
-      'rv-gauge',
-      registered.get('rv-gauge')!.secret,
-    );
+    const { access_token } = await new KmsClient(sys.kms.url).clientToken('rv-gauge', apps.secretOf('rv-gauge'));
     const c = await mqtt.connectAsync(sys.mqttUrl, {
       clientId: 'rv-gauge/session',
       username: 'rv-gauge',

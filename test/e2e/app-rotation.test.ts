@@ -6,7 +6,7 @@ import { type AppMessageHandler, AppSession } from '../../device-sim/app-session
 import { sm2KeyPair } from '../../hsm-emulator/sm2.js';
 import type { SecurityChip } from '../../hsm-emulator/chip.js';
 import type { MqttClient } from 'mqtt';
-import { sealTelemetryForApps } from '../helpers/app-sessions.js';
+import { appSessions, sealTelemetryForApps } from '../helpers/app-sessions.js';
 import { startTestSystem, type TestSystem } from '../helpers/system.js';
 
 const LIMIT = 8; // envelopes per key, both directions: the broker tells the app to rotate after 4
@@ -14,32 +14,10 @@ const LIMIT = 8; // envelopes per key, both directions: the broker tells the app
 let sys: TestSystem;
 const sessions: AppSession[] = [];
 
-const registered = new Map<string, { secret: string; sm2: { privateKey: string; publicKey: string } }>();
+const apps = appSessions(() => sys);
 
-async function newApp(appId: string, clean = true, got?: Received): Promise<AppSession> {
-  let app = registered.get(appId);
-  if (!app) {
-    const sm2 = sm2KeyPair();
-    const { client_secret } = await sys.kms.admin.registerApp(appId, {
-      subscribe: ['devices/+/up/#'],
-      sm2_public_key: sm2.publicKey,
-    });
-    app = { secret: client_secret, sm2 };
-    registered.set(appId, app);
-  }
-  const session = await AppSession.start({
-    brokerUrl: sys.mqttUrl,
-    kmsUrl: sys.kms.url,
-    brokerId: 'test-broker',
-    appId,
-    secret: app.secret,
-    sm2: app.sm2,
-    clean,
-    ...(got ? { onMessage: collect(got) } : {}),
-  });
-  sessions.push(session);
-  return session;
-}
+const newApp = (appId: string, clean = true, got?: Received): Promise<AppSession> =>
+  apps.start(appId, { clean, ...(got && { onMessage: collect(got) }) });
 
 /** What the app opened, in arrival order, and each one's generation. */
 type Received = Array<{ text: string; generation: number }>;
@@ -87,6 +65,7 @@ beforeAll(async () => {
   await sealTelemetryForApps(sys, 60); // apps receive device telemetry only sealed
 });
 afterAll(async () => {
+  await apps.closeAll();
   await Promise.all(sessions.map((s) => s.client.endAsync(true).catch(() => undefined)));
   await sys.stop();
 });
