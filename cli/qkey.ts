@@ -15,7 +15,10 @@ type Command = (argv: string[], io: CliIo) => Promise<number>;
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
   kms: { run: runKmsCommand, summary: 'run the key-management service, create one (init), or rotate its master key' },
   broker: { run: runBrokerCommand, summary: 'run the MQTT 3.1.1 broker (Aedes + QKey plugin)' },
-  admin: { run: runAdminCommand, summary: 'administer devices, apps, brokers, pools, policies, app keys and the audit log' },
+  admin: {
+    run: runAdminCommand,
+    summary: 'administer devices, apps, brokers, pools, policies, app keys and the audit log',
+  },
   chip: { run: runChipCommand, summary: 'personalise, fill, inspect and log in with emulated security chips' },
   device: { run: runDeviceCommand, summary: 'act as a device with a chip file: publish one sealed message, or listen' },
   envelope: { run: runEnvelopeCommand, summary: 'seal or open a payload envelope (for firmware engineers)' },
