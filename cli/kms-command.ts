@@ -138,8 +138,9 @@ export async function runKmsCommand(argv: string[], io: CliIo): Promise<number> 
   io.out(
     `qkey kms listening on ${kms.url} (data ${config.dataDir}${config.adminToken ? '' : `, admin token in ${join(config.dataDir, ADMIN_TOKEN_FILE)}`})`,
   );
-  await stopRequested().stopped;
+  const signal = await stopRequested().stopped;
   io.out('qkey kms: stopping');
+  kms.app.log.info({ signal }, 'stopping'); // the log (and --log-file) records stops as well as starts
   await kms.close();
   release();
   return EXIT_OK;

@@ -204,7 +204,7 @@ describe('against a key service', () => {
 });
 
 describe('qkey kms --log-file', () => {
-  it('writes the log to the file (0600), requests at debug, and only the start line to stdout', async () => {
+  it('writes the log to the file (0600), requests at debug, the stop too, and only the start line to stdout', async () => {
     const data = tempDir('qkey-kms-log-');
     const log = join(data, 'kms.log');
     try {
@@ -218,6 +218,7 @@ describe('qkey kms --log-file', () => {
       expect(kms.output()).not.toMatch(/"msg"/);
       const text = readFileSync(log, 'utf8');
       expect(text).toMatch(/"level":20,[^\n]*"msg":"request completed"/);
+      expect(text).toMatch(/"level":30,[^\n]*"signal":"SIGTERM"[^\n]*"msg":"stopping"/); // stops, as starts
       expect(statSync(log).mode & 0o777).toBe(0o600);
     } finally {
       removeDir(data);
