@@ -7,6 +7,7 @@ import { deliveryFor } from '../policy/evaluate.js';
 import { mayReceive } from '../topic-policy.js';
 import type { ClientState, PluginContext } from './context.js';
 import { tellAppToRotate } from './app-session.js';
+import { type Deliver, gateDeliveries } from './delivery-gate.js';
 import { deliveryOutcome, ruleOf } from './policy.js';
 
 /** How long, and how many live deliveries (and their payload bytes), a hold may keep waiting for the announcement. */
@@ -31,12 +32,7 @@ interface HoldReport {
   dropped(): void;
 }
 
-type Deliver = (packet: AedesPublishPacket, cb: () => void) => void;
 const noop = () => undefined;
-interface DeliveringClient {
-  deliver0: Deliver;
-  deliverQoS: Deliver;
-}
 interface StoredPacket {
   cmd?: string;
   topic?: string;
@@ -107,16 +103,9 @@ export class AppDeliveryHold {
 
   /** Wraps the client's two delivery functions (live, and Aedes' retained) with the hold, at CONNECT. */
   gate(client: Client): void {
-    const c = client as unknown as DeliveringClient;
-    const deliver0 = c.deliver0;
-    const deliverQoS = c.deliverQoS;
-    c.deliver0 = (packet, cb) => this.deliver(packet, deliver0, cb, false);
-    // Aedes' deliverQoS hands a QoS 0 packet to client.deliver0, the gated one: given the inner one here, a held
-    // QoS 0 delivery passes the hold once, not twice (the second pass would queue it behind later ones).
-    c.deliverQoS = (packet, cb) =>
-      packet.qos === 0
-        ? this.deliver(packet, deliver0, cb, false)
-        : this.deliver(packet, deliverQoS, cb, this.persistent && !packet.retain);
+    gateDeliveries(client, (packet, deliver, cb, viaQoS) =>
+      this.deliver(packet, deliver, cb, viaQoS && this.persistent && !packet.retain),
+    );
     // Aedes emits `connected` once the stored queue has been sent (its connect handler's last step).
     client.once('connected', () => {
       this.reading = false;

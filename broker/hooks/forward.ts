@@ -7,13 +7,8 @@ import type { DeviceSessionKeys } from '../session-keys.js';
 import { isStatusTopicOf, mayReceive, type Principal } from '../topic-policy.js';
 import { type ClientState, DROPPED_PAYLOAD, type PluginContext } from './context.js';
 import { sealForApp } from './app-session.js';
+import { gateDeliveries } from './delivery-gate.js';
 import { deliveryPolicy, endToEndOf } from './policy.js';
-
-type Deliver = (packet: AedesPublishPacket, cb: () => void) => void;
-interface DeliveringClient {
-  deliver0: Deliver;
-  deliverQoS: Deliver;
-}
 
 /**
  * docs/PROTOCOL.md §9.2: a device session claims no downlink key until its first command is sealed. Aedes'
@@ -29,21 +24,11 @@ export function holdDeliveriesForKey(
   principal: Principal,
   keys: DeviceSessionKeys,
 ) {
-  const c = client as unknown as DeliveringClient;
-  const gate =
-    (deliver: Deliver): Deliver =>
-    (packet, cb) => {
-      const release = () => setImmediate(cb);
-      if (!sealedFor(ctx, principal, packet)) return keys.afterWaiting(() => deliver(packet, cb), release);
-      keys.whenSealable(() => deliver(packet, cb), release);
-    };
-  const deliver0 = c.deliver0;
-  const deliverQoS = c.deliverQoS;
-  c.deliver0 = gate(deliver0);
-  // Aedes' deliverQoS hands a QoS 0 packet to client.deliver0, the gated one: given the inner one, it is gated once.
-  const gatedQoS = gate(deliverQoS);
-  const gated0 = c.deliver0;
-  c.deliverQoS = (packet, cb) => (packet.qos === 0 ? gated0(packet, cb) : gatedQoS(packet, cb));
+  gateDeliveries(client, (packet, deliver, cb) => {
+    const release = () => setImmediate(cb);
+    if (!sealedFor(ctx, principal, packet)) return keys.afterWaiting(() => deliver(packet, cb), release);
+    keys.whenSealable(() => deliver(packet, cb), release);
+  });
 }
 
 /**
